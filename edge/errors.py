@@ -1,0 +1,99 @@
+"""The appliance's exceptions, one tree. Status codes live only in `edge.server`.
+
+    EdgeError
+    ├── ConfigError            bad settings or bundle at start-up (names the variable and the fix)
+    ├── SpecError              a pipeline spec file a person wrote is invalid (names the field)
+    ├── ArtifactError          a published artifact is unusable (names the layer digest)
+    │   └── DigestMismatch     a pulled blob's sha256 differs from the manifest
+    ├── RegistryError          talking to the OCI registry or layout failed
+    │   ├── RegistryUnreachable
+    │   ├── RegistryAuthError
+    │   └── NotPublished       the reference does not exist
+    ├── RequestError           the client sent something we cannot use (a 4xx)
+    │   ├── BadInput           body, column or value is wrong (names the column)
+    │   ├── UnsupportedMediaType
+    │   ├── NotAcceptable
+    │   ├── PayloadTooLarge
+    │   └── NotFound           unknown pipeline or route
+    ├── PipelineError          a step failed on valid input (names the step): a 5xx
+    ├── NotReady               the pipeline is not loaded yet (the only 503)
+    └── LogBufferError         the inference log buffer cannot take the rows (disk full, ...)
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base of every error the appliance raises on purpose."""
+
+
+class ConfigError(EdgeError):
+    """Settings, environment or bundle are invalid; raised before serving."""
+
+
+class SpecError(EdgeError):
+    """A pipeline spec file is invalid; the message names the field."""
+
+
+class ArtifactError(EdgeError):
+    """A published pipeline artifact cannot be used."""
+
+
+class DigestMismatch(ArtifactError):
+    """A blob's content does not match the digest the manifest promises."""
+
+
+class RegistryError(EdgeError):
+    """The registry (or local layout) refused or failed a request."""
+
+
+class RegistryUnreachable(RegistryError):
+    """The registry did not answer (connection refused, DNS, timeout)."""
+
+
+class RegistryAuthError(RegistryError):
+    """The registry refused our credentials."""
+
+
+class NotPublished(RegistryError):
+    """The pipeline reference does not exist in the registry or layout."""
+
+
+class RequestError(EdgeError):
+    """Something in the client's request is wrong."""
+
+
+class BadInput(RequestError):
+    """The request body, a column or a value cannot be used; says which."""
+
+
+class UnsupportedMediaType(RequestError):
+    """The Content-Type is not one we read."""
+
+
+class NotAcceptable(RequestError):
+    """The Accept header asks for a format we do not write."""
+
+
+class PayloadTooLarge(RequestError):
+    """The request body exceeds the configured limit."""
+
+
+class NotFound(RequestError):
+    """No such pipeline (or resource)."""
+
+
+class PipelineError(EdgeError):
+    """A step failed on input that passed validation (model or user code error)."""
+
+    def __init__(self, message: str, step: str | None = None) -> None:
+        super().__init__(f"step {step!r}: {message}" if step else message)
+        self.step = step
+
+
+class NotReady(EdgeError):
+    """The pipeline is still loading (or failed to load); try again later."""
+
+
+class LogBufferError(EdgeError):
+    """The inference log buffer cannot store rows (disk full, corrupt, closed)."""

@@ -1,0 +1,84 @@
+"""The one interface every runtime implements: load, predict, close.
+
+A runtime wraps one model file. `predict` takes the step's input as an Arrow table and
+returns the model's outputs as an Arrow table with the same number of rows, one column per
+output, named by the model's own output names (the pipeline adds `out.`). Errors in the
+caller's data raise `BadInput` naming the column; errors inside the model raise
+`PipelineError`. Everything else about a runtime stays in its own module.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from edge.artifact import ModelInfo
+from edge.errors import BadInput
+
+
+@dataclass(frozen=True)
+class RuntimeContext:
+    """What the appliance lends a runtime: its thread budget, GPUs, a scratch folder."""
+
+    threads: int = 1
+    gpus: int = 0
+    work_dir: Path = Path("/tmp")
+
+
+class Runtime(ABC):
+    """One loaded model behind `load` / `predict` / `close`."""
+
+    def __init__(self, info: ModelInfo, path: Path, context: RuntimeContext) -> None:
+        self.info = info
+        self.path = path
+        self.context = context
+
+    @abstractmethod
+    def load(self) -> None:
+        """Read the model file; raise `ArtifactError` if it cannot be used."""
+
+    @abstractmethod
+    def predict(self, table: pa.Table) -> pa.Table:
+        """Run the model on `table`; return one column per output, `table.num_rows` rows."""
+
+    def close(self) -> None:
+        """Release what `load` took. Override when there is something to release."""
+
+    def describe(self) -> dict[str, Any]:
+        """Extra facts for `/models` (for example the execution provider)."""
+        return {}
+
+
+def map_inputs(
+    table: pa.Table, input_names: list[str], tensor_fields: list[str] | None, step: str
+) -> dict[str, str]:
+    """Decide which column feeds which model input: {input name: column name}.
+
+    The seed's rules: `tensor_fields` names the columns, in input order; a lone column feeds
+    a lone input whatever its name; otherwise columns map to inputs by name.
+    """
+    columns = table.column_names
+    if tensor_fields:
+        missing = [c for c in tensor_fields if c not in columns]
+        if missing:
+            raise BadInput(f"step {step!r}: tensor_fields column(s) {missing} not in the input")
+        if len(tensor_fields) != len(input_names):
+            raise BadInput(
+                f"step {step!r}: tensor_fields names {len(tensor_fields)} column(s) but the "
+                f"model takes {len(input_names)} input(s) {input_names}"
+            )
+        return dict(zip(input_names, tensor_fields, strict=True))
+    if len(input_names) == 1 and len(columns) == 1:
+        return {input_names[0]: columns[0]}
+    missing = [name for name in input_names if name not in columns]
+    if missing:
+        raise BadInput(
+            f"step {step!r}: the model takes inputs {input_names}; the input has columns "
+            f"{columns} (missing {missing}); name the columns after the inputs or set "
+            f"tensor_fields"
+        )
+    return {name: name for name in input_names}

@@ -1,0 +1,107 @@
+"""ONNX models through onnxruntime: CPU, or CUDA when the deployment asks for GPUs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+
+from edge.errors import ArtifactError, PipelineError
+from edge.runtimes.base import Runtime, map_inputs
+from edge.tensors import column_to_ndarray, ndarray_to_column
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(int16)": np.dtype(np.int16),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(bool)": np.dtype(np.bool_),
+    "tensor(string)": np.dtype(object),
+}
+
+
+def choose_providers(gpus: int, available: list[str]) -> tuple[list[str], str | None]:
+    """Execution providers to ask for, and a warning when GPUs were asked for but absent."""
+    if gpus <= 0:
+        return ["CPUExecutionProvider"], None
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"], None
+    return ["CPUExecutionProvider"], (
+        f"deployment asks for {gpus} GPU(s) but onnxruntime has no CUDAExecutionProvider "
+        f"(available: {', '.join(available)}); falling back to CPU"
+    )
+
+
+class OnnxRuntime(Runtime):
+    session: ort.InferenceSession
+
+    def load(self) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, self.context.threads)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        providers, warning = choose_providers(
+            self.context.gpus, ort.get_available_providers()
+        )
+        if warning:
+            log.warning("model=%s %s", self.info.name, warning)
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=options, providers=providers
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ArtifactError(
+                f"model {self.info.name!r} (layer {self.info.digest}) is not a loadable ONNX "
+                f"model: {exc}"
+            ) from exc
+        self.inputs = [(i.name, _dtype(i.type), i.shape) for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.provider = self.session.get_providers()[0]
+
+    def predict(self, table: pa.Table) -> pa.Table:
+        step = self.info.name
+        mapping = map_inputs(table, [n for n, _, _ in self.inputs], self.info.tensor_fields, step)
+        feed = {
+            name: column_to_ndarray(
+                table.column(mapping[name]),
+                dtype,
+                shape,
+                f"column {mapping[name]!r} (model {step!r} input {name!r})",
+            )
+            for name, dtype, shape in self.inputs
+        }
+        try:
+            results = self.session.run(self.output_names, feed)
+        except Exception as exc:
+            raise PipelineError(f"onnxruntime failed: {exc}", step=step) from exc
+        rows = table.num_rows
+        columns = {}
+        for name, value in zip(self.output_names, results, strict=True):
+            value = np.asarray(value)
+            if value.ndim == 0 or value.shape[0] != rows:
+                raise PipelineError(
+                    f"output {name!r} has {value.shape[0] if value.ndim else 0} rows for "
+                    f"{rows} input rows",
+                    step=step,
+                )
+            columns[name] = ndarray_to_column(value)
+        return pa.table(columns)
+
+    def describe(self) -> dict[str, Any]:
+        return {"provider": self.provider}
+
+
+def _dtype(onnx_type: str) -> np.dtype:
+    try:
+        return _DTYPES[onnx_type]
+    except KeyError:
+        raise ArtifactError(f"ONNX input type {onnx_type} is not supported") from None
