@@ -1,0 +1,161 @@
+"""Pull a published pipeline into the persist directory, or fall back to the cached copy.
+
+Layout: `PERSIST_DIR/pipelines/<key>/` with `manifest.json`, `config.json` and `models/`,
+where `<key>` is derived from the pipeline URL. A copy is complete once `manifest.json`
+is written (last, atomically); every model file is re-checked against the manifest's digest
+before it is used, whether it was just downloaded or found in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.artifact import CONFIG_MEDIA_TYPE, TITLE_ANNOTATION, Definition
+from edge.errors import ArtifactError, ConfigError, DigestMismatch, RegistryError, RegistryUnreachable
+from edge.registry import Reference, download_blob, open_store, read_blob, sha256_file
+
+log = logging.getLogger(__name__)
+Echo = Callable[[str], None]
+
+
+@dataclass
+class LocalPipeline:
+    definition: Definition
+    model_paths: dict[str, Path]  # model name -> file
+    directory: Path
+    from_cache: bool
+
+
+def cache_dir(persist_dir: Path, url: str) -> Path:
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return persist_dir / "pipelines" / key
+
+
+def fetch_pipeline(
+    url: str,
+    persist_dir: Path,
+    username: str | None = None,
+    password: str | None = None,
+    insecure: bool | None = None,
+    echo: Echo = print,
+) -> LocalPipeline:
+    """Pull `url` (verifying every digest) into the cache; serve the cache if offline."""
+    ref = Reference.parse(url)
+    directory = cache_dir(persist_dir, url)
+    echo(f"Fetching manifest and config for pipeline: {url}")
+    try:
+        return _pull(ref, directory, username, password, insecure, echo)
+    except RegistryUnreachable as exc:
+        if not (directory / "manifest.json").exists():
+            raise ConfigError(
+                f"cannot fetch pipeline {url}: {exc}; and there is no cached copy in "
+                f"{directory}. Fix: make the registry reachable (check OCI_REGISTRY and the "
+                f"network) for the first start"
+            ) from exc
+        echo(f"Registry unreachable ({exc}); serving the cached copy from {directory}")
+        return _load_cached(directory, echo)
+
+
+def _pull(
+    ref: Reference,
+    directory: Path,
+    username: str | None,
+    password: str | None,
+    insecure: bool | None,
+    echo: Echo,
+) -> LocalPipeline:
+    store = open_store(ref, username, password, insecure)
+    manifest_bytes, manifest_digest = store.get_manifest(ref)
+    manifest = _parse_manifest(manifest_bytes, str(ref))
+    config = read_blob(store, ref, manifest["config"]["digest"])
+    definition = Definition.from_json(config)
+    models_dir = directory / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    echo("Fetching model layers")
+    paths = {}
+    for layer in manifest["layers"]:
+        info = _layer_model(definition, layer)
+        path = models_dir / info.filename
+        _echo_layer(echo, layer["digest"], info.filename, info.name, info.runtime, info.version)
+        if not (path.exists() and f"sha256:{sha256_file(path)}" == layer["digest"]):
+            download_blob(store, ref, layer["digest"], path, size=int(layer.get("size", 0)))
+        paths[info.name] = path
+    (directory / "config.json").write_bytes(config)
+    temporary = directory / "manifest.json.part"
+    temporary.write_bytes(manifest_bytes)
+    os.replace(temporary, directory / "manifest.json")
+    echo("Fetched")
+    log.info("pipeline=%s version=%s manifest=%s", definition.name, definition.version,
+             manifest_digest)
+    return LocalPipeline(definition, paths, directory, from_cache=False)
+
+
+def _load_cached(directory: Path, echo: Echo) -> LocalPipeline:
+    manifest = _parse_manifest((directory / "manifest.json").read_bytes(), str(directory))
+    config = (directory / "config.json").read_bytes()
+    if f"sha256:{hashlib.sha256(config).hexdigest()}" != manifest["config"]["digest"]:
+        raise DigestMismatch(f"cached pipeline config in {directory} does not match its manifest")
+    definition = Definition.from_json(config)
+    paths = {}
+    for layer in manifest["layers"]:
+        info = _layer_model(definition, layer)
+        path = directory / "models" / info.filename
+        _echo_layer(echo, layer["digest"], info.filename, info.name, info.runtime, info.version)
+        if not path.exists() or f"sha256:{sha256_file(path)}" != layer["digest"]:
+            raise DigestMismatch(
+                f"cached model {info.name!r} ({path}) does not match layer {layer['digest']}; "
+                f"the cache is damaged: start once with the registry reachable"
+            )
+        paths[info.name] = path
+    echo("Fetched (from cache)")
+    return LocalPipeline(definition, paths, directory, from_cache=True)
+
+
+def _parse_manifest(raw: bytes, where: str) -> dict:
+    try:
+        manifest = json.loads(raw)
+        config = manifest["config"]
+        layers = manifest["layers"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{where}: manifest is not an OCI image manifest ({exc})") from exc
+    if config.get("mediaType") != CONFIG_MEDIA_TYPE:
+        raise ArtifactError(
+            f"{where}: config media type {config.get('mediaType')!r} is not a pipeline "
+            f"({CONFIG_MEDIA_TYPE}); was this published with `edge publish`?"
+        )
+    if not isinstance(layers, list):
+        raise ArtifactError(f"{where}: manifest layers are not a list")
+    return manifest
+
+
+def _layer_model(definition: Definition, layer: dict):  # type: ignore[no-untyped-def]
+    annotations = layer.get("annotations") or {}
+    title = annotations.get(TITLE_ANNOTATION, "")
+    for info in definition.models.values():
+        if info.digest == layer.get("digest") and info.filename == title:
+            if os.path.basename(title) != title or title in ("", ".", ".."):
+                raise ArtifactError(f"layer {layer.get('digest')} has an unsafe file name")
+            return info
+    raise ArtifactError(
+        f"layer {layer.get('digest')} ({title!r}) is not a model of the pipeline definition"
+    )
+
+
+def _echo_layer(echo: Echo, digest: str, filename: str, name: str, runtime: str,
+                version: str) -> None:
+    echo(f"digest: {digest}")
+    echo(f"  filename: {filename}")
+    echo(f"  name: {name}")
+    echo("  type: model")
+    echo(f"  runtime: {runtime}")
+    echo(f"  version: {version}")
+    echo("")
+
+
+__all__ = ["LocalPipeline", "RegistryError", "fetch_pipeline"]

@@ -1,0 +1,286 @@
+"""Request bodies to Arrow tables, result tables to response bodies. No HTTP in here.
+
+Requests: pandas-records JSON (a list of row objects) or an Arrow IPC file (or stream).
+Results: the flat result table (docs/CONTRACTS.md) shaped by `dataset` / `dataset_exclude`,
+written as an Arrow IPC file or as pandas-records JSON. JSON records carry the seed's edge
+fields (`check_failures`, `elapsed`, `model_name`, `model_version`, `original_data`,
+`outputs`, `pipeline_name`, `shadow_data`, `time`) plus `in`/`out`/`anomaly`/`metadata`,
+nested, or flat keys joined by `separator` when the client asks (Wallaroo's SDK does).
+
+Two JSON writers produce the same bytes: a per-row one with orjson for small results
+(polars' fixed cost is about a millisecond) and a columnar one with polars for large ones.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import polars as pl
+import pyarrow as pa
+
+from edge.errors import BadInput
+
+JSON_TYPE = "application/json; format=pandas-records"
+ARROW_FILE_TYPE = "application/vnd.apache.arrow.file"
+ARROW_STREAM_TYPE = "application/vnd.apache.arrow.stream"
+SMALL = 64  # rows; below this the per-row JSON writer is faster
+DATASETS = ("time", "in", "out", "anomaly", "metadata")
+_STAR = ("time", "in", "out", "anomaly")
+
+
+@dataclass
+class RecordInfo:
+    """Per-request facts every JSON record repeats (the seed's edge fields)."""
+
+    pipeline_name: str
+    model_name: str
+    model_version: str
+    elapsed: list[int]
+    check_failures: list[Any] = field(default_factory=list)
+    shadow_data: dict[str, Any] = field(default_factory=dict)
+
+
+def decode_records(body: bytes) -> pa.Table:
+    """pandas-records JSON (`DataFrame.to_json(orient="records")`) to an Arrow table."""
+    head = body.lstrip()[:1]
+    if head != b"[":
+        raise BadInput(
+            "body is not pandas-records JSON: expected a JSON list of row objects, like "
+            '[{"tensor": [1.0, 2.0]}]'
+        )
+    if len(body) < 4096:  # small bodies: orjson and pyarrow beat polars' fixed cost
+        try:
+            rows = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadInput(f"malformed JSON at byte {exc.pos}: {exc.msg}") from exc
+        return _rows_to_table(rows)
+    try:
+        table = pl.read_json(io.BytesIO(body)).to_arrow()
+    except Exception as exc:  # polars raises ComputeError/SchemaError with a text
+        raise BadInput(f"malformed pandas-records JSON: {str(exc).splitlines()[0]}") from exc
+    if table.num_rows == 0 or table.num_columns == 0:
+        raise BadInput("the request holds no rows (an empty list)")
+    return table
+
+
+def _rows_to_table(rows: Any) -> pa.Table:
+    if not isinstance(rows, list) or not rows:
+        raise BadInput("the request holds no rows (expected a non-empty JSON list of objects)")
+    columns: dict[str, list[Any]] = {}
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise BadInput(f"row {index} is not a JSON object")
+        for key in row:
+            if key not in columns:
+                columns[key] = [None] * index
+        for key, values in columns.items():
+            values.append(row.get(key))
+    arrays = {}
+    for name, values in columns.items():
+        try:
+            arrays[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise BadInput(
+                f"column {name!r}: mixed element types or ragged nesting ({exc})"
+            ) from exc
+    return pa.table(arrays)
+
+
+def decode_arrow(body: bytes) -> pa.Table:
+    """An Arrow IPC file (or stream) to a table."""
+    buffer = pa.py_buffer(body)
+    try:
+        return pa.ipc.open_file(buffer).read_all()
+    except pa.ArrowInvalid:
+        pass
+    try:
+        return pa.ipc.open_stream(buffer).read_all()
+    except pa.ArrowInvalid as exc:
+        raise BadInput(f"body is not an Arrow IPC file or stream: {exc}") from exc
+
+
+def encode_arrow(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def select_datasets(
+    table: pa.Table, dataset: Sequence[str] | None, exclude: Sequence[str] | None
+) -> pa.Table:
+    """Keep the columns the seed's `dataset` names (default `*`), minus `dataset_exclude`."""
+    wanted = list(dataset) if dataset else ["*"]
+    items: list[str] = []
+    for item in wanted:
+        items.extend(_STAR if item == "*" else [item])
+    if "meta" in items:
+        items.append("metadata")
+    keep = [c for c in table.column_names if any(_matches(c, i) for i in items)]
+    if exclude:
+        keep = [c for c in keep if not any(_matches(c, i) for i in exclude)]
+    return table.select(keep)
+
+
+def _matches(column: str, item: str) -> bool:
+    if column == item or column.startswith(item + "."):
+        return True
+    return item == "out" and column.startswith("out_")  # shadow outputs belong to `out`
+
+
+def encode_records(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
+    """The result table as pandas-records JSON (see module docstring)."""
+    if table.num_rows < SMALL:
+        return _records_small(table, info, separator)
+    return _records_large(table, info, separator)
+
+
+def _type_name(arrow_type: pa.DataType) -> str:
+    while pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or (
+        pa.types.is_fixed_size_list(arrow_type)
+    ):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_floating(arrow_type):
+        return "Float" if arrow_type.bit_width <= 32 else "Double"
+    if pa.types.is_integer(arrow_type):
+        return f"{'U' if pa.types.is_unsigned_integer(arrow_type) else ''}Int{arrow_type.bit_width}"
+    if pa.types.is_boolean(arrow_type):
+        return "Bool"
+    return "String"
+
+
+def _group(column: str, separator: str | None) -> tuple[str, str] | None:
+    """'in.tensor' -> ('in', 'tensor') for nesting; None for top-level or flat output."""
+    if separator is not None:
+        return None
+    head, dot, rest = column.partition(".")
+    if dot and head in ("in", "out", "anomaly", "metadata"):
+        return head, rest
+    return None
+
+
+def _output_columns(table: pa.Table) -> list[str]:
+    return [c for c in table.column_names if c.startswith("out.") and c != "out._model_split"]
+
+
+def _records_small(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    if "time" in columns:
+        columns["time"] = table.column("time").cast(pa.int64()).to_pylist()
+    outputs = [(c, _type_name(table.schema.field(c).type)) for c in _output_columns(table)]
+    records = []
+    for row in range(table.num_rows):
+        record: dict[str, Any] = {}
+        if info is not None:
+            record.update(
+                check_failures=info.check_failures,
+                elapsed=info.elapsed,
+                model_name=info.model_name,
+                model_version=info.model_version,
+                original_data=None,
+                outputs=[
+                    {kind: _tensor_entry(columns[c][row])} for c, kind in outputs
+                ],
+                pipeline_name=info.pipeline_name,
+                shadow_data=info.shadow_data,
+            )
+        for name, values in columns.items():
+            value = values[row]
+            if separator is not None and separator != "." and "." in name:
+                name = name.replace(".", separator, 1)
+            group = _group(name, separator)
+            if group is None:
+                record[name] = value
+            else:
+                record.setdefault(group[0], {})[group[1]] = value
+        records.append(record)
+    return orjson.dumps(records)
+
+
+def _tensor_entry(value: Any) -> dict[str, Any]:
+    if isinstance(value, list):
+        dims = [1]
+        probe: Any = value
+        while isinstance(probe, list):
+            dims.append(len(probe))
+            probe = probe[0] if probe else None
+        data = value
+        while data and isinstance(data[0], list):
+            data = [x for part in data for x in part]
+        return {"data": data, "dim": dims, "v": 1}
+    return {"data": [value], "dim": [1], "v": 1}
+
+
+def _records_large(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    pieces: list[pl.Expr] = []
+
+    def key(name: str) -> pl.Expr:
+        return pl.lit(orjson.dumps(name).decode() + ":")
+
+    if info is not None:
+        fixed = orjson.dumps(
+            {
+                "check_failures": info.check_failures,
+                "elapsed": info.elapsed,
+                "model_name": info.model_name,
+                "model_version": info.model_version,
+                "original_data": None,
+            }
+        ).decode()[1:-1]
+        pieces.append(pl.lit(fixed + ',"outputs":['))
+        entries = []
+        for name in _output_columns(table):
+            kind = _type_name(table.schema.field(name).type)
+            dtype = frame.schema[name]
+            if isinstance(dtype, pl.List):
+                data = pl.col(name)
+                while isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.List):
+                    data = data.list.eval(pl.element().explode())  # flatten nested lists
+                    dtype = dtype.inner
+                dim = pl.concat_list(pl.lit(1, pl.Int64), pl.col(name).list.len().cast(pl.Int64))
+            else:
+                data = pl.concat_list(pl.col(name))
+                dim = pl.lit([1], dtype=pl.List(pl.Int64))
+            entry = pl.struct(data.alias("data"), dim.alias("dim"), pl.lit(1).alias("v"))
+            entries.append(
+                pl.concat_str([pl.lit('{"' + kind + '":'), entry.struct.json_encode(), pl.lit("}")])
+            )
+        if entries:
+            pieces.append(pl.concat_str(entries, separator=","))
+        tail = orjson.dumps(
+            {"pipeline_name": info.pipeline_name, "shadow_data": info.shadow_data}
+        ).decode()[1:-1]
+        pieces.append(pl.lit("]," + tail))
+    groups: dict[str, list[tuple[str, str]]] = {}
+    order: list[str] = []
+    for name in table.column_names:
+        shown = name
+        if separator is not None and separator != "." and "." in name:
+            shown = name.replace(".", separator, 1)
+        group = _group(name, separator)
+        top, sub = group if group else (shown, "")
+        if top not in groups:
+            groups[top] = []
+            order.append(top)
+        groups[top].append((name, sub))
+    for top in order:
+        sep = "," if pieces else ""
+        members = groups[top]
+        if len(members) == 1 and members[0][1] == "":
+            name = members[0][0]
+            value = pl.col(name)
+            if name == "time":
+                value = value.cast(pl.Int64)
+            encoded = pl.struct(value.alias("v")).struct.json_encode().str.slice(5).str.head(-1)
+        else:
+            encoded = pl.struct([pl.col(n).alias(s) for n, s in members]).struct.json_encode()
+        pieces.append(pl.concat_str([pl.lit(sep), key(top), encoded]))
+    record = pl.concat_str([pl.lit("{"), *pieces, pl.lit("}")])
+    lines = frame.select(record.alias("r")).to_series()
+    return b"[" + ",".join(lines.to_list()).encode() + b"]"

@@ -1,0 +1,120 @@
+"""The appliance's settings, read once from the environment (the seed's names) and flags.
+
+Precedence: command-line flag > environment variable > default. Secrets are kept out of
+`repr` so that a settings object can be logged.
+
+| variable | flag | default | meaning |
+| --- | --- | --- | --- |
+| PIPELINE_URL | --pipeline-url | (bundle's) | `HOST/REPO/pipelines/NAME:VERSION` or `oci-layout:DIR[:TAG]` |
+| OCI_REGISTRY | --oci-registry | | registry host the credentials are for |
+| OCI_USERNAME | --oci-username | | registry user |
+| OCI_PASSWORD | --oci-password | | registry password or token (secret) |
+| OCI_INSECURE | --oci-insecure | auto | plain http to the registry (auto: loopback only) |
+| CONFIG_CPUS | --cpus | 1 | thread budget for models and request handling |
+| DEBUG | --debug | false | more detail in logs (never secrets) |
+| EDGE_BUNDLE | --edge-bundle | | base64 bundle from the ops center (secret: holds a token) |
+| PERSIST_DIR | --persist-dir | /persist | cache, log buffer, credentials |
+| PORT | --port | 8080 | HTTP port |
+| HOST | --host | 0.0.0.0 | address to listen on |
+| MAX_BODY_BYTES | --max-body-bytes | 64 MiB | largest request body accepted |
+| LOG_BUFFER_BYTES | --log-buffer-bytes | 256 MiB | cap of the inference log buffer |
+| EDGE_LOGGING | --no-logging | true | log every inference to the buffer (`false` only for benchmarks) |
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edge.errors import ConfigError
+
+SECRETS = {"oci_password", "edge_bundle"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    pipeline_url: str | None = None
+    oci_registry: str | None = None
+    oci_username: str | None = None
+    oci_password: str | None = field(default=None, repr=False)
+    oci_insecure: bool | None = None
+    cpus: int = 1
+    debug: bool = False
+    edge_bundle: str | None = field(default=None, repr=False)
+    persist_dir: Path = Path("/persist")
+    port: int = 8080
+    host: str = "0.0.0.0"
+    max_body_bytes: int = 64 << 20
+    log_buffer_bytes: int = 256 << 20
+    logging_enabled: bool = True
+    partition: str = field(default_factory=socket.gethostname)
+
+    def redacted(self) -> dict[str, Any]:
+        shown = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown[f.name] = "***" if f.name in SECRETS and value else value
+        return shown
+
+
+_ENV = {
+    "pipeline_url": "PIPELINE_URL",
+    "oci_registry": "OCI_REGISTRY",
+    "oci_username": "OCI_USERNAME",
+    "oci_password": "OCI_PASSWORD",
+    "oci_insecure": "OCI_INSECURE",
+    "cpus": "CONFIG_CPUS",
+    "debug": "DEBUG",
+    "edge_bundle": "EDGE_BUNDLE",
+    "persist_dir": "PERSIST_DIR",
+    "port": "PORT",
+    "host": "HOST",
+    "max_body_bytes": "MAX_BODY_BYTES",
+    "log_buffer_bytes": "LOG_BUFFER_BYTES",
+    "logging_enabled": "EDGE_LOGGING",
+}
+
+
+def load_settings(
+    flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> Settings:
+    """Settings from flags (non-None values win) over environment over defaults."""
+    env = os.environ if environ is None else environ
+    flags = flags or {}
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        if flags.get(f.name) is not None:
+            raw: Any = flags[f.name]
+        elif f.name in _ENV and env.get(_ENV[f.name], "") != "":
+            raw = env[_ENV[f.name]]
+        else:
+            continue
+        values[f.name] = _cast(f.name, raw)
+    return Settings(**values)
+
+
+def _cast(name: str, raw: Any) -> Any:
+    variable = _ENV.get(name, name)
+    if name in ("debug", "logging_enabled", "oci_insecure"):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{variable} must be true or false, not {raw!r}")
+    if name in ("cpus", "port", "max_body_bytes", "log_buffer_bytes"):
+        try:
+            number = int(float(raw))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{variable} must be a number, not {raw!r}") from None
+        if number <= 0 or (name == "port" and number > 65535):
+            raise ConfigError(f"{variable} is out of range: {raw!r}")
+        return number
+    if name == "persist_dir":
+        return Path(raw)
+    return str(raw)

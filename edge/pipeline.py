@@ -1,0 +1,193 @@
+"""Run an Arrow table through a pipeline's steps and build the flat result table.
+
+Steps run in order; a step's output table is the next step's input. The result follows
+docs/CONTRACTS.md: `time`, `in.*` (the request as received), `out.*` (the last step),
+`out_<model>.*` (shadow challengers), `out._model_split`, `anomaly.*`, `metadata.*`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from edge.artifact import Definition, ModelInfo, ModelStep, RandomSplitStep, ShadowStep, Step
+from edge.errors import BadInput, EdgeError, PipelineError
+from edge.runtimes import Runtime
+
+log = logging.getLogger(__name__)
+TIME_TYPE = pa.timestamp("ms", tz="UTC")
+
+
+@dataclass
+class Inference:
+    """One answered request: the result table plus the per-request facts JSON repeats."""
+
+    table: pa.Table
+    elapsed: list[int]
+    last_model: ModelInfo
+    check_failures: list[Any] = field(default_factory=list)
+    shadow_data: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        definition: Definition,
+        runtimes: dict[str, Runtime],
+        partition: str,
+        validator: Any = None,
+    ) -> None:
+        self.definition = definition
+        self.runtimes = runtimes
+        self.partition = partition
+        self.validator = validator
+        self._single = {n for n, m in definition.models.items() if m.batch_config == "single"}
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def run(self, table: pa.Table, parse_ns: int = 0) -> Inference:
+        rows = table.num_rows
+        if rows == 0:
+            raise BadInput("the request holds no rows")
+        elapsed = [parse_ns]
+        current = table
+        last = self.definition.models[self.definition.step_models(self.definition.steps[0])[0]]
+        extra: dict[str, pa.Array] = {}
+        shadow_data: dict[str, Any] = {}
+        for step in self.definition.steps:
+            started = time.perf_counter_ns()
+            current, last = self._run_step(step, current, rows, extra, shadow_data)
+            elapsed.append(time.perf_counter_ns() - started)
+        result = self._result(table, current, extra, elapsed, last)
+        check_failures: list[Any] = []
+        if self.validator is not None:
+            result, check_failures = self._validate(result)
+        return Inference(result, elapsed, last, check_failures, shadow_data)
+
+    def _run_step(
+        self,
+        step: Step,
+        table: pa.Table,
+        rows: int,
+        extra: dict[str, pa.Array],
+        shadow_data: dict[str, Any],
+    ) -> tuple[pa.Table, ModelInfo]:
+        if isinstance(step, ModelStep):
+            return self._predict(step.model, table, rows), self.definition.models[step.model]
+        if isinstance(step, RandomSplitStep):
+            chosen = self._choose(step, table)
+            info = self.definition.models[chosen]
+            output = self._predict(chosen, table, rows)
+            split = json.dumps({"name": info.name, "version": info.version, "sha": info.sha256})
+            extra["out._model_split"] = pa.array([split] * rows, pa.string())
+            return output, info
+        assert isinstance(step, ShadowStep)
+        output = self._predict(step.champion, table, rows)
+        for challenger in step.challengers:
+            try:
+                shadow = self._predict(challenger, table, rows)
+            except EdgeError as exc:  # a failing challenger never fails the request
+                log.warning("shadow model=%s failed: %s", challenger, exc)
+                extra[f"out_{challenger}.error"] = pa.array([str(exc)] * rows, pa.string())
+                shadow_data[challenger] = {"error": str(exc)}
+                continue
+            for name in shadow.column_names:
+                extra[f"out_{challenger}.{name}"] = shadow.column(name).combine_chunks()
+            shadow_data[challenger] = [
+                {name: shadow.column(name)[0].as_py() for name in shadow.column_names}
+            ]
+        return output, self.definition.models[step.champion]
+
+    def _predict(self, model: str, table: pa.Table, rows: int) -> pa.Table:
+        if model in self._single and rows > 1:
+            raise BadInput(
+                f"step {model!r} has batch_config 'single': send one row per request, "
+                f"not {rows}"
+            )
+        output = self.runtimes[model].predict(table)
+        if output.num_rows != rows:
+            raise PipelineError(
+                f"returned {output.num_rows} rows for {rows} input rows", step=model
+            )
+        return output
+
+    def _choose(self, step: RandomSplitStep, table: pa.Table) -> str:
+        total = sum(c.weight for c in step.models)
+        if step.hash_key:
+            if step.hash_key not in table.column_names:
+                raise BadInput(f"random split hash_key column {step.hash_key!r} is missing")
+            key = str(table.column(step.hash_key)[0].as_py()).encode()
+            point = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
+        else:
+            point = random.random()
+        edge = 0.0
+        for choice in step.models:
+            edge += choice.weight / total
+            if point < edge:
+                return choice.model
+        return step.models[-1].model
+
+    def _result(
+        self,
+        request: pa.Table,
+        output: pa.Table,
+        extra: dict[str, pa.Array],
+        elapsed: list[int],
+        last: ModelInfo,
+    ) -> pa.Table:
+        rows = request.num_rows
+        now = np.full(rows, time.time_ns() // 1_000_000, dtype="datetime64[ms]")
+        names = ["time"]
+        columns: list[pa.Array | pa.ChunkedArray] = [pa.array(now, TIME_TYPE)]
+        for name in request.column_names:
+            names.append(f"in.{name}")
+            columns.append(request.column(name))
+        for name in output.column_names:
+            names.append(f"out.{name}")
+            columns.append(output.column(name))
+        for name, array in extra.items():
+            names.append(name)
+            columns.append(array)
+        names.append("anomaly.count")
+        columns.append(pa.array(np.zeros(rows, np.uint32)))
+        last_model = json.dumps({"model_name": last.name, "model_sha": last.sha256})
+        names += [
+            "metadata.last_model",
+            "metadata.pipeline_version",
+            "metadata.elapsed",
+            "metadata.dropped",
+            "metadata.partition",
+        ]
+        columns += [
+            pa.array([last_model] * rows, pa.string()),
+            pa.array([self.definition.version] * rows, pa.string()),
+            pa.array([elapsed] * rows, pa.list_(pa.int64())),
+            pa.array([[]] * rows, pa.list_(pa.string())),
+            pa.array([self.partition] * rows, pa.string()),
+        ]
+        return pa.Table.from_arrays(columns, names=names)
+
+    def _validate(self, result: pa.Table) -> tuple[pa.Table, list[Any]]:
+        flags: dict[str, pa.Array] = self.validator.evaluate(result)
+        count = np.zeros(result.num_rows, np.uint32)
+        failures: list[Any] = []
+        position = result.column_names.index("anomaly.count")
+        for offset, (name, array) in enumerate(flags.items(), start=1):
+            values = array.to_numpy(zero_copy_only=False).astype(bool)
+            count += values
+            result = result.add_column(position + offset, f"anomaly.{name}", array)
+            if values.any():
+                source = self.definition.validations[name].source
+                failures.append({"True": {"expr": source, "name": name}})
+        result = result.set_column(position, "anomaly.count", pa.array(count))
+        return result, failures

@@ -1,0 +1,217 @@
+"""`edge publish`: pack a pipeline spec into one OCI artifact and push it.
+
+Registry layout: `<registry>/<repository>/pipelines/<name>:<version>`; a local layout is
+tagged `<version>` and addressed as `oci-layout:DIR:<version>`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.artifact import (
+    ARTIFACT_TYPE,
+    CONFIG_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    Definition,
+    ModelInfo,
+    Validation,
+    encode_schema,
+)
+from edge.errors import SpecError
+from edge.registry import LAYOUT_SCHEME, Progress, Reference, open_store, sha256_file
+from edge.spec import PipelineSpec, load_spec
+
+LARGE = 8 << 20  # show progress for files above this
+
+
+@dataclass
+class Published:
+    """What a publish prints (the seed's fields) and returns as JSON."""
+
+    id: str
+    pipeline_name: str
+    pipeline_version: str
+    pipeline_url: str
+    manifest_digest: str
+    engine_config: dict[str, Any]
+    created_at: str
+    status: str = "Published"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "pipeline_name": self.pipeline_name,
+            "pipeline_version": self.pipeline_version,
+            "status": self.status,
+            "pipeline_url": self.pipeline_url,
+            "manifest_digest": self.manifest_digest,
+            "engine_config": self.engine_config,
+            "created_at": self.created_at,
+            **self.extra,
+        }
+
+    def lines(self) -> list[str]:
+        rows = [
+            ("ID", self.id),
+            ("Pipeline Name", self.pipeline_name),
+            ("Pipeline Version", self.pipeline_version),
+            ("Status", self.status),
+            ("Engine URL", self.extra.get("engine_url", "")),
+            ("Pipeline URL", self.pipeline_url),
+            ("Helm Chart URL", self.extra.get("helm_chart_url", "")),
+            ("Helm Chart Reference", self.extra.get("helm_chart_reference", "")),
+            ("Helm Chart Version", self.extra.get("helm_chart_version", "")),
+            ("Engine Config", json.dumps(self.engine_config)),
+            ("User Images", "[]"),
+            ("Created At", self.created_at),
+            ("Docker Run Variables", json.dumps(self.extra.get("docker_run_variables", {}))),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return [f"{k:<{width}}  {v}" for k, v in rows if v != ""]
+
+
+def engine_config(definition: Definition) -> dict[str, Any]:
+    """The seed's engine config shape, from the deployment section."""
+    d = definition.deployment
+    resources = {"cpu": float(d.cpus), "memory": d.memory}
+    if d.gpus:
+        resources["nvidia.com/gpu"] = d.gpus
+    return {
+        "engine": {"resources": {"limits": resources, "requests": resources}, "arch": d.arch},
+        "engineAux": {"images": {}},
+        "enginelb": {},
+    }
+
+
+def build_definition(spec: PipelineSpec) -> Definition:
+    """Hash and version every model file; compile validations to polars JSON."""
+    models = {}
+    for entry in spec.models.values():
+        sha = sha256_file(entry.file)
+        models[entry.name] = ModelInfo(
+            name=entry.name,
+            version=str(uuid.uuid4()),
+            sha256=sha,
+            runtime=entry.runtime,
+            filename=f"{entry.name}{entry.file.suffix}",
+            size=entry.file.stat().st_size,
+            tensor_fields=entry.tensor_fields,
+            batch_config=entry.batch_config,
+            input_schema=encode_schema(entry.input_schema) if entry.input_schema else None,
+            output_schema=encode_schema(entry.output_schema) if entry.output_schema else None,
+        )
+    validations: dict[str, Validation] = {}
+    polars_version = None
+    if spec.validations:
+        import polars
+
+        from edge.validations import check_name, compile_expression
+
+        polars_version = polars.__version__
+        for name, source in spec.validations.items():
+            check_name(name)
+            validations[name] = Validation(source=source, expr=compile_expression(source))
+    return Definition(
+        name=spec.name,
+        version=str(uuid.uuid4()),
+        steps=spec.steps,
+        models=models,
+        deployment=spec.deployment,
+        validations=validations,
+        polars_version=polars_version,
+        created=dt.datetime.now(dt.UTC).isoformat(),
+    )
+
+
+def publish(
+    spec_path: Path,
+    *,
+    registry: str | None = None,
+    repository: str | None = None,
+    layout: Path | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    insecure: bool | None = None,
+    progress: bool = True,
+) -> tuple[Published, Definition]:
+    if (layout is None) == (registry is None):
+        raise SpecError("give either --layout DIR or --registry HOST[:PORT] (with --repository)")
+    spec = load_spec(spec_path)
+    definition = build_definition(spec)
+    if layout is not None:
+        layout = layout.resolve()
+        layout.mkdir(parents=True, exist_ok=True)
+        ref = Reference(registry=str(layout), repository="", tag=definition.version, layout=True)
+        url = f"{LAYOUT_SCHEME}{layout}:{definition.version}"
+    else:
+        repo = "/".join(p for p in [(repository or "").strip("/"), "pipelines", spec.name] if p)
+        ref = Reference(registry=str(registry), repository=repo, tag=definition.version)
+        url = str(ref)
+    store = open_store(ref, username, password, insecure)
+    files = {m.name: spec.models[m.name].file for m in definition.models.values()}
+    with tempfile.TemporaryDirectory() as scratch:
+        config_path = Path(scratch) / "config.json"
+        config_path.write_bytes(definition.to_json())
+        config_digest = f"sha256:{sha256_file(config_path)}"
+        store.put_blob(ref, config_path, config_digest, None)
+        for info in definition.models.values():
+            show = _progress_printer(info.filename) if progress and info.size > LARGE else None
+            store.put_blob(ref, files[info.name], info.digest, show)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "artifactType": ARTIFACT_TYPE,
+            "config": {
+                "mediaType": CONFIG_MEDIA_TYPE,
+                "digest": config_digest,
+                "size": config_path.stat().st_size,
+            },
+            "layers": [
+                {
+                    "mediaType": info.media_type,
+                    "digest": info.digest,
+                    "size": info.size,
+                    "annotations": info.annotations(),
+                }
+                for info in definition.models.values()
+            ],
+            "annotations": {
+                "org.opencontainers.image.created": definition.created or "",
+                "ai.edge.pipeline.name": definition.name,
+                "ai.edge.pipeline.version": definition.version,
+            },
+        }
+        body = json.dumps(manifest, indent=1).encode()
+        digest = store.put_manifest(
+            ref, body, {"ai.edge.pipeline.name": definition.name}
+        )
+    published = Published(
+        id=definition.version,
+        pipeline_name=definition.name,
+        pipeline_version=definition.version,
+        pipeline_url=url,
+        manifest_digest=digest,
+        engine_config=engine_config(definition),
+        created_at=definition.created or "",
+    )
+    return published, definition
+
+
+def _progress_printer(name: str) -> Progress:
+    last = [-1]
+
+    def show(done: int, total: int) -> None:
+        percent = int(done * 100 / total) if total else 100
+        if percent // 10 != last[0] // 10 or percent == 100 and last[0] != 100:
+            print(f"  {name}: {done >> 20} / {total >> 20} MiB ({percent}%)", file=sys.stderr)
+            last[0] = percent
+
+    return show
