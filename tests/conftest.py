@@ -1,0 +1,203 @@
+"""Shared fixtures: a real OCI registry (Debian's docker-registry) with htpasswd auth, the
+example model made at test time, and real `edge serve` processes on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+USERNAME, PASSWORD = "edge-test", "s3cret-registry-pass"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Registry:
+    host: str
+    root: Path  # storage root, to tamper with blobs
+    username: str = USERNAME
+    password: str = PASSWORD
+    process: subprocess.Popen | None = None
+    config: Path | None = None
+
+    def start(self) -> None:
+        assert self.config
+        self.process = subprocess.Popen(
+            [shutil.which("docker-registry") or "docker-registry", "serve", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://{self.host}/v2/", timeout=0.5).status_code == 401
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, 20, "docker-registry")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def blob_path(self, digest: str) -> Path:
+        hexdigest = digest.split(":", 1)[1]
+        return self.root / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    if not shutil.which("docker-registry") or not shutil.which("htpasswd"):
+        pytest.fail("docker-registry and htpasswd are required: run `make setup` (apt packages)")
+    base = tmp_path_factory.mktemp("registry")
+    htpasswd = subprocess.run(
+        ["htpasswd", "-Bbn", "-C", "5", USERNAME, PASSWORD],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    (base / "htpasswd").write_text(htpasswd)
+    port = free_port()
+    config = base / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: error}\n"
+        f"storage:\n  filesystem: {{rootdirectory: {base / 'data'}}}\n  delete: {{enabled: true}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+        f"auth: {{htpasswd: {{realm: edge-test, path: {base / 'htpasswd'}}}}}\n"
+    )
+    reg = Registry(host=f"127.0.0.1:{port}", root=base / "data", config=config)
+    reg.start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example pipeline folder (spec + ONNX model + sample data), made at test time."""
+    folder = tmp_path_factory.mktemp("example")
+    shutil.copy(REPO / "examples/breast-cancer/pipeline.yaml", folder / "pipeline.yaml")
+    subprocess.run(
+        [sys.executable, str(REPO / "examples/breast-cancer/make_model.py"), str(folder)],
+        check=True, capture_output=True,
+    )
+    return folder
+
+
+def edge_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "edge", *args]
+
+
+def publish(spec: Path, registry: Registry | None = None, layout: Path | None = None,
+            extra: tuple[str, ...] = ()) -> dict:
+    env = dict(os.environ)
+    args = ["publish", str(spec), "--json", *extra]
+    if registry is not None:
+        args += ["--registry", registry.host, "--repository", "edge-tests", "--no-chart"]
+        env.update(OCI_USERNAME=registry.username, OCI_PASSWORD=registry.password)
+    else:
+        assert layout is not None
+        args += ["--layout", str(layout)]
+    done = subprocess.run(edge_cmd(*args), env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@dataclass
+class Edge:
+    """A real `edge serve` process."""
+
+    port: int
+    persist: Path
+    env: dict[str, str]
+    process: subprocess.Popen | None = None
+    log: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_ready: bool = True, timeout: float = 60) -> Edge:
+        self.log = self.persist.parent / f"edge-{self.port}-{time.monotonic_ns()}.log"
+        handle = open(self.log, "wb")
+        self.process = subprocess.Popen(
+            edge_cmd("serve", "--port", str(self.port), "--host", "127.0.0.1",
+                     "--persist-dir", str(self.persist), *self.extra_args),
+            env=self.env, stdout=handle, stderr=subprocess.STDOUT,
+        )
+        if wait_ready:
+            def ready() -> bool:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"edge serve exited early:\n{self.output()}")
+                try:
+                    return httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(ready, timeout, f"edge serve on {self.port}")
+        return self
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        assert self.process
+        return self.process.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+@pytest.fixture
+def start_edge(tmp_path: Path) -> Iterator[Callable[..., Edge]]:
+    started: list[Edge] = []
+
+    def start(pipeline_url: str, registry: Registry | None = None, persist: Path | None = None,
+              wait_ready: bool = True, env: dict[str, str] | None = None,
+              args: list[str] | None = None) -> Edge:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("OCI_") and k != "EDGE_BUNDLE"}
+        environment.update(PIPELINE_URL=pipeline_url, CONFIG_CPUS="1")
+        if registry is not None:
+            environment.update(OCI_REGISTRY=registry.host, OCI_USERNAME=registry.username,
+                               OCI_PASSWORD=registry.password)
+        environment.update(env or {})
+        edge = Edge(free_port(), persist or tmp_path / "persist", environment,
+                    extra_args=args or [])
+        started.append(edge)
+        return edge.start(wait_ready=wait_ready)
+
+    yield start
+    for edge in started:
+        edge.stop()

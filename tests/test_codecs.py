@@ -1,0 +1,105 @@
+"""Codecs: request bodies to Arrow, result tables to JSON records or Arrow, dataset shaping."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from edge import codecs
+from edge.errors import BadInput
+from edge.tensors import column_to_ndarray, ndarray_to_column
+
+
+def result_table(n: int) -> pa.Table:
+    rng = np.random.default_rng(1)
+    probabilities = rng.random((n, 2)).astype(np.float32)
+    return pa.table({
+        "time": pa.array(np.full(n, 1_700_000_000_123, "datetime64[ms]"),
+                         pa.timestamp("ms", tz="UTC")),
+        "in.tensor": ndarray_to_column(rng.random((n, 3))),
+        "out.label": pa.array(np.arange(n, dtype=np.int64)),
+        "out.probabilities": ndarray_to_column(probabilities),
+        "anomaly.count": pa.array(np.zeros(n, np.uint32)),
+        "metadata.elapsed": pa.array([[1, 2]] * n, pa.list_(pa.int64())),
+        "metadata.dropped": pa.array([[]] * n, pa.list_(pa.string())),
+    })
+
+
+INFO = codecs.RecordInfo("p", "m", "v1", [10, 20])
+
+
+@pytest.mark.parametrize("separator", [None, "."])
+def test_small_and_large_writers_agree(separator: str | None) -> None:
+    table = result_table(codecs.SMALL + 6)
+    large = orjson.loads(codecs._records_large(table, INFO, separator))
+    small = orjson.loads(codecs._records_small(table, INFO, separator))
+    assert len(large) == len(small) == table.num_rows
+    for a, b in zip(large, small, strict=True):
+        assert list(a) == list(b)
+        assert pd.json_normalize(a).columns.tolist() == pd.json_normalize(b).columns.tolist()
+        np.testing.assert_allclose(
+            np.array(pd.json_normalize(a)["outputs"][0][1]["Float"]["data"]),
+            np.array(pd.json_normalize(b)["outputs"][0][1]["Float"]["data"]), rtol=1e-6)
+
+
+def test_records_normalize_to_seed_columns() -> None:
+    records = json.loads(codecs.encode_records(result_table(3), INFO, None))
+    frame = pd.json_normalize(records)
+    assert {"time", "in.tensor", "out.label", "out.probabilities", "anomaly.count",
+            "metadata.elapsed", "check_failures", "outputs"} <= set(frame.columns)
+    assert records[0]["shadow_data"] == {} and records[0]["original_data"] is None
+    assert records[0]["time"] == 1_700_000_000_123
+    assert records[0]["outputs"][0] == {"Int64": {"data": [0], "dim": [1], "v": 1}}
+    assert records[0]["outputs"][1]["Float"]["dim"] == [1, 2]
+    flat = json.loads(codecs.encode_records(result_table(3), INFO, "."))
+    assert "out.label" in flat[0] and "out" not in flat[0]
+
+
+def test_dataset_selection() -> None:
+    table = result_table(2)
+    assert codecs.select_datasets(table, None, None).column_names == [
+        "time", "in.tensor", "out.label", "out.probabilities", "anomaly.count"]
+    assert codecs.select_datasets(table, ["out"], None).column_names == [
+        "out.label", "out.probabilities"]
+    assert codecs.select_datasets(table, ["*", "metadata.elapsed"], ["in"]).column_names == [
+        "time", "out.label", "out.probabilities", "anomaly.count", "metadata.elapsed"]
+
+
+def test_decode_records_and_arrow() -> None:
+    small = codecs.decode_records(b'[{"tensor": [1, 2]}, {"tensor": [3, 4]}]')
+    assert small.num_rows == 2
+    big_body = json.dumps([{"tensor": [1.5, 2.5], "id": i} for i in range(500)]).encode()
+    big = codecs.decode_records(big_body)
+    assert big.num_rows == 500 and set(big.column_names) == {"tensor", "id"}
+    roundtrip = codecs.decode_arrow(codecs.encode_arrow(big))
+    assert roundtrip.equals(big)
+    for body in (b'{"a": 1}', b"[]", b"[1, 2]", b'[{"a": 1'):
+        with pytest.raises(BadInput):
+            codecs.decode_records(body)
+    with pytest.raises(BadInput, match="Arrow"):
+        codecs.decode_arrow(b"nonsense")
+
+
+def test_tensor_rules() -> None:
+    f32 = np.dtype(np.float32)
+    ok = column_to_ndarray(pa.array([[1, 2], [3, 4]]), f32, [None, 2], "column 't'")
+    assert ok.dtype == f32 and ok.shape == (2, 2)
+    with pytest.raises(BadInput, match="ragged"):
+        column_to_ndarray(pa.array([[1, 2], [3]]), f32, [None, 2], "column 't'")
+    with pytest.raises(BadInput, match="text"):
+        column_to_ndarray(pa.array([["a", "b"]]), f32, [None, 2], "column 't'")
+    with pytest.raises(BadInput, match="expects 3"):
+        column_to_ndarray(pa.array([[1, 2]]), f32, [None, 3], "column 't'")
+    with pytest.raises(BadInput, match="without loss"):
+        column_to_ndarray(pa.array([[1.5, 2.0]]), np.dtype(np.int64), [None, 2], "column 't'")
+    with pytest.raises(BadInput, match="null"):
+        column_to_ndarray(pa.array([[1.0, None]]), f32, [None, 2], "column 't'")
+    scalar = column_to_ndarray(pa.array([1.0, 2.0]), f32, [None, 1], "column 't'")
+    assert scalar.shape == (2, 1)
+    nested = ndarray_to_column(np.arange(12).reshape(2, 3, 2))
+    assert nested.to_pylist()[1] == [[6, 7], [8, 9], [10, 11]]

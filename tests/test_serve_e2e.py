@@ -1,0 +1,289 @@
+"""End to end: publish to a real registry (and a local layout), serve with a real `edge serve`
+process, and check what a user sees on every endpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from tests.conftest import Edge, Registry, free_port, publish
+
+JSON = {"Content-Type": "application/json; format=pandas-records"}
+ARROW = "application/vnd.apache.arrow.file"
+SEED_FIELDS = {"check_failures", "elapsed", "model_name", "model_version", "original_data",
+               "outputs", "pipeline_name", "shadow_data", "time"}
+
+
+def rows(example: Path, n: int) -> np.ndarray:
+    return np.load(example / "data/10k-rows.npy")[:n]
+
+
+def raw_ort(example: Path, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    session = ort.InferenceSession(str(example / "models/breast-cancer.onnx"))
+    label, probabilities = session.run(None, {"X": features.astype(np.float32)})
+    return label, probabilities
+
+
+def arrow_body(features: np.ndarray) -> bytes:
+    column = pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1)), features.shape[1])
+    table = pa.table({"tensor": column})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+@pytest.fixture(scope="module")
+def published(registry: Registry, example: Path) -> dict:
+    return publish(example / "pipeline.yaml", registry=registry)
+
+
+@pytest.fixture(scope="module")
+def served(registry: Registry, published: dict, tmp_path_factory: pytest.TempPathFactory):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCI_") and k != "EDGE_BUNDLE"}
+    env.update(PIPELINE_URL=published["pipeline_url"], OCI_USERNAME=registry.username,
+               OCI_PASSWORD=registry.password, OCI_REGISTRY=registry.host, CONFIG_CPUS="1",
+               MAX_BODY_BYTES=str(8 << 20))
+    edge = Edge(free_port(), tmp_path_factory.mktemp("served") / "persist", env).start()
+    yield edge
+    edge.stop()
+
+
+def test_publish_prints_seed_fields(registry: Registry, example: Path) -> None:
+    env = dict(os.environ, OCI_USERNAME=registry.username, OCI_PASSWORD=registry.password)
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "publish", str(example / "pipeline.yaml"),
+         "--registry", registry.host, "--repository", "edge-tests", "--no-chart"],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )
+    for label in ("ID", "Pipeline Version", "Status", "Pipeline URL", "Engine Config"):
+        assert any(line.startswith(label + " ") for line in done.stdout.splitlines()), label
+    assert f"{registry.host}/edge-tests/pipelines/breast-cancer:" in done.stdout
+    assert registry.password not in done.stdout + done.stderr
+
+
+def test_startup_lines_and_listing(served, published: dict, example: Path) -> None:
+    out = served.output()
+    for line in ("Fetching manifest and config for pipeline: " + published["pipeline_url"],
+                 "Fetching model layers", "  name: breast-cancer", "  runtime: onnx",
+                 "Fetched", "Starting engine"):
+        assert line in out
+    assert httpx.get(f"{served.url}/pipelines").json() == {
+        "pipelines": [{"id": "breast-cancer", "status": "Running"}]
+    }
+    models = httpx.get(f"{served.url}/models").json()["models"]
+    sha = hashlib.sha256((example / "models/breast-cancer.onnx").read_bytes()).hexdigest()
+    assert [(m["name"], m["sha"], m["status"]) for m in models] == [
+        ("breast-cancer", sha, "Running")
+    ]
+    assert len(models[0]["version"]) == 36
+    assert httpx.get(f"{served.url}/health/live").status_code == 200
+    assert httpx.get(f"{served.url}/health/ready").status_code == 200
+    assert "edge_inference_requests" in httpx.get(f"{served.url}/metrics").text
+
+
+@pytest.mark.parametrize("n", [1, 5, 200])
+def test_records_json_matches_onnxruntime(served, example: Path, n: int) -> None:
+    features = rows(example, n)
+    body = json.dumps([{"tensor": r} for r in features.tolist()])
+    reply = httpx.post(f"{served.url}/pipelines/breast-cancer", content=body, headers=JSON)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"].startswith("application/json")
+    records = reply.json()
+    assert len(records) == n
+    assert SEED_FIELDS <= set(records[0])
+    frame = pd.json_normalize(records)
+    for column in ("time", "in.tensor", "out.label", "out.probabilities", "anomaly.count"):
+        assert column in frame.columns
+    assert frame["time"].dtype == np.int64
+    label, probabilities = raw_ort(example, features)
+    np.testing.assert_array_equal(frame["out.label"].to_numpy(), label)
+    np.testing.assert_allclose(np.stack(frame["out.probabilities"]), probabilities, rtol=1e-6)
+    assert records[0]["outputs"][0] == {"Int64": {"data": [int(label[0])], "dim": [1], "v": 1}}
+    assert records[0]["outputs"][1]["Float"]["dim"] == [1, 2]
+    assert records[0]["pipeline_name"] == "breast-cancer"
+    assert len(records[0]["elapsed"]) == 2
+
+
+def test_arrow_in_and_out(served, example: Path) -> None:
+    features = rows(example, 1000)
+    reply = httpx.post(
+        f"{served.url}/pipelines/breast-cancer",
+        content=arrow_body(features),
+        headers={"Content-Type": ARROW, "Accept": ARROW},
+    )
+    assert reply.status_code == 200, reply.text
+    table = pa.ipc.open_file(pa.py_buffer(reply.content)).read_all()
+    assert table.column_names[:4] == ["time", "in.tensor", "out.label", "out.probabilities"]
+    assert "anomaly.count" in table.column_names
+    assert table.schema.field("time").type == pa.timestamp("ms", tz="UTC")
+    label, probabilities = raw_ort(example, features)
+    np.testing.assert_array_equal(table.column("out.label").to_numpy(), label)
+    np.testing.assert_allclose(
+        np.stack(table.column("out.probabilities").to_numpy(zero_copy_only=False)),
+        probabilities, rtol=1e-6,
+    )
+
+
+def test_wallaroo_sdk_wire_format(served, example: Path) -> None:
+    """What Wallaroo's own SDK sends: flat keys with dataset.separator, `format: arrow`."""
+    features = rows(example, 3)
+    body = json.dumps([{"tensor": r} for r in features.tolist()])
+    reply = httpx.post(
+        f"{served.url}/pipelines/breast-cancer",
+        params=[("dataset[]", "*"), ("dataset.exclude[]", "metadata"),
+                ("dataset.separator", ".")],
+        content=body, headers=JSON,
+    )
+    assert reply.status_code == 200
+    frame = pd.DataFrame.from_records(reply.json())
+    assert {"time", "in.tensor", "out.label", "out.probabilities", "anomaly.count"} <= set(
+        frame.columns
+    )
+    assert not any(c.startswith("metadata") for c in frame.columns)
+    reply = httpx.post(
+        f"{served.url}/pipelines/breast-cancer", content=arrow_body(features),
+        headers={"Content-Type": ARROW, "format": "arrow"},
+    )
+    table = pa.ipc.open_file(pa.py_buffer(reply.content)).read_all()
+    assert table.num_rows == 3
+
+
+def test_dataset_selection(served, example: Path) -> None:
+    body = json.dumps([{"tensor": rows(example, 1)[0].tolist()}])
+    url = f"{served.url}/pipelines/breast-cancer"
+    only_out = httpx.post(url, params={"dataset": "out"}, content=body, headers=JSON).json()[0]
+    assert "out" in only_out and "in" not in only_out and "anomaly" not in only_out
+    meta = httpx.post(url, params=[("dataset", "*"), ("dataset", "metadata")], content=body,
+                      headers=JSON).json()[0]
+    assert meta["metadata"]["pipeline_version"]
+    assert meta["metadata"]["dropped"] == []
+    assert len(meta["metadata"]["elapsed"]) == 2
+    no_in = httpx.post(url, params={"dataset_exclude": "in"}, content=body, headers=JSON).json()
+    assert "in" not in no_in[0] and "out" in no_in[0]
+
+
+BAD_INPUTS = [
+    ("ragged", json.dumps([{"tensor": [1.0] * 30}, {"tensor": [1.0] * 29}]), JSON, 400, "ragged"),
+    ("mixed", json.dumps([{"tensor": [1.0] * 29 + ["a"]}]), JSON, 400, "tensor"),
+    ("width", json.dumps([{"tensor": [1.0] * 12}]), JSON, 400, "expects 30"),
+    ("malformed", '[{"tensor": [1.0,', JSON, 400, "malformed"),
+    ("not-records", '{"tensor": [1.0]}', JSON, 400, "list of row objects"),
+    ("empty", "[]", JSON, 400, "no rows"),
+    ("null", json.dumps([{"tensor": None}]), JSON, 400, "null"),
+    ("wrong-column", json.dumps([{"a": [1.0] * 30, "b": [1.0] * 30}]), JSON, 400, "'X'"),
+    ("bad-arrow", "not arrow at all", {"Content-Type": ARROW}, 400, "Arrow"),
+    ("media-type", "x", {"Content-Type": "text/csv"}, 415, "text/csv"),
+]
+
+
+@pytest.mark.parametrize("case,body,headers,status,words", BAD_INPUTS,
+                         ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_a_clear_4xx(served, case, body, headers, status, words) -> None:
+    reply = httpx.post(f"{served.url}/pipelines/breast-cancer", content=body, headers=headers)
+    assert reply.status_code == status, reply.text
+    error = reply.json()
+    assert error["code"] == status and error["status"] == "error"
+    assert error["source"] in ("engine", "platform")
+    assert words in error["error"]
+    assert httpx.get(f"{served.url}/health/live").status_code == 200
+
+
+def test_unknown_pipeline_accept_and_size_limit(served, example: Path) -> None:
+    body = json.dumps([{"tensor": rows(example, 1)[0].tolist()}])
+    missing = httpx.post(f"{served.url}/pipelines/nope", content=body, headers=JSON)
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]
+    refused = httpx.post(f"{served.url}/pipelines/breast-cancer", content=body,
+                         headers={**JSON, "Accept": "text/html"})
+    assert refused.status_code == 406
+    big = b"[" + b'{"tensor": [1.0]},' * (600_000) + b'{"tensor": [1.0]}]'
+    too_big = httpx.post(f"{served.url}/pipelines/breast-cancer", content=big, headers=JSON)
+    assert too_big.status_code == 413
+    assert "limit" in too_big.json()["error"]
+    ok = httpx.post(f"{served.url}/pipelines/breast-cancer", content=body, headers=JSON)
+    assert ok.status_code == 200
+
+
+def test_batch_config_single(registry: Registry, example: Path, tmp_path: Path,
+                             start_edge) -> None:
+    spec = tmp_path / "single.yaml"
+    shutil.copytree(example / "models", tmp_path / "models")
+    spec.write_text(
+        "name: single-row\nsteps:\n  - model: single\n    file: models/breast-cancer.onnx\n"
+        "    batch_config: single\n    tensor_fields: [features]\n"
+    )
+    url = publish(spec, registry=registry)["pipeline_url"]
+    edge = start_edge(url, registry)
+    features = rows(example, 2)
+    two = json.dumps([{"features": r, "other": 1} for r in features.tolist()])
+    reply = httpx.post(f"{edge.url}/pipelines/single-row", content=two, headers=JSON)
+    assert reply.status_code == 400 and "single" in reply.json()["error"]
+    one = json.dumps([{"features": features[0].tolist(), "other": 1}])
+    reply = httpx.post(f"{edge.url}/pipelines/single-row", content=one, headers=JSON)
+    assert reply.status_code == 200, reply.text
+
+
+def test_tampered_blob_is_refused(registry: Registry, example: Path, tmp_path: Path,
+                                  start_edge) -> None:
+    published_ = publish(example / "pipeline.yaml", registry=registry)
+    manifest = httpx.get(
+        f"http://{registry.host}/v2/edge-tests/pipelines/breast-cancer/manifests/"
+        f"{published_['pipeline_version']}",
+        auth=(registry.username, registry.password),
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    ).json()
+    model_blob = registry.blob_path(manifest["layers"][0]["digest"])
+    original = model_blob.read_bytes()
+    try:
+        model_blob.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        edge = start_edge(published_["pipeline_url"], registry, wait_ready=False)
+        assert edge.wait_exit(60) == 2
+        assert "digest" in edge.output()
+        assert registry.password not in edge.output()
+    finally:
+        model_blob.write_bytes(original)
+
+
+def test_offline_restart_serves_cache(registry: Registry, example: Path, tmp_path: Path,
+                                      start_edge) -> None:
+    url = publish(example / "pipeline.yaml", registry=registry)["pipeline_url"]
+    persist = tmp_path / "persist"
+    first = start_edge(url, registry, persist=persist)
+    first.stop()
+    registry.stop()
+    try:
+        second = start_edge(url, registry, persist=persist)
+        assert "serving the cached copy" in second.output()
+        body = json.dumps([{"tensor": rows(example, 1)[0].tolist()}])
+        assert httpx.post(f"{second.url}/pipelines/breast-cancer", content=body,
+                          headers=JSON).status_code == 200
+        second.stop()
+        fresh = start_edge(url, registry, persist=tmp_path / "empty", wait_ready=False)
+        assert fresh.wait_exit(60) == 2
+        assert "no cached copy" in fresh.output()
+    finally:
+        registry.start()
+
+
+def test_local_layout_needs_no_registry(example: Path, tmp_path: Path, start_edge) -> None:
+    url = publish(example / "pipeline.yaml", layout=tmp_path / "layout")["pipeline_url"]
+    assert url.startswith("oci-layout:")
+    edge = start_edge(url)
+    body = json.dumps([{"tensor": rows(example, 1)[0].tolist()}])
+    reply = httpx.post(f"{edge.url}/pipelines/breast-cancer", content=body, headers=JSON)
+    assert reply.status_code == 200
+    untagged = "oci-layout:" + str(tmp_path / "layout")
+    edge2 = start_edge(untagged, persist=tmp_path / "p2")
+    assert httpx.get(f"{edge2.url}/pipelines").json()["pipelines"][0]["id"] == "breast-cancer"
