@@ -47,7 +47,11 @@ true
 {{- $tag = printf "%s-tensorflow" $tag -}}
 {{- end -}}
 {{- end -}}
+{{- if hasPrefix "sha256:" $tag -}}
+{{- printf "%s@%s" .Values.image.repository $tag -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
 {{- end -}}
 
 {{/* kubernetes.io/arch for the publish's arch (x86 | arm), empty for any. */}}

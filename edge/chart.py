@@ -1,0 +1,552 @@
+"""The Helm chart pushed with every publish: fill in its values, package it, push it as OCI.
+
+`edge publish` calls `build_chart` and then `push_chart`. The chart's source is
+`helm/edge-pipeline` in a checkout, or its copy shipped as package data (`edge/chart_template`)
+in an installed wheel.
+
+A chart is pushed the way Helm pushes one, so `helm pull oci://<url> --version <version>` gets it
+back: an OCI image manifest whose config blob is Chart.yaml as JSON
+(`application/vnd.cncf.helm.config.v1+json`) and whose one layer is the chart archive
+(`application/vnd.cncf.helm.chart.content.v1.tar+gzip`), tagged with the chart version.
+
+Every call to the registry has a finite timeout. Registries without auth, with HTTP basic auth
+(htpasswd) and with bearer tokens (the `WWW-Authenticate: Bearer realm=...` dance of Docker Hub,
+GHCR, Harbor, ...) all work.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import importlib.metadata
+import io
+import json
+import math
+import re
+import tarfile
+import time
+from collections.abc import Generator, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import httpx
+import yaml
+
+from edge.artifact import DNS_NAME, MANIFEST_MEDIA_TYPE
+from edge.errors import (
+    ArtifactError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnreachable,
+    SpecError,
+)
+
+CHART_CONFIG_MEDIA_TYPE = "application/vnd.cncf.helm.config.v1+json"
+CHART_LAYER_MEDIA_TYPE = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
+CHART_BASE_VERSION = "0.0.1"
+TEMPLATE_CHART_NAME = "edge-pipeline"
+DEFAULT_TIMEOUT = 30.0  # seconds, for each call to the registry
+
+_PACKAGE_TEMPLATE = Path(__file__).resolve().parent / "chart_template"
+_CHECKOUT_TEMPLATE = Path(__file__).resolve().parents[1] / "helm" / TEMPLATE_CHART_NAME
+_SEMVER_IDENTIFIERS = re.compile(r"^[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*$")
+_REGISTRY_HOST = re.compile(
+    r"^(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+)(:[0-9]+)?$|^[A-Za-z0-9-]+:[0-9]+$"
+)
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][0-9]+|[KMGTPE]i|[kMGTPE]|m)?$")
+_ARCHES = {
+    "x86": "x86",
+    "x86_64": "x86",
+    "amd64": "x86",
+    "arm": "arm",
+    "arm64": "arm",
+    "aarch64": "arm",
+    "": "",
+}
+
+
+@dataclass(frozen=True)
+class ChartRef:
+    """Where a pushed chart lives: what the publish prints as Helm Chart URL / Version /
+    Reference."""
+
+    url: str  # <registry>/<repository>/charts/<name>, no scheme (as `helm pull oci://` takes it)
+    version: str  # 0.0.1-<pipeline version>
+    reference: str  # the manifest digest, sha256:<hex>
+
+    @property
+    def oci_url(self) -> str:
+        return f"oci://{self.url}"
+
+
+def chart_source() -> Path:
+    """The chart directory publishes start from: the checkout's, else the installed copy."""
+    for candidate in (_CHECKOUT_TEMPLATE, _PACKAGE_TEMPLATE):
+        if (candidate / "Chart.yaml").is_file():
+            return candidate
+    raise ArtifactError(
+        f"the Helm chart template is missing (looked in {_CHECKOUT_TEMPLATE} and "
+        f"{_PACKAGE_TEMPLATE}): reinstall edge-appliance"
+    )
+
+
+def chart_version(pipeline_version: str) -> str:
+    """`0.0.1-<pipeline version>`: a SemVer pre-release Helm and OCI tags both accept."""
+    if not _SEMVER_IDENTIFIERS.match(pipeline_version) or any(
+        part.isdigit() and len(part) > 1 and part.startswith("0")
+        for part in pipeline_version.split(".")
+    ):
+        raise SpecError(
+            f"pipeline version {pipeline_version!r} cannot be a chart version suffix: use a UUID "
+            "(letters, digits, '-' and '.')"
+        )
+    version = f"{CHART_BASE_VERSION}-{pipeline_version}"
+    if len(version) > 128:
+        raise SpecError(f"pipeline version {pipeline_version!r} is too long for an OCI tag")
+    return version
+
+
+def engine_values(engine_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A publish's engine config checked and normalized: cpus, memory, gpus, arch (x86|arm|"")."""
+    cpus = engine_config.get("cpus", 1)
+    if isinstance(cpus, bool) or not isinstance(cpus, int | float) or not cpus > 0:
+        raise SpecError(f"engine config cpus must be a number above 0, not {cpus!r}")
+    if not math.isfinite(cpus):
+        raise SpecError(f"engine config cpus must be finite, not {cpus!r}")
+    if isinstance(cpus, float) and cpus.is_integer():
+        cpus = int(cpus)
+    memory = str(engine_config.get("memory", "512Mi"))
+    if not _QUANTITY.match(memory):
+        raise SpecError(
+            f"engine config memory {memory!r} is not a Kubernetes quantity such as 512Mi or 2Gi"
+        )
+    gpus = engine_config.get("gpus", 0) or 0
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise SpecError(f"engine config gpus must be a whole number of GPUs, not {gpus!r}")
+    arch = str(engine_config.get("arch") or "").lower()
+    if arch not in _ARCHES:
+        raise SpecError(f"engine config arch {arch!r} is not one of x86, arm")
+    return {"cpus": cpus, "memory": memory, "gpus": gpus, "arch": _ARCHES[arch]}
+
+
+def build_chart(
+    name: str,
+    pipeline_url: str,
+    pipeline_version: str,
+    engine_config: Mapping[str, Any],
+    dest: Path,
+    *,
+    registry: str | None = None,
+    image: str | None = None,
+    tensorflow: bool = False,
+) -> Path:
+    """Package the chart for one pipeline version into `dest/<name>-<version>.tgz`.
+
+    Values filled in: pipelineUrl, pipelineVersion, ociRegistry.registry (`registry`, else the
+    host of `pipeline_url`), resources/gpus/arch from `engine_config`, `tensorflow` (selects the
+    TensorFlow image variant) and, when given, `image` (`repository[:tag]` or
+    `repository@sha256:...`). Chart name: the pipeline name; version: `0.0.1-<pipeline_version>`.
+    """
+    if not DNS_NAME.match(name):
+        raise SpecError(
+            f"pipeline name {name!r} is not a valid chart name (lower-case letters, digits, '-')"
+        )
+    version = chart_version(pipeline_version)
+    values: dict[tuple[str, ...], Any] = {
+        ("pipelineUrl",): pipeline_url,
+        ("pipelineVersion",): pipeline_version,
+        ("ociRegistry", "registry"): registry or _registry_of(pipeline_url),
+        ("tensorflow",): bool(tensorflow),
+    }
+    engine = engine_values(engine_config)
+    values[("resources", "cpus")] = engine["cpus"]
+    values[("resources", "memory")] = engine["memory"]
+    values[("gpus",)] = engine["gpus"]
+    values[("arch",)] = engine["arch"]
+    if image:
+        repository, tag = _split_image(image)
+        values[("image", "repository")] = repository
+        values[("image", "tag")] = tag
+
+    source = chart_source()
+    chart_meta = yaml.safe_load((source / "Chart.yaml").read_text())
+    chart_meta.update(
+        name=name,
+        version=version,
+        appVersion=_engine_version(str(chart_meta.get("appVersion", ""))),
+        description=f"Edge pipeline {name}, version {pipeline_version}, served by edge-appliance.",
+    )
+    files = {
+        "Chart.yaml": yaml.safe_dump(chart_meta, sort_keys=False).encode(),
+        "values.yaml": set_values((source / "values.yaml").read_text(), values).encode(),
+    }
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / f"{name}-{version}.tgz"
+    mtime = int(time.time())
+    with tarfile.open(target, "w:gz", format=tarfile.PAX_FORMAT) as archive:
+        for relative in _chart_files(source):
+            if relative in files:
+                data = files[relative]
+            else:
+                data = (source / relative).read_bytes()
+            info = tarfile.TarInfo(f"{name}/{relative}")
+            info.size, info.mtime, info.mode = len(data), mtime, 0o644
+            archive.addfile(info, io.BytesIO(data))
+    return target
+
+
+def set_values(text: str, values: Mapping[tuple[str, ...], Any]) -> str:
+    """Set scalar values in a values.yaml text, keeping its comments and layout.
+
+    Each key path must already be in the text with a scalar value on its line.
+    """
+    lines = text.splitlines(keepends=True)
+    found: set[tuple[str, ...]] = set()
+    stack: list[tuple[int, str]] = []
+    line_pattern = re.compile(r"^( *)([A-Za-z0-9_.\-/]+):( +)?(.*?)(\s+#.*)?(\r?\n)?$")
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "-")):
+            continue
+        match = line_pattern.match(line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, match.group(2)))
+        path = tuple(key for _, key in stack)
+        if path in values:
+            found.add(path)
+            lines[index] = (
+                f"{match.group(1)}{match.group(2)}: {_yaml_scalar(values[path])}"
+                f"{match.group(5) or ''}{match.group(6) or ''}"
+            )
+    missing = set(values) - found
+    if missing:
+        raise ArtifactError(
+            "the chart template's values.yaml lacks " + ", ".join(".".join(p) for p in missing)
+        )
+    result = "".join(lines)
+    loaded = yaml.safe_load(result)
+    for path, expected in values.items():
+        node: Any = loaded
+        for key in path:
+            node = node[key]
+        if node != expected:
+            raise ArtifactError(f"could not set {'.'.join(path)} in the chart's values.yaml")
+    return result
+
+
+def push_chart(
+    tgz: Path,
+    registry: str,
+    repository: str,
+    username: str | None,
+    password: str | None,
+    insecure: bool | None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> ChartRef:
+    """Push a packaged chart to `<registry>/<repository>/charts/<name>:<version>`.
+
+    `registry` is `host[:port]` (or a URL with its scheme). `insecure` talks plain HTTP to a
+    registry given without a scheme; None means plain HTTP for loopback hosts only, as `docker`
+    does. Returns the chart's URL, version and manifest digest.
+    """
+    data = tgz.read_bytes()
+    meta = chart_metadata(data)
+    name, version = str(meta["name"]), str(meta["version"])
+    base_url, host = _registry_base(registry, insecure)
+    repo_path = "/".join(part for part in (repository.strip("/"), "charts", name) if part)
+    config = json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": _descriptor(CHART_CONFIG_MEDIA_TYPE, config),
+            "layers": [_descriptor(CHART_LAYER_MEDIA_TYPE, data)],
+            "annotations": {
+                "org.opencontainers.image.title": name,
+                "org.opencontainers.image.version": version,
+                "org.opencontainers.image.description": str(meta.get("description", "")),
+            },
+        },
+        separators=(",", ":"),
+    ).encode()
+    session = _Session(base_url, host, username, password, timeout)
+    with session:
+        session.check_api()
+        for blob in (config, data):
+            session.push_blob(repo_path, blob)
+        digest = session.put_manifest(repo_path, version.replace("+", "_"), manifest)
+    return ChartRef(url=f"{host}/{repo_path}", version=version, reference=digest)
+
+
+def chart_metadata(tgz_bytes: bytes) -> dict[str, Any]:
+    """Chart.yaml of a chart archive, as a dict."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(tgz_bytes), mode="r:gz") as archive:
+            for member in archive:
+                parts = PurePosixPath(member.name).parts
+                if len(parts) == 2 and parts[1] == "Chart.yaml" and member.isfile():
+                    handle = archive.extractfile(member)
+                    if handle is not None:
+                        meta = yaml.safe_load(handle.read())
+                        if isinstance(meta, dict) and meta.get("name") and meta.get("version"):
+                            return meta
+    except (tarfile.TarError, OSError, yaml.YAMLError) as exc:
+        raise ArtifactError(f"the chart archive is unreadable: {exc}") from exc
+    raise ArtifactError("the chart archive has no <name>/Chart.yaml with a name and version")
+
+
+def _chart_files(source: Path) -> Iterator[str]:
+    ignore_file = source / ".helmignore"
+    patterns = []
+    if ignore_file.is_file():
+        patterns = [
+            line.strip()
+            for line in ignore_file.read_text().splitlines()
+            if line.strip() and not line.strip().startswith("#")
+        ]
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source).as_posix()
+        if not path.is_file() or "__pycache__" in path.parts:
+            continue
+        if any(_ignored(relative, pattern) for pattern in patterns):
+            continue
+        yield relative
+
+
+def _ignored(relative: str, pattern: str) -> bool:
+    parts = relative.split("/")
+    if pattern.endswith("/"):
+        return any(fnmatch.fnmatch(part, pattern[:-1]) for part in parts[:-1])
+    return fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(parts[-1], pattern)
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def _registry_of(pipeline_url: str) -> str:
+    """The registry host of `host[:port]/repo/...`; empty for a local OCI layout path."""
+    reference = pipeline_url.split("://", 1)[-1]
+    first, slash, _ = reference.partition("/")
+    return first if slash and _REGISTRY_HOST.match(first) else ""
+
+
+def _split_image(image: str) -> tuple[str, str]:
+    if "@" in image:
+        repository, digest = image.split("@", 1)
+        return repository, digest
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        repository, tag = image.rsplit(":", 1)
+        return repository, tag
+    return image, ""
+
+
+def _engine_version(fallback: str) -> str:
+    try:
+        return importlib.metadata.version("edge-appliance")
+    except importlib.metadata.PackageNotFoundError:
+        return fallback
+
+
+def _descriptor(media_type: str, blob: bytes) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": _digest(blob), "size": len(blob)}
+
+
+def _digest(blob: bytes) -> str:
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def _registry_base(registry: str, insecure: bool | None) -> tuple[str, str]:
+    registry = registry.strip().rstrip("/")
+    if "://" in registry:
+        scheme, host = registry.split("://", 1)
+        if scheme not in ("http", "https"):
+            raise RegistryError(f"registry {registry!r}: only http:// or https:// are understood")
+    else:
+        host = registry
+        if insecure is None:
+            insecure = _hostname(host) in ("127.0.0.1", "localhost", "[::1]")
+        scheme = "http" if insecure else "https"
+    if not host or "/" in host:
+        raise RegistryError(
+            f"registry {registry!r} must be host[:port]; put the path in the repository"
+        )
+    return f"{scheme}://{host}", host
+
+
+def _hostname(host: str) -> str:
+    """`host[:port]` without the port (`[::1]:5000` -> `[::1]`)."""
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.split(":", 1)[0]
+
+
+class _RegistryAuth(httpx.Auth):
+    """Answers a registry's 401 challenge with basic auth or a bearer token, then reuses it."""
+
+    requires_response_body = True
+
+    def __init__(self, host: str, username: str | None, password: str | None) -> None:
+        self.host = host
+        self.credentials = (username, password or "") if username else None
+        self.header: str | None = None
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        ours = request.url.netloc.decode() == self.host
+        if ours and self.header:
+            request.headers["Authorization"] = self.header
+        response = yield request
+        if response.status_code != 401 or not ours:
+            return
+        scheme, params = _parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        if scheme == "basic" and self.credentials:
+            self.header = _basic(*self.credentials)
+        elif scheme == "bearer" and params.get("realm"):
+            query = {key: params[key] for key in ("service", "scope") if params.get(key)}
+            token_request = httpx.Request("GET", params["realm"], params=query)
+            if self.credentials:
+                token_request.headers["Authorization"] = _basic(*self.credentials)
+            token_response = yield token_request
+            if token_response.status_code != 200:
+                return
+            try:
+                body = token_response.json()
+                token = body.get("token") or body.get("access_token")
+            except (ValueError, AttributeError):
+                token = None
+            if not token:
+                return
+            self.header = f"Bearer {token}"
+        else:
+            return
+        request.headers["Authorization"] = self.header
+        yield request
+
+
+def _basic(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.strip().partition(" ")
+    return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', rest))
+
+
+class _Session:
+    """One push: an httpx client bound to a registry, turning failures into RegistryErrors."""
+
+    def __init__(
+        self,
+        base_url: str,
+        host: str,
+        username: str | None,
+        password: str | None,
+        timeout: float,
+    ) -> None:
+        self.host = host
+        self.plain_http = base_url.startswith("http://")
+        self.timeout = timeout
+        self.client = httpx.Client(
+            base_url=base_url,
+            auth=_RegistryAuth(host, username, password),
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            follow_redirects=False,
+        )
+        self.has_credentials = bool(username)
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
+    def request(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.client.request(method, url, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise RegistryUnreachable(
+                f"registry {self.host} did not answer {what} within {self.timeout:g} s"
+            ) from exc
+        except httpx.TransportError as exc:
+            hint = "" if self.plain_http else " (a plain-HTTP registry needs --insecure)"
+            raise RegistryUnreachable(f"cannot reach registry {self.host}{hint}: {exc}") from exc
+        if response.status_code == 401:
+            hint = (
+                "the username or password is wrong"
+                if self.has_credentials
+                else "it needs a username and password (OCI_USERNAME / OCI_PASSWORD)"
+            )
+            raise RegistryAuthError(f"registry {self.host} refused {what}: {hint}")
+        if response.status_code == 403:
+            raise RegistryAuthError(
+                f"registry {self.host} forbids {what}: the user may not push there"
+            )
+        return response
+
+    def check_api(self) -> None:
+        response = self.request("GET", "/v2/", "the API check (GET /v2/)")
+        if response.status_code != 200:
+            raise RegistryError(
+                f"{self.host} does not look like an OCI registry: GET /v2/ answered "
+                f"{response.status_code}"
+            )
+
+    def push_blob(self, repo_path: str, blob: bytes) -> None:
+        digest = _digest(blob)
+        what = f"blob {digest} of {repo_path}"
+        head = self.request("HEAD", f"/v2/{repo_path}/blobs/{digest}", f"checking {what}")
+        if head.status_code == 200:
+            return
+        start = self.request(
+            "POST", f"/v2/{repo_path}/blobs/uploads/", f"starting upload of {what}"
+        )
+        location = start.headers.get("Location")
+        if start.status_code != 202 or not location:
+            raise _unexpected(self.host, f"starting upload of {what}", start)
+        upload_url = self.client.base_url.join(location).copy_merge_params({"digest": digest})
+        done = self.request(
+            "PUT",
+            str(upload_url),
+            f"uploading {what}",
+            content=blob,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        if done.status_code not in (201, 204):
+            raise _unexpected(self.host, f"uploading {what}", done)
+
+    def put_manifest(self, repo_path: str, tag: str, manifest: bytes) -> str:
+        digest = _digest(manifest)
+        what = f"manifest {repo_path}:{tag}"
+        response = self.request(
+            "PUT",
+            f"/v2/{repo_path}/manifests/{tag}",
+            f"pushing {what}",
+            content=manifest,
+            headers={"Content-Type": MANIFEST_MEDIA_TYPE},
+        )
+        if response.status_code not in (200, 201):
+            raise _unexpected(self.host, f"pushing {what}", response)
+        answered = response.headers.get("Docker-Content-Digest")
+        if answered and answered != digest:
+            raise RegistryError(
+                f"registry {self.host} stored {what} as {answered}, but its content is {digest}"
+            )
+        return digest
+
+
+def _unexpected(host: str, what: str, response: httpx.Response) -> RegistryError:
+    return RegistryError(
+        f"registry {host} answered {response.status_code} to {what}: {response.text[:300]}"
+    )
