@@ -1,0 +1,1237 @@
+"""The inference log buffer: every answered row, kept in one SQLite file until the sync ships it.
+
+One buffer row per appended table. The table is stored as one Arrow IPC record-batch message
+(zstd-compressed, its schema stored once in `schemas`) beside its sequence range and time range,
+so a 10,000-row request costs one INSERT and the sync reads whole tables back.
+
+File layout (versioned by `_migrations`, see `MIGRATIONS`):
+
+    meta(key, value)            epoch, created_at, last_seq (high-water mark), acked_through
+    schemas(id, fingerprint, ipc)
+    batches(first_seq, last_seq, n_rows, min_time, max_time, bytes, schema_id, codec, trimmed, body)
+    drops(reason, count)        persistent drop counters: input_values, output_values, rows
+
+Write path. A single writer thread owns the write connection. `append_nowait` puts the table on a
+bounded queue; the writer takes everything waiting, inserts it in ONE transaction (group commit,
+WAL with `synchronous=FULL`), commits, then resolves every waiting future. `await append()`
+returns only after the commit. Acks and maintenance run on the same thread, in queue order.
+
+Backpressure. The queue holds at most `max_queue` tables and `max_queue_bytes` of Arrow data
+(one table is always admitted to an empty queue). When full, `append_nowait` raises
+`LogBufferFull` at once and `await append()` waits up to `enqueue_timeout` seconds for room, then
+raises `LogBufferFull`. No accepted row is ever dropped silently: the caller answers with an error.
+
+Sequence numbers. The epoch is a random id made when the file is created. Sequence numbers start
+at 1 per epoch; the next one comes from the `last_seq` high-water mark in `meta`, written in the
+same transaction as the rows, so acked, deleted or dropped rows never free a number for reuse.
+
+Bound. Past `max_bytes` of stored payload, within the same transaction: synced rows kept for
+on-device reads go first (they were delivered, nothing is lost); then the oldest unsynced tables
+lose input columns, largest first, then output columns (`out.*`, `out_<model>.*`), keeping `time`,
+`anomaly.*` and `metadata.*`, each dropped name appended to `metadata.dropped`; only then whole
+oldest tables go. Each drop adds to a counter in `drops`, shown in `stats()["dropped"]`:
+`input_values` / `output_values` count (row, column) values dropped, `rows` counts whole rows.
+
+Crash safety. At start a file that SQLite calls corrupt (open failure, `PRAGMA quick_check`) or
+that is not a log buffer is renamed aside (`<name>.corrupt-<UTC time>`, never deleted), logged,
+listed in `stats()["set_aside"]`, and a new file with a new epoch begins. A full disk fails the
+waiting appends with `LogBufferDiskFull`; the next append tries again, so the buffer recovers as
+soon as space frees. The WAL is kept small with explicit `wal_checkpoint(TRUNCATE)` (when it
+passes `wal_checkpoint_bytes`, and when idle) and `journal_size_limit`.
+
+Reads (`query`, `pending`, `stats`) use their own read-only connection and never block the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import hashlib
+import logging
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import zstandard
+
+from edge.errors import LogBufferError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_MAX_BYTES = 256 << 20
+DROP_REASONS = ("input_values", "output_values", "rows")
+DROPPED_COLUMN = "metadata.dropped"
+TIME_TYPE = pa.timestamp("ms", tz="UTC")
+_EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
+_CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+_FULL_CODE = 13  # SQLITE_FULL
+_TRIM_INPUTS, _TRIM_OUTPUTS, _TRIMMED = 0, 1, 2  # batches.trimmed: what is left to drop
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "batches",
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        CREATE TABLE schemas (
+            id INTEGER PRIMARY KEY,
+            fingerprint TEXT NOT NULL UNIQUE,
+            ipc BLOB NOT NULL
+        );
+        CREATE TABLE batches (
+            first_seq INTEGER PRIMARY KEY,
+            last_seq INTEGER NOT NULL,
+            n_rows INTEGER NOT NULL,
+            min_time INTEGER,
+            max_time INTEGER,
+            bytes INTEGER NOT NULL,
+            schema_id INTEGER NOT NULL REFERENCES schemas (id),
+            codec TEXT NOT NULL,
+            trimmed INTEGER NOT NULL DEFAULT 0,
+            body BLOB NOT NULL
+        );
+        CREATE INDEX batches_by_time ON batches (max_time, min_time);
+        CREATE INDEX batches_by_trim ON batches (trimmed, first_seq);
+        CREATE TABLE drops (reason TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID
+        """,
+    ),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+# Rows whose seq is above `acked`, found by primary-key range (no scan of synced rows).
+_UNSYNCED = (
+    "first_seq >= COALESCE((SELECT MAX(first_seq) FROM batches WHERE first_seq <= :acked), 0)"
+    " AND last_seq > :acked"
+)
+
+
+class LogBufferFull(LogBufferError):
+    """The writer's queue is full (backpressure): nothing was stored; retry shortly."""
+
+
+class LogBufferDiskFull(LogBufferError):
+    """SQLite could not grow the file (disk or quota full): nothing was stored."""
+
+
+@dataclass(frozen=True)
+class SeqRange:
+    """The sequence numbers given to one appended table: `first..last`, inclusive."""
+
+    epoch: str
+    first: int
+    last: int
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass
+class Batch:
+    """Unsynced rows for the sync: the sequence number of row i is `first_seq + i`."""
+
+    epoch: str
+    first_seq: int
+    last_seq: int
+    table: pa.Table
+
+
+@dataclass
+class _State:
+    """What the writer knows about the file; replaced as a whole after each commit."""
+
+    last_seq: int = 0
+    acked_through: int = 0
+    bytes: int = 0
+    rows: int = 0
+    batches: int = 0
+    unsynced_rows: int = 0
+    drops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+
+    def copy(self) -> _State:
+        return replace(self, drops=dict(self.drops))
+
+
+@dataclass
+class _Append:
+    table: pa.Table
+    nbytes: int
+    future: concurrent.futures.Future[SeqRange]
+
+
+@dataclass
+class _Call:
+    fn: Callable[[], Any]
+    future: concurrent.futures.Future[Any]
+
+
+class _Stop:
+    pass
+
+
+_Item = _Append | _Call | _Stop
+
+
+@dataclass
+class _Encoded:
+    schema: pa.Schema
+    fingerprint: str
+    body: bytes
+    n_rows: int
+    min_time: int | None
+    max_time: int | None
+
+
+@dataclass
+class _Group:
+    """Consecutive tables that `pending` ships as one `Batch`."""
+
+    first_seq: int
+    next_seq: int
+    tables: list[pa.Table]
+    schema: pa.Schema
+
+
+class _Queue:
+    """The writer's inbox: appends are bounded, control calls always get in."""
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self._items: collections.deque[_Item] = collections.deque()
+        self._cond = threading.Condition()
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._appends = 0
+        self._bytes = 0
+        self.closed = False
+
+    def offer(self, item: _Append) -> bool:
+        with self._cond:
+            if self.closed:
+                raise LogBufferError("log buffer is closed")
+            if self._appends and (
+                self._appends >= self._max_items or self._bytes + item.nbytes > self._max_bytes
+            ):
+                return False
+            self._appends += 1
+            self._bytes += item.nbytes
+            self._items.append(item)
+            self._cond.notify()
+            return True
+
+    def put(self, item: _Call | _Stop) -> None:
+        with self._cond:
+            if self.closed:
+                raise LogBufferError("log buffer is closed")
+            if isinstance(item, _Stop):
+                self.closed = True
+            self._items.append(item)
+            self._cond.notify()
+
+    def take(self, timeout: float, limit: int) -> list[_Item]:
+        with self._cond:
+            if not self._items:
+                self._cond.wait(timeout)
+            taken: list[_Item] = []
+            while self._items and len(taken) < limit:
+                item = self._items.popleft()
+                if isinstance(item, _Append):
+                    self._appends -= 1
+                    self._bytes -= item.nbytes
+                taken.append(item)
+            return taken
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+
+class LogBuffer:
+    """The appliance's inference log: append after each answer, read, ship, ack."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        *,
+        keep_synced_bytes: int = 0,
+        max_queue: int = 4096,
+        max_queue_bytes: int = 64 << 20,
+        enqueue_timeout: float = 2.0,
+        commit_timeout: float = 30.0,
+        wal_checkpoint_bytes: int = 8 << 20,
+        journal_size_limit: int = 16 << 20,
+        group_limit: int = 1024,
+    ) -> None:
+        """`keep_synced_bytes`: how much already-acked data to keep for `query` on the device
+        (0: `ack` deletes at once); it is the first thing evicted when the cap is reached."""
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.keep_synced_bytes = keep_synced_bytes
+        self.enqueue_timeout = enqueue_timeout
+        self.commit_timeout = commit_timeout
+        self.wal_checkpoint_bytes = wal_checkpoint_bytes
+        self.journal_size_limit = journal_size_limit
+        self._group_limit = group_limit
+        self._queue = _Queue(max_queue, max_queue_bytes)
+        self._lock = threading.Lock()
+        self._state = _State()
+        self._epoch = ""
+        self._created_at = ""
+        self._schema_ids: dict[str, int] = {}
+        self._schemas: dict[int, pa.Schema] = {}
+        self._txn_schemas: dict[str, tuple[int, pa.Schema]] = {}
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+        self._rlock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._compressor = zstandard.ZstdCompressor(level=1)
+        self._wdecompressor = zstandard.ZstdDecompressor()
+        self._rdecompressor = zstandard.ZstdDecompressor()
+        self._set_aside: list[str] = []
+        self._counters = {"commits": 0, "appends": 0, "rejected": 0, "failed": 0, "checkpoints": 0}
+        self._last_error: str | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch
+
+    def start(self) -> None:
+        """Open (or create) the file, set a corrupt one aside, start the writer thread."""
+        if self._thread is not None:
+            raise LogBufferError("log buffer already started")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        earlier = self.path.parent.glob(f"{self.path.name}.corrupt-*")
+        self._set_aside = sorted(str(p) for p in earlier if not p.name.endswith(("-wal", "-shm")))
+        self._wconn = self._open_checked()
+        self._load_state(self._wconn)
+        self._rconn = sqlite3.connect(
+            self.path.resolve().as_uri() + "?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=5.0,
+        )
+        self._thread = threading.Thread(target=self._run, name="logbuffer-writer", daemon=True)
+        self._thread.start()
+        log.info(
+            "log buffer ready path=%s epoch=%s last_seq=%d rows=%d bytes=%d max_bytes=%d",
+            self.path,
+            self._epoch,
+            self._state.last_seq,
+            self._state.rows,
+            self._state.bytes,
+            self.max_bytes,
+        )
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Commit what is queued, checkpoint the WAL, close the file. Safe to call twice."""
+        if self._thread is None:
+            return
+        if not self._queue.closed:
+            self._queue.put(_Stop())
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("log buffer writer did not stop within %.0fs path=%s", timeout, self.path)
+            return
+        self._thread = None
+        for conn in (self._rconn, self._wconn):
+            if conn is not None:
+                conn.close()
+        self._rconn = self._wconn = None
+
+    def __enter__(self) -> LogBuffer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- writing
+
+    def append_nowait(self, table: pa.Table) -> concurrent.futures.Future[SeqRange]:
+        """Queue `table`; the future resolves after its commit. Never blocks: a full queue
+        raises `LogBufferFull`, a closed or stopped buffer `LogBufferError`."""
+        fut = self._offer(table)
+        if fut is None:
+            with self._lock:
+                self._counters["rejected"] += 1
+            raise LogBufferFull(
+                f"log buffer {self.path}: the writer queue is full ({len(self._queue)} tables "
+                "waiting); the rows were not stored, retry shortly"
+            )
+        return fut
+
+    async def append(self, table: pa.Table) -> SeqRange:
+        """Store `table`; return its sequence range once COMMITTED.
+
+        Waits up to `enqueue_timeout` s for room in the queue (then `LogBufferFull`) and up to
+        `commit_timeout` s for the commit (then `LogBufferError`; the rows may still land)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.enqueue_timeout
+        delay = 0.001
+        while True:
+            fut = self._offer(table)
+            if fut is not None:
+                break
+            if loop.time() >= deadline:
+                with self._lock:
+                    self._counters["rejected"] += 1
+                raise LogBufferFull(
+                    f"log buffer {self.path}: the writer queue stayed full for "
+                    f"{self.enqueue_timeout:.1f}s; the rows were not stored, retry shortly"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        # Shielded: a cancelled request must not cancel rows already handed to the writer.
+        waiter = asyncio.shield(asyncio.wrap_future(fut))
+        try:
+            return await asyncio.wait_for(waiter, self.commit_timeout)
+        except TimeoutError:
+            raise LogBufferError(
+                f"log buffer {self.path}: no commit within {self.commit_timeout:.0f}s"
+            ) from None
+
+    def _offer(self, table: pa.Table) -> concurrent.futures.Future[SeqRange] | None:
+        if self._thread is None or not self._thread.is_alive():
+            raise LogBufferError(f"log buffer {self.path} is not running")
+        fut: concurrent.futures.Future[SeqRange] = concurrent.futures.Future()
+        if table.num_rows == 0:
+            fut.set_result(SeqRange(self._epoch, 0, -1))  # an empty range: nothing stored
+            return fut
+        return fut if self._queue.offer(_Append(table, table.nbytes, fut)) else None
+
+    def ack(self, epoch: str, last_seq: int) -> None:
+        """The ops center holds every row of `epoch` up to `last_seq`: stop offering them and
+        delete them (or keep `keep_synced_bytes` of them for `query`). Blocks for one commit;
+        from async code call it through `asyncio.to_thread`."""
+        if epoch != self._epoch:
+            log.warning(
+                "log buffer ack ignored: epoch=%s is not this buffer's %s", epoch, self._epoch
+            )
+            return
+        self._call(lambda: self._transact(lambda conn, st: self._ack(conn, st, last_seq)))
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the writer thread, in queue order, and wait for its result."""
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put(_Call(fn, fut))
+        try:
+            return fut.result(timeout=self.commit_timeout)
+        except concurrent.futures.TimeoutError:
+            raise LogBufferError(
+                f"log buffer {self.path}: writer busy for {self.commit_timeout:.0f}s"
+            ) from None
+
+    # ---------------------------------------------------------------- reading
+
+    def pending(self, max_rows: int) -> list[Batch]:
+        """Up to `max_rows` oldest unsynced rows, in sequence order. Consecutive tables are
+        concatenated into one `Batch` while their schemas unify; a table larger than what is
+        left of `max_rows` is sliced (acking part of a table is fine)."""
+        if max_rows <= 0:
+            return []
+        groups: list[_Group] = []
+        taken = 0
+        with self._read() as conn:
+            acked = _meta_int(conn, "acked_through")
+            rows = conn.execute(
+                f"SELECT first_seq, schema_id, codec, body FROM batches WHERE {_UNSYNCED}"
+                " ORDER BY first_seq",
+                {"acked": acked},
+            )
+            for first, schema_id, codec, body in rows:
+                table = self._decode(conn, schema_id, codec, body, self._rdecompressor)
+                if first <= acked:
+                    table = table.slice(acked - first + 1)
+                    first = acked + 1
+                table = table.slice(0, max_rows - taken)
+                taken += table.num_rows
+                group = groups[-1] if groups else None
+                unified = _unify(group.schema, table.schema) if group else None
+                if group and unified is not None and group.next_seq == first:
+                    group.tables.append(table)
+                    group.schema = unified
+                    group.next_seq += table.num_rows
+                else:
+                    groups.append(_Group(first, first + table.num_rows, [table], table.schema))
+                if taken >= max_rows:
+                    break
+        return [Batch(self._epoch, g.first_seq, g.next_seq - 1, _concat(g.tables)) for g in groups]
+
+    def query(
+        self,
+        limit: int = 100,
+        start: datetime | int | None = None,
+        end: datetime | int | None = None,
+    ) -> tuple[pa.Table, bool]:
+        """The seed's `pipeline.logs`: newest first without a range; with `start` and `end`
+        (both or neither; datetimes, naive = UTC, or epoch ms; inclusive), chronological.
+        Returns the rows and whether more rows than `limit` exist."""
+        if (start is None) != (end is None):
+            raise ValueError("start and end must be given together, or neither")
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        tables: list[pa.Table] = []
+        got = 0
+        more = False
+        with self._read() as conn:
+            if start is None or end is None:
+                cursor = conn.execute(
+                    "SELECT schema_id, codec, body FROM batches ORDER BY first_seq DESC"
+                )
+                for schema_id, codec, body in cursor:
+                    if got >= limit:
+                        more = True
+                        break
+                    table = self._decode(conn, schema_id, codec, body, self._rdecompressor)
+                    keep = min(table.num_rows, limit - got)
+                    more = keep < table.num_rows
+                    table = table.slice(table.num_rows - keep)
+                    tables.append(table.take(pa.array(np.arange(keep - 1, -1, -1))))
+                    got += keep
+                    if more:
+                        break
+            else:
+                lo, hi = _to_ms(start), _to_ms(end)
+                cursor = conn.execute(
+                    "SELECT schema_id, codec, body FROM batches WHERE max_time >= ?"
+                    " AND min_time <= ? ORDER BY first_seq",
+                    (lo, hi),
+                )
+                for schema_id, codec, body in cursor:
+                    table = self._decode(conn, schema_id, codec, body, self._rdecompressor)
+                    times = _time_ms(table)
+                    if times is None:
+                        continue
+                    table = table.filter(
+                        pc.and_(pc.greater_equal(times, lo), pc.less_equal(times, hi))
+                    )
+                    if table.num_rows == 0:
+                        continue
+                    if got >= limit:
+                        more = True
+                        break
+                    keep = min(table.num_rows, limit - got)
+                    more = keep < table.num_rows
+                    tables.append(table.slice(0, keep))
+                    got += keep
+                    if more:
+                        break
+        if not tables:
+            return pa.table({"time": pa.array([], TIME_TYPE)}), more
+        return _concat(tables), more
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for `/metrics`, health and the logs API."""
+        with self._lock:
+            st = self._state.copy()
+            counters = dict(self._counters)
+            last_error = self._last_error
+        oldest_seq: int | None = None
+        oldest_time: int | None = None
+        if self._rconn is not None:
+            with self._read() as conn:
+                row = conn.execute(
+                    f"SELECT first_seq, min_time FROM batches WHERE {_UNSYNCED}"
+                    " ORDER BY first_seq LIMIT 1",
+                    {"acked": st.acked_through},
+                ).fetchone()
+            if row is not None:
+                oldest_seq, oldest_time = max(row[0], st.acked_through + 1), row[1]
+        return {
+            "path": str(self.path),
+            "epoch": self._epoch,
+            "created_at": self._created_at,
+            "schema_version": SCHEMA_VERSION,
+            "rows": st.rows,
+            "batches": st.batches,
+            "bytes": st.bytes,
+            "max_bytes": self.max_bytes,
+            "file_bytes": _size(self.path),
+            "wal_bytes": _size(_wal(self.path)),
+            "last_seq": st.last_seq,
+            "acked_through": st.acked_through,
+            "unsynced_rows": st.unsynced_rows,
+            "oldest_unsynced": oldest_time,
+            "oldest_unsynced_seq": oldest_seq,
+            "dropped": dict(st.drops),
+            "queue": len(self._queue),
+            "set_aside": list(self._set_aside),
+            "last_error": last_error,
+            **counters,
+        }
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read snapshot on the read-only connection."""
+        if self._rconn is None:
+            raise LogBufferError(f"log buffer {self.path} is not open")
+        with self._rlock:
+            conn = self._rconn
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+
+    # ---------------------------------------------------------------- opening
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=0.2
+        )
+        try:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect only in a new file
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise LogBufferError(f"log buffer {self.path}: cannot use WAL (journal {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA journal_size_limit={int(self.journal_size_limit)}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_checked(self) -> sqlite3.Connection:
+        if self.path.exists():
+            conn: sqlite3.Connection | None = None
+            try:
+                conn = self._connect()
+                problem = _check(conn)
+                if problem is None:
+                    _migrate(conn)
+                    if _read_meta(conn).get("epoch"):
+                        return conn
+                    problem = "no epoch in meta"
+            except sqlite3.DatabaseError as exc:
+                if not _is_corrupt(exc):
+                    if conn is not None:
+                        conn.close()
+                    raise LogBufferError(f"log buffer {self.path}: cannot open: {exc}") from exc
+                problem = str(exc)
+            except LogBufferError:
+                if conn is not None:
+                    conn.close()
+                raise
+            if conn is not None:
+                conn.close()
+            self._set_aside_file(problem)
+        try:
+            conn = self._connect()
+            _migrate(conn)
+        except sqlite3.Error as exc:
+            raise LogBufferError(f"log buffer {self.path}: cannot create: {exc}") from exc
+        return conn
+
+    def _set_aside_file(self, problem: str) -> None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+            n += 1
+        self.path.replace(target)
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{self.path}{suffix}")
+            if side.exists():
+                side.replace(Path(f"{target}{suffix}"))
+        self._set_aside.append(str(target))
+        log.error(
+            "log buffer file unusable, set aside path=%s problem=%r set_aside=%s; "
+            "starting a new buffer with a new epoch",
+            self.path,
+            problem,
+            target,
+        )
+
+    def _load_state(self, conn: sqlite3.Connection) -> None:
+        meta = _read_meta(conn)
+        self._epoch = meta["epoch"]
+        self._created_at = meta.get("created_at", "")
+        st = _State()
+        count, total, rows, max_seq = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(n_rows), 0),"
+            " COALESCE(MAX(last_seq), 0) FROM batches"
+        ).fetchone()
+        st.batches, st.bytes, st.rows = count, total, rows
+        st.last_seq = max(int(meta.get("last_seq", 0)), max_seq)
+        st.acked_through = int(meta.get("acked_through", 0))
+        st.unsynced_rows = _rows_between(conn, st.acked_through, st.last_seq)
+        for reason, n in conn.execute("SELECT reason, count FROM drops"):
+            st.drops[reason] = n
+        self._state = st
+        for schema_id, fingerprint, blob in conn.execute(
+            "SELECT id, fingerprint, ipc FROM schemas"
+        ):
+            self._schema_ids[fingerprint] = schema_id
+            self._schemas[schema_id] = ipc.read_schema(pa.py_buffer(blob))
+
+    # ---------------------------------------------------------------- the writer thread
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            items = self._queue.take(timeout=1.0, limit=self._group_limit)
+            if not items:
+                self._maintain(idle=True)
+                continue
+            appends: list[_Append] = []
+            for item in items:
+                if isinstance(item, _Append):
+                    appends.append(item)
+                    continue
+                self._commit_appends(appends)
+                appends = []
+                if isinstance(item, _Stop):
+                    stop = True
+                elif item.future.set_running_or_notify_cancel():
+                    try:
+                        item.future.set_result(item.fn())
+                    except BaseException as exc:  # handed to the caller, who re-raises it
+                        item.future.set_exception(exc)
+            self._commit_appends(appends)
+            self._maintain(idle=stop)
+
+    def _commit_appends(self, appends: list[_Append]) -> None:
+        if not appends:
+            return
+        ready: list[tuple[_Append, _Encoded]] = []
+        for item in appends:
+            try:
+                ready.append((item, self._encode(item.table)))
+            except Exception as exc:
+                _fail(item.future, LogBufferError(f"log buffer cannot store this table: {exc}"))
+        if not ready:
+            return
+
+        def insert(conn: sqlite3.Connection, st: _State) -> list[SeqRange]:
+            ranges = []
+            for _, enc in ready:
+                first = st.last_seq + 1
+                self._insert(conn, st, enc, first)
+                ranges.append(SeqRange(self._epoch, first, st.last_seq))
+            _set_meta(conn, "last_seq", st.last_seq)
+            self._enforce_cap(conn, st)
+            return ranges
+
+        try:
+            ranges = self._transact(insert)
+        except Exception as exc:
+            error = self._translate(exc)
+            with self._lock:
+                self._counters["failed"] += len(ready)
+                self._last_error = str(error)
+            log.error("log buffer commit failed tables=%d error=%s", len(ready), error)
+            for item, _ in ready:
+                _fail(item.future, error)
+            return
+        with self._lock:
+            self._counters["commits"] += 1
+            self._counters["appends"] += len(ready)
+            self._last_error = None
+        for (item, _), seq_range in zip(ready, ranges, strict=True):
+            if not item.future.done():
+                item.future.set_result(seq_range)
+
+    def _transact(self, fn: Callable[[sqlite3.Connection, _State], T]) -> T:
+        """Run `fn` in one write transaction on a copy of the state; keep it only on commit."""
+        conn = self._writer()
+        st = self._state.copy()
+        self._txn_schemas = {}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn, st)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("log buffer rollback failed path=%s", self.path)
+            raise
+        with self._lock:
+            self._state = st
+            for fingerprint, (schema_id, schema) in self._txn_schemas.items():
+                self._schema_ids[fingerprint] = schema_id
+                self._schemas[schema_id] = schema
+        return result
+
+    def _writer(self) -> sqlite3.Connection:
+        if self._wconn is None:
+            raise LogBufferError(f"log buffer {self.path} is not open")
+        return self._wconn
+
+    def _translate(self, exc: Exception) -> LogBufferError:
+        if isinstance(exc, LogBufferError):
+            return exc
+        if isinstance(exc, sqlite3.Error) and (
+            getattr(exc, "sqlite_errorcode", 0) & 0xFF == _FULL_CODE or "is full" in str(exc)
+        ):
+            return LogBufferDiskFull(
+                f"log buffer {self.path}: disk full ({exc}); the rows were not stored. Free "
+                "space on the persist volume or lower the buffer's max_bytes; logging resumes "
+                "by itself once there is room"
+            )
+        return LogBufferError(f"log buffer {self.path}: write failed: {exc}")
+
+    def _maintain(self, idle: bool) -> None:
+        """Keep the WAL small: truncate it when large, and whenever the writer is idle.
+
+        TRUNCATE waits for readers to leave old snapshots, so it first takes the read lock
+        (this process's readers all go through it): briefly, so a long `query` delays the
+        checkpoint rather than the next group commit, unless the WAL is far past its limit."""
+        conn = self._wconn
+        if conn is None:
+            return
+        wal = _size(_wal(self.path))
+        if wal > self.wal_checkpoint_bytes or (idle and wal > 0):
+            urgent = wal > 4 * self.wal_checkpoint_bytes
+            if self._rlock.acquire(timeout=1.0 if urgent else 0.02):
+                try:
+                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                    with self._lock:
+                        self._counters["checkpoints"] += 1
+                    if busy:
+                        log.debug("log buffer checkpoint busy (another reader) wal_bytes=%d", wal)
+                except sqlite3.Error as exc:
+                    log.warning("log buffer checkpoint failed error=%s", exc)
+                finally:
+                    self._rlock.release()
+        if idle:
+            try:
+                free, pages, page_size = (
+                    conn.execute(f"PRAGMA {name}").fetchone()[0]
+                    for name in ("freelist_count", "page_count", "page_size")
+                )
+                if free * page_size > max(8 << 20, self.max_bytes // 4) and free * 2 > pages // 4:
+                    conn.execute("PRAGMA incremental_vacuum")
+            except sqlite3.Error as exc:
+                log.warning("log buffer vacuum failed error=%s", exc)
+
+    # ---------------------------------------------------------------- rows in and out
+
+    def _encode(self, table: pa.Table) -> _Encoded:
+        table = _plain(table)
+        batches = table.combine_chunks().to_batches()
+        batch = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+        schema = batch.schema
+        fingerprint = hashlib.sha256(schema.serialize().to_pybytes()).hexdigest()
+        body = self._compressor.compress(batch.serialize())
+        times = _time_ms(table)
+        lo = hi = None
+        if times is not None and times.null_count < len(times):
+            bounds = pc.min_max(times)
+            lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        return _Encoded(schema, fingerprint, body, table.num_rows, lo, hi)
+
+    def _schema_id(self, conn: sqlite3.Connection, schema: pa.Schema, fingerprint: str) -> int:
+        known = self._schema_ids.get(fingerprint)
+        if known is not None:
+            return known
+        if fingerprint in self._txn_schemas:
+            return self._txn_schemas[fingerprint][0]
+        cursor = conn.execute(
+            "INSERT INTO schemas (fingerprint, ipc) VALUES (?, ?)",
+            (fingerprint, schema.serialize().to_pybytes()),
+        )
+        schema_id = int(cursor.lastrowid or 0)
+        self._txn_schemas[fingerprint] = (schema_id, schema)
+        return schema_id
+
+    def _insert(self, conn: sqlite3.Connection, st: _State, enc: _Encoded, first: int) -> None:
+        last = first + enc.n_rows - 1
+        conn.execute(
+            "INSERT INTO batches (first_seq, last_seq, n_rows, min_time, max_time, bytes,"
+            " schema_id, codec, trimmed, body) VALUES (?, ?, ?, ?, ?, ?, ?, 'zstd', 0, ?)",
+            (
+                first,
+                last,
+                enc.n_rows,
+                enc.min_time,
+                enc.max_time,
+                len(enc.body),
+                self._schema_id(conn, enc.schema, enc.fingerprint),
+                enc.body,
+            ),
+        )
+        st.last_seq = max(st.last_seq, last)
+        st.bytes += len(enc.body)
+        st.rows += enc.n_rows
+        st.batches += 1
+        st.unsynced_rows += enc.n_rows
+
+    def _decode(
+        self,
+        conn: sqlite3.Connection,
+        schema_id: int,
+        codec: str,
+        body: bytes,
+        decompressor: zstandard.ZstdDecompressor,
+    ) -> pa.Table:
+        schema = self._schemas.get(schema_id)
+        if schema is None:  # new in this transaction, or not seen by this process yet
+            (blob,) = conn.execute("SELECT ipc FROM schemas WHERE id = ?", (schema_id,)).fetchone()
+            schema = ipc.read_schema(pa.py_buffer(blob))
+        if codec != "zstd":
+            raise LogBufferError(f"log buffer {self.path}: unknown codec {codec!r}")
+        raw = decompressor.decompress(body)
+        return pa.Table.from_batches([ipc.read_record_batch(pa.py_buffer(raw), schema)])
+
+    def _rewrite(
+        self,
+        conn: sqlite3.Connection,
+        st: _State,
+        first_seq: int,
+        table: pa.Table,
+        trimmed: int,
+        new_first: int | None = None,
+    ) -> None:
+        (old_bytes,) = conn.execute(
+            "SELECT bytes FROM batches WHERE first_seq = ?", (first_seq,)
+        ).fetchone()
+        enc = self._encode(table)
+        conn.execute(
+            "UPDATE batches SET first_seq = ?, n_rows = ?, min_time = ?, max_time = ?, bytes = ?,"
+            " schema_id = ?, codec = 'zstd', trimmed = ?, body = ? WHERE first_seq = ?",
+            (
+                first_seq if new_first is None else new_first,
+                enc.n_rows,
+                enc.min_time,
+                enc.max_time,
+                len(enc.body),
+                self._schema_id(conn, enc.schema, enc.fingerprint),
+                trimmed,
+                enc.body,
+                first_seq,
+            ),
+        )
+        st.bytes += len(enc.body) - old_bytes
+
+    def _delete(self, conn: sqlite3.Connection, st: _State, first_seq: int) -> tuple[int, int]:
+        last, n_rows, size = conn.execute(
+            "SELECT last_seq, n_rows, bytes FROM batches WHERE first_seq = ?", (first_seq,)
+        ).fetchone()
+        conn.execute("DELETE FROM batches WHERE first_seq = ?", (first_seq,))
+        st.bytes -= size
+        st.rows -= n_rows
+        st.batches -= 1
+        unsynced = min(n_rows, max(0, last - st.acked_through))
+        st.unsynced_rows -= unsynced
+        return n_rows, unsynced
+
+    # ---------------------------------------------------------------- the cap
+
+    def _enforce_cap(self, conn: sqlite3.Connection, st: _State) -> None:
+        before = dict(st.drops)
+        while st.bytes > self.max_bytes and st.batches > 0:
+            if not (
+                self._evict_synced(conn, st)
+                or self._trim_oldest(conn, st, _TRIM_INPUTS)
+                or self._trim_oldest(conn, st, _TRIM_OUTPUTS)
+            ):
+                (oldest,) = conn.execute("SELECT MIN(first_seq) FROM batches").fetchone()
+                _, unsynced = self._delete(conn, st, oldest)
+                st.drops["rows"] += unsynced
+        if st.drops != before:
+            conn.executemany(
+                "INSERT INTO drops (reason, count) VALUES (?, ?)"
+                " ON CONFLICT (reason) DO UPDATE SET count = excluded.count",
+                sorted(st.drops.items()),
+            )
+            log.warning(
+                "log buffer over its cap, dropped data max_bytes=%d bytes=%d dropped=%s",
+                self.max_bytes,
+                st.bytes,
+                {
+                    k: st.drops[k] - before.get(k, 0)
+                    for k in st.drops
+                    if st.drops[k] != before.get(k)
+                },
+            )
+
+    def _evict_synced(self, conn: sqlite3.Connection, st: _State) -> bool:
+        row = conn.execute(
+            "SELECT first_seq FROM batches WHERE last_seq <= ? ORDER BY first_seq LIMIT 1",
+            (st.acked_through,),
+        ).fetchone()
+        if row is None:
+            return False
+        self._delete(conn, st, row[0])
+        return True
+
+    def _trim_oldest(self, conn: sqlite3.Connection, st: _State, level: int) -> bool:
+        """Drop the largest columns of one kind from the oldest table that still has some."""
+        row = conn.execute(
+            "SELECT first_seq, bytes, schema_id, codec, body FROM batches WHERE trimmed = ?"
+            " ORDER BY first_seq LIMIT 1",
+            (level,),
+        ).fetchone()
+        if row is None:
+            return False
+        first_seq, size, schema_id, codec, body = row
+        table = self._decode(conn, schema_id, codec, body, self._wdecompressor)
+        wanted = _is_input if level == _TRIM_INPUTS else _is_output
+        candidates = sorted(
+            ((table.column(name).nbytes, name) for name in table.column_names if wanted(name)),
+            key=lambda pair: (-pair[0], pair[1]),
+        )
+        if not candidates:
+            conn.execute(
+                "UPDATE batches SET trimmed = ? WHERE first_seq = ?", (level + 1, first_seq)
+            )
+            return True
+        ratio = size / max(table.nbytes, 1)  # stored bytes per in-memory byte
+        excess = st.bytes - self.max_bytes
+        chosen: list[str] = []
+        saved = 0.0
+        for nbytes, name in candidates:
+            chosen.append(name)
+            saved += nbytes * ratio
+            if saved >= excess:
+                break
+        done = len(chosen) == len(candidates)
+        trimmed = level + 1 if done else level
+        self._rewrite(conn, st, first_seq, _drop_columns(table, chosen), trimmed)
+        reason = "input_values" if level == _TRIM_INPUTS else "output_values"
+        st.drops[reason] += table.num_rows * len(chosen)
+        return True
+
+    # ---------------------------------------------------------------- acks
+
+    def _ack(self, conn: sqlite3.Connection, st: _State, last_seq: int) -> None:
+        if last_seq > st.last_seq:
+            raise ValueError(
+                f"cannot ack seq {last_seq}: the last committed seq of epoch {self._epoch} "
+                f"is {st.last_seq}"
+            )
+        if last_seq <= st.acked_through:
+            return
+        st.unsynced_rows -= _rows_between(conn, st.acked_through, last_seq)
+        st.acked_through = last_seq
+        _set_meta(conn, "acked_through", last_seq)
+        synced = conn.execute(
+            "SELECT first_seq, bytes FROM batches WHERE last_seq <= ? ORDER BY first_seq",
+            (last_seq,),
+        ).fetchall()
+        synced_bytes = sum(size for _, size in synced)
+        for first_seq, size in synced:
+            if synced_bytes <= self.keep_synced_bytes:
+                break
+            self._delete(conn, st, first_seq)
+            synced_bytes -= size
+        if self.keep_synced_bytes == 0:
+            self._cut_straddling(conn, st, last_seq)
+
+    def _cut_straddling(self, conn: sqlite3.Connection, st: _State, last_seq: int) -> None:
+        """Delete the acked head of a table that was acked only in part."""
+        row = conn.execute(
+            "SELECT first_seq, schema_id, codec, body, trimmed FROM batches"
+            " WHERE first_seq <= ? AND last_seq > ? ORDER BY first_seq DESC LIMIT 1",
+            (last_seq, last_seq),
+        ).fetchone()
+        if row is None:
+            return
+        first_seq, schema_id, codec, body, trimmed = row
+        table = self._decode(conn, schema_id, codec, body, self._wdecompressor)
+        cut = last_seq - first_seq + 1
+        self._rewrite(conn, st, first_seq, table.slice(cut), trimmed, new_first=last_seq + 1)
+        st.rows -= cut
+
+
+# -------------------------------------------------------------------- schema and meta
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply the migrations this file lacks, each in its own transaction."""
+    tables = {
+        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    if tables and "_migrations" not in tables:
+        raise sqlite3.DatabaseError(f"not a log buffer (tables {sorted(tables)})")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations"
+        " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    applied = {v for (v,) in conn.execute("SELECT version FROM _migrations")}
+    if applied and max(applied) > SCHEMA_VERSION:
+        raise LogBufferError(
+            f"log buffer schema version {max(applied)} is newer than this appliance knows "
+            f"({SCHEMA_VERSION}); run a newer image or move the file aside"
+        )
+    for version, name, sql in MIGRATIONS:
+        if version in applied:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sql.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            now = datetime.now(UTC).isoformat()
+            if version == 1:
+                conn.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [
+                        ("epoch", str(uuid.uuid4())),
+                        ("created_at", now),
+                        ("last_seq", "0"),
+                        ("acked_through", "0"),
+                    ],
+                )
+            conn.execute(
+                "INSERT INTO _migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (version, name, now),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+def _check(conn: sqlite3.Connection) -> str | None:
+    """None when SQLite's quick_check finds nothing wrong, else its first complaint."""
+    row = conn.execute("PRAGMA quick_check(1)").fetchone()
+    return None if row and row[0] == "ok" else str(row[0] if row else "no answer")
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _CORRUPT_CODES:
+        return True
+    text = str(exc)
+    return "malformed" in text or "not a database" in text or "not a log buffer" in text
+
+
+def _read_meta(conn: sqlite3.Connection) -> dict[str, str]:
+    return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+
+
+def _meta_int(conn: sqlite3.Connection, key: str) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _set_meta(conn: sqlite3.Connection, key: str, value: int | str) -> None:
+    conn.execute("UPDATE meta SET value = ? WHERE key = ?", (str(value), key))
+
+
+def _rows_between(conn: sqlite3.Connection, after: int, through: int) -> int:
+    """How many stored rows have a seq in (after, through]."""
+    total = 0
+    for first, last in conn.execute(
+        f"SELECT first_seq, last_seq FROM batches WHERE {_UNSYNCED} AND first_seq <= :through",
+        {"acked": after, "through": through},
+    ):
+        total += min(last, through) - max(first, after + 1) + 1
+    return total
+
+
+# -------------------------------------------------------------------- Arrow helpers
+
+
+def _is_input(name: str) -> bool:
+    return name.startswith("in.")
+
+
+def _is_output(name: str) -> bool:
+    return name.startswith(("out.", "out_"))
+
+
+def _drop_columns(table: pa.Table, names: list[str]) -> pa.Table:
+    """`table` without `names`, each row's `metadata.dropped` extended by them."""
+    kept = table.drop_columns(names)
+    list_type = pa.list_(pa.string())
+    if DROPPED_COLUMN in kept.column_names:
+        index = kept.column_names.index(DROPPED_COLUMN)
+        values = [(old or []) + names for old in kept.column(index).to_pylist()]
+        return kept.set_column(
+            index, pa.field(DROPPED_COLUMN, list_type), pa.array(values, list_type)
+        )
+    values = pa.array([names] * kept.num_rows, list_type)
+    return kept.append_column(pa.field(DROPPED_COLUMN, list_type), values)
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """Dictionary columns decoded: a stored message carries no dictionaries."""
+    for index, column in enumerate(table.columns):
+        if pa.types.is_dictionary(column.type):
+            value_type = column.type.value_type
+            table = table.set_column(
+                index, pa.field(table.field(index).name, value_type), column.cast(value_type)
+            )
+    return table
+
+
+def _time_ms(table: pa.Table) -> pa.ChunkedArray | None:
+    """The `time` column as int64 epoch milliseconds, or None when there is none."""
+    if "time" not in table.column_names:
+        return None
+    column = table.column("time")
+    if pa.types.is_timestamp(column.type):
+        if column.type.unit != "ms":
+            column = column.cast(pa.timestamp("ms", tz=column.type.tz), safe=False)
+        return column.cast(pa.int64())
+    if pa.types.is_integer(column.type):
+        return column.cast(pa.int64())
+    return None
+
+
+def _to_ms(value: datetime | int) -> int:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return (value - _EPOCH_START) // timedelta(milliseconds=1)
+    return int(value)
+
+
+def _unify(a: pa.Schema, b: pa.Schema) -> pa.Schema | None:
+    if a.equals(b):
+        return a
+    try:
+        return pa.unify_schemas([a, b], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise LogBufferError(
+            "logs from pipeline versions with incompatible column types cannot be returned "
+            f"together ({exc}); pass start and end to read one version's rows"
+        ) from exc
+
+
+def _fail(fut: concurrent.futures.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def _wal(path: Path) -> Path:
+    return Path(f"{path}-wal")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

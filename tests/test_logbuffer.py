@@ -1,0 +1,431 @@
+"""The SQLite inference log buffer: commit before answer, epochs, the cap, crashes, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from edge.errors import LogBufferError
+from edge.logbuffer import (
+    Batch,
+    LogBuffer,
+    LogBufferDiskFull,
+    LogBufferFull,
+    SeqRange,
+)
+
+TIME = pa.timestamp("ms", tz="UTC")
+T0 = 1_700_000_000_000
+
+
+def result_table(
+    rows: int = 1,
+    time_ms: int = T0,
+    big: int = 0,
+    version: str = "v1",
+    out_width: int = 1,
+) -> pa.Table:
+    """A result table shaped like the pipeline's (docs/CONTRACTS.md)."""
+    rng = np.random.default_rng(rows + time_ms + big)
+    columns: dict[str, pa.Array] = {
+        "time": pa.array([time_ms] * rows, TIME),
+        "in.tensor": pa.array([[1.0, 2.0, 3.0]] * rows, pa.list_(pa.float64())),
+    }
+    if big:
+        columns["in.image"] = pa.array(list(rng.random((rows, big))), pa.list_(pa.float64()))
+    columns["out.dense_1"] = pa.array(list(rng.random((rows, out_width))), pa.list_(pa.float32()))
+    columns["anomaly.count"] = pa.array([0] * rows, pa.uint32())
+    columns["metadata.last_model"] = pa.array(['{"model_name":"m","model_sha":"abc"}'] * rows)
+    columns["metadata.pipeline_version"] = pa.array([version] * rows)
+    columns["metadata.elapsed"] = pa.array([[10, 20]] * rows, pa.list_(pa.int64()))
+    columns["metadata.dropped"] = pa.array([[]] * rows, pa.list_(pa.string()))
+    columns["metadata.partition"] = pa.array(["edge-1"] * rows)
+    return pa.table(columns)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "persist" / "logbuffer.db"
+
+
+@pytest.fixture
+def buf(db: Path) -> Iterator[LogBuffer]:
+    with LogBuffer(db) as buffer:
+        yield buffer
+
+
+def stored_seqs(buffer: LogBuffer) -> list[int]:
+    seqs: list[int] = []
+    for batch in buffer.pending(10**9):
+        assert batch.table.num_rows == batch.last_seq - batch.first_seq + 1
+        seqs.extend(range(batch.first_seq, batch.last_seq + 1))
+    return seqs
+
+
+def test_append_returns_committed_range_and_pending_returns_rows(buf: LogBuffer, db: Path) -> None:
+    first = asyncio.run(buf.append(result_table(3)))
+    second = buf.append_nowait(result_table(2)).result(timeout=10)
+    assert first == SeqRange(buf.epoch, 1, 3)
+    assert second == SeqRange(buf.epoch, 4, 5)
+    # Committed: another connection sees the rows right away.
+    with sqlite3.connect(db) as other:
+        assert other.execute("SELECT SUM(n_rows) FROM batches").fetchone()[0] == 5
+    (batch,) = buf.pending(100)
+    assert (batch.epoch, batch.first_seq, batch.last_seq) == (buf.epoch, 1, 5)
+    assert batch.table.column("in.tensor").to_pylist()[0] == [1.0, 2.0, 3.0]
+    assert batch.table.schema.field("time").type == TIME
+    stats = buf.stats()
+    assert stats["rows"] == stats["unsynced_rows"] == 5
+    assert stats["oldest_unsynced"] == T0 and stats["oldest_unsynced_seq"] == 1
+    assert stats["dropped"] == {"input_values": 0, "output_values": 0, "rows": 0}
+
+
+def test_pending_limits_rows_and_ack_deletes_by_seq(buf: LogBuffer) -> None:
+    for _ in range(4):
+        buf.append_nowait(result_table(5)).result(timeout=10)  # seqs 1..20
+    (head,) = buf.pending(7)  # slices the second table
+    assert (head.first_seq, head.last_seq, head.table.num_rows) == (1, 7, 7)
+    buf.ack(buf.epoch, 7)
+    (rest,) = buf.pending(100)
+    assert (rest.first_seq, rest.last_seq) == (8, 20)
+    assert buf.stats()["rows"] == buf.stats()["unsynced_rows"] == 13
+    buf.ack(buf.epoch, 7)  # acking again is harmless
+    buf.ack("another-epoch", 20)  # another epoch's rows are not here: no effect
+    assert stored_seqs(buf) == list(range(8, 21))
+    with pytest.raises(ValueError, match="last committed seq"):
+        buf.ack(buf.epoch, 21)
+    buf.ack(buf.epoch, 20)
+    assert buf.pending(100) == []
+    stats = buf.stats()
+    assert (stats["rows"], stats["bytes"], stats["acked_through"]) == (0, 0, 20)
+    assert stats["oldest_unsynced"] is None
+
+
+def test_pending_splits_batches_where_schemas_conflict(buf: LogBuffer) -> None:
+    buf.append_nowait(result_table(2)).result(timeout=10)
+    other = result_table(1).set_column(1, "in.tensor", pa.array(["text"]))
+    buf.append_nowait(other).result(timeout=10)
+    buf.append_nowait(result_table(2, version="v2")).result(timeout=10)
+    batches = buf.pending(100)
+    assert [(b.first_seq, b.last_seq) for b in batches] == [(1, 2), (3, 3), (4, 5)]
+
+
+def test_epoch_survives_restart_and_seqs_never_repeat(db: Path) -> None:
+    with LogBuffer(db) as buffer:
+        epoch = buffer.epoch
+        buffer.append_nowait(result_table(4)).result(timeout=10)
+        buffer.ack(epoch, 4)  # everything acked and deleted
+        assert buffer.stats()["rows"] == 0
+    with LogBuffer(db) as buffer:
+        assert buffer.epoch == epoch
+        assert buffer.append_nowait(result_table(1)).result(timeout=10) == SeqRange(epoch, 5, 5)
+    db.unlink()
+    for side in ("-wal", "-shm"):
+        Path(f"{db}{side}").unlink(missing_ok=True)
+    with LogBuffer(db) as buffer:
+        assert buffer.epoch != epoch
+        assert buffer.append_nowait(result_table(1)).result(timeout=10).first == 1
+
+
+def test_schema_is_versioned_with_migrations(buf: LogBuffer, db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT version, name FROM _migrations").fetchall()
+        assert rows == [(1, "batches")]
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_query_newest_first_or_chronological_in_range(buf: LogBuffer) -> None:
+    for i in range(5):  # rows at T0 + 0, 1000, ..., 4000 ms; 2 rows each, tagged by elapsed
+        table = result_table(2, time_ms=T0 + 1000 * i)
+        table = table.set_column(
+            table.column_names.index("metadata.elapsed"),
+            "metadata.elapsed",
+            pa.array([[i, 0], [i, 1]], pa.list_(pa.int64())),
+        )
+        buf.append_nowait(table).result(timeout=10)
+    newest, more = buf.query(limit=3)
+    assert newest.column("metadata.elapsed").to_pylist() == [[4, 1], [4, 0], [3, 1]]
+    assert more
+    everything, more = buf.query(limit=10)
+    assert everything.num_rows == 10 and not more
+    start = datetime.fromtimestamp((T0 + 1000) / 1000, UTC)
+    end = datetime.fromtimestamp((T0 + 3000) / 1000, UTC)
+    window, more = buf.query(limit=100, start=start, end=end)
+    assert [e[0] for e in window.column("metadata.elapsed").to_pylist()] == [1, 1, 2, 2, 3, 3]
+    assert not more
+    window, more = buf.query(limit=6, start=T0 + 1000, end=T0 + 3000)
+    assert window.num_rows == 6 and not more
+    window, more = buf.query(limit=5, start=start.replace(tzinfo=None), end=end)
+    assert window.num_rows == 5 and more
+    with pytest.raises(ValueError, match="together"):
+        buf.query(start=start)
+    empty, more = LogBuffer.query(buf, limit=0)
+    assert empty.num_rows == 0 and more
+
+
+def test_query_mixes_pipeline_versions(buf: LogBuffer) -> None:
+    buf.append_nowait(result_table(1, version="v1")).result(timeout=10)
+    newer = result_table(1, version="v2").append_column("out.extra", pa.array([1.5]))
+    buf.append_nowait(newer).result(timeout=10)
+    table, _ = buf.query()
+    assert table.column("metadata.pipeline_version").to_pylist() == ["v2", "v1"]
+    assert table.column("out.extra").to_pylist() == [1.5, None]
+
+
+def test_cap_drops_inputs_largest_first_then_outputs_then_rows(db: Path) -> None:
+    big = result_table(1, big=2000)  # in.image: 16 kB raw, in.tensor: tiny
+    with LogBuffer(db, max_bytes=60_000) as buffer:
+        for i in range(3):
+            buffer.append_nowait(result_table(1, time_ms=T0 + i, big=2000)).result(timeout=10)
+        assert buffer.stats()["dropped"]["input_values"] == 0
+        i = 3
+        while buffer.stats()["dropped"]["input_values"] == 0:
+            buffer.append_nowait(result_table(1, time_ms=T0 + i, big=2000)).result(timeout=10)
+            i += 1
+        stats = buffer.stats()
+        assert stats["bytes"] <= 60_000
+        assert stats["dropped"] == {"input_values": 1, "output_values": 0, "rows": 0}
+        oldest = buffer.pending(1)[0].table
+        assert "in.image" not in oldest.column_names
+        assert "in.tensor" in oldest.column_names  # the largest input went first
+        assert oldest.column("metadata.dropped").to_pylist() == [["in.image"]]
+        assert oldest.column("time").to_pylist()[0].timestamp() * 1000 == T0
+        newest, _ = buffer.query(limit=1)
+        assert "in.image" in newest.column_names  # newest rows keep everything while they can
+        # Outputs go next, then whole rows; time, anomaly and metadata stay.
+        for j in range(300):
+            buffer.append_nowait(result_table(1, time_ms=T0 + i + j, big=2000, out_width=500))
+        last = buffer.append_nowait(result_table(1, time_ms=T0 + 999, big=2000)).result(timeout=10)
+        stats = buffer.stats()
+        dropped = stats["dropped"]
+        assert stats["bytes"] <= 60_000
+        assert dropped["output_values"] >= 1 and dropped["rows"] >= 1
+        seqs = stored_seqs(buffer)
+        assert seqs == list(range(seqs[0], last.last + 1))  # whole rows dropped are the oldest
+        assert dropped["rows"] == seqs[0] - 1  # and every one is counted
+        # Every row keeps its skeleton (time, anomaly, metadata) before any row goes whole.
+        for row in pa.concat_tables([b.table for b in buffer.pending(1000)]).to_pylist():
+            assert row["metadata.dropped"] == ["in.image", "in.tensor", "out.dense_1"]
+            assert row.get("out.dense_1") is None and row["time"] is not None
+            assert row["anomaly.count"] == 0 and row["metadata.pipeline_version"] == "v1"
+    assert big.num_rows == 1
+    with LogBuffer(db, max_bytes=60_000) as buffer:  # the counters persist
+        assert buffer.stats()["dropped"] == dropped
+
+
+def test_synced_rows_kept_for_query_go_first_under_the_cap(db: Path) -> None:
+    with LogBuffer(db, max_bytes=80_000, keep_synced_bytes=80_000) as buffer:
+        for i in range(3):
+            buffer.append_nowait(result_table(1, time_ms=T0 + i, big=2000)).result(timeout=10)
+        buffer.ack(buffer.epoch, 3)
+        assert buffer.pending(10) == []
+        assert buffer.query()[0].num_rows == 3  # still readable on the device
+        assert buffer.stats()["unsynced_rows"] == 0
+        for i in range(3, 8):
+            buffer.append_nowait(result_table(1, time_ms=T0 + i, big=2000)).result(timeout=10)
+        stats = buffer.stats()
+        assert stats["dropped"] == {"input_values": 0, "output_values": 0, "rows": 0}
+        assert stats["rows"] < 8 and stats["unsynced_rows"] == 5
+        assert stored_seqs(buffer) == [4, 5, 6, 7, 8]
+
+
+def test_corrupt_file_is_set_aside_and_a_new_epoch_begins(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"this is not a database, it is a crash artefact " * 100)
+    with LogBuffer(db) as buffer:
+        (aside,) = buffer.stats()["set_aside"]
+        assert Path(aside).read_bytes().startswith(b"this is not a database")
+        assert buffer.append_nowait(result_table(1)).result(timeout=10).first == 1
+        first_epoch = buffer.epoch
+    with LogBuffer(db) as buffer:  # a healthy file stays; the old report remains visible
+        assert buffer.epoch == first_epoch
+        assert buffer.stats()["set_aside"] == [aside]
+
+
+def test_damaged_pages_are_detected_and_set_aside(db: Path) -> None:
+    with LogBuffer(db) as buffer:
+        for _ in range(20):
+            buffer.append_nowait(result_table(50, big=100)).result(timeout=10)
+        old_epoch = buffer.epoch
+    size = db.stat().st_size
+    with db.open("r+b") as handle:  # scribble over every page but the header page
+        handle.seek(4096)
+        handle.write(np.random.default_rng(1).bytes(size - 4096))
+    with LogBuffer(db) as buffer:
+        assert buffer.epoch != old_epoch
+        assert len(buffer.stats()["set_aside"]) == 1
+        assert buffer.append_nowait(result_table(1)).result(timeout=10).first == 1
+
+
+def test_disk_full_is_a_clear_error_and_recovers(buf: LogBuffer, db: Path) -> None:
+    buf.append_nowait(result_table(1)).result(timeout=10)
+
+    def limit_pages(extra: int | None) -> None:
+        conn = buf._writer()
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages + extra if extra is not None else 2**30}")
+
+    buf._call(lambda: limit_pages(0))  # the file cannot grow: as if the disk were full
+    with pytest.raises(LogBufferDiskFull, match="disk full"):
+        asyncio.run(buf.append(result_table(500, big=200)))
+    assert isinstance(LogBufferDiskFull("x"), LogBufferError)
+    assert "disk full" in buf.stats()["last_error"]
+    buf._call(lambda: limit_pages(None))  # space freed
+    assert asyncio.run(buf.append(result_table(500, big=200))) == SeqRange(buf.epoch, 2, 501)
+    assert buf.stats()["last_error"] is None
+    assert stored_seqs(buf) == list(range(1, 502))
+
+
+def test_backpressure_rejects_when_the_queue_stays_full(db: Path) -> None:
+    with LogBuffer(db, max_queue=3, enqueue_timeout=0.2) as buffer:
+        gate = threading.Event()
+        blocked = threading.Thread(target=buffer._call, args=(gate.wait,))
+        blocked.start()  # the writer now waits on `gate`
+        while buffer.stats()["queue"]:
+            time.sleep(0.01)
+        waiting = [buffer.append_nowait(result_table(1)) for _ in range(3)]
+        with pytest.raises(LogBufferFull, match="queue is full"):
+            buffer.append_nowait(result_table(1))
+        started = time.monotonic()
+        with pytest.raises(LogBufferFull, match="stayed full"):
+            asyncio.run(buffer.append(result_table(1)))
+        assert time.monotonic() - started >= 0.2
+
+        async def append_once_room_frees() -> SeqRange:
+            task = asyncio.ensure_future(buffer.append(result_table(1)))
+            await asyncio.sleep(0.05)
+            gate.set()
+            return await task
+
+        buffer.enqueue_timeout = 5.0
+        late = asyncio.run(append_once_room_frees())
+        blocked.join()
+        assert [f.result(timeout=10).first for f in waiting] == [1, 2, 3]
+        assert late.first == 4
+        assert buffer.stats()["rejected"] == 2
+    with pytest.raises(LogBufferError, match="not running"):
+        buffer.append_nowait(result_table(1))
+
+
+def test_concurrent_appends_group_commit_without_duplicate_seqs(buf: LogBuffer) -> None:
+    async def many() -> list[SeqRange]:
+        return await asyncio.gather(*(buf.append(result_table(1 + i % 3)) for i in range(300)))
+
+    def from_thread() -> list[SeqRange]:
+        return [buf.append_nowait(result_table(2)).result(timeout=10) for _ in range(50)]
+
+    threads_result: list[SeqRange] = []
+    worker = threading.Thread(target=lambda: threads_result.extend(from_thread()))
+    worker.start()
+    ranges = asyncio.run(many())
+    worker.join()
+    every = [s for r in ranges + threads_result for s in range(r.first, r.last + 1)]
+    assert len(every) == len(set(every)) == sum(1 + i % 3 for i in range(300)) + 100
+    assert sorted(every) == stored_seqs(buf)
+    stats = buf.stats()
+    assert stats["appends"] == 350
+    assert stats["commits"] < 350  # several appends shared a commit
+
+
+def test_wal_stays_bounded_under_a_concurrent_reader(db: Path) -> None:
+    with LogBuffer(db, wal_checkpoint_bytes=256 << 10, journal_size_limit=256 << 10) as buffer:
+        stop = threading.Event()
+
+        def read() -> None:
+            while not stop.is_set():
+                buffer.query(limit=20)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        biggest = 0
+        try:
+            for i in range(150):
+                buffer.append_nowait(result_table(20, time_ms=T0 + i, big=200)).result(timeout=10)
+                biggest = max(biggest, buffer.stats()["wal_bytes"])
+        finally:
+            stop.set()
+            reader.join()
+        assert buffer.stats()["checkpoints"] > 0
+        assert biggest < 4 << 20  # about 6 MB of rows went through
+    assert Path(f"{db}-wal").stat().st_size == 0 if Path(f"{db}-wal").exists() else True
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    import pyarrow as pa
+    from edge.logbuffer import LogBuffer
+
+    async def main() -> None:
+        buffer = LogBuffer(Path(sys.argv[1]))
+        buffer.start()
+        table = pa.table({"time": pa.array([0, 1, 2], pa.timestamp("ms", tz="UTC")),
+                          "in.x": [1.0, 2.0, 3.0]})
+
+        async def worker() -> None:
+            while True:
+                r = await buffer.append(table)
+                print(r.epoch, r.first, r.last, flush=True)
+
+        await asyncio.gather(*(worker() for _ in range(8)))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_sigkill_keeps_every_committed_range(db: Path, tmp_path: Path) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(db)], stdout=subprocess.PIPE, text=False
+    )
+    assert process.stdout is not None
+    lines: list[bytes] = []
+    deadline = time.monotonic() + 30
+    while len(lines) < 400 and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    lines += process.stdout.read().splitlines(keepends=True)
+    complete = [line.split() for line in lines if line.endswith(b"\n")]
+    assert len(complete) >= 400
+    epochs = {fields[0].decode() for fields in complete}
+    printed = {s for _, first, last in complete for s in range(int(first), int(last) + 1)}
+    with LogBuffer(db) as buffer:
+        assert epochs == {buffer.epoch}
+        seqs = stored_seqs(buffer)
+        assert len(seqs) == len(set(seqs))
+        assert printed <= set(seqs)
+        assert seqs == list(range(1, len(seqs) + 1))
+        after = buffer.append_nowait(result_table(1)).result(timeout=10)
+        assert after.first == seqs[-1] + 1
+
+
+def test_empty_table_stores_nothing(buf: LogBuffer) -> None:
+    empty = buf.append_nowait(result_table(1).slice(0, 0)).result(timeout=1)
+    assert empty.count == 0 and buf.stats()["rows"] == 0
+
+
+def test_batch_shape(buf: LogBuffer) -> None:
+    buf.append_nowait(result_table(2)).result(timeout=10)
+    (batch,) = buf.pending(10)
+    assert isinstance(batch, Batch) and batch.table.num_rows == 2
