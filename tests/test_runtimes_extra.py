@@ -240,6 +240,12 @@ def test_python_return_forms(tmp_path: Path, body: str) -> None:
     assert result.column("y").to_pylist() == [2.0, 5.0]
 
 
+def test_python_dataframe_strings_come_back_plain(tmp_path: Path) -> None:
+    runtime = python_step(tmp_path, "def wallaroo_json(data):\n    return data.assign(n=1)\n")
+    result = runtime.predict(pa.table({"s": ["a", "b"]}))
+    assert result.schema == pa.schema([("s", pa.string()), ("n", pa.int64())])
+
+
 def test_python_step_errors_name_the_step(tmp_path: Path) -> None:
     raising = python_step(tmp_path, "def wallaroo_json(data):\n    raise ValueError('no good')\n")
     with pytest.raises(PipelineError, match="step 'step'.*ValueError: no good") as caught:

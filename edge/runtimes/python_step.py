@@ -59,7 +59,7 @@ class PythonStepRuntime(Runtime):
             raise PipelineError(
                 f"wallaroo_json raised {type(exc).__name__}: {exc}", step=step
             ) from exc
-        output = _to_table(result, step)
+        output = _plain(_to_table(result, step))
         if output.num_rows != table.num_rows:
             raise PipelineError(
                 f"wallaroo_json returned {output.num_rows} rows for {table.num_rows} input rows",
@@ -104,6 +104,16 @@ def _to_table(result: Any, step: str) -> pa.Table:
         return pa.table(columns)
     except pa.ArrowInvalid as exc:  # columns of different lengths
         raise PipelineError(f"wallaroo_json's columns differ in length: {exc}", step=step) from exc
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """Drop pandas' schema metadata; pandas 3 strings arrive as large_string: make them string."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_large_string(field.type):
+            table = table.set_column(
+                i, field.with_type(pa.string()), table.column(i).cast(pa.string())
+            )
+    return table.replace_schema_metadata(None)
 
 
 def _to_column(value: Any) -> pa.Array:
