@@ -18,11 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
 
 from edge.errors import BadInput
+from edge.tensors import ndarray_to_column
 
 JSON_TYPE = "application/json; format=pandas-records"
 ARROW_FILE_TYPE = "application/vnd.apache.arrow.file"
@@ -64,7 +66,7 @@ def decode_records(body: bytes) -> pa.Table:
         raise BadInput(f"malformed pandas-records JSON: {str(exc).splitlines()[0]}") from exc
     if table.num_rows == 0 or table.num_columns == 0:
         raise BadInput("the request holds no rows (an empty list)")
-    return table
+    return _plain_offsets(table)
 
 
 def _rows_to_table(rows: Any) -> pa.Table:
@@ -79,15 +81,51 @@ def _rows_to_table(rows: Any) -> pa.Table:
                 columns[key] = [None] * index
         for key, values in columns.items():
             values.append(row.get(key))
-    arrays = {}
-    for name, values in columns.items():
+    return pa.table({name: _column(name, values) for name, values in columns.items()})
+
+
+def _column(name: str, values: list[Any]) -> pa.Array:
+    """One JSON column as Arrow; numeric tensors go through numpy (much faster than
+    pyarrow's inference on nested Python lists), everything else through `pa.array`."""
+    first = values[0]
+    if isinstance(first, list | int | float) and not isinstance(first, bool):
         try:
-            arrays[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            tensor = np.asarray(values)
+        except ValueError as exc:  # numpy refuses inhomogeneous shapes
             raise BadInput(
-                f"column {name!r}: mixed element types or ragged nesting ({exc})"
+                f"column {name!r}: ragged tensor (rows or nested lists differ in length); "
+                f"every row must have the same shape"
             ) from exc
-    return pa.table(arrays)
+        if tensor.dtype.kind in "iuf":
+            return ndarray_to_column(tensor)
+        if tensor.dtype.kind in "US" and tensor.ndim > 1:
+            raise BadInput(f"column {name!r}: mixed element types (numbers and text) in a tensor")
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise BadInput(f"column {name!r}: mixed element types or ragged nesting ({exc})") from exc
+
+
+def _plain_offsets(table: pa.Table) -> pa.Table:
+    """large_list/large_string (what polars writes) to list/string, so every request's
+    columns have one type whichever decoder read them."""
+    fields = []
+    for f in table.schema:
+        kind = f.type
+        if pa.types.is_large_list(kind) or pa.types.is_large_string(kind):
+            fields.append(pa.field(f.name, _plain_type(kind)))
+        else:
+            fields.append(f)
+    schema = pa.schema(fields)
+    return table if schema == table.schema else table.cast(schema)
+
+
+def _plain_type(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_list(kind) or pa.types.is_list(kind):
+        return pa.list_(_plain_type(kind.value_type))
+    if pa.types.is_large_string(kind):
+        return pa.string()
+    return kind
 
 
 def decode_arrow(body: bytes) -> pa.Table:

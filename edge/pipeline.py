@@ -21,6 +21,7 @@ import pyarrow as pa
 from edge.artifact import Definition, ModelInfo, ModelStep, RandomSplitStep, ShadowStep, Step
 from edge.errors import BadInput, EdgeError, PipelineError
 from edge.runtimes import Runtime
+from edge.tensors import ndarray_to_column
 
 log = logging.getLogger(__name__)
 TIME_TYPE = pa.timestamp("ms", tz="UTC")
@@ -50,6 +51,7 @@ class Pipeline:
         self.partition = partition
         self.validator = validator
         self._single = {n for n, m in definition.models.items() if m.batch_config == "single"}
+        self._constants: dict[str, pa.Array] = {}
 
     @property
     def name(self) -> str:
@@ -146,9 +148,11 @@ class Pipeline:
         last: ModelInfo,
     ) -> pa.Table:
         rows = request.num_rows
-        now = np.full(rows, time.time_ns() // 1_000_000, dtype="datetime64[ms]")
+        now = np.full(rows, time.time_ns() // 1_000_000, dtype=np.int64)
         names = ["time"]
-        columns: list[pa.Array | pa.ChunkedArray] = [pa.array(now, TIME_TYPE)]
+        columns: list[pa.Array | pa.ChunkedArray] = [
+            pa.Array.from_buffers(TIME_TYPE, rows, [None, pa.py_buffer(now)])
+        ]
         for name in request.column_names:
             names.append(f"in.{name}")
             columns.append(request.column(name))
@@ -158,10 +162,9 @@ class Pipeline:
         for name, array in extra.items():
             names.append(name)
             columns.append(array)
-        names.append("anomaly.count")
-        columns.append(pa.array(np.zeros(rows, np.uint32)))
         last_model = json.dumps({"model_name": last.name, "model_sha": last.sha256})
         names += [
+            "anomaly.count",
             "metadata.last_model",
             "metadata.pipeline_version",
             "metadata.elapsed",
@@ -169,13 +172,25 @@ class Pipeline:
             "metadata.partition",
         ]
         columns += [
-            pa.array([last_model] * rows, pa.string()),
-            pa.array([self.definition.version] * rows, pa.string()),
-            pa.array([elapsed] * rows, pa.list_(pa.int64())),
-            pa.array([[]] * rows, pa.list_(pa.string())),
-            pa.array([self.partition] * rows, pa.string()),
+            self._constant("count", 0, pa.uint32(), rows),
+            self._constant(last_model, last_model, pa.string(), rows),
+            self._constant("version", self.definition.version, pa.string(), rows),
+            ndarray_to_column(np.tile(np.asarray(elapsed, np.int64), (rows, 1))),
+            self._constant("dropped", [], pa.list_(pa.string()), rows),
+            self._constant("partition", self.partition, pa.string(), rows),
         ]
         return pa.Table.from_arrays(columns, names=names)
+
+    def _constant(self, key: str, value: Any, kind: pa.DataType, rows: int) -> pa.Array:
+        """`rows` copies of a per-pipeline constant, sliced from a cached array (building
+        a fresh Arrow array per request costs more than the model run on small inputs)."""
+        cached = self._constants.get(key)
+        if cached is None or len(cached) < rows:
+            cached = pa.array([value] * max(rows, 256), kind)
+            if rows > 65536:
+                return cached
+            self._constants[key] = cached
+        return cached.slice(0, rows)
 
     def _validate(self, result: pa.Table) -> tuple[pa.Table, list[Any]]:
         flags: dict[str, pa.Array] = self.validator.evaluate(result)

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from edge.errors import BadInput
 
@@ -29,58 +28,77 @@ def column_to_ndarray(
     `expected_shape` is the model input's shape including the batch axis (None or a string
     for a free axis); when the column's row shape differs in a fixed axis it is refused.
     `where` says where the column is, for messages ("column 'tensor' of step 'ccfraud'").
+    Works on buffers with numpy: pyarrow's compute kernels cost tens of microseconds each,
+    which is most of a one-row request.
     """
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     rows = len(array)
     if array.null_count:
-        first = pc.index(pc.is_null(array), True).as_py()
+        first = array.is_null().to_numpy(zero_copy_only=False).argmax()
         raise BadInput(f"{where}: missing value (null) in row {first}")
     dims: list[int] = []
     values: pa.Array = array
     while isinstance(values.type, _LIST_TYPES):
         if isinstance(values.type, pa.FixedSizeListType):
             width = values.type.list_size
-            values = values.flatten()
         else:
-            lengths = values.value_lengths()
-            if len(lengths) == 0:
-                width = 0
-            else:
-                low, high = pc.min_max(lengths).values()
-                if low.as_py() != high.as_py():
-                    bad = pc.index(pc.not_equal(lengths, low), True).as_py()
-                    raise BadInput(
-                        f"{where}: ragged tensor: row lengths differ ({low.as_py()} in the "
-                        f"first rows, {lengths[bad].as_py()} in row {bad}); every row must "
-                        f"have the same shape"
-                    )
-                width = low.as_py()
-            values = values.flatten()
+            width = _uniform_width(values, where)
+        values = values.flatten()
         if values.null_count:
             raise BadInput(f"{where}: missing value (null) inside a tensor")
         dims.append(width)
-    if rows and not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)
-                     or pa.types.is_boolean(values.type)):
-        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+    kind = values.type
+    if rows and not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+                     or pa.types.is_boolean(kind)):
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
             if dtype.kind in "OUS":
                 return np.asarray(values.to_pylist(), dtype=object).reshape((rows, *dims))
             raise BadInput(
                 f"{where}: holds text (or mixed element types) where the model expects "
                 f"{dtype.name} numbers"
             )
-        raise BadInput(f"{where}: element type {values.type} cannot feed a {dtype.name} input")
-    target = pa.from_numpy_dtype(dtype)
-    try:
-        values = values.cast(target, safe=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise BadInput(
-            f"{where}: values of type {values.type} cannot be cast to {dtype.name} "
-            f"without loss ({exc})"
-        ) from exc
-    tensor = values.to_numpy(zero_copy_only=False).reshape((rows, *dims))
+        raise BadInput(f"{where}: element type {kind} cannot feed a {dtype.name} input")
+    flat = values.to_numpy(zero_copy_only=False)
+    tensor = _safe_cast(flat, dtype, where).reshape((rows, *dims))
     if expected_shape is not None:
         tensor = _fit_shape(tensor, expected_shape, where)
     return tensor
+
+
+def _uniform_width(values: pa.Array, where: str) -> int:
+    """The common length of every row of a list column; ragged rows are refused."""
+    offset_type = np.int64 if pa.types.is_large_list(values.type) else np.int32
+    count = len(values)
+    offsets = np.frombuffer(
+        values.buffers()[1], offset_type, count + 1, values.offset * np.dtype(offset_type).itemsize
+    )
+    if count == 0:
+        return 0
+    lengths = np.diff(offsets)
+    width = int(lengths[0])
+    if count > 1 and not (lengths == width).all():
+        bad = int(np.argmax(lengths != width))
+        raise BadInput(
+            f"{where}: ragged tensor: row lengths differ ({width} in row 0, "
+            f"{int(lengths[bad])} in row {bad}); every row must have the same shape"
+        )
+    return width
+
+
+def _safe_cast(flat: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
+    if flat.dtype == dtype:
+        return flat
+    if dtype.kind in "iu" and flat.dtype.kind == "f":
+        if not np.all(np.isfinite(flat)) or not np.all(np.mod(flat, 1) == 0):
+            raise BadInput(
+                f"{where}: values of type {flat.dtype.name} cannot be cast to {dtype.name} "
+                f"without loss (fractional or non-finite values)"
+            )
+    if dtype.kind in "iu" and flat.size:
+        info = np.iinfo(dtype)
+        if flat.min() < info.min or flat.max() > info.max:
+            raise BadInput(f"{where}: values out of range for {dtype.name}")
+    return flat.astype(dtype)
 
 
 def _fit_shape(
@@ -100,12 +118,20 @@ def _fit_shape(
 
 def ndarray_to_column(tensor: np.ndarray) -> pa.Array:
     """A tensor shaped (rows, *dims) as one Arrow column; rows of rank >= 1 become lists."""
-    if tensor.ndim <= 1:
-        return pa.array(tensor.reshape(-1) if tensor.ndim == 0 else tensor)
+    if tensor.dtype.kind not in "iufb":
+        return pa.array(tensor.tolist())
+    if tensor.ndim == 0:
+        tensor = tensor.reshape(1)
     flat = np.ascontiguousarray(tensor).reshape(-1)
-    column: pa.Array = pa.array(flat)
+    kind = pa.from_numpy_dtype(flat.dtype)
+    if kind == pa.bool_():
+        column: pa.Array = pa.array(flat)
+    else:
+        column = pa.Array.from_buffers(kind, len(flat), [None, pa.py_buffer(flat)])
     for width in reversed(tensor.shape[1:]):
-        count = len(column) // width if width else tensor.shape[0]
-        offsets = pa.array(np.arange(0, (count + 1) * width, width, dtype=np.int32)[: count + 1])
-        column = pa.ListArray.from_arrays(offsets, column)
+        count = len(column) // width if width else 0
+        offsets = np.arange(0, (count + 1) * width, width or 1, dtype=np.int32)[: count + 1]
+        column = pa.Array.from_buffers(
+            pa.list_(column.type), count, [None, pa.py_buffer(offsets)], children=[column]
+        )
     return column
