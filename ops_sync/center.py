@@ -1,0 +1,276 @@
+"""The ops center's operations, without HTTP: admin, join, renew, heartbeat, log upload.
+
+`server.py` parses requests and calls these; they raise `ops_sync.errors` and never know a
+status code. Every edge operation starts from `authenticate(cert)`: the edge's identity, publish
+and partition come from its certificate and our records, never from what it sends.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ops_sync import bundle
+from ops_sync.errors import (
+    AdminAuthRequired,
+    BadRequest,
+    CertificateRequired,
+    CredentialsExpired,
+    EdgeRemoved,
+    IdentityError,
+    NotFound,
+)
+from ops_sync.identity import (
+    DEFAULT_TRUST_DOMAIN,
+    EDGE_CERT_LIFETIME,
+    CertificateAuthority,
+    cert_pem,
+    csr_public_key,
+    fingerprint,
+    load_cert,
+    not_after,
+    spiffe_id,
+)
+from ops_sync.logstore import LogStore
+from ops_sync.store import Store, hash_token
+
+SILENCE_LIMIT = 7 * 24 * 3600.0
+EDGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+PIPELINE_REF = re.compile(r"/pipelines/(?P<name>[a-z0-9][a-z0-9-]*):(?P<version>[\w.-]+)$")
+EPOCH = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class OpsCenter:
+    """Metadata, log files and the CA under one data directory."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        admin_token: str,
+        public_host: str,
+        *,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        clock: Callable[[], float] = time.time,
+        ca_files: tuple[Path, Path] | None = None,
+    ) -> None:
+        if not admin_token:
+            raise AdminAuthRequired("the ops center needs an admin token to start")
+        self.clock = clock
+        self.public_host = public_host
+        self._admin = hashlib.sha256(admin_token.encode()).digest()
+        self.store = Store(data_dir / "ops.db")
+        self.logs = LogStore(data_dir / "logs", data_dir / "tmp", self.store)
+        cert_file, key_file = ca_files or (data_dir / "ca.crt", data_dir / "ca.key")
+        self.ca = CertificateAuthority.load_or_create(cert_file, key_file, trust_domain, clock())
+        if ca_files:
+            (data_dir / "ca.crt").write_bytes(self.ca.pem)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- admin -----------------------------------------------------------------------------
+    def check_admin(self, authorization: str | None) -> None:
+        presented = (authorization or "").removeprefix("Bearer ").strip()
+        digest = hashlib.sha256(presented.encode()).digest()
+        if not presented or not hmac.compare_digest(digest, self._admin):
+            raise AdminAuthRequired("admin calls need `Authorization: Bearer <admin token>`")
+
+    def register_publish(self, body: dict[str, Any]) -> dict[str, Any]:
+        url = _text(body, "pipeline_url")
+        match = PIPELINE_REF.search(url)
+        record = dict(body)
+        record.setdefault("pipeline_name", match.group("name") if match else None)
+        record.setdefault("pipeline_version", match.group("version") if match else None)
+        if not record["pipeline_name"] or not record["pipeline_version"]:
+            raise BadRequest(
+                "pipeline_name and pipeline_version are needed when pipeline_url is not "
+                "<registry>/<repo>/pipelines/<name>:<version>"
+            )
+        return self.store.register_publish(record, self.clock())
+
+    def add_edge(self, name: str, pipeline_url: str, tags: list[str]) -> dict[str, Any]:
+        """Enrol an edge on a publish; return the publish record with its EDGE_BUNDLE."""
+        if not EDGE_NAME.match(name):
+            raise BadRequest(f"edge name {name!r}: use letters, digits, '.', '_', '-' (max 63)")
+        try:
+            publish = self.store.publish_by_url(pipeline_url)
+        except NotFound:
+            publish = self.register_publish({"pipeline_url": pipeline_url})
+        token = secrets.token_urlsafe(32)
+        edge = self.store.add_edge(name, publish["id"], list(tags), hash_token(token), self.clock())
+        values = {
+            "BUNDLE_VERSION": "1",
+            "EDGE_NAME": name,
+            "JOIN_TOKEN": token,
+            "OPSCENTER_HOST": self.public_host,
+            "PIPELINE_URL": publish["pipeline_url"],
+            "WORKSPACE_ID": publish["workspace_id"],
+            bundle.CA_KEY: _b64(self.ca.pem),
+        }
+        return {
+            **_publish_record(publish),
+            "docker_run_variables": {"EDGE_BUNDLE": bundle.encode(values)},
+            "edge": self._edge_view(edge),
+        }
+
+    def remove_edge(self, name: str) -> dict[str, Any]:
+        return self._edge_view(self.store.remove_edge(name, self.clock()))
+
+    def list_edges(self) -> list[dict[str, Any]]:
+        return [self._edge_view(edge) for edge in self.store.edges()]
+
+    def publishes(self) -> list[dict[str, Any]]:
+        return [_publish_record(p) for p in self.store.publishes()]
+
+    def _edge_view(self, edge: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock()
+        if edge["removed_at"] is not None:
+            credentials = "revoked"
+        elif edge["joined_at"] is None:
+            credentials = "not joined"
+        elif now - (edge["last_seen"] or 0) > SILENCE_LIMIT:
+            credentials = "expired"
+        else:
+            credentials = "valid"
+        return {
+            "id": edge["id"],
+            "name": edge["name"],
+            "tags": edge["tags"],
+            "pipeline_name": edge["pipeline_name"],
+            "pipeline_version": edge["pipeline_version"],
+            "spiffe_id": spiffe_id(self.ca.trust_domain, edge["id"]),
+            "created_at": _iso(edge["created_at"]),
+            "joined_at": _iso(edge["joined_at"]),
+            "last_seen": _iso(edge["last_seen"]),
+            "credentials": credentials,
+            "health": edge["health"],
+            "dropped": edge["dropped"],
+        }
+
+    # -- edge ------------------------------------------------------------------------------
+    def join(self, token: str, csr: bytes) -> dict[str, Any]:
+        """Redeem a join token for a certificate over the CSR's key (token consumed)."""
+        if not token:
+            raise BadRequest("the join request carries no token")
+        key_fp = fingerprint(csr_public_key(csr))
+        now = self.clock()
+
+        def issue(edge: dict[str, Any]) -> dict[str, Any]:
+            cert = self.ca.issue_edge(csr, edge["id"], now)
+            return {
+                "edge_id": edge["id"],
+                "edge_name": edge["name"],
+                "spiffe_id": spiffe_id(self.ca.trust_domain, edge["id"]),
+                "certificate": cert_pem(cert).decode(),
+                "ca_certificate": self.ca.pem.decode(),
+                "not_after": not_after(cert),
+            }
+
+        joined = self.store.redeem(hash_token(token), key_fp, now, issue)
+        self.store.touch(joined["edge_id"], now, cert_not_after=joined["not_after"])
+        return joined
+
+    def authenticate(self, peer_cert: str | None) -> dict[str, Any]:
+        """The enrolled, live edge a verified client certificate names."""
+        if not peer_cert:
+            raise CertificateRequired("edge calls need the client certificate from the join")
+        try:
+            identity = self.ca.verify_edge(load_cert(peer_cert.encode()))
+            edge = self.store.edge(identity.edge_id)
+        except (IdentityError, NotFound) as exc:
+            raise CertificateRequired(f"the client certificate is not usable: {exc}") from exc
+        now = self.clock()
+        if edge["removed_at"] is not None:
+            raise EdgeRemoved(f"edge {edge['name']!r} was removed; add it again for a new bundle")
+        silent = now - (edge["last_seen"] or edge["created_at"])
+        if now > identity.not_after or silent > SILENCE_LIMIT:
+            raise CredentialsExpired(
+                f"edge {edge['name']!r} has been silent for more than 7 days (or its certificate "
+                "expired); remove and add it again for a new bundle"
+            )
+        edge["key_fingerprint"] = identity.key_fingerprint
+        return edge
+
+    def renew(self, edge: dict[str, Any], csr: bytes) -> dict[str, Any]:
+        """A fresh 7-day certificate for the same device key."""
+        if fingerprint(csr_public_key(csr)) != edge["key_fingerprint"]:
+            raise BadRequest("the renewal CSR must use the key of the presented certificate")
+        now = self.clock()
+        cert = self.ca.issue_edge(csr, edge["id"], now, EDGE_CERT_LIFETIME)
+        self.store.touch(edge["id"], now, cert_not_after=not_after(cert))
+        return {"certificate": cert_pem(cert).decode(), "not_after": not_after(cert)}
+
+    def heartbeat(self, edge: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock()
+        buffer = report.get("buffer")
+        buffer = buffer if isinstance(buffer, dict) else {}
+        dropped = buffer.get("dropped")
+        if isinstance(dropped, dict) and buffer.get("epoch"):
+            counts = {str(k): int(v) for k, v in dropped.items() if isinstance(v, int)}
+            self.store.record_drops(edge["id"], str(buffer["epoch"]), counts, now)
+        self.store.touch(edge["id"], now, health=report)
+        return {"ok": True, "edge_id": edge["id"], "server_time": now}
+
+    def upload(
+        self, edge: dict[str, Any], epoch: str, first: int, last: int, body: bytes
+    ) -> dict[str, Any]:
+        """Store one compressed Arrow IPC batch exactly once; the reply is the ack."""
+        if not EPOCH.match(epoch) or first < 1 or last < first:
+            raise BadRequest("batch headers need an epoch id and 1 <= first_seq <= last_seq")
+        try:
+            table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise BadRequest(f"the batch is not an Arrow IPC stream: {exc}") from exc
+        result = self.logs.ingest(edge, epoch, first, last, table, self.clock())
+        return {
+            "epoch": epoch,
+            "first_seq": first,
+            "last_seq": last,
+            "stored": result.stored,
+            "duplicates": result.duplicates,
+        }
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{key} is required (a non-empty string)")
+    return value
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _iso(seconds: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat() if seconds else None
+
+
+def _publish_record(publish: dict[str, Any]) -> dict[str, Any]:
+    """A publish in the seed's shape (`wallaroo.pipeline_publish`)."""
+    return {
+        "id": publish["id"],
+        "pipeline_name": publish["pipeline_name"],
+        "pipeline_version_name": publish["pipeline_version"],
+        "pipeline_url": publish["pipeline_url"],
+        "engine_url": publish["engine_url"],
+        "helm": publish["helm"],
+        "engine_config": publish["engine_config"],
+        "workspace_id": publish["workspace_id"],
+        "status": "Published",
+        "user_images": [],
+        "error": None,
+        "docker_run_variables": {},
+        "created_at": _iso(publish["created_at"]),
+        "updated_at": _iso(publish["updated_at"]),
+    }

@@ -1,0 +1,221 @@
+"""`ops-sync`: run the ops center and administer it.
+
+    ops-sync serve --data DIR --port N --admin-token TOKEN [--host NAME]
+    ops-sync add-edge NAME --publish PIPELINE_URL [--tag T ...] [--json]
+    ops-sync remove-edge NAME [--json]
+    ops-sync list-edges [--json]
+    ops-sync logs PIPELINE [--partition EDGE] [--limit N] [--arrow FILE | --json | --ndjson FILE]
+    ops-sync publishes [--register PIPELINE_URL] [--json]
+
+Admin commands take `--opscenter URL --admin-token TOKEN --ca FILE` or `OPS_URL`,
+`OPS_ADMIN_TOKEN`, `OPS_CA`. Exit status: 0 done, 1 refused or failed, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import ipaddress
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ops_sync.errors import SyncError
+
+DEFAULT_PORT = 8443
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ops-sync", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the ops center (TLS)")
+    serve.add_argument("--data", type=Path, default=_env("OPS_DATA"), help="data directory")
+    serve.add_argument("--port", type=int, default=int(_env("OPS_PORT", str(DEFAULT_PORT)) or 0))
+    serve.add_argument("--admin-token", default=_env("OPS_ADMIN_TOKEN"))
+    serve.add_argument(
+        "--host", default=_env("OPS_HOST", "127.0.0.1"), help="name edges reach us by"
+    )
+    serve.add_argument("--bind", default=_env("OPS_BIND"), help="listen address")
+    serve.add_argument("--trust-domain", default=_env("OPS_TRUST_DOMAIN", "ops-sync.local"))
+    serve.add_argument("--ca-cert", type=Path, help="use this CA certificate (with --ca-key)")
+    serve.add_argument("--ca-key", type=Path, help="the CA's private key file")
+    serve.add_argument(
+        "--clock-offset",
+        type=float,
+        default=float(_env("OPS_CLOCK_OFFSET", "0") or 0),
+        help="seconds added to the clock (tests of the 24 h / 7 day rules)",
+    )
+
+    def admin(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--opscenter", default=_env("OPS_URL"), help="https://host:port")
+        sub.add_argument("--admin-token", default=_env("OPS_ADMIN_TOKEN"))
+        sub.add_argument("--ca", type=Path, default=_env("OPS_CA"), help="the ops center CA")
+        return sub
+
+    add = admin("add-edge", "add an edge to a publish; prints its EDGE_BUNDLE")
+    add.add_argument("name")
+    add.add_argument("--publish", required=True, metavar="PIPELINE_URL")
+    add.add_argument("--tag", action="append", default=[])
+    add.add_argument("--json", action="store_true")
+    remove = admin("remove-edge", "remove (revoke) an edge")
+    remove.add_argument("name")
+    remove.add_argument("--json", action="store_true")
+    edges = admin("list-edges", "list enrolled edges")
+    edges.add_argument("--json", action="store_true")
+    pubs = admin("publishes", "list publishes, or register one")
+    pubs.add_argument("--register", metavar="PIPELINE_URL")
+    pubs.add_argument("--pipeline-name")
+    pubs.add_argument("--pipeline-version")
+    pubs.add_argument("--engine-url")
+    pubs.add_argument("--json", action="store_true")
+    logs = admin("logs", "read a pipeline's logs from every edge")
+    logs.add_argument("pipeline")
+    logs.add_argument("--partition", metavar="EDGE")
+    logs.add_argument("--limit", type=int)
+    logs.add_argument("--start", help="start_datetime (ISO 8601), with --end")
+    logs.add_argument("--end", help="end_datetime (ISO 8601), with --start")
+    logs.add_argument("--dataset", action="append")
+    logs.add_argument("--dataset-exclude", action="append")
+    logs.add_argument("--separator", help="flatten JSON keys with this separator")
+    out = logs.add_mutually_exclusive_group()
+    out.add_argument("--arrow", type=Path, metavar="FILE", help="export to an Arrow file")
+    out.add_argument("--ndjson", type=Path, metavar="FILE", help="export to an NDJSON file")
+    out.add_argument("--json", action="store_true", help="print pandas-records JSON")
+    logs.add_argument("--data-size-limit", help="export size limit, e.g. '10 MiB'")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _admin(args)
+    except SyncError as exc:
+        print(f"ops-sync {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ops_sync import serve
+
+    if args.data is None or not args.admin_token:
+        print(
+            "ops-sync serve: --data and --admin-token (or OPS_ADMIN_TOKEN) are required",
+            file=sys.stderr,
+        )
+        return 2
+    if (args.ca_cert is None) != (args.ca_key is None):
+        print("ops-sync serve: --ca-cert and --ca-key go together", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    bind = args.bind or ("127.0.0.1" if _is_loopback(args.host) else "0.0.0.0")
+    args.data.mkdir(parents=True, exist_ok=True)
+    serve.run(
+        args.data,
+        args.admin_token,
+        args.port,
+        args.host,
+        bind,
+        trust_domain=args.trust_domain,
+        clock_offset=args.clock_offset,
+        ca_files=(args.ca_cert, args.ca_key) if args.ca_cert else None,
+    )
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from ops_sync.client import AdminClient
+
+    if not args.opscenter or not args.admin_token:
+        need = "--opscenter and --admin-token (or OPS_URL, OPS_ADMIN_TOKEN) are required"
+        print(f"ops-sync {args.command}: {need}", file=sys.stderr)
+        return 2
+    with AdminClient(args.opscenter, args.admin_token, args.ca) as client:
+        if args.command == "logs":
+            return _logs(client, args)
+        result: Any
+        text: list[str]
+        if args.command == "add-edge":
+            result = client.add_edge(args.name, args.publish, args.tag)
+            text = [
+                f"Edge {args.name} added to publish {result['id']} ({result['pipeline_url']})",
+                f"EDGE_BUNDLE={result['docker_run_variables']['EDGE_BUNDLE']}",
+            ]
+        elif args.command == "remove-edge":
+            result = client.remove_edge(args.name)
+            text = [f"Edge {args.name} removed"]
+        elif args.command == "list-edges":
+            result = client.list_edges()
+            text = _edge_lines(result)
+        elif args.register:
+            fields = {
+                "pipeline_url": args.register,
+                "pipeline_name": args.pipeline_name,
+                "pipeline_version": args.pipeline_version,
+                "engine_url": args.engine_url,
+            }
+            result = client.register_publish(**{k: v for k, v in fields.items() if v})
+            text = [f"Publish {result['id']}: {result['pipeline_url']}"]
+        else:
+            result = client.publishes()
+            text = [f"{p['id']}\t{p['pipeline_name']}\t{p['pipeline_url']}" for p in result]
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else "\n".join(text))
+    return 0
+
+
+def _logs(client: Any, args: argparse.Namespace) -> int:
+    params = {
+        "limit": args.limit,
+        "start_datetime": args.start,
+        "end_datetime": args.end,
+        "dataset": args.dataset,
+        "dataset_exclude": args.dataset_exclude,
+        "dataset_separator": args.separator,
+        "partition": args.partition,
+    }
+    if args.arrow or args.ndjson:
+        params["data_size_limit"] = args.data_size_limit
+        body, warnings = client.logs(args.pipeline, arrow=bool(args.arrow), export=True, **params)
+        (args.arrow or args.ndjson).write_bytes(body)
+    else:
+        body, warnings = client.logs(args.pipeline, arrow=not args.json, **params)
+        if args.json:
+            sys.stdout.write(body.decode() + "\n")
+        else:
+            import polars as pl
+            import pyarrow as pa
+
+            table = pa.ipc.open_file(io.BytesIO(body)).read_all()
+            with pl.Config(tbl_rows=50, tbl_cols=12, fmt_str_lengths=60):
+                print(pl.from_arrow(table))
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+    return 0
+
+
+def _edge_lines(edges: list[dict[str, Any]]) -> list[str]:
+    columns = ("id", "name", "tags", "pipeline_version", "spiffe_id", "last_seen", "credentials")
+    lines = ["\t".join(c.upper() for c in columns) + "\tHEALTH"]
+    for edge in edges:
+        health = json.dumps(edge.get("health"), sort_keys=True)
+        lines.append("\t".join(str(edge.get(c)) for c in columns) + "\t" + health)
+    return lines

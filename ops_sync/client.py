@@ -1,0 +1,109 @@
+"""The admin API's client (used by the CLI and by `edge publish --opscenter`).
+
+Every call has a finite timeout; the server is verified against the ops center CA (`ca_file`,
+the `ca.crt` `ops-sync serve` writes) or the system store. Error replies come back as the
+`ops_sync.errors` class the server named, so callers catch the same types on both sides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ops_sync.errors import REFUSALS, SyncError, Unreachable
+from ops_sync.identity import build_ssl_context
+
+TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+
+
+def check(response: httpx.Response) -> httpx.Response:
+    """Return a 2xx reply; raise the error class the server named for anything else."""
+    if response.is_success:
+        return response
+    try:
+        body = response.json()
+        message, reason = str(body["error"]), str(body.get("reason", ""))
+    except (ValueError, KeyError, TypeError):
+        message, reason = f"HTTP {response.status_code} from {response.url}", ""
+    raise REFUSALS.get(reason, SyncError)(message)
+
+
+def warnings_of(response: httpx.Response) -> list[str]:
+    return response.headers.get_list("x-ops-warning")
+
+
+class AdminClient:
+    def __init__(
+        self,
+        url: str,
+        admin_token: str,
+        ca_file: Path | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: httpx.Timeout = TIMEOUT,
+    ) -> None:
+        ca_pem = ca_file.read_bytes() if ca_file else None
+        verify = build_ssl_context("client", ca_pem=ca_pem)
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"),
+            headers={"authorization": f"Bearer {admin_token}"},
+            verify=verify,
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return check(self._http.request(method, path, **kwargs))
+        except httpx.TransportError as exc:
+            raise Unreachable(
+                f"the ops center at {self._http.base_url} did not answer: {exc}"
+            ) from exc
+
+    def register_publish(self, **record: Any) -> dict[str, Any]:
+        """Register a publish: pipeline_url (and pipeline_name, pipeline_version, engine_url,
+        helm, engine_config, workspace_id when known)."""
+        result: dict[str, Any] = self._call("POST", "/v1/publishes", json=record).json()
+        return result
+
+    def publishes(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/v1/publishes").json()["publishes"]
+        return result
+
+    def add_edge(
+        self, name: str, pipeline_url: str, tags: list[str] | None = None
+    ) -> dict[str, Any]:
+        body = {"name": name, "pipeline_url": pipeline_url, "tags": tags or []}
+        result: dict[str, Any] = self._call("POST", "/v1/edges", json=body).json()
+        return result
+
+    def remove_edge(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", f"/v1/edges/{name}").json()
+        return result
+
+    def list_edges(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/v1/edges").json()["edges"]
+        return result
+
+    def logs(
+        self, pipeline: str, *, arrow: bool = False, export: bool = False, **params: Any
+    ) -> tuple[bytes, list[str]]:
+        """Logs as pandas-records JSON (or NDJSON when exporting) or an Arrow file, and the
+        warnings. `params`: limit, start_datetime, end_datetime, dataset, dataset_exclude,
+        dataset_separator, partition, data_size_limit (export only)."""
+        query = {k: v for k, v in params.items() if v is not None}
+        headers = {"accept": "application/vnd.apache.arrow.file"} if arrow else {}
+        path = f"/v1/pipelines/{pipeline}/logs" + ("/export" if export else "")
+        response = self._call("GET", path, params=query, headers=headers)
+        return response.content, warnings_of(response)

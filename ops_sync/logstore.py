@@ -1,0 +1,255 @@
+"""The Parquet log store: edge batches in, exactly once; time-ordered reads out.
+
+Layout (hive-style, so `pyarrow.dataset.dataset(root, partitioning="hive")` and DuckDB's
+`read_parquet('<root>/**/*.parquet', hive_partitioning=true)` read it as is):
+
+    <root>/pipeline=<p>/partition=<edge>/date=<YYYY-MM-DD>/<epoch>-<first>-<last>-<rand>.parquet
+
+Each file holds the edge's result-table columns (docs/CONTRACTS.md) with `metadata.partition`
+set from the edge's certificate, `metadata.dropped` never null, and two audit columns `_epoch`
+and `_seq` (the edge's buffer epoch and sequence number of the row).
+
+Exactly once: under a per-edge lock, the rows whose sequence numbers are already recorded in
+`synced_ranges` are dropped, the rest are written to `<data>/tmp/`, their ranges and files are
+committed in one SQLite transaction, and only then are the files renamed into the dataset. A
+crash before the commit leaves only tmp files (deleted at the next start); a crash after it
+leaves committed tmp files (renamed at the next start). Readers never see uncommitted rows.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ops_sync.errors import BadRequest, StoreError
+from ops_sync.store import Store
+
+DROPPED = "metadata.dropped"
+PARTITION = "metadata.partition"
+_DROPPED_TYPE = pa.list_(pa.string())
+_TIME_TYPE = pa.timestamp("ms", tz="UTC")
+
+
+@dataclass(frozen=True)
+class Ingested:
+    stored: int
+    duplicates: int
+
+
+class LogStore:
+    """Writes edge batches as Parquet exactly once and reads them back in time order."""
+
+    def __init__(self, root: Path, tmp: Path, store: Store) -> None:
+        self.root = root
+        self.tmp = tmp
+        self.store = store
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(parents=True, exist_ok=True)
+        self._recover()
+
+    def _recover(self) -> None:
+        committed = {Path(p).name: Path(p) for p in self.store.file_paths()}
+        for leftover in self.tmp.glob("*.parquet"):
+            final = committed.get(leftover.name)
+            if final is None:
+                leftover.unlink()  # written, never committed: the edge will resend it
+            else:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(leftover, final)
+
+    def _lock(self, partition: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(partition, threading.Lock())
+
+    def ingest(
+        self,
+        edge: dict[str, Any],
+        epoch: str,
+        first: int,
+        last: int,
+        table: pa.Table,
+        now: float,
+    ) -> Ingested:
+        """Store the rows of batch (epoch, first..last) not stored before. Blocking."""
+        if table.num_rows != last - first + 1:
+            raise BadRequest(
+                f"the batch says sequence {first}..{last} ({last - first + 1} rows) but holds "
+                f"{table.num_rows} rows"
+            )
+        partition, pipeline = edge["name"], edge["pipeline_name"]
+        with self._lock(partition):
+            covered = np.zeros(table.num_rows, dtype=bool)
+            for a, b in self.store.synced_overlaps(partition, epoch, first, last):
+                covered[max(a, first) - first : min(b, last) - first + 1] = True
+            keep = ~covered
+            fresh = int(keep.sum())
+            if fresh == 0:
+                return Ingested(0, table.num_rows)
+            seqs = np.arange(first, last + 1, dtype=np.int64)
+            if fresh < table.num_rows:
+                table, seqs = table.filter(pa.array(keep)), seqs[keep]
+            table = _normalize(table, partition, epoch, seqs)
+            written = self._write(table, pipeline, partition, epoch)
+            try:
+                self.store.commit_batch(
+                    edge["id"], partition, epoch, _runs(seqs), [f for f, _ in written], now
+                )
+            except BaseException:
+                for _, tmp in written:
+                    tmp.unlink(missing_ok=True)
+                raise
+            for record, tmp in written:
+                final = Path(record["path"])
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, final)
+        return Ingested(fresh, last - first + 1 - fresh)
+
+    def _write(
+        self, table: pa.Table, pipeline: str, partition: str, epoch: str
+    ) -> list[tuple[dict[str, Any], Path]]:
+        millis = table.column("time").cast(pa.int64()).to_numpy()
+        days = millis // 86_400_000
+        written = []
+        for day in np.unique(days):
+            part = table if len(np.unique(days)) == 1 else table.filter(pa.array(days == day))
+            seq = part.column("_seq")
+            span = f"{pc.min(seq).as_py()}-{pc.max(seq).as_py()}"
+            name = f"{epoch}-{span}-{secrets.token_hex(4)}.parquet"
+            date = np.datetime64(int(day), "D").astype(str)
+            final = self.root / f"pipeline={pipeline}" / f"partition={partition}" / f"date={date}"
+            tmp = self.tmp / name
+            part_ms = millis[days == day]
+            try:
+                pq.write_table(part, tmp, compression="zstd", compression_level=1)
+                with open(tmp, "rb") as handle:
+                    os.fsync(handle.fileno())
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise StoreError(f"cannot write log file {tmp}: {exc}") from exc
+            record = {
+                "pipeline": pipeline,
+                "rows": part.num_rows,
+                "min_time": int(part_ms.min()),
+                "max_time": int(part_ms.max()),
+                "path": str(final / name),
+            }
+            written.append((record, tmp))
+        return written
+
+    def read(
+        self,
+        pipeline: str,
+        partition: str | None,
+        start_ms: int | None,
+        end_ms: int | None,
+        limit: int,
+    ) -> tuple[pa.Table, bool]:
+        """Up to `limit` rows and whether more exist: newest first, or, with a time range,
+        oldest first; ties in insertion order. `time` stays timestamp[ms, UTC]."""
+        files = self.store.log_files(pipeline, partition, start_ms, end_ms)
+        chronological = start_ms is not None
+        files = _covering(files, limit + 1, start_ms, end_ms)
+        tables = []
+        for f in files:
+            try:
+                part = pq.ParquetFile(f["path"]).read()
+            except OSError as exc:
+                raise StoreError(f"cannot read log file {f['path']}: {exc}") from exc
+            if chronological:
+                millis = part.column("time").cast(pa.int64())
+                part = part.filter(
+                    pc.and_(pc.greater_equal(millis, start_ms), pc.less_equal(millis, end_ms))
+                )
+            tables.append(
+                part.append_column(
+                    "_file", pa.array(np.full(part.num_rows, f["id"]))
+                ).append_column("_row", pa.array(np.arange(part.num_rows)))
+            )
+        if not tables:
+            return pa.table({"time": pa.array([], _TIME_TYPE)}), False
+        table = pa.concat_tables(tables, promote_options="permissive")
+        order = "ascending" if chronological else "descending"
+        keys = [("time", order), ("_file", order), ("_row", order)]
+        table = table.take(pc.sort_indices(table, sort_keys=keys)[: limit + 1])
+        return table.drop_columns(["_file", "_row"]).slice(0, limit), table.num_rows > limit
+
+
+def _normalize(table: pa.Table, partition: str, epoch: str, seqs: np.ndarray) -> pa.Table:
+    """Partition from the certificate, never null drops, audit columns, time in ms UTC."""
+    if "time" not in table.column_names:
+        raise BadRequest("the batch has no `time` column")
+    time = table.column("time")
+    if pa.types.is_integer(time.type):
+        time = time.cast(pa.int64()).cast(_TIME_TYPE)
+    elif pa.types.is_timestamp(time.type):
+        time = time.cast(_TIME_TYPE)
+    else:
+        raise BadRequest(f"the batch's `time` column is {time.type}, not a timestamp")
+    table = table.set_column(table.schema.get_field_index("time"), "time", time)
+    n = table.num_rows
+    values = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([partition]))
+    table = _put(table, PARTITION, values.cast(pa.string()))
+    if DROPPED in table.column_names:
+        empty = pa.scalar([], _DROPPED_TYPE)
+        dropped = pc.coalesce(table.column(DROPPED).cast(_DROPPED_TYPE), empty)
+    else:
+        dropped = pa.array([[]] * n, _DROPPED_TYPE)
+    table = _put(table, DROPPED, dropped)
+    epochs = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([epoch]))
+    table = _put(table, "_epoch", epochs)
+    return _put(table, "_seq", pa.array(seqs))
+
+
+def _put(table: pa.Table, name: str, values: Any) -> pa.Table:
+    index = table.schema.get_field_index(name)
+    if index < 0:
+        return table.append_column(name, values)
+    return table.set_column(index, name, values)
+
+
+def _runs(seqs: np.ndarray) -> list[tuple[int, int]]:
+    """Contiguous runs of a sorted array of sequence numbers, as (first, last) pairs."""
+    breaks = np.flatnonzero(np.diff(seqs) != 1)
+    starts = np.concatenate(([0], breaks + 1))
+    ends = np.concatenate((breaks, [len(seqs) - 1]))
+    return [(int(seqs[a]), int(seqs[b])) for a, b in zip(starts, ends, strict=True)]
+
+
+def _covering(
+    files: list[dict[str, Any]], need: int, start_ms: int | None, end_ms: int | None
+) -> list[dict[str, Any]]:
+    """The files that can hold the first `need` rows in the requested order.
+
+    Take files from the front of that order until they surely hold `need` rows (with a time
+    range, only files wholly inside it count); every row that can rank in the first `need` then
+    lies before the cutoff those files reach, so keep every file reaching past it.
+    """
+    chronological = start_ms is not None and end_ms is not None
+    if chronological:
+        ranked = sorted(files, key=lambda f: f["min_time"])
+    else:
+        ranked = sorted(files, key=lambda f: -f["max_time"])
+    total, chosen = 0, 0
+    while chosen < len(ranked) and total < need:
+        f = ranked[chosen]
+        inside = not chronological or (start_ms <= f["min_time"] and f["max_time"] <= end_ms)
+        total += f["rows"] if inside else 0
+        chosen += 1
+    if total < need:
+        return files
+    if chronological:
+        cutoff = max(f["max_time"] for f in ranked[:chosen])
+        return [f for f in files if f["min_time"] <= cutoff]
+    cutoff = min(f["min_time"] for f in ranked[:chosen])
+    return [f for f in files if f["max_time"] >= cutoff]
