@@ -249,12 +249,13 @@ def push_chart(
     insecure: bool | None,
     *,
     timeout: float = DEFAULT_TIMEOUT,
+    transport: httpx.BaseTransport | None = None,
 ) -> ChartRef:
     """Push a packaged chart to `<registry>/<repository>/charts/<name>:<version>`.
 
     `registry` is `host[:port]` (or a URL with its scheme). `insecure` talks plain HTTP to a
     registry given without a scheme; None means plain HTTP for loopback hosts only, as `docker`
-    does. Returns the chart's URL, version and manifest digest.
+    does. Returns the chart's URL, version and manifest digest. `transport` is for tests.
     """
     data = tgz.read_bytes()
     meta = chart_metadata(data)
@@ -276,7 +277,7 @@ def push_chart(
         },
         separators=(",", ":"),
     ).encode()
-    session = _Session(base_url, host, username, password, timeout)
+    session = _Session(base_url, host, username, password, timeout, transport)
     with session:
         session.check_api()
         for blob in (config, data):
@@ -454,6 +455,7 @@ class _Session:
         username: str | None,
         password: str | None,
         timeout: float,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.host = host
         self.plain_http = base_url.startswith("http://")
@@ -463,6 +465,7 @@ class _Session:
             auth=_RegistryAuth(host, username, password),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             follow_redirects=False,
+            transport=transport,
         )
         self.has_credentials = bool(username)
 
