@@ -16,8 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.artifact import CONFIG_MEDIA_TYPE, TITLE_ANNOTATION, Definition
-from edge.errors import ArtifactError, ConfigError, DigestMismatch, RegistryError, RegistryUnreachable
+from edge.artifact import CONFIG_MEDIA_TYPE, TITLE_ANNOTATION, Definition, ModelInfo
+from edge.errors import (
+    ArtifactError,
+    ConfigError,
+    DigestMismatch,
+    RegistryError,
+    RegistryUnreachable,
+)
 from edge.registry import Reference, download_blob, open_store, read_blob, sha256_file
 
 log = logging.getLogger(__name__)
@@ -91,8 +97,9 @@ def _pull(
     temporary.write_bytes(manifest_bytes)
     os.replace(temporary, directory / "manifest.json")
     echo("Fetched")
-    log.info("pipeline=%s version=%s manifest=%s", definition.name, definition.version,
-             manifest_digest)
+    log.info(
+        "pipeline=%s version=%s manifest=%s", definition.name, definition.version, manifest_digest
+    )
     return LocalPipeline(definition, paths, directory, from_cache=False)
 
 
@@ -134,7 +141,7 @@ def _parse_manifest(raw: bytes, where: str) -> dict:
     return manifest
 
 
-def _layer_model(definition: Definition, layer: dict):  # type: ignore[no-untyped-def]
+def _layer_model(definition: Definition, layer: dict) -> ModelInfo:
     annotations = layer.get("annotations") or {}
     title = annotations.get(TITLE_ANNOTATION, "")
     for info in definition.models.values():
@@ -147,8 +154,9 @@ def _layer_model(definition: Definition, layer: dict):  # type: ignore[no-untype
     )
 
 
-def _echo_layer(echo: Echo, digest: str, filename: str, name: str, runtime: str,
-                version: str) -> None:
+def _echo_layer(
+    echo: Echo, digest: str, filename: str, name: str, runtime: str, version: str
+) -> None:
     echo(f"digest: {digest}")
     echo(f"  filename: {filename}")
     echo(f"  name: {name}")

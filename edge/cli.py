@@ -41,8 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--oci-registry", help="env OCI_REGISTRY")
     serve.add_argument("--oci-username", help="env OCI_USERNAME")
     serve.add_argument("--oci-password", help="env OCI_PASSWORD (prefer the environment)")
-    serve.add_argument("--oci-insecure", action="store_const", const=True,
-                       help="plain http to the registry (env OCI_INSECURE)")
+    serve.add_argument(
+        "--oci-insecure",
+        action="store_const",
+        const=True,
+        help="plain http to the registry (env OCI_INSECURE)",
+    )
     serve.add_argument("--cpus", type=int, help="env CONFIG_CPUS")
     serve.add_argument("--debug", action="store_const", const=True, help="env DEBUG")
     serve.add_argument("--edge-bundle", help="env EDGE_BUNDLE (prefer the environment)")
@@ -51,8 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="env HOST (default 0.0.0.0)")
     serve.add_argument("--max-body-bytes", type=int, help="env MAX_BODY_BYTES")
     serve.add_argument("--log-buffer-bytes", type=int, help="env LOG_BUFFER_BYTES")
-    serve.add_argument("--no-logging", dest="logging_enabled", action="store_const",
-                       const=False, help="do not log inferences (benchmarks only)")
+    serve.add_argument(
+        "--no-logging",
+        dest="logging_enabled",
+        action="store_const",
+        const=False,
+        help="do not log inferences (benchmarks only)",
+    )
     serve.set_defaults(run=_serve)
 
     publish = sub.add_parser("publish", help="pack a pipeline spec and push it")
@@ -60,8 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--registry", help="HOST[:PORT] of the OCI registry")
     publish.add_argument("--repository", default="", help="repository path in the registry")
     publish.add_argument("--layout", type=Path, help="write to a local OCI image layout DIR")
-    publish.add_argument("--insecure", action="store_const", const=True,
-                         help="plain http to the registry")
+    publish.add_argument(
+        "--insecure", action="store_const", const=True, help="plain http to the registry"
+    )
     publish.add_argument("--no-chart", action="store_true", help="do not push a Helm chart")
     publish.add_argument("--opscenter", help="register the publish with this ops center URL")
     publish.add_argument("--json", action="store_true", help="print one JSON object")
@@ -158,8 +168,9 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.logging_enabled:
         from edge.logbuffer import LogBuffer
 
-        state.buffer = LogBuffer(settings.persist_dir / "logbuffer.db",
-                                 max_bytes=settings.log_buffer_bytes)
+        state.buffer = LogBuffer(
+            settings.persist_dir / "logbuffer.db", max_bytes=settings.log_buffer_bytes
+        )
         state.buffer.start()
         state.on_shutdown.append(state.buffer.close)
     if bundle:
@@ -170,14 +181,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _start_agent(state: Any, bundle: dict[str, str], settings: Settings) -> Any:
-    from ops_sync.agent import SyncAgent
-
     from edge.server import health_report
+    from ops_sync.agent import SyncAgent
 
     if state.buffer is None:
         raise ConfigError("EDGE_BUNDLE needs inference logging on (EDGE_LOGGING=true)")
-    state.agent = SyncAgent(bundle, settings.persist_dir, state.buffer,
-                            lambda: health_report(state))
+    state.agent = SyncAgent(
+        bundle, settings.persist_dir, state.buffer, lambda: health_report(state)
+    )
     state.on_shutdown.insert(0, state.agent.stop)
     return state.agent.start()
 
@@ -312,8 +323,12 @@ def _infer(args: argparse.Namespace) -> int:
     headers = {"Content-Type": ARROW_FILE_TYPE if arrow_in else JSON_TYPE}
     if args.arrow:
         headers["Accept"] = ARROW_FILE_TYPE
-    reply = httpx.post(f"{args.url}/pipelines/{args.pipeline}", content=body, headers=headers,
-                       timeout=httpx.Timeout(60.0, connect=5.0))
+    reply = httpx.post(
+        f"{args.url}/pipelines/{args.pipeline}",
+        content=body,
+        headers=headers,
+        timeout=httpx.Timeout(60.0, connect=5.0),
+    )
     if reply.status_code != 200:
         print(reply.text, file=sys.stderr)
         return 1
@@ -327,13 +342,14 @@ def _infer(args: argparse.Namespace) -> int:
 def _logs(args: argparse.Namespace) -> int:
     import httpx
 
-    params: list[tuple[str, str | int]] = [("limit", args.limit)]
+    params: list[tuple[str, str | int | float | bool | None]] = [("limit", args.limit)]
     if args.start or args.end:
         params += [("start_datetime", args.start or ""), ("end_datetime", args.end or "")]
     params += [("dataset", d) for d in args.dataset or []]
     headers = {"Accept": "application/vnd.apache.arrow.file"} if args.arrow else {}
-    reply = httpx.get(f"{args.url}/logs", params=params, headers=headers,
-                      timeout=httpx.Timeout(60.0, connect=5.0))
+    reply = httpx.get(
+        f"{args.url}/logs", params=params, headers=headers, timeout=httpx.Timeout(60.0, connect=5.0)
+    )
     if reply.status_code != 200:
         print(reply.text, file=sys.stderr)
         return 1

@@ -178,8 +178,10 @@ def encode_records(table: pa.Table, info: RecordInfo | None, separator: str | No
 
 
 def _type_name(arrow_type: pa.DataType) -> str:
-    while pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or (
-        pa.types.is_fixed_size_list(arrow_type)
+    while (
+        pa.types.is_list(arrow_type)
+        or pa.types.is_large_list(arrow_type)
+        or (pa.types.is_fixed_size_list(arrow_type))
     ):
         arrow_type = arrow_type.value_type
     if pa.types.is_floating(arrow_type):
@@ -220,9 +222,7 @@ def _records_small(table: pa.Table, info: RecordInfo | None, separator: str | No
                 model_name=info.model_name,
                 model_version=info.model_version,
                 original_data=None,
-                outputs=[
-                    {kind: _tensor_entry(columns[c][row])} for c, kind in outputs
-                ],
+                outputs=[{kind: _tensor_entry(columns[c][row])} for c, kind in outputs],
                 pipeline_name=info.pipeline_name,
                 shadow_data=info.shadow_data,
             )

@@ -5,7 +5,7 @@ Precedence: command-line flag > environment variable > default. Secrets are kept
 
 | variable | flag | default | meaning |
 | --- | --- | --- | --- |
-| PIPELINE_URL | --pipeline-url | (bundle's) | `HOST/REPO/pipelines/NAME:VERSION` or `oci-layout:DIR[:TAG]` |
+| PIPELINE_URL | --pipeline-url | bundle's | `HOST/REPO/pipelines/NAME:V` or `oci-layout:DIR` |
 | OCI_REGISTRY | --oci-registry | | registry host the credentials are for |
 | OCI_USERNAME | --oci-username | | registry user |
 | OCI_PASSWORD | --oci-password | | registry password or token (secret) |
@@ -18,7 +18,7 @@ Precedence: command-line flag > environment variable > default. Secrets are kept
 | HOST | --host | 0.0.0.0 | address to listen on |
 | MAX_BODY_BYTES | --max-body-bytes | 64 MiB | largest request body accepted |
 | LOG_BUFFER_BYTES | --log-buffer-bytes | 256 MiB | cap of the inference log buffer |
-| EDGE_LOGGING | --no-logging | true | log every inference to the buffer (`false` only for benchmarks) |
+| EDGE_LOGGING | --no-logging | true | log every inference (`false`: benchmarks only) |
 """
 
 from __future__ import annotations

@@ -1,23 +1,23 @@
 """The appliance's exceptions, one tree. Status codes live only in `edge.server`.
 
-    EdgeError
-    ├── ConfigError            bad settings or bundle at start-up (names the variable and the fix)
-    ├── SpecError              a pipeline spec file a person wrote is invalid (names the field)
-    ├── ArtifactError          a published artifact is unusable (names the layer digest)
-    │   └── DigestMismatch     a pulled blob's sha256 differs from the manifest
-    ├── RegistryError          talking to the OCI registry or layout failed
-    │   ├── RegistryUnreachable
-    │   ├── RegistryAuthError
-    │   └── NotPublished       the reference does not exist
-    ├── RequestError           the client sent something we cannot use (a 4xx)
-    │   ├── BadInput           body, column or value is wrong (names the column)
-    │   ├── UnsupportedMediaType
-    │   ├── NotAcceptable
-    │   ├── PayloadTooLarge
-    │   └── NotFound           unknown pipeline or route
-    ├── PipelineError          a step failed on valid input (names the step): a 5xx
-    ├── NotReady               the pipeline is not loaded yet (the only 503)
-    └── LogBufferError         the inference log buffer cannot take the rows (disk full, ...)
+EdgeError
+├── ConfigError            bad settings or bundle at start-up (names the variable and the fix)
+├── SpecError              a pipeline spec file a person wrote is invalid (names the field)
+├── ArtifactError          a published artifact is unusable (names the layer digest)
+│   └── DigestMismatch     a pulled blob's sha256 differs from the manifest
+├── RegistryError          talking to the OCI registry or layout failed
+│   ├── RegistryUnreachable
+│   ├── RegistryAuthError
+│   └── NotPublished       the reference does not exist
+├── RequestError           the client sent something we cannot use (a 4xx)
+│   ├── BadInput           body, column or value is wrong (names the column)
+│   ├── UnsupportedMediaType
+│   ├── NotAcceptable
+│   ├── PayloadTooLarge
+│   └── NotFound           unknown pipeline or route
+├── PipelineError          a step failed on valid input (names the step): a 5xx
+├── NotReady               the pipeline is not loaded yet (the only 503)
+└── LogBufferError         the inference log buffer cannot take the rows (disk full, ...)
 """
 
 from __future__ import annotations

@@ -113,8 +113,7 @@ class Pipeline:
     def _predict(self, model: str, table: pa.Table, rows: int) -> pa.Table:
         if model in self._single and rows > 1:
             raise BadInput(
-                f"step {model!r} has batch_config 'single': send one row per request, "
-                f"not {rows}"
+                f"step {model!r} has batch_config 'single': send one row per request, not {rows}"
             )
         output = self.runtimes[model].predict(table)
         if output.num_rows != rows:

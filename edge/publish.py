@@ -190,9 +190,7 @@ def publish(
             },
         }
         body = json.dumps(manifest, indent=1).encode()
-        digest = store.put_manifest(
-            ref, body, {"ai.edge.pipeline.name": definition.name}
-        )
+        digest = store.put_manifest(ref, body, {"ai.edge.pipeline.name": definition.name})
     published = Published(
         id=definition.version,
         pipeline_name=definition.name,

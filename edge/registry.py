@@ -38,9 +38,7 @@ LAYOUT_SCHEME = "oci-layout:"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=60.0, pool=5.0)
 CHUNK = 4 << 20
 RETRIES = 3
-ACCEPT = ", ".join(
-    [MANIFEST_MEDIA_TYPE, "application/vnd.docker.distribution.manifest.v2+json"]
-)
+ACCEPT = ", ".join([MANIFEST_MEDIA_TYPE, "application/vnd.docker.distribution.manifest.v2+json"])
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
@@ -86,11 +84,10 @@ class Reference:
                 f"pipeline URL {url!r} is not HOST[:PORT]/REPOSITORY[:TAG] nor "
                 f"{LAYOUT_SCHEME}DIR[:TAG]"
             )
-        repository, tag = path, None
-        last = path.rsplit("/", 1)[-1]
-        if ":" in last:
+        repository, tag = path, ""
+        if ":" in path.rsplit("/", 1)[-1]:
             repository, tag = path.rsplit(":", 1)
-        return cls(registry=host, repository=repository, tag=tag, digest=digest or None)
+        return cls(host, repository, tag=tag or None, digest=digest or None)
 
 
 class Store(Protocol):
@@ -98,7 +95,9 @@ class Store(Protocol):
 
     def get_manifest(self, ref: Reference) -> tuple[bytes, str]: ...
     def open_blob(self, ref: Reference, digest: str) -> Iterator[bytes]: ...
-    def put_blob(self, ref: Reference, path: Path, digest: str, progress: Progress | None) -> None: ...
+    def put_blob(
+        self, ref: Reference, path: Path, digest: str, progress: Progress | None
+    ) -> None: ...
     def put_manifest(self, ref: Reference, manifest: bytes, annotations: dict[str, str]) -> str: ...
 
 
@@ -111,7 +110,11 @@ def sha256_file(path: Path) -> str:
 
 
 def download_blob(
-    store: Store, ref: Reference, digest: str, dest: Path, progress: Progress | None = None,
+    store: Store,
+    ref: Reference,
+    digest: str,
+    dest: Path,
+    progress: Progress | None = None,
     size: int = 0,
 ) -> None:
     """Stream a blob to `dest`, verifying its sha256; the file appears only when it matches."""
@@ -180,7 +183,8 @@ class OciLayout:
         entries = self._index().get("manifests", [])
         if ref.tag:
             entries = [
-                e for e in entries
+                e
+                for e in entries
                 if e.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref.tag
             ]
         if not entries:
@@ -218,7 +222,8 @@ class OciLayout:
             index = {"schemaVersion": 2, "manifests": []}
         tag = ref.tag or "latest"
         index["manifests"] = [
-            e for e in index["manifests"]
+            e
+            for e in index["manifests"]
             if e.get("annotations", {}).get("org.opencontainers.image.ref.name") != tag
         ]
         index["manifests"].append(
@@ -335,7 +340,9 @@ class RemoteRegistry:
         try:
             yield from response.iter_bytes(CHUNK)
         except httpx.TransportError as exc:
-            raise RegistryUnreachable(f"download of {digest} from {self.host} broke: {exc}") from exc
+            raise RegistryUnreachable(
+                f"download of {digest} from {self.host} broke: {exc}"
+            ) from exc
         finally:
             response.close()
 

@@ -77,29 +77,38 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "edge_inference_requests", "Inference requests", ["pipeline", "code"],
+            "edge_inference_requests",
+            "Inference requests",
+            ["pipeline", "code"],
             registry=self.registry,
         )
-        self.rows = Counter("edge_inference_rows", "Rows inferred", ["pipeline"],
-                            registry=self.registry)
+        self.rows = Counter(
+            "edge_inference_rows", "Rows inferred", ["pipeline"], registry=self.registry
+        )
         self.latency = Histogram(
-            "edge_inference_seconds", "Inference request time", ["pipeline"],
+            "edge_inference_seconds",
+            "Inference request time",
+            ["pipeline"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             registry=self.registry,
         )
-        self.buffer = Gauge("edge_log_buffer", "Log buffer figures", ["figure"],
-                            registry=self.registry)
-        self.dropped = Gauge("edge_log_buffer_dropped", "Log rows/columns dropped by reason",
-                             ["reason"], registry=self.registry)
+        self.buffer = Gauge(
+            "edge_log_buffer", "Log buffer figures", ["figure"], registry=self.registry
+        )
+        self.dropped = Gauge(
+            "edge_log_buffer_dropped",
+            "Log rows/columns dropped by reason",
+            ["reason"],
+            registry=self.registry,
+        )
 
 
 def error_body(exc: Exception) -> tuple[int, bytes]:
-    for kind, code, source in STATUS:
+    code, source, message = 500, "engine", f"internal error ({type(exc).__name__})"
+    for kind, status, origin in STATUS:
         if isinstance(exc, kind):
-            message = str(exc)
+            code, source, message = status, origin, str(exc)
             break
-    else:
-        code, source, message = 500, "engine", f"internal error ({type(exc).__name__})"
     body = {"error": message, "code": code, "status": "error", "source": source}
     return code, orjson.dumps(body)
 
@@ -265,17 +274,20 @@ def create_app(state: AppState) -> Starlette:
                 "request a file using export_logs."
             )
         if _wants_arrow(request):
-            return Response(codecs.encode_arrow(table), 200, headers,
-                            media_type=codecs.ARROW_FILE_TYPE)
+            return Response(
+                codecs.encode_arrow(table), 200, headers, media_type=codecs.ARROW_FILE_TYPE
+            )
         separator = query.get("dataset.separator") or query.get("dataset_separator")
-        return Response(codecs.encode_records(table, None, separator), 200, headers,
-                        media_type=codecs.JSON_TYPE)
+        return Response(
+            codecs.encode_records(table, None, separator), 200, headers, media_type=codecs.JSON_TYPE
+        )
 
     async def handle_error(request: Request, exc: Exception) -> Response:
         code, body = error_body(exc)
         if code >= 500:
-            log.error("path=%s error=%s", request.url.path, exc,
-                      exc_info=not isinstance(exc, EdgeError))
+            log.error(
+                "path=%s error=%s", request.url.path, exc, exc_info=not isinstance(exc, EdgeError)
+            )
         return Response(body, code, media_type="application/json")
 
     async def not_found(request: Request, exc: Exception) -> Response:

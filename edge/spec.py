@@ -44,8 +44,17 @@ from edge.artifact import (
 from edge.errors import SpecError
 
 _EXTENSIONS = {".onnx": "onnx", ".zip": "tensorflow", ".py": "python"}
-_MODEL_KEYS = {"model", "python", "byop", "file", "runtime", "tensor_fields", "batch_config",
-               "input_schema", "output_schema"}
+_MODEL_KEYS = {
+    "model",
+    "python",
+    "byop",
+    "file",
+    "runtime",
+    "tensor_fields",
+    "batch_config",
+    "input_schema",
+    "output_schema",
+}
 _TOP_KEYS = {"name", "steps", "validations", "deployment"}
 
 

@@ -48,8 +48,9 @@ def column_to_ndarray(
             raise BadInput(f"{where}: missing value (null) inside a tensor")
         dims.append(width)
     kind = values.type
-    if rows and not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
-                     or pa.types.is_boolean(kind)):
+    if rows and not (
+        pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+    ):
         if pa.types.is_string(kind) or pa.types.is_large_string(kind):
             if dtype.kind in "OUS":
                 return np.asarray(values.to_pylist(), dtype=object).reshape((rows, *dims))
@@ -101,15 +102,14 @@ def _safe_cast(flat: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
     return flat.astype(dtype)
 
 
-def _fit_shape(
-    tensor: np.ndarray, expected: Sequence[int | str | None], where: str
-) -> np.ndarray:
+def _fit_shape(tensor: np.ndarray, expected: Sequence[int | str | None], where: str) -> np.ndarray:
     fixed = [d if isinstance(d, int) and d > 0 else None for d in expected[1:]]
     have = list(tensor.shape[1:])
     if len(have) == len(fixed) - 1 and fixed[-1] == 1:
         tensor = tensor.reshape((*tensor.shape, 1))  # a scalar column feeds an [N, 1] input
         have.append(1)
-    if len(have) != len(fixed) or any(f is not None and f != h for f, h in zip(fixed, have)):
+    mismatch = any(f is not None and f != h for f, h in zip(fixed, have, strict=False))
+    if len(have) != len(fixed) or mismatch:
         want = "x".join("?" if d is None else str(d) for d in fixed) or "scalar"
         got = "x".join(str(d) for d in have) or "scalar"
         raise BadInput(f"{where}: each row has shape {got}; the model expects {want}")

@@ -79,7 +79,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     base = tmp_path_factory.mktemp("registry")
     htpasswd = subprocess.run(
         ["htpasswd", "-Bbn", "-C", "5", USERNAME, PASSWORD],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     (base / "htpasswd").write_text(htpasswd)
     port = free_port()
@@ -104,7 +106,8 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(REPO / "examples/breast-cancer/pipeline.yaml", folder / "pipeline.yaml")
     subprocess.run(
         [sys.executable, str(REPO / "examples/breast-cancer/make_model.py"), str(folder)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     return folder
 
@@ -113,8 +116,12 @@ def edge_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "edge", *args]
 
 
-def publish(spec: Path, registry: Registry | None = None, layout: Path | None = None,
-            extra: tuple[str, ...] = ()) -> dict:
+def publish(
+    spec: Path,
+    registry: Registry | None = None,
+    layout: Path | None = None,
+    extra: tuple[str, ...] = (),
+) -> dict:
     env = dict(os.environ)
     args = ["publish", str(spec), "--json", *extra]
     if registry is not None:
@@ -147,11 +154,22 @@ class Edge:
         self.log = self.persist.parent / f"edge-{self.port}-{time.monotonic_ns()}.log"
         handle = open(self.log, "wb")
         self.process = subprocess.Popen(
-            edge_cmd("serve", "--port", str(self.port), "--host", "127.0.0.1",
-                     "--persist-dir", str(self.persist), *self.extra_args),
-            env=self.env, stdout=handle, stderr=subprocess.STDOUT,
+            edge_cmd(
+                "serve",
+                "--port",
+                str(self.port),
+                "--host",
+                "127.0.0.1",
+                "--persist-dir",
+                str(self.persist),
+                *self.extra_args,
+            ),
+            env=self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
         )
         if wait_ready:
+
             def ready() -> bool:
                 if self.process is not None and self.process.poll() is not None:
                     raise RuntimeError(f"edge serve exited early:\n{self.output()}")
@@ -184,17 +202,28 @@ class Edge:
 def start_edge(tmp_path: Path) -> Iterator[Callable[..., Edge]]:
     started: list[Edge] = []
 
-    def start(pipeline_url: str, registry: Registry | None = None, persist: Path | None = None,
-              wait_ready: bool = True, env: dict[str, str] | None = None,
-              args: list[str] | None = None) -> Edge:
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("OCI_") and k != "EDGE_BUNDLE"}
+    def start(
+        pipeline_url: str,
+        registry: Registry | None = None,
+        persist: Path | None = None,
+        wait_ready: bool = True,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> Edge:
+        environment = {
+            k: v for k, v in os.environ.items() if not k.startswith("OCI_") and k != "EDGE_BUNDLE"
+        }
         environment.update(PIPELINE_URL=pipeline_url, CONFIG_CPUS="1")
         if registry is not None:
-            environment.update(OCI_REGISTRY=registry.host, OCI_USERNAME=registry.username,
-                               OCI_PASSWORD=registry.password)
+            environment.update(
+                OCI_REGISTRY=registry.host,
+                OCI_USERNAME=registry.username,
+                OCI_PASSWORD=registry.password,
+            )
         environment.update(env or {})
-        edge = Edge(free_port(), persist or tmp_path / "persist", environment,
-                    extra_args=args or [])
+        edge = Edge(
+            free_port(), persist or tmp_path / "persist", environment, extra_args=args or []
+        )
         started.append(edge)
         return edge.start(wait_ready=wait_ready)
 

@@ -18,16 +18,19 @@ from edge.tensors import column_to_ndarray, ndarray_to_column
 def result_table(n: int) -> pa.Table:
     rng = np.random.default_rng(1)
     probabilities = rng.random((n, 2)).astype(np.float32)
-    return pa.table({
-        "time": pa.array(np.full(n, 1_700_000_000_123, "datetime64[ms]"),
-                         pa.timestamp("ms", tz="UTC")),
-        "in.tensor": ndarray_to_column(rng.random((n, 3))),
-        "out.label": pa.array(np.arange(n, dtype=np.int64)),
-        "out.probabilities": ndarray_to_column(probabilities),
-        "anomaly.count": pa.array(np.zeros(n, np.uint32)),
-        "metadata.elapsed": pa.array([[1, 2]] * n, pa.list_(pa.int64())),
-        "metadata.dropped": pa.array([[]] * n, pa.list_(pa.string())),
-    })
+    return pa.table(
+        {
+            "time": pa.array(
+                np.full(n, 1_700_000_000_123, "datetime64[ms]"), pa.timestamp("ms", tz="UTC")
+            ),
+            "in.tensor": ndarray_to_column(rng.random((n, 3))),
+            "out.label": pa.array(np.arange(n, dtype=np.int64)),
+            "out.probabilities": ndarray_to_column(probabilities),
+            "anomaly.count": pa.array(np.zeros(n, np.uint32)),
+            "metadata.elapsed": pa.array([[1, 2]] * n, pa.list_(pa.int64())),
+            "metadata.dropped": pa.array([[]] * n, pa.list_(pa.string())),
+        }
+    )
 
 
 INFO = codecs.RecordInfo("p", "m", "v1", [10, 20])
@@ -44,14 +47,24 @@ def test_small_and_large_writers_agree(separator: str | None) -> None:
         assert pd.json_normalize(a).columns.tolist() == pd.json_normalize(b).columns.tolist()
         np.testing.assert_allclose(
             np.array(pd.json_normalize(a)["outputs"][0][1]["Float"]["data"]),
-            np.array(pd.json_normalize(b)["outputs"][0][1]["Float"]["data"]), rtol=1e-6)
+            np.array(pd.json_normalize(b)["outputs"][0][1]["Float"]["data"]),
+            rtol=1e-6,
+        )
 
 
 def test_records_normalize_to_seed_columns() -> None:
     records = json.loads(codecs.encode_records(result_table(3), INFO, None))
     frame = pd.json_normalize(records)
-    assert {"time", "in.tensor", "out.label", "out.probabilities", "anomaly.count",
-            "metadata.elapsed", "check_failures", "outputs"} <= set(frame.columns)
+    assert {
+        "time",
+        "in.tensor",
+        "out.label",
+        "out.probabilities",
+        "anomaly.count",
+        "metadata.elapsed",
+        "check_failures",
+        "outputs",
+    } <= set(frame.columns)
     assert records[0]["shadow_data"] == {} and records[0]["original_data"] is None
     assert records[0]["time"] == 1_700_000_000_123
     assert records[0]["outputs"][0] == {"Int64": {"data": [0], "dim": [1], "v": 1}}
@@ -63,11 +76,23 @@ def test_records_normalize_to_seed_columns() -> None:
 def test_dataset_selection() -> None:
     table = result_table(2)
     assert codecs.select_datasets(table, None, None).column_names == [
-        "time", "in.tensor", "out.label", "out.probabilities", "anomaly.count"]
+        "time",
+        "in.tensor",
+        "out.label",
+        "out.probabilities",
+        "anomaly.count",
+    ]
     assert codecs.select_datasets(table, ["out"], None).column_names == [
-        "out.label", "out.probabilities"]
+        "out.label",
+        "out.probabilities",
+    ]
     assert codecs.select_datasets(table, ["*", "metadata.elapsed"], ["in"]).column_names == [
-        "time", "out.label", "out.probabilities", "anomaly.count", "metadata.elapsed"]
+        "time",
+        "out.label",
+        "out.probabilities",
+        "anomaly.count",
+        "metadata.elapsed",
+    ]
 
 
 def test_decode_records_and_arrow() -> None:

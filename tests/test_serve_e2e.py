@@ -22,8 +22,17 @@ from tests.conftest import Edge, Registry, free_port, publish
 
 JSON = {"Content-Type": "application/json; format=pandas-records"}
 ARROW = "application/vnd.apache.arrow.file"
-SEED_FIELDS = {"check_failures", "elapsed", "model_name", "model_version", "original_data",
-               "outputs", "pipeline_name", "shadow_data", "time"}
+SEED_FIELDS = {
+    "check_failures",
+    "elapsed",
+    "model_name",
+    "model_version",
+    "original_data",
+    "outputs",
+    "pipeline_name",
+    "shadow_data",
+    "time",
+}
 
 
 def rows(example: Path, n: int) -> np.ndarray:
@@ -53,9 +62,14 @@ def published(registry: Registry, example: Path) -> dict:
 @pytest.fixture(scope="module")
 def served(registry: Registry, published: dict, tmp_path_factory: pytest.TempPathFactory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCI_") and k != "EDGE_BUNDLE"}
-    env.update(PIPELINE_URL=published["pipeline_url"], OCI_USERNAME=registry.username,
-               OCI_PASSWORD=registry.password, OCI_REGISTRY=registry.host, CONFIG_CPUS="1",
-               MAX_BODY_BYTES=str(8 << 20))
+    env.update(
+        PIPELINE_URL=published["pipeline_url"],
+        OCI_USERNAME=registry.username,
+        OCI_PASSWORD=registry.password,
+        OCI_REGISTRY=registry.host,
+        CONFIG_CPUS="1",
+        MAX_BODY_BYTES=str(8 << 20),
+    )
     edge = Edge(free_port(), tmp_path_factory.mktemp("served") / "persist", env).start()
     yield edge
     edge.stop()
@@ -64,9 +78,23 @@ def served(registry: Registry, published: dict, tmp_path_factory: pytest.TempPat
 def test_publish_prints_seed_fields(registry: Registry, example: Path) -> None:
     env = dict(os.environ, OCI_USERNAME=registry.username, OCI_PASSWORD=registry.password)
     done = subprocess.run(
-        [sys.executable, "-m", "edge", "publish", str(example / "pipeline.yaml"),
-         "--registry", registry.host, "--repository", "edge-tests", "--no-chart"],
-        env=env, capture_output=True, text=True, timeout=120, check=True,
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "publish",
+            str(example / "pipeline.yaml"),
+            "--registry",
+            registry.host,
+            "--repository",
+            "edge-tests",
+            "--no-chart",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     for label in ("ID", "Pipeline Version", "Status", "Pipeline URL", "Engine Config"):
         assert any(line.startswith(label + " ") for line in done.stdout.splitlines()), label
@@ -76,9 +104,14 @@ def test_publish_prints_seed_fields(registry: Registry, example: Path) -> None:
 
 def test_startup_lines_and_listing(served, published: dict, example: Path) -> None:
     out = served.output()
-    for line in ("Fetching manifest and config for pipeline: " + published["pipeline_url"],
-                 "Fetching model layers", "  name: breast-cancer", "  runtime: onnx",
-                 "Fetched", "Starting engine"):
+    for line in (
+        "Fetching manifest and config for pipeline: " + published["pipeline_url"],
+        "Fetching model layers",
+        "  name: breast-cancer",
+        "  runtime: onnx",
+        "Fetched",
+        "Starting engine",
+    ):
         assert line in out
     assert httpx.get(f"{served.url}/pipelines").json() == {
         "pipelines": [{"id": "breast-cancer", "status": "Running"}]
@@ -133,7 +166,8 @@ def test_arrow_in_and_out(served, example: Path) -> None:
     np.testing.assert_array_equal(table.column("out.label").to_numpy(), label)
     np.testing.assert_allclose(
         np.stack(table.column("out.probabilities").to_numpy(zero_copy_only=False)),
-        probabilities, rtol=1e-6,
+        probabilities,
+        rtol=1e-6,
     )
 
 
@@ -143,9 +177,9 @@ def test_wallaroo_sdk_wire_format(served, example: Path) -> None:
     body = json.dumps([{"tensor": r} for r in features.tolist()])
     reply = httpx.post(
         f"{served.url}/pipelines/breast-cancer",
-        params=[("dataset[]", "*"), ("dataset.exclude[]", "metadata"),
-                ("dataset.separator", ".")],
-        content=body, headers=JSON,
+        params=[("dataset[]", "*"), ("dataset.exclude[]", "metadata"), ("dataset.separator", ".")],
+        content=body,
+        headers=JSON,
     )
     assert reply.status_code == 200
     frame = pd.DataFrame.from_records(reply.json())
@@ -154,7 +188,8 @@ def test_wallaroo_sdk_wire_format(served, example: Path) -> None:
     )
     assert not any(c.startswith("metadata") for c in frame.columns)
     reply = httpx.post(
-        f"{served.url}/pipelines/breast-cancer", content=arrow_body(features),
+        f"{served.url}/pipelines/breast-cancer",
+        content=arrow_body(features),
         headers={"Content-Type": ARROW, "format": "arrow"},
     )
     table = pa.ipc.open_file(pa.py_buffer(reply.content)).read_all()
@@ -166,8 +201,9 @@ def test_dataset_selection(served, example: Path) -> None:
     url = f"{served.url}/pipelines/breast-cancer"
     only_out = httpx.post(url, params={"dataset": "out"}, content=body, headers=JSON).json()[0]
     assert "out" in only_out and "in" not in only_out and "anomaly" not in only_out
-    meta = httpx.post(url, params=[("dataset", "*"), ("dataset", "metadata")], content=body,
-                      headers=JSON).json()[0]
+    meta = httpx.post(
+        url, params=[("dataset", "*"), ("dataset", "metadata")], content=body, headers=JSON
+    ).json()[0]
     assert meta["metadata"]["pipeline_version"]
     assert meta["metadata"]["dropped"] == []
     assert len(meta["metadata"]["elapsed"]) == 2
@@ -189,8 +225,9 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("case,body,headers,status,words", BAD_INPUTS,
-                         ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "case,body,headers,status,words", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
+)
 def test_bad_input_is_a_clear_4xx(served, case, body, headers, status, words) -> None:
     reply = httpx.post(f"{served.url}/pipelines/breast-cancer", content=body, headers=headers)
     assert reply.status_code == status, reply.text
@@ -205,8 +242,11 @@ def test_unknown_pipeline_accept_and_size_limit(served, example: Path) -> None:
     body = json.dumps([{"tensor": rows(example, 1)[0].tolist()}])
     missing = httpx.post(f"{served.url}/pipelines/nope", content=body, headers=JSON)
     assert missing.status_code == 404 and "nope" in missing.json()["error"]
-    refused = httpx.post(f"{served.url}/pipelines/breast-cancer", content=body,
-                         headers={**JSON, "Accept": "text/html"})
+    refused = httpx.post(
+        f"{served.url}/pipelines/breast-cancer",
+        content=body,
+        headers={**JSON, "Accept": "text/html"},
+    )
     assert refused.status_code == 406
     big = b"[" + b'{"tensor": [1.0]},' * (600_000) + b'{"tensor": [1.0]}]'
     too_big = httpx.post(f"{served.url}/pipelines/breast-cancer", content=big, headers=JSON)
@@ -216,8 +256,7 @@ def test_unknown_pipeline_accept_and_size_limit(served, example: Path) -> None:
     assert ok.status_code == 200
 
 
-def test_batch_config_single(registry: Registry, example: Path, tmp_path: Path,
-                             start_edge) -> None:
+def test_batch_config_single(registry: Registry, example: Path, tmp_path: Path, start_edge) -> None:
     spec = tmp_path / "single.yaml"
     shutil.copytree(example / "models", tmp_path / "models")
     spec.write_text(
@@ -235,8 +274,9 @@ def test_batch_config_single(registry: Registry, example: Path, tmp_path: Path,
     assert reply.status_code == 200, reply.text
 
 
-def test_tampered_blob_is_refused(registry: Registry, example: Path, tmp_path: Path,
-                                  start_edge) -> None:
+def test_tampered_blob_is_refused(
+    registry: Registry, example: Path, tmp_path: Path, start_edge
+) -> None:
     published_ = publish(example / "pipeline.yaml", registry=registry)
     manifest = httpx.get(
         f"http://{registry.host}/v2/edge-tests/pipelines/breast-cancer/manifests/"
@@ -256,8 +296,9 @@ def test_tampered_blob_is_refused(registry: Registry, example: Path, tmp_path: P
         model_blob.write_bytes(original)
 
 
-def test_offline_restart_serves_cache(registry: Registry, example: Path, tmp_path: Path,
-                                      start_edge) -> None:
+def test_offline_restart_serves_cache(
+    registry: Registry, example: Path, tmp_path: Path, start_edge
+) -> None:
     url = publish(example / "pipeline.yaml", registry=registry)["pipeline_url"]
     persist = tmp_path / "persist"
     first = start_edge(url, registry, persist=persist)
@@ -267,8 +308,12 @@ def test_offline_restart_serves_cache(registry: Registry, example: Path, tmp_pat
         second = start_edge(url, registry, persist=persist)
         assert "serving the cached copy" in second.output()
         body = json.dumps([{"tensor": rows(example, 1)[0].tolist()}])
-        assert httpx.post(f"{second.url}/pipelines/breast-cancer", content=body,
-                          headers=JSON).status_code == 200
+        assert (
+            httpx.post(
+                f"{second.url}/pipelines/breast-cancer", content=body, headers=JSON
+            ).status_code
+            == 200
+        )
         second.stop()
         fresh = start_edge(url, registry, persist=tmp_path / "empty", wait_ready=False)
         assert fresh.wait_exit(60) == 2

@@ -22,7 +22,10 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_full_spec_round_trips_through_the_definition(tmp_path: Path) -> None:
-    spec = load_spec(write(tmp_path, """
+    spec = load_spec(
+        write(
+            tmp_path,
+            """
 name: ccfraud-2
 steps:
   - python: pre
@@ -40,7 +43,9 @@ steps:
       champion: {model: tf, file: models/m.zip}
       challengers: [{byop: custom, file: models/m.zip}]
 deployment: {cpus: 2, memory: 1Gi, gpus: 1, arch: arm}
-"""))
+""",
+        )
+    )
     assert [type(s) for s in spec.steps] == [ModelStep, ModelStep, RandomSplitStep, ShadowStep]
     assert spec.models["pre"].runtime == "python"
     assert spec.models["tf"].runtime == "tensorflow"
@@ -62,15 +67,21 @@ deployment: {cpus: 2, memory: 1Gi, gpus: 1, arch: arm}
         ("name: ok\nsteps: [{model: a, file: models/a.onnx, colour: red}]\n", "colour"),
         ("name: ok\nsteps: [{model: a, file: models/a.onnx}]\nextra: 1\n", "extra"),
         ("name: ok\nsteps: []\n", "steps"),
-        ("name: ok\nsteps: [{model: a, file: models/a.onnx, batch_config: many}]\n",
-         "batch_config"),
+        (
+            "name: ok\nsteps: [{model: a, file: models/a.onnx, batch_config: many}]\n",
+            "batch_config",
+        ),
         ("name: ok\nsteps: [{model: a, file: models/a.onnx, runtime: torch}]\n", "runtime"),
-        ("name: ok\nsteps: [{model: a, file: models/a.onnx}, {model: a, file: models/b.onnx}]\n",
-         "twice"),
-        ("name: ok\nsteps: [{model: a, file: models/a.onnx}]\ndeployment: {arch: mips}\n",
-         "arch"),
-        ("name: ok\nsteps: [{random_split: {models: [{weight: 0, model: a, "
-         "file: models/a.onnx}]}}]\n", "weight"),
+        (
+            "name: ok\nsteps: [{model: a, file: models/a.onnx}, {model: a, file: models/b.onnx}]\n",
+            "twice",
+        ),
+        ("name: ok\nsteps: [{model: a, file: models/a.onnx}]\ndeployment: {arch: mips}\n", "arch"),
+        (
+            "name: ok\nsteps: [{random_split: {models: [{weight: 0, model: a, "
+            "file: models/a.onnx}]}}]\n",
+            "weight",
+        ),
         ("name: [unclosed\n", "YAML"),
     ],
 )

@@ -45,7 +45,7 @@ class Runtime(ABC):
     def predict(self, table: pa.Table) -> pa.Table:
         """Run the model on `table`; return one column per output, `table.num_rows` rows."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most runtimes hold nothing
         """Release what `load` took. Override when there is something to release."""
 
     def describe(self) -> dict[str, Any]:

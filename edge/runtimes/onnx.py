@@ -15,7 +15,7 @@ from edge.tensors import column_to_ndarray, ndarray_to_column
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {
+_DTYPES: dict[str, np.dtype] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(double)": np.dtype(np.float64),
     "tensor(float16)": np.dtype(np.float16),
@@ -49,9 +49,7 @@ class OnnxRuntime(Runtime):
         options.intra_op_num_threads = max(1, self.context.threads)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        providers, warning = choose_providers(
-            self.context.gpus, ort.get_available_providers()
-        )
+        providers, warning = choose_providers(self.context.gpus, ort.get_available_providers())
         if warning:
             log.warning("model=%s %s", self.info.name, warning)
         try:
