@@ -1,0 +1,310 @@
+"""The chart a publish pushes, against real registries (Debian's docker-registry on loopback):
+pushed with `edge.chart.push_chart`, pulled back by hand (manifest and blobs, digests checked),
+pulled by Helm itself (helm-python-sdk), and rendered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from edge import chart
+from edge.errors import RegistryAuthError, RegistryError, RegistryUnreachable
+
+helm = pytest.importorskip("helm_python")
+
+PIPELINE_VERSION = "0b5e2c7a-1d2f-4c3b-9a8e-7f6d5c4b3a21"
+ENGINE = {"cpus": 2, "memory": "1Gi", "gpus": 0, "arch": "arm"}
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+
+@dataclass
+class Registry:
+    host: str
+    username: str | None
+    password: str | None
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        return (self.username, self.password) if self.username and self.password else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_registry(root: Path, username: str | None, password: str | None) -> Iterator[Registry]:
+    binary = shutil.which("docker-registry")
+    if not binary or (username and not shutil.which("htpasswd")):
+        pytest.skip("needs Debian's docker-registry and apache2-utils (htpasswd)")
+    host = f"127.0.0.1:{_free_port()}"
+    config: dict[str, Any] = {
+        "version": 0.1,
+        "log": {"level": "error"},
+        "storage": {
+            "filesystem": {"rootdirectory": str(root / "data")},
+            "delete": {"enabled": True},
+        },
+        "http": {"addr": host},
+    }
+    if username and password:
+        entry = subprocess.run(
+            ["htpasswd", "-Bbn", "-C", "5", username, password],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        (root / "htpasswd").write_text(entry)
+        config["auth"] = {"htpasswd": {"realm": "edge-test", "path": str(root / "htpasswd")}}
+    (root / "config.yml").write_text(yaml.safe_dump(config))
+    process = subprocess.Popen(
+        [binary, "serve", str(root / "config.yml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if httpx.get(f"http://{host}/v2/", timeout=1).status_code in (200, 401):
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, "docker-registry exited at start"
+            assert time.monotonic() < deadline, "docker-registry did not start in 15 s"
+            time.sleep(0.05)
+        yield Registry(host, username, password)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    yield from _start_registry(tmp_path_factory.mktemp("reg-auth"), "publisher", "chart-pass-1")
+
+
+@pytest.fixture(scope="module")
+def open_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    yield from _start_registry(tmp_path_factory.mktemp("reg-open"), None, None)
+
+
+@pytest.fixture(autouse=True)
+def _helm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HELM_CONFIG_HOME", "HELM_CACHE_HOME", "HELM_DATA_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / "helm" / name.lower()))
+    monkeypatch.setenv("HELM_REGISTRY_CONFIG", str(tmp_path / "helm" / "registry.json"))
+
+
+def _build(tmp_path: Path, registry: Registry, name: str = "ccfraud") -> Path:
+    pipeline_url = f"{registry.host}/edge/pipelines/{name}:{PIPELINE_VERSION}"
+    return chart.build_chart(name, pipeline_url, PIPELINE_VERSION, ENGINE, tmp_path / "out")
+
+
+def _pull_by_hand(registry: Registry, ref: chart.ChartRef) -> tuple[dict[str, Any], bytes, bytes]:
+    """GET the manifest, config and layer, checking every digest; returns them."""
+    repo = ref.url.split("/", 1)[1]
+    with httpx.Client(
+        base_url=f"http://{registry.host}", auth=registry.auth, timeout=10, follow_redirects=True
+    ) as client:
+        response = client.get(
+            f"/v2/{repo}/manifests/{ref.version}", headers={"Accept": MANIFEST_TYPE}
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["Docker-Content-Digest"] == ref.reference
+        assert "sha256:" + hashlib.sha256(response.content).hexdigest() == ref.reference
+        manifest = response.json()
+        blobs = []
+        for descriptor in (manifest["config"], *manifest["layers"]):
+            blob = client.get(f"/v2/{repo}/blobs/{descriptor['digest']}")
+            assert blob.status_code == 200
+            assert "sha256:" + hashlib.sha256(blob.content).hexdigest() == descriptor["digest"]
+            assert len(blob.content) == descriptor["size"]
+            blobs.append(blob.content)
+    return manifest, blobs[0], blobs[1]
+
+
+def test_pushed_chart_pulls_back_intact_and_renders(
+    tmp_path: Path, auth_registry: Registry
+) -> None:
+    tgz = _build(tmp_path, auth_registry)
+    ref = chart.push_chart(
+        tgz, auth_registry.host, "edge", auth_registry.username, auth_registry.password, True
+    )
+    assert ref.url == f"{auth_registry.host}/edge/charts/ccfraud"
+    assert ref.oci_url == f"oci://{ref.url}"
+    assert ref.version == f"0.0.1-{PIPELINE_VERSION}"
+    assert ref.reference.startswith("sha256:") and len(ref.reference) == 71
+
+    manifest, config, layer = _pull_by_hand(auth_registry, ref)
+    assert manifest["mediaType"] == MANIFEST_TYPE
+    assert manifest["config"]["mediaType"] == "application/vnd.cncf.helm.config.v1+json"
+    assert [layer["mediaType"] for layer in manifest["layers"]] == [
+        "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
+    ]
+    assert json.loads(config)["name"] == "ccfraud"  # Chart.yaml as JSON
+    assert json.loads(config)["version"] == ref.version
+    assert layer == tgz.read_bytes()
+
+    pulled = tmp_path / "pulled.tgz"
+    pulled.write_bytes(layer)
+    with helm.Chart.load(str(pulled)) as loaded:
+        assert loaded.name == "ccfraud" and loaded.version == ref.version
+        manifests = loaded.render(
+            {"ociRegistry": {"username": "devops", "password": "token"}},
+            name="ccfraud",
+            namespace="edge",
+        )
+    deployment = yaml.safe_load(manifests["ccfraud/templates/deployment.yaml"])
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["PIPELINE_URL"] == f"{auth_registry.host}/edge/pipelines/ccfraud:{PIPELINE_VERSION}"
+    assert env["OCI_REGISTRY"] == auth_registry.host
+    assert env["CONFIG_CPUS"] == "2"
+    assert pod["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
+    service = yaml.safe_load(manifests["ccfraud/templates/service.yaml"])
+    assert service["metadata"]["name"] == "engine-svc"
+
+
+def test_helm_itself_pulls_the_pushed_chart(tmp_path: Path, auth_registry: Registry) -> None:
+    """`helm registry login` + `helm pull oci://<url> --version <version>`, as the seed's
+    DevOps steps do."""
+    tgz = _build(tmp_path, auth_registry, name="helm-pull")
+    ref = chart.push_chart(
+        tgz, auth_registry.host, "edge", auth_registry.username, auth_registry.password, None
+    )
+    with helm.RegistryClient(
+        plain_http=True, credentials_file=str(tmp_path / "helm" / "registry.json")
+    ) as client:
+        assert auth_registry.username and auth_registry.password
+        client.login(
+            auth_registry.host, auth_registry.username, auth_registry.password, plain_http=True
+        )
+        assert client.tags(ref.oci_url) == [ref.version]
+        assert client.resolve(f"{ref.oci_url}:{ref.version}")["digest"] == ref.reference
+        (tmp_path / "dl").mkdir()
+        client.pull(ref.oci_url, version=ref.version, destination=str(tmp_path / "dl"))
+    pulled = tmp_path / "dl" / f"helm-pull-{ref.version}.tgz"
+    assert pulled.read_bytes() == tgz.read_bytes()
+
+
+def test_push_to_a_registry_without_auth_and_again(tmp_path: Path, open_registry: Registry) -> None:
+    tgz = _build(tmp_path, open_registry)
+    first = chart.push_chart(tgz, open_registry.host, "", None, None, True)
+    assert first.url == f"{open_registry.host}/charts/ccfraud"
+    again = chart.push_chart(tgz, f"http://{open_registry.host}", "", None, None, False)
+    assert again == first  # same content, same digest; blobs already there are not re-sent
+    _pull_by_hand(open_registry, first)
+
+
+def test_wrong_or_missing_credentials_are_auth_errors(
+    tmp_path: Path, auth_registry: Registry
+) -> None:
+    tgz = _build(tmp_path, auth_registry)
+    with pytest.raises(RegistryAuthError, match="username or password is wrong") as wrong:
+        chart.push_chart(tgz, auth_registry.host, "edge", "publisher", "not-it", True)
+    assert "not-it" not in str(wrong.value)
+    with pytest.raises(RegistryAuthError, match="needs a username and password"):
+        chart.push_chart(tgz, auth_registry.host, "edge", None, None, True)
+
+
+def test_unreachable_registry_fails_fast_with_the_cause(tmp_path: Path) -> None:
+    registry = Registry(f"127.0.0.1:{_free_port()}", None, None)
+    tgz = _build(tmp_path, registry)
+    started = time.monotonic()
+    with pytest.raises(RegistryUnreachable, match=f"cannot reach registry {registry.host}"):
+        chart.push_chart(tgz, registry.host, "edge", None, None, True, timeout=5)
+    assert time.monotonic() - started < 5
+
+
+def test_https_to_a_plain_http_registry_names_the_flag(
+    tmp_path: Path, open_registry: Registry
+) -> None:
+    tgz = _build(tmp_path, open_registry)
+    with pytest.raises(RegistryUnreachable, match="needs --insecure"):
+        chart.push_chart(tgz, open_registry.host, "edge", None, None, False, timeout=5)
+
+
+def test_silent_server_times_out(tmp_path: Path) -> None:
+    """A registry that accepts connections but never answers: a finite timeout, not a hang."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        host = f"127.0.0.1:{server.getsockname()[1]}"
+        tgz = _build(tmp_path, Registry(host, None, None))
+        started = time.monotonic()
+        with pytest.raises(RegistryUnreachable, match="did not answer"):
+            chart.push_chart(tgz, host, "edge", None, None, True, timeout=0.5)
+        assert time.monotonic() - started < 5
+
+
+def test_registry_must_be_a_host(tmp_path: Path) -> None:
+    tgz = _build(tmp_path, Registry("127.0.0.1:1", None, None))
+    with pytest.raises(RegistryError, match="must be host"):
+        chart.push_chart(tgz, "127.0.0.1:1/edge", "x", None, None, True)
+
+
+def test_bearer_token_registries(tmp_path: Path) -> None:
+    """GHCR / Docker Hub style: 401 with a Bearer challenge, a token from the realm (asked with
+    basic auth), then the token on every registry call."""
+    host = "registry.test"
+    seen: list[tuple[str, str, str | None]] = []
+    blobs: dict[str, bytes] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        authorization = request.headers.get("Authorization")
+        seen.append((request.method, request.url.host + request.url.path, authorization))
+        if request.url.host == "auth.test":
+            assert request.url.params["service"] == "registry.test"
+            if authorization != httpx.BasicAuth("bot", "pw")._auth_header:
+                return httpx.Response(401)
+            return httpx.Response(200, json={"token": "T0KEN"})
+        if authorization != "Bearer T0KEN":
+            challenge = 'Bearer realm="https://auth.test/token",service="registry.test"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        path = request.url.path
+        if path == "/v2/":
+            return httpx.Response(200)
+        if request.method == "HEAD":
+            return httpx.Response(404)
+        if request.method == "POST":
+            return httpx.Response(202, headers={"Location": "/v2/upload/abc?_state=x"})
+        if request.method == "PUT" and path.startswith("/v2/upload/"):
+            assert request.url.params["_state"] == "x"
+            blobs[request.url.params["digest"]] = request.content
+            return httpx.Response(201)
+        if request.method == "PUT" and "/manifests/" in path:
+            digest = "sha256:" + hashlib.sha256(request.content).hexdigest()
+            return httpx.Response(201, headers={"Docker-Content-Digest": digest})
+        return httpx.Response(500)
+
+    tgz = _build(tmp_path, Registry(host, None, None))
+    ref = chart.push_chart(
+        tgz, host, "org/edge", "bot", "pw", False, transport=httpx.MockTransport(handler)
+    )
+    assert ref.url == "registry.test/org/edge/charts/ccfraud"
+    assert tgz.read_bytes() in blobs.values()
+    token_calls = [s for s in seen if s[1].startswith("auth.test")]
+    assert len(token_calls) == 1  # the token is reused
+    registry_calls = [s for s in seen if s[1].startswith("registry.test")]
+    assert registry_calls[0][2] is None  # the first call learns the challenge
+    assert all(auth == "Bearer T0KEN" for _, _, auth in registry_calls[1:])
