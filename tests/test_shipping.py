@@ -654,8 +654,8 @@ def requirements_for(machine: str) -> list[str]:
     from packaging.markers import default_environment
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    environment = {
-        **default_environment(),
+    environment: dict[str, str] = {
+        **{k: str(v) for k, v in default_environment().items()},
         "sys_platform": "linux",
         "platform_system": "Linux",
         "platform_machine": machine,
