@@ -169,7 +169,9 @@ def _serve(args: argparse.Namespace) -> int:
         from edge.logbuffer import LogBuffer
 
         state.buffer = LogBuffer(
-            settings.persist_dir / "logbuffer.db", max_bytes=settings.log_buffer_bytes
+            settings.persist_dir / "logbuffer.db",
+            max_bytes=settings.log_buffer_bytes,
+            keep_synced_bytes=settings.log_buffer_bytes // 4,  # for `GET /logs` after a sync
         )
         state.buffer.start()
         state.on_shutdown.append(state.buffer.close)

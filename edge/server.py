@@ -37,6 +37,7 @@ from edge.errors import (
     RequestError,
     UnsupportedMediaType,
 )
+from edge.logbuffer import LogBufferDiskFull, LogBufferFull
 from edge.pipeline import Inference, Pipeline
 
 log = logging.getLogger("edge.server")
@@ -50,7 +51,9 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (BadInput, 400, "engine"),
     (RequestError, 400, "engine"),
     (NotReady, 503, "engine"),
-    (LogBufferError, 507, "engine"),
+    (LogBufferFull, 503, "engine"),  # transient: the SDK retries 503
+    (LogBufferDiskFull, 507, "engine"),
+    (LogBufferError, 500, "engine"),
     (PipelineError, 500, "engine"),
     (EdgeError, 500, "engine"),
 ]
@@ -201,9 +204,10 @@ def create_app(state: AppState) -> Starlette:
             inference, result = work()
         else:
             inference, result = await anyio.to_thread.run_sync(work)
+        # Start the commit, encode while SQLite syncs, answer only once it is durable.
+        committed = None
         if state.buffer is not None:
-            await state.buffer.append(result)
-        metrics.rows.labels(name).inc(result.num_rows)
+            committed = asyncio.ensure_future(state.buffer.append(result))
         shown = codecs.select_datasets(result, dataset or None, exclude or None)
 
         def encode() -> bytes:
@@ -223,6 +227,9 @@ def create_app(state: AppState) -> Starlette:
             payload = encode()
         else:
             payload = await anyio.to_thread.run_sync(encode)
+        if committed is not None:
+            await committed
+        metrics.rows.labels(name).inc(result.num_rows)
         media = codecs.ARROW_FILE_TYPE if want_arrow else codecs.JSON_TYPE
         return Response(payload, 200, media_type=media)
 
@@ -254,7 +261,9 @@ def create_app(state: AppState) -> Starlette:
         try:
             limit = int(query.get("limit", "100"))
         except ValueError:
-            raise BadInput(f"limit must be a whole number, not {query.get('limit')!r}") from None
+            limit = -1
+        if limit < 0:
+            raise BadInput(f"limit must be a whole number >= 0, not {query.get('limit')!r}")
         start = _when(query.get("start_datetime") or query.get("start"), "start_datetime")
         end = _when(query.get("end_datetime") or query.get("end"), "end_datetime")
         if (start is None) != (end is None):
