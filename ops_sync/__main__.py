@@ -1,0 +1,3 @@
+from ops_sync.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,311 @@
+"""The edge side of the sync: join once, then ship, heartbeat and renew in the background.
+
+`SyncAgent` runs inside `edge serve`. It redeems the bundle's join token once (the key pair is
+made on the device; only a CSR leaves it), then loops: renew the certificate at about half its
+life (with jitter), heartbeat with the appliance's health and the buffer's counters, and ship
+`buffer.pending()` batches in sequence order as zstd-compressed Arrow IPC, each with its
+(epoch, first_seq, last_seq). `buffer.ack()` runs only after the ops center's reply says the
+batch is stored; a batch sent twice is stored once there. Failures back off exponentially
+(capped, with jitter); every call has a finite timeout. Past its certificate's life (7 days
+without contact) the agent stops calling, keeps the buffer and keys, and reports
+`credentials expired` until a new bundle arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+
+from edge.errors import LogBufferError
+from edge.logbuffer import Batch, LogBuffer
+from ops_sync import bundle as bundle_format
+from ops_sync.client import check
+from ops_sync.credentials import CredentialFiles, Credentials, token_digest
+from ops_sync.errors import (
+    BundleError,
+    CredentialsExpired,
+    EdgeRemoved,
+    Refused,
+    SyncError,
+    Unreachable,
+)
+from ops_sync.identity import build_ssl_context, make_csr
+
+log = logging.getLogger("ops_sync.agent")
+TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+_BUFFER_FACTS = ("epoch", "rows", "bytes", "unsynced_rows", "oldest_unsynced", "dropped")
+
+
+def encode_batch(table: pa.Table) -> bytes:
+    """A batch on the wire: an Arrow IPC stream with zstd-compressed buffers."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+class SyncAgent:
+    def __init__(
+        self,
+        bundle: dict[str, str],
+        persist_dir: Path,
+        buffer: LogBuffer,
+        health: Callable[[], dict[str, Any]],
+        clock: Callable[[], float] = time.time,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        batch_rows: int = 10_000,
+        ship_interval: float = 1.0,
+        heartbeat_interval: float = 30.0,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
+        timeout: httpx.Timeout = TIMEOUT,
+        join_timeout: float = 15.0,
+    ) -> None:
+        missing = [k for k in bundle_format.REQUIRED_KEYS if not bundle.get(k)]
+        if missing:
+            raise BundleError(f"EDGE_BUNDLE lacks {', '.join(missing)}")
+        self._secret = bundle["JOIN_TOKEN"]
+        self._name = bundle["EDGE_NAME"]
+        self._host = bundle["OPSCENTER_HOST"]
+        self._pin = bundle_format.ca_pem(bundle)
+        self._files = CredentialFiles(persist_dir)
+        self._buffer, self._health, self._clock = buffer, health, clock
+        self._transport, self._timeout, self._join_timeout = transport, timeout, join_timeout
+        self._batch_rows, self._ship_interval = batch_rows, ship_interval
+        self._heartbeat_interval = heartbeat_interval
+        self._backoff = (backoff_base, backoff_cap)
+        self._creds: Credentials | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._refused: Refused | None = None
+        self._renew_at = 0.0
+        self._next_heartbeat = 0.0
+        self._last_contact: float | None = None
+        self._last_error: str | None = None
+        self.shipped_rows = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Join if this bundle was never redeemed here, then run the loop in the background.
+
+        The ops center being down is not an error (the loop retries). A definite refusal of
+        the join token (expired, used, unknown, edge removed) raises that `Refused` error: its
+        message says to mint a new bundle."""
+        creds = self._files.load()
+        if creds is not None and creds.token_sha256 == token_digest(self._secret):
+            self._adopt(creds)
+        else:
+            try:
+                await asyncio.wait_for(self._join(), self._join_timeout)
+            except Refused:
+                raise
+            except (SyncError, TimeoutError, OSError) as exc:
+                self._note_error(exc)
+                log.warning("join deferred, ops center not reachable yet: %s", self._last_error)
+        self._task = asyncio.create_task(self._run(), name="ops-sync-agent")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def status(self) -> dict[str, Any]:
+        creds = self._creds
+        credentials = self._credentials()
+        if isinstance(self._refused, EdgeRemoved):
+            health = "edge removed"
+        elif credentials == "expired":
+            health = "credentials expired"
+        elif creds is None:
+            health = "not joined"
+        else:
+            health = "ok" if self._last_error is None else "ops center unreachable"
+        return {
+            "joined": creds is not None,
+            "credentials": credentials,
+            "health": health,
+            "edge_name": self._name,
+            "edge_id": creds.edge_id if creds else None,
+            "spiffe_id": creds.spiffe_id if creds else None,
+            "cert_not_after": _iso(creds.cert_not_after) if creds else None,
+            "opscenter": self._host,
+            "last_contact": _iso(self._last_contact),
+            "last_error": self._last_error,
+            "shipped_rows": self.shipped_rows,
+        }
+
+    def _credentials(self) -> str:
+        if self._creds is None:
+            return "missing"
+        if isinstance(self._refused, EdgeRemoved):
+            return "revoked"
+        if isinstance(self._refused, CredentialsExpired):
+            return "expired"
+        return "expired" if self._clock() >= self._creds.cert_not_after else "valid"
+
+    # -- the loop --------------------------------------------------------------------------
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                wait = await self._step()
+                failures = 0
+            except Refused as exc:
+                self._refused = exc
+                self._note_error(exc)
+                log.error("ops center refused this edge: %s", exc)
+                wait = 600.0
+            except (SyncError, LogBufferError, OSError, ValueError) as exc:
+                failures += 1
+                self._note_error(exc)
+                base, cap = self._backoff
+                wait = min(cap, base * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+                log.warning("sync failed attempt=%d retry_in=%.1fs error=%s", failures, wait, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+
+    async def _step(self) -> float:
+        """One round; returns how long to wait before the next."""
+        if self._creds is None:
+            await self._join()
+        assert self._creds is not None
+        now = self._clock()
+        if now >= self._creds.cert_not_after:
+            return 60.0  # nothing to do until a new bundle; keep the buffer and the keys
+        if now >= self._renew_at:
+            await self._renew()
+        if now >= self._next_heartbeat:
+            await self._heartbeat()
+        shipped = await self._ship()
+        return 0.0 if shipped >= self._batch_rows else self._ship_interval
+
+    # -- calls -----------------------------------------------------------------------------
+    async def _post(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        if self._http is None:
+            self._http = self._client()
+        try:
+            response = await self._http.post(path, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"ops center {self._host}: {type(exc).__name__}: {exc}") from exc
+        body: dict[str, Any] = check(response).json()
+        self._last_contact, self._last_error, self._refused = self._clock(), None, None
+        return body
+
+    def _client(self) -> httpx.AsyncClient:
+        joined = self._creds is not None
+        verify = build_ssl_context(
+            "client",
+            ca_pem=self._pin,
+            cert_file=self._files.cert if joined else None,
+            key_file=self._files.key if joined else None,
+        )
+        return httpx.AsyncClient(
+            base_url=f"https://{self._host}",
+            verify=verify,
+            timeout=self._timeout,
+            transport=self._transport,
+        )
+
+    async def _reset_client(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+        self._http = None
+
+    async def _join(self) -> None:
+        key = self._files.device_key()
+        csr = make_csr(key, self._name).decode()
+        joined = await self._post("/v1/edge/join", json={"token": self._secret, "csr": csr})
+        self._adopt(self._files.save_join(joined, token_digest(self._secret)))
+        await self._reset_client()
+        log.info(
+            "Node attestation was successful edge=%s edge_id=%s spiffe_id=%s",
+            self._name,
+            joined["edge_id"],
+            joined["spiffe_id"],
+        )
+
+    def _adopt(self, creds: Credentials) -> None:
+        self._creds = creds
+        life = creds.cert_not_after - creds.cert_not_before
+        self._renew_at = creds.cert_not_before + life * random.uniform(0.4, 0.6)
+        self._next_heartbeat = 0.0
+
+    async def _renew(self) -> None:
+        csr = make_csr(self._files.device_key(), self._name).decode()
+        renewed = await self._post("/v1/edge/renew", json={"csr": csr})
+        self._files.save_cert(renewed["certificate"].encode())
+        creds = self._files.load()
+        assert creds is not None
+        self._adopt(creds)
+        await self._reset_client()
+        log.info("certificate renewed edge=%s not_after=%s", self._name, _iso(creds.cert_not_after))
+
+    async def _heartbeat(self) -> None:
+        stats = await asyncio.to_thread(self._buffer.stats)
+        try:
+            health = self._health()
+        except Exception as exc:  # the appliance's health must not stop the sync
+            health = {"error": f"health check failed: {exc}"}
+        report = {
+            "health": health,
+            "buffer": {k: stats.get(k) for k in _BUFFER_FACTS},
+            "agent": self.status(),
+        }
+        await self._post("/v1/edge/heartbeat", json=report)
+        self._next_heartbeat = self._clock() + self._heartbeat_interval
+
+    async def _ship(self) -> int:
+        """Send pending batches in order; ack each after the ops center stored it."""
+        batches = await asyncio.to_thread(self._buffer.pending, self._batch_rows)
+        shipped = 0
+        for batch in batches:
+            await self._send(batch)
+            await asyncio.to_thread(self._buffer.ack, batch.epoch, batch.last_seq)
+            shipped += batch.table.num_rows
+            self.shipped_rows += batch.table.num_rows
+        return shipped
+
+    async def _send(self, batch: Batch) -> None:
+        body = await asyncio.to_thread(encode_batch, batch.table)
+        headers = {
+            "content-type": "application/vnd.apache.arrow.stream",
+            "x-sync-epoch": batch.epoch,
+            "x-sync-first-seq": str(batch.first_seq),
+            "x-sync-last-seq": str(batch.last_seq),
+        }
+        reply = await self._post("/v1/edge/logs", content=body, headers=headers)
+        if (reply.get("epoch"), reply.get("last_seq")) != (batch.epoch, batch.last_seq):
+            raise SyncError(f"the ops center acknowledged {reply}, not batch {batch.first_seq}")
+        log.debug(
+            "batch shipped epoch=%s first=%d last=%d stored=%s duplicates=%s",
+            batch.epoch,
+            batch.first_seq,
+            batch.last_seq,
+            reply.get("stored"),
+            reply.get("duplicates"),
+        )
+
+    def _note_error(self, exc: BaseException) -> None:
+        self._last_error = f"{type(exc).__name__}: {exc}"
+
+
+def _iso(seconds: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat() if seconds else None

@@ -1,0 +1,159 @@
+"""Metadata store: versioned schema, hashed one-time join tokens, refusals, drop counts."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from ops_sync.errors import Conflict, EdgeRemoved, TokenExpired, TokenUnknown, TokenUsed
+from ops_sync.identity import fingerprint, make_csr, new_key
+from ops_sync.store import MIGRATIONS, Store, hash_token
+from tests.test_ops_support import DAY, PIPELINE_URL, Ops
+
+T0 = 1_800_000_000.0
+
+
+def publish(store: Store) -> int:
+    record = {"pipeline_name": "p", "pipeline_version": "v1", "pipeline_url": PIPELINE_URL}
+    return int(store.register_publish(record, T0)["id"])
+
+
+def test_schema_is_versioned_and_reopening_applies_nothing_twice(tmp_path: Path) -> None:
+    store = Store(tmp_path / "ops.db")
+    assert store.schema_version() == MIGRATIONS[-1][0]
+    store.close()
+    store = Store(tmp_path / "ops.db")
+    rows = sqlite3.connect(tmp_path / "ops.db").execute("SELECT version FROM _migrations")
+    assert [r[0] for r in rows] == [m[0] for m in MIGRATIONS]
+    mode = sqlite3.connect(tmp_path / "ops.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_register_publish_is_idempotent_per_url(tmp_path: Path) -> None:
+    store = Store(tmp_path / "ops.db")
+    assert publish(store) == publish(store)
+    assert len(store.publishes()) == 1
+
+
+def test_only_token_hashes_are_stored(tmp_path: Path) -> None:
+    ops = Ops(tmp_path)
+    record = ops.add_edge("edge-a")
+    from ops_sync import bundle
+
+    token = bundle.decode(record["docker_run_variables"]["EDGE_BUNDLE"])["JOIN_TOKEN"]
+    ops.center.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("ops.db*"))
+    assert token.encode() not in raw
+    assert hash_token(token).encode() in raw
+
+
+def test_names_are_unique_until_removed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "ops.db")
+    pid = publish(store)
+    first = store.add_edge("edge-a", pid, ["x"], hash_token("t1"), T0)
+    with pytest.raises(Conflict, match="edge-a"):
+        store.add_edge("edge-a", pid, [], hash_token("t2"), T0)
+    store.remove_edge("edge-a", T0)
+    second = store.add_edge("edge-a", pid, [], hash_token("t3"), T0)
+    assert second["id"] != first["id"]
+    assert [e["id"] for e in store.edges()] == [second["id"]]
+
+
+def _redeem(store: Store, token: str, now: float, key_fp: str = "fp") -> dict:
+    return store.redeem(hash_token(token), key_fp, now, lambda edge: edge)
+
+
+def test_token_refusals_are_distinct(tmp_path: Path) -> None:
+    store = Store(tmp_path / "ops.db")
+    pid = publish(store)
+    store.add_edge("a", pid, [], hash_token("good"), T0)
+    store.add_edge("b", pid, [], hash_token("late"), T0)
+    store.add_edge("c", pid, [], hash_token("gone"), T0)
+    store.remove_edge("c", T0)
+
+    assert _redeem(store, "good", T0 + 60)["name"] == "a"
+    with pytest.raises(TokenUsed, match="already redeemed"):
+        _redeem(store, "good", T0 + 120, key_fp="another device")
+    with pytest.raises(TokenUnknown, match="not known"):
+        _redeem(store, "never-minted", T0)
+    with pytest.raises(EdgeRemoved, match="removed"):
+        _redeem(store, "gone", T0)
+    with pytest.raises(TokenExpired, match="24 h"):
+        _redeem(store, "late", T0 + DAY + 1)
+    # The expired attempt used the token up: it stays refused as expired, never redeemable.
+    with pytest.raises(TokenExpired):
+        _redeem(store, "late", T0 + DAY + 2)
+    row = store._db.execute(
+        "SELECT outcome FROM join_tokens WHERE token_sha256 = ?", (hash_token("late"),)
+    ).fetchone()
+    assert row[0] == "expired"
+
+
+def test_the_same_device_retrying_a_lost_reply_gets_its_identity_again(tmp_path: Path) -> None:
+    store = Store(tmp_path / "ops.db")
+    store.add_edge("a", publish(store), [], hash_token("tok"), T0)
+    first = _redeem(store, "tok", T0, key_fp="device-key")
+    again = _redeem(store, "tok", T0 + 5, key_fp="device-key")
+    assert first["id"] == again["id"]
+
+
+def test_a_failed_issue_does_not_consume_the_token(tmp_path: Path) -> None:
+    store = Store(tmp_path / "ops.db")
+    store.add_edge("a", publish(store), [], hash_token("tok"), T0)
+
+    def broken(edge: dict) -> None:
+        raise RuntimeError("signing failed")
+
+    with pytest.raises(RuntimeError):
+        store.redeem(hash_token("tok"), "fp", T0, broken)
+    assert _redeem(store, "tok", T0)["name"] == "a"
+
+
+def test_fifty_concurrent_redemptions_give_exactly_one_success(tmp_path: Path) -> None:
+    ops = Ops(tmp_path)
+    from ops_sync import bundle
+
+    record = ops.add_edge("edge-race")
+    token = bundle.decode(record["docker_run_variables"]["EDGE_BUNDLE"])["JOIN_TOKEN"]
+    csrs = [make_csr(new_key(), f"device-{i}") for i in range(50)]
+    barrier = threading.Barrier(50)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def attempt(csr: bytes) -> None:
+        barrier.wait()
+        try:
+            ops.center.join(token, csr)
+            result = "ok"
+        except TokenUsed:
+            result = "used"
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=attempt, args=(csr,)) for csr in csrs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes).count("ok") == 1
+    assert outcomes.count("used") == 49
+
+
+def test_drop_counters_are_exact_and_idempotent(tmp_path: Path) -> None:
+    store = Store(tmp_path / "ops.db")
+    edge = store.add_edge("a", publish(store), [], hash_token("t"), T0)
+    store.record_drops(edge["id"], "epoch-1", {"input_values": 7, "rows": 2}, T0)
+    store.record_drops(edge["id"], "epoch-1", {"input_values": 7, "rows": 2}, T0 + 1)  # resent
+    store.record_drops(edge["id"], "epoch-1", {"input_values": 9}, T0 + 2)  # grew
+    store.record_drops(edge["id"], "epoch-2", {"rows": 1}, T0 + 3)  # a new buffer file
+    assert store.edge(edge["id"])["dropped"] == {"input_values": 9, "rows": 3}
+
+
+def test_fingerprint_matches_between_csr_and_key() -> None:
+    key = new_key()
+    from ops_sync.identity import csr_public_key
+
+    assert fingerprint(csr_public_key(make_csr(key, "x"))) == fingerprint(key.public_key())
