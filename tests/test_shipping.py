@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -708,12 +709,12 @@ def resolve_wheels(machine: str, requirements: list[str], scratch: Path) -> dict
 @pytest.mark.network
 @pytest.mark.skipif(os.environ.get("EDGE_TEST_OFFLINE") == "1", reason="EDGE_TEST_OFFLINE=1")
 def test_every_dependency_has_wheels_for_amd64_and_arm64(tmp_path: Path) -> None:
-    versions = {}
-    for machine in PLATFORMS:
-        requirements = requirements_for(machine)
-        versions[machine] = resolve_wheels(machine, requirements, tmp_path)
-        wanted = {canonicalize_name(Requirement(r).name) for r in requirements}
-        assert set(versions[machine]) == wanted
+    requirements = {machine: requirements_for(machine) for machine in PLATFORMS}
+    with ThreadPoolExecutor(max_workers=len(PLATFORMS)) as pool:
+        futures = {m: pool.submit(resolve_wheels, m, requirements[m], tmp_path) for m in PLATFORMS}
+        versions = {machine: future.result() for machine, future in futures.items()}
+    for machine, wanted in requirements.items():
+        assert set(versions[machine]) == {canonicalize_name(Requirement(r).name) for r in wanted}
     # arm64 must not silently get an older release than the one tested on x86-64
     common = set(versions["x86_64"]) & set(versions["aarch64"])
     assert "onnxruntime" in common and "tensorflow-cpu" in versions["x86_64"]
