@@ -1,8 +1,9 @@
 """The inference log buffer: every answered row, kept in one SQLite file until the sync ships it.
 
-One buffer row per appended table. The table is stored as one Arrow IPC record-batch message
-(zstd-compressed, its schema stored once in `schemas`) beside its sequence range and time range,
-so a 10,000-row request costs one INSERT and the sync reads whole tables back.
+A buffer row holds one appended table, or several small ones of one schema that arrived in the
+same group commit, as one Arrow IPC record-batch message (zstd-compressed, its schema stored
+once in `schemas`) beside its sequence range and time range: a 10,000-row request costs one
+INSERT, and 64 concurrent one-row requests cost one too. Reading back is `edge.logquery`.
 
 File layout (versioned by `_migrations`, see `MIGRATIONS`):
 
@@ -55,17 +56,18 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import zstandard
 
 from edge.errors import LogBufferError
+from edge.logquery import UNSYNCED, Batch, Reader, time_bounds
+
+__all__ = ["Batch", "LogBuffer", "LogBufferDiskFull", "LogBufferFull", "SeqRange"]
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +76,9 @@ T = TypeVar("T")
 DEFAULT_MAX_BYTES = 256 << 20
 DROP_REASONS = ("input_values", "output_values", "rows")
 DROPPED_COLUMN = "metadata.dropped"
-TIME_TYPE = pa.timestamp("ms", tz="UTC")
-_EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _FULL_CODE = 13  # SQLITE_FULL
-_TRIM_INPUTS, _TRIM_OUTPUTS, _TRIMMED = 0, 1, 2  # batches.trimmed: what is left to drop
+_TRIM_INPUTS, _TRIM_OUTPUTS = 0, 1  # batches.trimmed: 0 inputs left, 1 outputs left, 2 none
 
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
@@ -111,12 +111,6 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
-# Rows whose seq is above `acked`, found by primary-key range (no scan of synced rows).
-_UNSYNCED = (
-    "first_seq >= COALESCE((SELECT MAX(first_seq) FROM batches WHERE first_seq <= :acked), 0)"
-    " AND last_seq > :acked"
-)
-
 
 class LogBufferFull(LogBufferError):
     """The writer's queue is full (backpressure): nothing was stored; retry shortly."""
@@ -137,16 +131,6 @@ class SeqRange:
     @property
     def count(self) -> int:
         return self.last - self.first + 1
-
-
-@dataclass
-class Batch:
-    """Unsynced rows for the sync: the sequence number of row i is `first_seq + i`."""
-
-    epoch: str
-    first_seq: int
-    last_seq: int
-    table: pa.Table
 
 
 @dataclass
@@ -193,16 +177,6 @@ class _Encoded:
     n_rows: int
     min_time: int | None
     max_time: int | None
-
-
-@dataclass
-class _Group:
-    """Consecutive tables that `pending` ships as one `Batch`."""
-
-    first_seq: int
-    next_seq: int
-    tables: list[pa.Table]
-    schema: pa.Schema
 
 
 class _Queue:
@@ -293,6 +267,7 @@ class LogBuffer:
         self._schema_ids: dict[str, int] = {}
         self._schemas: dict[int, pa.Schema] = {}
         self._txn_schemas: dict[str, tuple[int, pa.Schema]] = {}
+        self._last_schema: tuple[pa.Schema, str] | None = None  # the writer's encode cache
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._rlock = threading.Lock()
@@ -397,10 +372,11 @@ class LogBuffer:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
-        # Shielded: a cancelled request must not cancel rows already handed to the writer.
-        waiter = asyncio.shield(asyncio.wrap_future(fut))
+        # Cancelling this wait (a client gone) does not unqueue the rows: the writer stores
+        # every table it was handed, done or not.
         try:
-            return await asyncio.wait_for(waiter, self.commit_timeout)
+            async with asyncio.timeout(self.commit_timeout):
+                return await asyncio.wrap_future(fut)
         except TimeoutError:
             raise LogBufferError(
                 f"log buffer {self.path}: no commit within {self.commit_timeout:.0f}s"
@@ -413,7 +389,9 @@ class LogBuffer:
         if table.num_rows == 0:
             fut.set_result(SeqRange(self._epoch, 0, -1))  # an empty range: nothing stored
             return fut
-        return fut if self._queue.offer(_Append(table, table.nbytes, fut)) else None
+        return (
+            fut if self._queue.offer(_Append(table, table.get_total_buffer_size(), fut)) else None
+        )
 
     def ack(self, epoch: str, last_seq: int) -> None:
         """The ops center holds every row of `epoch` up to `last_seq`: stop offering them and
@@ -443,35 +421,8 @@ class LogBuffer:
         """Up to `max_rows` oldest unsynced rows, in sequence order. Consecutive tables are
         concatenated into one `Batch` while their schemas unify; a table larger than what is
         left of `max_rows` is sliced (acking part of a table is fine)."""
-        if max_rows <= 0:
-            return []
-        groups: list[_Group] = []
-        taken = 0
-        with self._read() as conn:
-            acked = _meta_int(conn, "acked_through")
-            rows = conn.execute(
-                f"SELECT first_seq, schema_id, codec, body FROM batches WHERE {_UNSYNCED}"
-                " ORDER BY first_seq",
-                {"acked": acked},
-            )
-            for first, schema_id, codec, body in rows:
-                table = self._decode(conn, schema_id, codec, body, self._rdecompressor)
-                if first <= acked:
-                    table = table.slice(acked - first + 1)
-                    first = acked + 1
-                table = table.slice(0, max_rows - taken)
-                taken += table.num_rows
-                group = groups[-1] if groups else None
-                unified = _unify(group.schema, table.schema) if group else None
-                if group and unified is not None and group.next_seq == first:
-                    group.tables.append(table)
-                    group.schema = unified
-                    group.next_seq += table.num_rows
-                else:
-                    groups.append(_Group(first, first + table.num_rows, [table], table.schema))
-                if taken >= max_rows:
-                    break
-        return [Batch(self._epoch, g.first_seq, g.next_seq - 1, _concat(g.tables)) for g in groups]
+        with self._read() as reader:
+            return reader.pending(self._epoch, max_rows)
 
     def query(
         self,
@@ -480,61 +431,10 @@ class LogBuffer:
         end: datetime | int | None = None,
     ) -> tuple[pa.Table, bool]:
         """The seed's `pipeline.logs`: newest first without a range; with `start` and `end`
-        (both or neither; datetimes, naive = UTC, or epoch ms; inclusive), chronological.
-        Returns the rows and whether more rows than `limit` exist."""
-        if (start is None) != (end is None):
-            raise ValueError("start and end must be given together, or neither")
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
-        tables: list[pa.Table] = []
-        got = 0
-        more = False
-        with self._read() as conn:
-            if start is None or end is None:
-                cursor = conn.execute(
-                    "SELECT schema_id, codec, body FROM batches ORDER BY first_seq DESC"
-                )
-                for schema_id, codec, body in cursor:
-                    if got >= limit:
-                        more = True
-                        break
-                    table = self._decode(conn, schema_id, codec, body, self._rdecompressor)
-                    keep = min(table.num_rows, limit - got)
-                    more = keep < table.num_rows
-                    table = table.slice(table.num_rows - keep)
-                    tables.append(table.take(pa.array(np.arange(keep - 1, -1, -1))))
-                    got += keep
-                    if more:
-                        break
-            else:
-                lo, hi = _to_ms(start), _to_ms(end)
-                cursor = conn.execute(
-                    "SELECT schema_id, codec, body FROM batches WHERE max_time >= ?"
-                    " AND min_time <= ? ORDER BY first_seq",
-                    (lo, hi),
-                )
-                for schema_id, codec, body in cursor:
-                    table = self._decode(conn, schema_id, codec, body, self._rdecompressor)
-                    times = _time_ms(table)
-                    if times is None:
-                        continue
-                    table = table.filter(
-                        pc.and_(pc.greater_equal(times, lo), pc.less_equal(times, hi))
-                    )
-                    if table.num_rows == 0:
-                        continue
-                    if got >= limit:
-                        more = True
-                        break
-                    keep = min(table.num_rows, limit - got)
-                    more = keep < table.num_rows
-                    tables.append(table.slice(0, keep))
-                    got += keep
-                    if more:
-                        break
-        if not tables:
-            return pa.table({"time": pa.array([], TIME_TYPE)}), more
-        return _concat(tables), more
+        (both or neither, else ValueError; datetimes, naive = UTC, or epoch ms; inclusive),
+        chronological. Returns the rows and whether more rows than `limit` exist."""
+        with self._read() as reader:
+            return reader.logs(limit, start, end)
 
     def stats(self) -> dict[str, Any]:
         """Counters for `/metrics`, health and the logs API."""
@@ -542,17 +442,10 @@ class LogBuffer:
             st = self._state.copy()
             counters = dict(self._counters)
             last_error = self._last_error
-        oldest_seq: int | None = None
-        oldest_time: int | None = None
+        oldest_seq, oldest_time = None, None
         if self._rconn is not None:
-            with self._read() as conn:
-                row = conn.execute(
-                    f"SELECT first_seq, min_time FROM batches WHERE {_UNSYNCED}"
-                    " ORDER BY first_seq LIMIT 1",
-                    {"acked": st.acked_through},
-                ).fetchone()
-            if row is not None:
-                oldest_seq, oldest_time = max(row[0], st.acked_through + 1), row[1]
+            with self._read() as reader:
+                oldest_seq, oldest_time = reader.oldest_unsynced(st.acked_through)
         return {
             "path": str(self.path),
             "epoch": self._epoch,
@@ -577,7 +470,7 @@ class LogBuffer:
         }
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[Reader]:
         """One read snapshot on the read-only connection."""
         if self._rconn is None:
             raise LogBufferError(f"log buffer {self.path} is not open")
@@ -585,7 +478,7 @@ class LogBuffer:
             conn = self._rconn
             conn.execute("BEGIN")
             try:
-                yield conn
+                yield Reader(conn, self._schemas, self._rdecompressor)
             finally:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -709,23 +602,25 @@ class LogBuffer:
             self._maintain(idle=stop)
 
     def _commit_appends(self, appends: list[_Append]) -> None:
+        """One transaction for every table waiting. Consecutive small tables of one schema are
+        stored as one buffer row: one encode and one INSERT for many small requests."""
         if not appends:
             return
-        ready: list[tuple[_Append, _Encoded]] = []
-        for item in appends:
-            try:
-                ready.append((item, self._encode(item.table)))
-            except Exception as exc:
-                _fail(item.future, LogBufferError(f"log buffer cannot store this table: {exc}"))
+        ready: list[tuple[list[_Append], _Encoded]] = []
+        for run in _runs(appends):
+            ready.extend(self._encode_run(run))
         if not ready:
             return
+        stored = [item for run, _ in ready for item in run]
 
         def insert(conn: sqlite3.Connection, st: _State) -> list[SeqRange]:
             ranges = []
-            for _, enc in ready:
+            for run, enc in ready:
                 first = st.last_seq + 1
                 self._insert(conn, st, enc, first)
-                ranges.append(SeqRange(self._epoch, first, st.last_seq))
+                for item in run:
+                    ranges.append(SeqRange(self._epoch, first, first + item.table.num_rows - 1))
+                    first += item.table.num_rows
             _set_meta(conn, "last_seq", st.last_seq)
             self._enforce_cap(conn, st)
             return ranges
@@ -735,19 +630,30 @@ class LogBuffer:
         except Exception as exc:
             error = self._translate(exc)
             with self._lock:
-                self._counters["failed"] += len(ready)
+                self._counters["failed"] += len(stored)
                 self._last_error = str(error)
-            log.error("log buffer commit failed tables=%d error=%s", len(ready), error)
-            for item, _ in ready:
+            log.error("log buffer commit failed tables=%d error=%s", len(stored), error)
+            for item in stored:
                 _fail(item.future, error)
             return
         with self._lock:
             self._counters["commits"] += 1
-            self._counters["appends"] += len(ready)
+            self._counters["appends"] += len(stored)
             self._last_error = None
-        for (item, _), seq_range in zip(ready, ranges, strict=True):
+        for item, seq_range in zip(stored, ranges, strict=True):
             if not item.future.done():
                 item.future.set_result(seq_range)
+
+    def _encode_run(self, run: list[_Append]) -> list[tuple[list[_Append], _Encoded]]:
+        """Encode a run as one table; if that fails, table by table, failing only the bad."""
+        try:
+            tables = [item.table for item in run]
+            return [(run, self._encode(tables[0] if len(run) == 1 else pa.concat_tables(tables)))]
+        except Exception as exc:
+            if len(run) > 1:
+                return [pair for item in run for pair in self._encode_run([item])]
+            _fail(run[0].future, LogBufferError(f"log buffer cannot store this table: {exc}"))
+            return []
 
     def _transact(self, fn: Callable[[sqlite3.Connection, _State], T]) -> T:
         """Run `fn` in one write transaction on a copy of the state; keep it only on commit."""
@@ -827,18 +733,21 @@ class LogBuffer:
     # ---------------------------------------------------------------- rows in and out
 
     def _encode(self, table: pa.Table) -> _Encoded:
+        cached = self._last_schema
+        if cached is not None and cached[0].equals(table.schema, check_metadata=True):
+            fingerprint: str | None = cached[1]
+        else:
+            fingerprint = None
+            cached = (table.schema, "")
         table = _plain(table)
         batches = table.combine_chunks().to_batches()
         batch = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
-        schema = batch.schema
-        fingerprint = hashlib.sha256(schema.serialize().to_pybytes()).hexdigest()
+        if fingerprint is None:
+            fingerprint = hashlib.sha256(batch.schema.serialize().to_pybytes()).hexdigest()
+            self._last_schema = (cached[0], fingerprint)
         body = self._compressor.compress(batch.serialize())
-        times = _time_ms(table)
-        lo = hi = None
-        if times is not None and times.null_count < len(times):
-            bounds = pc.min_max(times)
-            lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
-        return _Encoded(schema, fingerprint, body, table.num_rows, lo, hi)
+        lo, hi = time_bounds(table)
+        return _Encoded(batch.schema, fingerprint, body, table.num_rows, lo, hi)
 
     def _schema_id(self, conn: sqlite3.Connection, schema: pa.Schema, fingerprint: str) -> int:
         known = self._schema_ids.get(fingerprint)
@@ -876,22 +785,10 @@ class LogBuffer:
         st.batches += 1
         st.unsynced_rows += enc.n_rows
 
-    def _decode(
-        self,
-        conn: sqlite3.Connection,
-        schema_id: int,
-        codec: str,
-        body: bytes,
-        decompressor: zstandard.ZstdDecompressor,
+    def _stored(
+        self, conn: sqlite3.Connection, schema_id: int, codec: str, body: bytes
     ) -> pa.Table:
-        schema = self._schemas.get(schema_id)
-        if schema is None:  # new in this transaction, or not seen by this process yet
-            (blob,) = conn.execute("SELECT ipc FROM schemas WHERE id = ?", (schema_id,)).fetchone()
-            schema = ipc.read_schema(pa.py_buffer(blob))
-        if codec != "zstd":
-            raise LogBufferError(f"log buffer {self.path}: unknown codec {codec!r}")
-        raw = decompressor.decompress(body)
-        return pa.Table.from_batches([ipc.read_record_batch(pa.py_buffer(raw), schema)])
+        return Reader(conn, self._schemas, self._wdecompressor).table(schema_id, codec, body)
 
     def _rewrite(
         self,
@@ -966,11 +863,11 @@ class LogBuffer:
             )
 
     def _evict_synced(self, conn: sqlite3.Connection, st: _State) -> bool:
+        """Delete the oldest table if it was all delivered (synced rows are always the oldest)."""
         row = conn.execute(
-            "SELECT first_seq FROM batches WHERE last_seq <= ? ORDER BY first_seq LIMIT 1",
-            (st.acked_through,),
+            "SELECT first_seq, last_seq FROM batches ORDER BY first_seq LIMIT 1"
         ).fetchone()
-        if row is None:
+        if row is None or row[1] > st.acked_through:
             return False
         self._delete(conn, st, row[0])
         return True
@@ -985,7 +882,7 @@ class LogBuffer:
         if row is None:
             return False
         first_seq, size, schema_id, codec, body = row
-        table = self._decode(conn, schema_id, codec, body, self._wdecompressor)
+        table = self._stored(conn, schema_id, codec, body)
         wanted = _is_input if level == _TRIM_INPUTS else _is_output
         candidates = sorted(
             ((table.column(name).nbytes, name) for name in table.column_names if wanted(name)),
@@ -1026,8 +923,9 @@ class LogBuffer:
         st.acked_through = last_seq
         _set_meta(conn, "acked_through", last_seq)
         synced = conn.execute(
-            "SELECT first_seq, bytes FROM batches WHERE last_seq <= ? ORDER BY first_seq",
-            (last_seq,),
+            "SELECT first_seq, bytes FROM batches WHERE first_seq <= ? AND last_seq <= ?"
+            " ORDER BY first_seq",
+            (last_seq, last_seq),
         ).fetchall()
         synced_bytes = sum(size for _, size in synced)
         for first_seq, size in synced:
@@ -1048,7 +946,7 @@ class LogBuffer:
         if row is None:
             return
         first_seq, schema_id, codec, body, trimmed = row
-        table = self._decode(conn, schema_id, codec, body, self._wdecompressor)
+        table = self._stored(conn, schema_id, codec, body)
         cut = last_seq - first_seq + 1
         self._rewrite(conn, st, first_seq, table.slice(cut), trimmed, new_first=last_seq + 1)
         st.rows -= cut
@@ -1122,11 +1020,6 @@ def _read_meta(conn: sqlite3.Connection) -> dict[str, str]:
     return dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
 
-def _meta_int(conn: sqlite3.Connection, key: str) -> int:
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return int(row[0]) if row else 0
-
-
 def _set_meta(conn: sqlite3.Connection, key: str, value: int | str) -> None:
     conn.execute("UPDATE meta SET value = ? WHERE key = ?", (str(value), key))
 
@@ -1135,7 +1028,7 @@ def _rows_between(conn: sqlite3.Connection, after: int, through: int) -> int:
     """How many stored rows have a seq in (after, through]."""
     total = 0
     for first, last in conn.execute(
-        f"SELECT first_seq, last_seq FROM batches WHERE {_UNSYNCED} AND first_seq <= :through",
+        f"SELECT first_seq, last_seq FROM batches WHERE {UNSYNCED} AND first_seq <= :through",
         {"acked": after, "through": through},
     ):
         total += min(last, through) - max(first, after + 1) + 1
@@ -1143,6 +1036,23 @@ def _rows_between(conn: sqlite3.Connection, after: int, through: int) -> int:
 
 
 # -------------------------------------------------------------------- Arrow helpers
+
+
+def _runs(appends: list[_Append], max_bytes: int = 1 << 20) -> Iterator[list[_Append]]:
+    """Consecutive appends with one schema, together up to `max_bytes` of Arrow data."""
+    run: list[_Append] = []
+    size = 0
+    for item in appends:
+        if run and (
+            size + item.nbytes > max_bytes
+            or not item.table.schema.equals(run[0].table.schema, check_metadata=True)
+        ):
+            yield run
+            run, size = [], 0
+        run.append(item)
+        size += item.nbytes
+    if run:
+        yield run
 
 
 def _is_input(name: str) -> bool:
@@ -1169,6 +1079,8 @@ def _drop_columns(table: pa.Table, names: list[str]) -> pa.Table:
 
 def _plain(table: pa.Table) -> pa.Table:
     """Dictionary columns decoded: a stored message carries no dictionaries."""
+    if not any(pa.types.is_dictionary(t) for t in table.schema.types):
+        return table
     for index, column in enumerate(table.columns):
         if pa.types.is_dictionary(column.type):
             value_type = column.type.value_type
@@ -1176,49 +1088,6 @@ def _plain(table: pa.Table) -> pa.Table:
                 index, pa.field(table.field(index).name, value_type), column.cast(value_type)
             )
     return table
-
-
-def _time_ms(table: pa.Table) -> pa.ChunkedArray | None:
-    """The `time` column as int64 epoch milliseconds, or None when there is none."""
-    if "time" not in table.column_names:
-        return None
-    column = table.column("time")
-    if pa.types.is_timestamp(column.type):
-        if column.type.unit != "ms":
-            column = column.cast(pa.timestamp("ms", tz=column.type.tz), safe=False)
-        return column.cast(pa.int64())
-    if pa.types.is_integer(column.type):
-        return column.cast(pa.int64())
-    return None
-
-
-def _to_ms(value: datetime | int) -> int:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return (value - _EPOCH_START) // timedelta(milliseconds=1)
-    return int(value)
-
-
-def _unify(a: pa.Schema, b: pa.Schema) -> pa.Schema | None:
-    if a.equals(b):
-        return a
-    try:
-        return pa.unify_schemas([a, b], promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return None
-
-
-def _concat(tables: list[pa.Table]) -> pa.Table:
-    if len(tables) == 1:
-        return tables[0]
-    try:
-        return pa.concat_tables(tables, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise LogBufferError(
-            "logs from pipeline versions with incompatible column types cannot be returned "
-            f"together ({exc}); pass start and end to read one version's rows"
-        ) from exc
 
 
 def _fail(fut: concurrent.futures.Future[Any], exc: BaseException) -> None:

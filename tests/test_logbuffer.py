@@ -207,9 +207,11 @@ def test_cap_drops_inputs_largest_first_then_outputs_then_rows(db: Path) -> None
         newest, _ = buffer.query(limit=1)
         assert "in.image" in newest.column_names  # newest rows keep everything while they can
         # Outputs go next, then whole rows; time, anomaly and metadata stay.
-        for j in range(300):
-            buffer.append_nowait(result_table(1, time_ms=T0 + i + j, big=2000, out_width=500))
-        last = buffer.append_nowait(result_table(1, time_ms=T0 + 999, big=2000)).result(timeout=10)
+        for j in range(1000):
+            table = result_table(20, time_ms=T0 + i + j, big=20, out_width=200)
+            last = buffer.append_nowait(table).result(timeout=10)
+            if buffer.stats()["dropped"]["rows"]:
+                break
         stats = buffer.stats()
         dropped = stats["dropped"]
         assert stats["bytes"] <= 60_000
@@ -429,3 +431,30 @@ def test_batch_shape(buf: LogBuffer) -> None:
     buf.append_nowait(result_table(2)).result(timeout=10)
     (batch,) = buf.pending(10)
     assert isinstance(batch, Batch) and batch.table.num_rows == 2
+
+
+def test_each_range_maps_to_its_own_rows(buf: LogBuffer) -> None:
+    """Small appends share a stored row; every SeqRange still points at its own rows."""
+
+    def tagged(tag: int, rows: int) -> pa.Table:
+        table = result_table(rows, version=f"v{tag % 2}")
+        if tag % 3 == 0:  # a second schema in the same commit group
+            table = table.append_column("out.extra", pa.array([tag] * rows, pa.int64()))
+        index = table.column_names.index("metadata.elapsed")
+        tags = pa.array([[tag, k] for k in range(rows)], pa.list_(pa.int64()))
+        return table.set_column(index, "metadata.elapsed", tags)
+
+    async def many() -> list[SeqRange]:
+        return await asyncio.gather(*(buf.append(tagged(i, 1 + i % 4)) for i in range(200)))
+
+    ranges = asyncio.run(many())
+    by_seq: dict[int, list[int]] = {}
+    for batch in buf.pending(10**6):
+        for offset, tag in enumerate(batch.table.column("metadata.elapsed").to_pylist()):
+            by_seq[batch.first_seq + offset] = tag
+    for i, seq_range in enumerate(ranges):
+        assert seq_range.count == 1 + i % 4
+        assert [by_seq[s] for s in range(seq_range.first, seq_range.last + 1)] == [
+            [i, k] for k in range(seq_range.count)
+        ]
+    assert buf.stats()["batches"] < 200  # small tables were stored together
