@@ -37,6 +37,7 @@ from ops_sync.center import OpsCenter
 T = TypeVar("T")
 log = logging.getLogger("ops_sync.server")
 MAX_BODY = 64 << 20
+JSON_LIMIT = 1 << 20
 ARROW_FILE = "application/vnd.apache.arrow.file"
 RECORDS = "application/json; format=pandas-records"
 NDJSON = "application/x-ndjson"
@@ -143,7 +144,7 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
             raise errors.BadRequest(
                 "a batch needs headers x-sync-epoch, x-sync-first-seq, x-sync-last-seq"
             ) from None
-        body = await request.body()
+        body = await _body(request, max_body)
         return JSONResponse(await call(center.upload, who, epoch, first, last, body))
 
     routes = [
@@ -165,7 +166,7 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
         HTTPException: _http_error,
         Exception: _unexpected,
     }
-    return Starlette(routes=routes, exception_handlers=handlers, max_body_size=max_body)
+    return Starlette(routes=routes, exception_handlers=handlers)
 
 
 def error_body(message: str, status: int, reason: str) -> dict[str, Any]:
@@ -194,9 +195,24 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body("internal error", 500, "InternalError"), 500)
 
 
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused with `PayloadTooLarge` past `limit` bytes (before reading
+    it all when Content-Length says so)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise errors.PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise errors.PayloadTooLarge(f"the body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _json(request: Request) -> dict[str, Any]:
     try:
-        body = json.loads(await request.body() or b"{}")
+        body = json.loads(await _body(request, JSON_LIMIT) or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise errors.BadRequest(f"the body is not JSON: {exc}") from None
     if not isinstance(body, dict):

@@ -1,0 +1,323 @@
+"""The ops center's HTTP API in process: admin auth, join refusals, identity from the
+certificate, the 7-day rule on an injected clock, uploads and the logs API."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from ops_sync import bundle, logs
+from ops_sync.agent import encode_batch
+from ops_sync.identity import CertificateAuthority, cert_pem, load_cert, make_csr, new_key
+from ops_sync.server import create_app
+from tests.test_ops_support import ADMIN, DAY, PIPELINE_URL, Ops, result_table
+
+T0 = 1_790_000_000_000
+
+
+@pytest.fixture()
+def ops(tmp_path: Path) -> Ops:
+    return Ops(tmp_path)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def admin(ops: Ops, method: str, path: str, token: str | None = ADMIN, **kw: Any) -> Any:
+    async with ops.admin_client(token) as client:
+        return await client.request(method, path, **kw)
+
+
+async def edge_call(ops: Ops, cert: str | None, path: str, **kw: Any) -> Any:
+    async with ops.edge_client(cert) as client:
+        return await client.post(path, **kw)
+
+
+def add_edge(ops: Ops, name: str) -> str:
+    """Add an edge over the admin API; return its join token."""
+    reply = run(admin(ops, "POST", "/v1/edges", json={"name": name, "pipeline_url": PIPELINE_URL}))
+    assert reply.status_code == 201, reply.text
+    return bundle.decode(reply.json()["docker_run_variables"]["EDGE_BUNDLE"])["JOIN_TOKEN"]
+
+
+def join(ops: Ops, token: str, key: Any = None) -> Any:
+    csr = make_csr(key or new_key(), "device").decode()
+    return run(edge_call(ops, None, "/v1/edge/join", json={"token": token, "csr": csr}))
+
+
+def upload(ops: Ops, cert: str, first: int, table: pa.Table, epoch: str = "ep1") -> Any:
+    headers = {
+        "x-sync-epoch": epoch,
+        "x-sync-first-seq": str(first),
+        "x-sync-last-seq": str(first + table.num_rows - 1),
+    }
+    return run(edge_call(ops, cert, "/v1/edge/logs", content=encode_batch(table), headers=headers))
+
+
+def joined_edge(ops: Ops, name: str) -> str:
+    reply = join(ops, add_edge(ops, name))
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["certificate"])
+
+
+# -- admin ------------------------------------------------------------------------------------
+def test_admin_api_needs_the_admin_token(ops: Ops) -> None:
+    for token in (None, "wrong", ADMIN + "x", ""):
+        reply = run(admin(ops, "GET", "/v1/edges", token=token))
+        assert reply.status_code == 401
+        assert reply.json()["reason"] == "AdminAuthRequired"
+        assert ADMIN not in reply.text
+    assert run(admin(ops, "GET", "/v1/edges")).json() == {"edges": []}
+
+
+def test_add_edge_returns_the_publish_record_with_a_bundle(ops: Ops) -> None:
+    body = {"name": "edge-a", "pipeline_url": PIPELINE_URL, "tags": ["dc1"]}
+    record = run(admin(ops, "POST", "/v1/edges", json=body)).json()
+    assert record["pipeline_url"] == PIPELINE_URL and record["status"] == "Published"
+    values = bundle.decode(record["docker_run_variables"]["EDGE_BUNDLE"])
+    assert values["EDGE_NAME"] == "edge-a" and values["OPSCENTER_HOST"] == "127.0.0.1:8443"
+    assert values["PIPELINE_URL"] == PIPELINE_URL and values["BUNDLE_VERSION"] == "1"
+    assert bundle.ca_pem(values) == ops.center.ca.pem
+    again = run(admin(ops, "POST", "/v1/edges", json=body))
+    assert again.status_code == 409 and again.json()["reason"] == "Conflict"
+    (edge,) = run(admin(ops, "GET", "/v1/edges")).json()["edges"]
+    assert edge["name"] == "edge-a" and edge["tags"] == ["dc1"]
+    assert edge["pipeline_version"] == "3b49fba8-94d8-4fca-aecc-c75257fd16c6"
+    assert edge["spiffe_id"] == f"spiffe://ops-sync.local/ns/deployments/edge/{edge['id']}"
+    assert edge["credentials"] == "not joined" and edge["last_seen"] is None
+    publishes = run(admin(ops, "GET", "/v1/publishes")).json()["publishes"]
+    assert [p["pipeline_name"] for p in publishes] == ["ccfraud"]
+
+
+def test_bad_admin_input_is_a_clear_4xx(ops: Ops) -> None:
+    reply = run(admin(ops, "POST", "/v1/edges", content=b"{not json"))
+    assert reply.status_code == 400 and "not JSON" in reply.json()["error"]
+    reply = run(admin(ops, "POST", "/v1/edges", json={"name": "a/b", "pipeline_url": "x"}))
+    assert reply.status_code == 400
+    reply = run(admin(ops, "DELETE", "/v1/edges/nobody"))
+    assert reply.status_code == 404 and reply.json()["reason"] == "NotFound"
+    reply = run(admin(ops, "GET", "/v1/nowhere"))
+    assert reply.status_code == 404 and reply.json()["status"] == "error"
+
+
+# -- join ---------------------------------------------------------------------------------------
+def test_join_refusals_are_distinct_and_never_echo_the_token(ops: Ops) -> None:
+    token = add_edge(ops, "edge-a")
+    assert join(ops, token).status_code == 200
+    stale = add_edge(ops, "edge-late")
+    removed = add_edge(ops, "edge-gone")
+    run(admin(ops, "DELETE", "/v1/edges/edge-gone"))
+    cases = {"TokenUsed": token, "TokenUnknown": "no-such-token", "EdgeRemoved": removed}
+    for reason, tok in cases.items():
+        reply = join(ops, tok)
+        assert (reply.status_code, reply.json()["reason"]) == (403, reason)
+        assert tok not in reply.text
+    ops.clock.advance(DAY + 1)
+    for _ in range(2):  # the expired attempt consumes the token; it stays "expired"
+        reply = join(ops, stale)
+        assert (reply.status_code, reply.json()["reason"]) == (403, "TokenExpired")
+        assert "24 h" in reply.json()["error"] and stale not in reply.text
+
+
+def test_join_returns_a_certificate_for_the_csr_key(ops: Ops) -> None:
+    key = new_key()
+    reply = join(ops, add_edge(ops, "edge-a"), key).json()
+    cert = ops.center.ca.verify_edge(load_cert(reply["certificate"].encode()))
+    assert (
+        cert.edge_id == reply["edge_id"] and reply["ca_certificate"] == ops.center.ca.pem.decode()
+    )
+    (edge,) = run(admin(ops, "GET", "/v1/edges")).json()["edges"]
+    assert edge["credentials"] == "valid" and edge["last_seen"] is not None
+
+
+# -- identity after the join --------------------------------------------------------------------
+def test_edge_calls_need_a_certificate_of_ours(ops: Ops, tmp_path: Path) -> None:
+    joined_edge(ops, "edge-a")
+    reply = run(edge_call(ops, None, "/v1/edge/heartbeat", json={}))
+    assert (reply.status_code, reply.json()["reason"]) == (401, "CertificateRequired")
+    other = CertificateAuthority.load_or_create(
+        tmp_path / "o.crt", tmp_path / "o.key", "ops-sync.local", ops.clock()
+    )
+    edge_id = run(admin(ops, "GET", "/v1/edges")).json()["edges"][0]["id"]
+    forged = cert_pem(other.issue_edge(make_csr(new_key(), "x"), edge_id, ops.clock())).decode()
+    reply = run(edge_call(ops, forged, "/v1/edge/heartbeat", json={}))
+    assert reply.status_code == 401 and "not issued by this ops center" in reply.json()["error"]
+
+
+def test_an_edge_cannot_write_another_edges_logs(ops: Ops) -> None:
+    cert_a = joined_edge(ops, "edge-a")
+    joined_edge(ops, "edge-b")
+    forged_rows = result_table(5, T0, partition="edge-b")  # payload claims edge-b
+    assert upload(ops, cert_a, 1, forged_rows).json()["stored"] == 5
+    table, _ = logs.fetch(ops.center.logs, logs.LogQuery("ccfraud", partition="edge-b"))
+    assert table.num_rows == 0
+    query = logs.LogQuery("ccfraud", dataset=["time", "metadata"], partition="edge-a")
+    table, _ = logs.fetch(ops.center.logs, query)
+    assert table.num_rows == 5
+    assert set(table.column("metadata.partition").to_pylist()) == {"edge-a"}
+
+
+def test_silent_for_more_than_seven_days_is_refused_and_renewal_keeps_it_alive(ops: Ops) -> None:
+    key = new_key()
+    cert = join(ops, add_edge(ops, "edge-a"), key).json()["certificate"]
+    ops.clock.advance(4 * DAY)
+    renewed = run(edge_call(ops, cert, "/v1/edge/renew", json={"csr": make_csr(key, "d").decode()}))
+    assert renewed.status_code == 200
+    other_key = run(
+        edge_call(ops, cert, "/v1/edge/renew", json={"csr": make_csr(new_key(), "d").decode()})
+    )
+    assert other_key.status_code == 400 and "key of the presented" in other_key.json()["error"]
+    new_cert = renewed.json()["certificate"]
+    ops.clock.advance(6 * DAY)  # 10 days after the join, 6 after the last contact
+    assert run(edge_call(ops, new_cert, "/v1/edge/heartbeat", json={})).status_code == 200
+    ops.clock.advance(7 * DAY + 60)
+    reply = run(edge_call(ops, new_cert, "/v1/edge/heartbeat", json={}))
+    assert (reply.status_code, reply.json()["reason"]) == (403, "CredentialsExpired")
+    assert "new bundle" in reply.json()["error"]
+    (edge,) = run(admin(ops, "GET", "/v1/edges")).json()["edges"]
+    assert edge["credentials"] == "expired"
+
+
+def test_a_removed_edge_is_refused(ops: Ops) -> None:
+    cert = joined_edge(ops, "edge-a")
+    run(admin(ops, "DELETE", "/v1/edges/edge-a"))
+    reply = upload(ops, cert, 1, result_table(2, T0))
+    assert (reply.status_code, reply.json()["reason"]) == (403, "EdgeRemoved")
+    joined_edge(ops, "edge-a")  # the same name again: a new bundle, the old cert still refused
+    reply = upload(ops, cert, 1, result_table(2, T0))
+    assert reply.json()["reason"] == "EdgeRemoved"
+
+
+def test_heartbeat_health_and_exact_drop_counts_show_in_list_edges(ops: Ops) -> None:
+    cert = joined_edge(ops, "edge-a")
+    report = {
+        "health": {"pipelines": [{"id": "ccfraud", "status": "Running"}]},
+        "buffer": {"epoch": "ep1", "unsynced_rows": 12, "dropped": {"input_values": 3, "rows": 0}},
+    }
+    assert run(edge_call(ops, cert, "/v1/edge/heartbeat", json=report)).status_code == 200
+    report["buffer"]["dropped"] = {"input_values": 5, "rows": 1}
+    run(edge_call(ops, cert, "/v1/edge/heartbeat", json=report))
+    (edge,) = run(admin(ops, "GET", "/v1/edges")).json()["edges"]
+    assert edge["dropped"] == {"input_values": 5, "rows": 1}
+    assert edge["health"]["health"]["pipelines"][0]["status"] == "Running"
+    assert edge["health"]["buffer"]["unsynced_rows"] == 12
+
+
+def test_upload_validation(ops: Ops) -> None:
+    cert = joined_edge(ops, "edge-a")
+    reply = run(edge_call(ops, cert, "/v1/edge/logs", content=b"x"))
+    assert reply.status_code == 400 and "x-sync-epoch" in reply.json()["error"]
+    headers = {"x-sync-epoch": "e", "x-sync-first-seq": "1", "x-sync-last-seq": "1"}
+    reply = run(edge_call(ops, cert, "/v1/edge/logs", content=b"not arrow", headers=headers))
+    assert reply.status_code == 400 and "Arrow IPC" in reply.json()["error"]
+    small = Ops(ops.root / "small")
+    small.app = create_app(small.center, max_body=1000)
+    cert = joined_edge(small, "edge-a")
+    reply = upload(small, cert, 1, result_table(500, T0))
+    assert reply.status_code == 413 and reply.json()["reason"] == "PayloadTooLarge"
+
+
+# -- logs API -----------------------------------------------------------------------------------
+def logs_call(ops: Ops, arrow: bool = False, export: bool = False, **params: Any) -> Any:
+    headers = {"accept": "application/vnd.apache.arrow.file"} if arrow else {}
+    path = "/v1/pipelines/ccfraud/logs" + ("/export" if export else "")
+    return run(admin(ops, "GET", path, params=params, headers=headers))
+
+
+def warnings(reply: Any) -> list[str]:
+    return list(reply.headers.get_list("x-ops-warning"))
+
+
+@pytest.fixture()
+def loaded(ops: Ops) -> Ops:
+    cert_a, cert_b = joined_edge(ops, "edge-a"), joined_edge(ops, "edge-b")
+    upload(ops, cert_a, 1, result_table(150, T0, dropped=True))  # times T0 .. T0+149
+    upload(ops, cert_b, 1, result_table(30, T0 + 1000))  # times T0+1000 .. T0+1029
+    return ops
+
+
+def test_logs_default_limit_newest_first_with_the_seed_warning(loaded: Ops) -> None:
+    reply = logs_call(loaded)
+    records = reply.json()
+    assert len(records) == 100
+    assert [r["time"] for r in records[:3]] == [T0 + 1029, T0 + 1028, T0 + 1027]
+    assert logs.MORE_LOGS in warnings(reply)
+    assert logs.MORE_LOGS == (
+        "Warning: There are more logs available. Please set a larger limit or request a file "
+        "using export_logs."
+    )
+    assert set(records[0]) == {"time", "in", "out", "anomaly"}  # dataset "*"
+
+
+def test_logs_start_and_end_go_together_and_give_chronological_order(loaded: Ops) -> None:
+    reply = logs_call(loaded, start_datetime=str(T0))
+    assert reply.status_code == 400 and "together" in reply.json()["error"]
+    reply = logs_call(loaded, start_datetime=str(T0 + 10), end_datetime=str(T0 + 1005), limit=500)
+    times = [r["time"] for r in reply.json()]
+    assert times == sorted(times) and times[0] == T0 + 10 and times[-1] == T0 + 1005
+    assert logs.MORE_LOGS not in warnings(reply)
+    iso = logs_call(
+        loaded, start_datetime="2026-09-21T00:00:00Z", end_datetime="2026-09-23T00:00:00+00:00"
+    )
+    assert iso.status_code == 200
+
+
+def test_logs_arrow_shapes_and_partition_filter(loaded: Ops) -> None:
+    reply = logs_call(
+        loaded, arrow=True, dataset=["time", "metadata"], partition="edge-a", limit=1000
+    )
+    table = pa.ipc.open_file(io.BytesIO(reply.content)).read_all()
+    assert table.num_rows == 150
+    assert table.schema.field("time").type == pa.int64()
+    assert table.schema.field("metadata.dropped").type == pa.list_(pa.string())
+    assert table.column("metadata.dropped").null_count == 0
+    assert set(table.column("metadata.partition").to_pylist()) == {"edge-a"}
+    assert not any(c.startswith("in.") or c.startswith("_") for c in table.column_names)
+    dropped = logs.DROPPED_COLUMNS.format(columns="in.tensor")
+    assert dropped in warnings(reply)
+    assert dropped.startswith("The inference log is above the allowable limit")
+
+
+def test_logs_flat_keys_with_a_separator_and_excludes(loaded: Ops) -> None:
+    reply = logs_call(loaded, **{"dataset.separator": ".", "dataset_exclude": "in", "limit": 2})
+    record = reply.json()[0]
+    assert "out.dense_1" in record and "anomaly.count" in record
+    assert not any(key.startswith("in") for key in record)
+
+
+def test_logs_refusals(loaded: Ops) -> None:
+    assert logs_call(loaded, limit=0).status_code == 400
+    reply = logs_call(loaded, limit=100_001)
+    assert reply.status_code == 400 and reply.json()["error"] == logs.TOO_LARGE
+    reply = run(admin(loaded, "GET", "/v1/pipelines/nope/logs"))
+    assert reply.status_code == 404
+    reply = logs_call(loaded, start_datetime="yesterday", end_datetime="today")
+    assert reply.status_code == 400 and "ISO 8601" in reply.json()["error"]
+
+
+def test_export_ndjson_and_arrow_with_a_size_limit(loaded: Ops) -> None:
+    reply = logs_call(loaded, export=True, limit=1000)
+    lines = reply.content.decode().splitlines()
+    assert len(lines) == 180 and "in.tensor" in json.loads(lines[-1])
+    assert reply.headers["content-type"].startswith("application/x-ndjson")
+    reply = logs_call(loaded, export=True, limit=100)
+    assert logs.MORE_EXPORT in warnings(reply)
+    reply = logs_call(loaded, export=True, limit=1000, data_size_limit="4 KiB")
+    assert len(reply.content) <= 4096 and reply.content
+    assert any("data_size_limit" in w for w in warnings(reply))
+    reply = logs_call(loaded, export=True, arrow=True, limit=1000)
+    assert pa.ipc.open_file(io.BytesIO(reply.content)).read_all().num_rows == 180
+    assert logs_call(loaded, export=True, data_size_limit="lots").status_code == 400
+
+
+def test_parse_size_accepts_the_seed_units() -> None:
+    assert logs.parse_size("10 MiB") == logs.parse_size("10MiB") == 10 << 20
+    assert logs.parse_size("100MB") == 100_000_000
+    assert logs.parse_size("2 GiB") == 2 << 30
