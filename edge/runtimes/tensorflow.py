@@ -54,7 +54,8 @@ class TensorflowRuntime(Runtime):
         self.function = signatures[SIGNATURE]
         _, specs = self.function.structured_input_signature
         self.inputs = [
-            (name, np.dtype(s.dtype.as_numpy_dtype), _shape(s)) for name, s in specs.items()
+            (name, np.dtype(specs[name].dtype.as_numpy_dtype), _shape(specs[name]))
+            for name in _input_order(self.function, specs)
         ]
         self.output_names = list(self.function.structured_outputs)
 
@@ -94,6 +95,16 @@ class TensorflowRuntime(Runtime):
 
     def describe(self) -> dict[str, Any]:
         return {"signature": SIGNATURE, "tensorflow": tf.__version__}
+
+
+def _input_order(function: Any, specs: dict[str, Any]) -> list[str]:
+    """The signature's own argument order (`tensor_fields` maps to it in order): the dict
+    in `structured_input_signature` does not keep it."""
+    try:
+        declared = [n for n in function.function_type.parameters if n in specs]
+    except AttributeError:  # older TensorFlow
+        declared = []
+    return declared + [n for n in specs if n not in declared]
 
 
 def _shape(spec: Any) -> list[int | None] | None:
