@@ -581,25 +581,38 @@ class LogBuffer:
         stop = False
         while not stop:
             items = self._queue.take(timeout=1.0, limit=self._group_limit)
-            if not items:
-                self._maintain(idle=True)
+            try:
+                stop = self._process(items)
+            except Exception as exc:  # a bug: fail what was taken, keep the writer alive
+                log.exception("log buffer writer error path=%s", self.path)
+                for item in items:
+                    if not isinstance(item, _Stop):
+                        _fail(item.future, LogBufferError(f"log buffer writer error: {exc!r}"))
+                stop = any(isinstance(item, _Stop) for item in items)
+
+    def _process(self, items: list[_Item]) -> bool:
+        """Commit the appends among `items` in groups, run the calls in order; True on stop."""
+        if not items:
+            self._maintain(idle=True)
+            return False
+        stop = False
+        appends: list[_Append] = []
+        for item in items:
+            if isinstance(item, _Append):
+                appends.append(item)
                 continue
-            appends: list[_Append] = []
-            for item in items:
-                if isinstance(item, _Append):
-                    appends.append(item)
-                    continue
-                self._commit_appends(appends)
-                appends = []
-                if isinstance(item, _Stop):
-                    stop = True
-                elif item.future.set_running_or_notify_cancel():
-                    try:
-                        item.future.set_result(item.fn())
-                    except BaseException as exc:  # handed to the caller, who re-raises it
-                        item.future.set_exception(exc)
             self._commit_appends(appends)
-            self._maintain(idle=stop)
+            appends = []
+            if isinstance(item, _Stop):
+                stop = True
+            elif item.future.set_running_or_notify_cancel():
+                try:
+                    item.future.set_result(item.fn())
+                except BaseException as exc:  # handed to the caller, who re-raises it
+                    item.future.set_exception(exc)
+        self._commit_appends(appends)
+        self._maintain(idle=stop)
+        return stop
 
     def _commit_appends(self, appends: list[_Append]) -> None:
         """One transaction for every table waiting. Consecutive small tables of one schema are

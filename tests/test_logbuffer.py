@@ -458,3 +458,41 @@ def test_each_range_maps_to_its_own_rows(buf: LogBuffer) -> None:
             [i, k] for k in range(seq_range.count)
         ]
     assert buf.stats()["batches"] < 200  # small tables were stored together
+
+
+def test_a_table_that_cannot_be_stored_fails_alone(
+    buf: LogBuffer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encode = buf._encode
+
+    def picky(table: pa.Table) -> object:
+        if "poison" in table.column("metadata.partition").to_pylist():
+            raise pa.ArrowInvalid("cannot serialize")
+        return encode(table)
+
+    monkeypatch.setattr(buf, "_encode", picky)
+    poisoned = result_table(1)
+    index = poisoned.column_names.index("metadata.partition")
+    poisoned = poisoned.set_column(index, "metadata.partition", pa.array(["poison"]))
+    assert poisoned.schema.equals(result_table(1).schema)  # so it shares a stored row
+
+    async def mixed() -> list[SeqRange | BaseException]:
+        appends = [buf.append(poisoned if i == 3 else result_table(1)) for i in range(8)]
+        return await asyncio.gather(*appends, return_exceptions=True)
+
+    results = asyncio.run(mixed())
+    assert isinstance(results[3], LogBufferError) and "cannot store" in str(results[3])
+    good = [r for i, r in enumerate(results) if i != 3]
+    assert sorted(r.first for r in good if isinstance(r, SeqRange)) == list(range(1, 8))
+
+
+def test_the_writer_survives_its_own_errors(
+    buf: LogBuffer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(idle: bool) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(buf, "_maintain", broken)
+    assert buf.append_nowait(result_table(1)).result(timeout=10).first == 1
+    monkeypatch.undo()
+    assert buf.append_nowait(result_table(1)).result(timeout=10).first == 2
