@@ -18,6 +18,7 @@ from edge.artifact import ModelInfo, encode_schema
 from edge.errors import ArtifactError, BadInput, PipelineError
 from edge.runtimes import RuntimeContext, load_runtime
 from edge.runtimes.base import Runtime
+from tests.models import BYOP_HELPERS, BYOP_INFERENCE, byop_zip, fit_kmeans, write_files, zip_folder
 
 
 def make_info(name: str, runtime: str, path: Path, **extra: object) -> ModelInfo:
@@ -36,25 +37,6 @@ def make_info(name: str, runtime: str, path: Path, **extra: object) -> ModelInfo
 def load(tmp_path: Path, name: str, runtime: str, path: Path, **extra: object) -> Runtime:
     context = RuntimeContext(threads=1, gpus=0, work_dir=tmp_path / "work")
     return load_runtime(make_info(name, runtime, path, **extra), path, context)
-
-
-def zip_folder(folder: Path, target: Path) -> Path:
-    """Like `zip -r name.zip name/`: entries keep the folder name as their first part."""
-    with zipfile.ZipFile(target, "w") as archive:
-        for file in sorted(folder.rglob("*")):
-            archive.write(file, file.relative_to(folder.parent).as_posix())
-    return target
-
-
-def write_files(folder: Path, files: dict[str, str | bytes]) -> Path:
-    for name, content in files.items():
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(textwrap.dedent(content))
-    return folder
 
 
 def test_extra_runtimes_do_not_import_tensorflow() -> None:
@@ -283,86 +265,10 @@ def test_python_steps_with_same_name_stay_apart(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- BYOP
 
-BYOP_INFERENCE = """
-    \"\"\"A BYOP model as the seed describes it: a KMeans model loaded from artifacts/.\"\"\"
-
-    import pathlib
-    from typing import Any, Set
-
-    import joblib
-    import numpy as np
-    from sklearn.cluster import KMeans
-
-    from mac.config.inference import CustomInferenceConfig
-    from mac.exceptions import InferenceDataValidationError
-    from mac.inference import Inference
-    from mac.inference.creation import InferenceBuilder
-    from mac.types import InferenceData
-
-    import helpers
-
-
-    class Clustering(Inference):
-        @property
-        def expected_model_types(self) -> Set[Any]:
-            return {KMeans}
-
-        @Inference.model.setter  # type: ignore
-        def model(self, model) -> None:
-            self._raise_error_if_model_is_wrong_type(model)
-            self._model = model
-
-        def _predict(self, input_data: InferenceData) -> InferenceData:
-            points = input_data["points"]
-            if points.ndim != 2:
-                raise InferenceDataValidationError("points must be a 2-D array")
-            return {"predictions": self.model.predict(helpers.prepare(points))}
-
-
-    class ClusteringBuilder(InferenceBuilder):
-        @property
-        def inference(self) -> Clustering:
-            return Clustering
-
-        def create(self, config: CustomInferenceConfig) -> Clustering:
-            inference = self.inference()
-            inference.model = joblib.load(config.model_path / "artifacts" / "kmeans.joblib")
-            return inference
-"""
-
-BYOP_HELPERS = """
-    import numpy as np
-
-    def prepare(points):
-        return np.asarray(points, dtype=np.float64)
-"""
-
 
 @pytest.fixture(scope="module")
 def kmeans():  # type: ignore[no-untyped-def]
-    from sklearn.cluster import KMeans
-
-    points = np.random.default_rng(0).normal(size=(60, 2)) + np.repeat([[0, 0], [5, 5]], 30, 0)
-    return KMeans(n_clusters=2, n_init=3, random_state=0).fit(points)
-
-
-def byop_zip(tmp_path: Path, kmeans, name: str = "clustering", **files: str | bytes) -> Path:  # type: ignore[no-untyped-def]
-    import joblib
-
-    folder = tmp_path / name
-    artifacts = folder / "artifacts"
-    artifacts.mkdir(parents=True)
-    joblib.dump(kmeans, artifacts / "kmeans.joblib")
-    contents: dict[str, str | bytes] = {
-        "custom_inference.py": BYOP_INFERENCE,
-        "helpers.py": BYOP_HELPERS,
-        "requirements.txt": "scikit-learn>=1.0  # the model\njoblib\nnumpy\n\n# comment\n",
-        # never imported: importing it would fail the load
-        "artifacts/notes.py": "raise RuntimeError('artifacts must not be imported')\n",
-    }
-    contents.update(files)
-    write_files(folder, contents)
-    return zip_folder(folder, tmp_path / f"{name}.zip")
+    return fit_kmeans()
 
 
 def test_byop_kmeans_matches_sklearn(tmp_path: Path, kmeans) -> None:  # type: ignore[no-untyped-def]
