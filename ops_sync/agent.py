@@ -55,6 +55,12 @@ def encode_batch(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def backoff(failures: int, base: float, cap: float) -> float:
+    """Seconds to wait after `failures` failures in a row: exponential, capped, jittered
+    (between half and all of it, so a fleet coming back does not retry in step)."""
+    return min(cap, base * 2 ** min(failures - 1, 32)) * random.uniform(0.5, 1.0)
+
+
 class SyncAgent:
     def __init__(
         self,
@@ -176,8 +182,7 @@ class SyncAgent:
             except (SyncError, LogBufferError, OSError, ValueError) as exc:
                 failures += 1
                 self._note_error(exc)
-                base, cap = self._backoff
-                wait = min(cap, base * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+                wait = backoff(failures, *self._backoff)
                 log.warning("sync failed attempt=%d retry_in=%.1fs error=%s", failures, wait, exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), wait)

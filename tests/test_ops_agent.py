@@ -1,0 +1,326 @@
+"""The sync agent against the ops center app in process, with a real LogBuffer.
+
+The agent's HTTPS client is swapped for a transport that calls the app directly and puts the
+agent's current certificate (read from its persist directory) into the ASGI TLS extension,
+where `ops_sync.serve` puts it in production (tests/test_ops_e2e.py checks that path)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow.dataset as ds
+import pytest
+
+from edge.logbuffer import LogBuffer
+from ops_sync import bundle
+from ops_sync.agent import SyncAgent, backoff
+from ops_sync.errors import BundleError, TokenExpired, TokenUsed
+from tests.test_ops_support import DAY, Ops, cert_transport, result_table
+
+T0 = 1_790_000_000_000
+FAST = dict(ship_interval=0.02, heartbeat_interval=0.2, backoff_base=0.02, backoff_cap=0.1)
+Fault = Callable[
+    [httpx.Request, Callable[[], Awaitable[httpx.Response]]], Awaitable[httpx.Response]
+]
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """Calls the app as the agent's certificate; records paths; can inject faults."""
+
+    def __init__(self, ops: Ops, persist: Path) -> None:
+        cert_file = persist / "ops_sync" / "edge.crt"
+        self.inner = cert_transport(
+            ops.app, lambda: cert_file.read_text() if cert_file.exists() else None
+        )
+        self.paths: list[str] = []
+        self.timeouts: list[dict[str, Any]] = []
+        self.fault: Fault | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        self.timeouts.append(request.extensions.get("timeout", {}))
+
+        async def forward() -> httpx.Response:
+            response = await self.inner.handle_async_request(request)
+            await response.aread()
+            return response
+
+        if self.fault is not None:
+            return await self.fault(request, forward)
+        return await forward()
+
+
+def new_bundle(ops: Ops, name: str) -> dict[str, str]:
+    return bundle.decode(ops.add_edge(name)["docker_run_variables"]["EDGE_BUNDLE"])
+
+
+async def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.02)
+
+
+def stored_rows(ops: Ops, partition: str) -> list[int]:
+    files = list(ops.center.logs.root.glob(f"pipeline=*/partition={partition}/*/*.parquet"))
+    if not files:
+        return []
+    return sorted(ds.dataset(files).to_table().column("_seq").to_pylist())
+
+
+@pytest.fixture()
+def ops(tmp_path: Path) -> Ops:
+    return Ops(tmp_path / "ops")
+
+
+@pytest.fixture()
+def buffer(tmp_path: Path) -> Any:
+    buf = LogBuffer(tmp_path / "persist" / "logbuffer.db")
+    buf.start()
+    yield buf
+    buf.close()
+
+
+def make_agent(
+    ops: Ops, persist: Path, buf: LogBuffer, values: dict[str, str], **kw: Any
+) -> tuple[SyncAgent, Recording]:
+    transport = Recording(ops, persist)
+    health = lambda: {"pipelines": [{"id": "ccfraud", "status": "Running"}]}  # noqa: E731
+    agent = SyncAgent(
+        values, persist, buf, health, ops.clock, transport=transport, **{**FAST, **kw}
+    )
+    return agent, transport
+
+
+def test_join_stores_credentials_0600_and_a_restart_never_redeems_again(
+    ops: Ops, buffer: LogBuffer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    persist = tmp_path / "persist"
+    values = new_bundle(ops, "edge-a")
+
+    async def scenario() -> None:
+        agent, transport = make_agent(ops, persist, buffer, values)
+        with caplog.at_level(logging.INFO, logger="ops_sync.agent"):
+            await agent.start()
+        await agent.stop()
+        assert transport.paths[0] == "/v1/edge/join"
+        status = agent.status()
+        assert status["joined"] and status["credentials"] == "valid" and status["health"] == "ok"
+        assert status["spiffe_id"].endswith(status["edge_id"])
+
+        again, transport = make_agent(ops, persist, buffer, values)
+        await again.start()
+        await wait_until(lambda: "/v1/edge/heartbeat" in transport.paths)
+        await again.stop()
+        assert "/v1/edge/join" not in transport.paths
+        assert again.status()["edge_id"] == status["edge_id"]
+
+    asyncio.run(scenario())
+    assert "Node attestation was successful" in caplog.text
+    assert values["JOIN_TOKEN"] not in caplog.text
+    files = persist / "ops_sync"
+    for name in ("edge.key", "edge.crt", "state.json"):
+        assert stat.S_IMODE((files / name).stat().st_mode) == 0o600, name
+    assert values["JOIN_TOKEN"] not in (files / "state.json").read_text()
+
+
+def test_ships_in_order_and_acks_only_what_the_ops_center_stored(
+    ops: Ops, buffer: LogBuffer, tmp_path: Path
+) -> None:
+    persist = tmp_path / "persist"
+
+    async def scenario() -> None:
+        for i in range(5):
+            await buffer.append(result_table(40, T0 + 100 * i))
+        agent, transport = make_agent(
+            ops, persist, buffer, new_bundle(ops, "edge-a"), batch_rows=64
+        )
+        cut = {"count": 0}
+
+        async def cut_after_store(request: httpx.Request, forward: Any) -> httpx.Response:
+            response = await forward()
+            if request.url.path == "/v1/edge/logs" and cut["count"] < 2:
+                cut["count"] += 1
+                raise httpx.ReadError("connection reset after the server stored the batch")
+            return response
+
+        transport.fault = cut_after_store
+        await agent.start()
+        await wait_until(lambda: buffer.stats()["unsynced_rows"] == 0)
+        await agent.stop()
+        assert agent.status()["shipped_rows"] == 200
+
+    asyncio.run(scenario())
+    assert stored_rows(ops, "edge-a") == list(range(1, 201))  # resent twice, stored once
+
+
+def test_nothing_is_acked_while_the_ops_center_fails(
+    ops: Ops, buffer: LogBuffer, tmp_path: Path
+) -> None:
+    persist = tmp_path / "persist"
+
+    async def scenario() -> None:
+        await buffer.append(result_table(10, T0))
+        agent, transport = make_agent(ops, persist, buffer, new_bundle(ops, "edge-a"))
+
+        async def down(request: httpx.Request, forward: Any) -> httpx.Response:
+            if request.url.path == "/v1/edge/logs":
+                return httpx.Response(503, json={"error": "maintenance", "reason": "x"})
+            return await forward()
+
+        transport.fault = down
+        await agent.start()
+        await wait_until(lambda: transport.paths.count("/v1/edge/logs") >= 3)
+        assert buffer.stats()["unsynced_rows"] == 10
+        assert "maintenance" in (agent.status()["last_error"] or "")
+        transport.fault = None
+        await wait_until(lambda: buffer.stats()["unsynced_rows"] == 0)
+        await agent.stop()
+
+    asyncio.run(scenario())
+    assert stored_rows(ops, "edge-a") == list(range(1, 11))
+
+
+def test_start_does_not_raise_when_the_ops_center_is_down_and_joins_later(
+    ops: Ops, buffer: LogBuffer, tmp_path: Path
+) -> None:
+    persist = tmp_path / "persist"
+
+    async def scenario() -> None:
+        agent, transport = make_agent(ops, persist, buffer, new_bundle(ops, "edge-a"))
+
+        async def unreachable(request: httpx.Request, forward: Any) -> httpx.Response:
+            raise httpx.ConnectError("connection refused")
+
+        transport.fault = unreachable
+        await agent.start()
+        assert agent.status()["joined"] is False and agent.status()["credentials"] == "missing"
+        await wait_until(lambda: len(transport.paths) >= 3)  # retrying with backoff
+        transport.fault = None
+        await wait_until(lambda: agent.status()["joined"])
+        await agent.stop()
+
+    asyncio.run(scenario())
+
+
+def test_refused_join_tokens_raise_at_start_without_the_token(
+    ops: Ops, buffer: LogBuffer, tmp_path: Path
+) -> None:
+    values = new_bundle(ops, "edge-a")
+    ops.clock.advance(DAY + 60)
+
+    async def scenario() -> None:
+        agent, _ = make_agent(ops, tmp_path / "p1", buffer, values)
+        with pytest.raises(TokenExpired) as caught:
+            await agent.start()
+        assert values["JOIN_TOKEN"] not in str(caught.value)
+        fresh = new_bundle(ops, "edge-b")
+        first, _ = make_agent(ops, tmp_path / "p2", buffer, fresh)
+        await first.start()
+        await first.stop()
+        wiped, _ = make_agent(ops, tmp_path / "p3", buffer, fresh)  # persist volume lost
+        with pytest.raises(TokenUsed, match="already redeemed"):
+            await wiped.start()
+
+    asyncio.run(scenario())
+
+
+def test_bundle_without_required_keys_is_a_config_error(
+    ops: Ops, buffer: LogBuffer, tmp_path: Path
+) -> None:
+    values = new_bundle(ops, "edge-a")
+    del values["JOIN_TOKEN"]
+    with pytest.raises(BundleError, match="JOIN_TOKEN"):
+        SyncAgent(values, tmp_path, buffer, dict)
+
+
+def test_renews_at_about_half_life_and_expires_offline_then_a_new_bundle_ships_the_backlog(
+    ops: Ops, buffer: LogBuffer, tmp_path: Path
+) -> None:
+    persist = tmp_path / "persist"
+    cert_file = persist / "ops_sync" / "edge.crt"
+
+    async def scenario() -> None:
+        agent, transport = make_agent(ops, persist, buffer, new_bundle(ops, "edge-a"))
+        await agent.start()
+        first_cert = cert_file.read_text()
+        ops.clock.advance(4.3 * DAY)  # past 0.6 of the 7-day life: renewal is due
+        await wait_until(lambda: "/v1/edge/renew" in transport.paths)
+        await wait_until(lambda: cert_file.read_text() != first_cert)
+        assert agent.status()["credentials"] == "valid"
+
+        # Offline for more than 7 days: stop calling, keep serving and buffering.
+        await buffer.append(result_table(25, T0))
+        ops.clock.advance(7 * DAY + 60)
+        await wait_until(lambda: agent.status()["credentials"] == "expired")
+        assert agent.status()["health"] == "credentials expired"
+        calls = len(transport.paths)
+        await asyncio.sleep(0.3)
+        assert len(transport.paths) == calls
+        await agent.stop()
+        assert buffer.stats()["unsynced_rows"] == 25
+
+        # The operator re-adds the edge; the appliance restarts with the new bundle.
+        ops.center.remove_edge("edge-a")
+        rejoined, transport = make_agent(ops, persist, buffer, new_bundle(ops, "edge-a"))
+        await rejoined.start()
+        assert transport.paths[0] == "/v1/edge/join"
+        await wait_until(lambda: buffer.stats()["unsynced_rows"] == 0)
+        await rejoined.stop()
+
+    asyncio.run(scenario())
+    assert stored_rows(ops, "edge-a") == list(range(1, 26))
+
+
+def test_heartbeat_reports_health_and_drop_counts(
+    ops: Ops, buffer: LogBuffer, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        agent, transport = make_agent(ops, tmp_path / "persist", buffer, new_bundle(ops, "edge-a"))
+        await agent.start()
+        await wait_until(lambda: "/v1/edge/heartbeat" in transport.paths)
+        await agent.stop()
+
+    asyncio.run(scenario())
+    (edge,) = ops.center.list_edges()
+    assert edge["health"]["health"]["pipelines"][0]["status"] == "Running"
+    assert edge["health"]["buffer"]["epoch"] == buffer.epoch
+    assert edge["health"]["agent"]["credentials"] == "valid"
+    assert set(edge["dropped"]) == set(buffer.stats()["dropped"])
+
+
+def test_every_call_has_a_finite_timeout_and_backoff_is_capped(
+    ops: Ops, buffer: LogBuffer, tmp_path: Path
+) -> None:
+    async def scenario() -> list[float]:
+        agent, transport = make_agent(ops, tmp_path / "persist", buffer, new_bundle(ops, "edge-a"))
+        stamps: list[float] = []
+
+        async def failing(request: httpx.Request, forward: Any) -> httpx.Response:
+            stamps.append(asyncio.get_running_loop().time())
+            raise httpx.ConnectTimeout("timed out")
+
+        transport.fault = failing
+        await agent.start()
+        await asyncio.sleep(1.0)
+        await agent.stop()
+        for timeout in transport.timeouts:
+            assert all(
+                0 < float(timeout[phase]) < 120 for phase in ("connect", "read", "write", "pool")
+            )
+        return [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]
+
+    gaps = asyncio.run(scenario())
+    assert len(gaps) >= 5 and max(gaps) < 0.5  # retried quickly, never a long stall
+    delays = [[backoff(n, 1.0, 60.0) for _ in range(50)] for n in range(1, 12)]
+    assert all(0.5 <= d <= 1.0 for d in delays[0])
+    assert all(4.0 <= d <= 8.0 for d in delays[3])
+    assert all(30.0 <= d <= 60.0 for d in delays[-1])  # capped
+    assert len({round(d, 6) for d in delays[-1]}) > 1  # jittered
