@@ -131,6 +131,21 @@ def engine_values(engine_config: Mapping[str, Any]) -> dict[str, Any]:
     return {"cpus": cpus, "memory": memory, "gpus": gpus, "arch": _ARCHES[arch]}
 
 
+def engine_image(engine_config: Mapping[str, Any], tensorflow: bool = False) -> str:
+    """The engine image the chart runs by default for this engine config (the publish's
+    Engine URL): the chart's image repository, tagged with the engine version and the variant
+    (`-gpu` when gpus > 0, `-tensorflow` for pipelines with a TensorFlow step)."""
+    source = chart_source()
+    values = yaml.safe_load((source / "values.yaml").read_text())
+    chart_meta = yaml.safe_load((source / "Chart.yaml").read_text())
+    tag = _engine_version(str(chart_meta.get("appVersion", "")))
+    if engine_values(engine_config)["gpus"] > 0:
+        tag += "-gpu"
+    elif tensorflow:
+        tag += "-tensorflow"
+    return f"{values['image']['repository']}:{tag}"
+
+
 def build_chart(
     name: str,
     pipeline_url: str,
