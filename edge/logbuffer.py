@@ -267,7 +267,7 @@ class LogBuffer:
         self._schema_ids: dict[str, int] = {}
         self._schemas: dict[int, pa.Schema] = {}
         self._txn_schemas: dict[str, tuple[int, pa.Schema]] = {}
-        self._last_schema: tuple[pa.Schema, str] | None = None  # the writer's encode cache
+        self._last_schema: tuple[pa.Schema, str, bool] | None = None  # the writer's encode cache
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._rlock = threading.Lock()
@@ -660,8 +660,7 @@ class LogBuffer:
     def _encode_run(self, run: list[_Append]) -> list[tuple[list[_Append], _Encoded]]:
         """Encode a run as one table; if that fails, table by table, failing only the bad."""
         try:
-            tables = [item.table for item in run]
-            return [(run, self._encode(tables[0] if len(run) == 1 else pa.concat_tables(tables)))]
+            return [(run, self._encode([item.table for item in run]))]
         except Exception as exc:
             if len(run) > 1:
                 return [pair for item in run for pair in self._encode_run([item])]
@@ -745,22 +744,25 @@ class LogBuffer:
 
     # ---------------------------------------------------------------- rows in and out
 
-    def _encode(self, table: pa.Table) -> _Encoded:
+    def _encode(self, tables: list[pa.Table]) -> _Encoded:
+        """`tables` (one schema) as one stored row. The schema's fingerprint is cached: most
+        appends share the last one's schema, and hashing it costs more than the rest."""
+        schema = tables[0].schema
         cached = self._last_schema
-        if cached is not None and cached[0].equals(table.schema, check_metadata=True):
-            fingerprint: str | None = cached[1]
-        else:
-            fingerprint = None
-            cached = (table.schema, "")
-        table = _plain(table)
-        batches = table.combine_chunks().to_batches()
+        if cached is None or not cached[0].equals(schema, check_metadata=True):
+            has_dictionaries = any(pa.types.is_dictionary(t) for t in schema.types)
+            cached = (schema, "", has_dictionaries)
+        if cached[2]:
+            tables = [_plain(table) for table in tables]
+        batches = [batch for table in tables for batch in table.to_batches()]
         batch = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
-        if fingerprint is None:
+        fingerprint = cached[1]
+        if not fingerprint:
             fingerprint = hashlib.sha256(batch.schema.serialize().to_pybytes()).hexdigest()
-            self._last_schema = (cached[0], fingerprint)
+            self._last_schema = (cached[0], fingerprint, cached[2])
         body = self._compressor.compress(batch.serialize())
-        lo, hi = time_bounds(table)
-        return _Encoded(batch.schema, fingerprint, body, table.num_rows, lo, hi)
+        lo, hi = time_bounds(batch)
+        return _Encoded(batch.schema, fingerprint, body, batch.num_rows, lo, hi)
 
     def _schema_id(self, conn: sqlite3.Connection, schema: pa.Schema, fingerprint: str) -> int:
         known = self._schema_ids.get(fingerprint)
@@ -815,7 +817,7 @@ class LogBuffer:
         (old_bytes,) = conn.execute(
             "SELECT bytes FROM batches WHERE first_seq = ?", (first_seq,)
         ).fetchone()
-        enc = self._encode(table)
+        enc = self._encode([table])
         conn.execute(
             "UPDATE batches SET first_seq = ?, n_rows = ?, min_time = ?, max_time = ?, bytes = ?,"
             " schema_id = ?, codec = 'zstd', trimmed = ?, body = ? WHERE first_seq = ?",
@@ -1092,8 +1094,6 @@ def _drop_columns(table: pa.Table, names: list[str]) -> pa.Table:
 
 def _plain(table: pa.Table) -> pa.Table:
     """Dictionary columns decoded: a stored message carries no dictionaries."""
-    if not any(pa.types.is_dictionary(t) for t in table.schema.types):
-        return table
     for index, column in enumerate(table.columns):
         if pa.types.is_dictionary(column.type):
             value_type = column.type.value_type

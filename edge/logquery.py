@@ -185,14 +185,27 @@ def time_ms(table: pa.Table) -> pa.ChunkedArray | None:
     return None
 
 
-def time_bounds(table: pa.Table) -> tuple[int | None, int | None]:
+def time_bounds(rows: pa.RecordBatch | pa.Table) -> tuple[int | None, int | None]:
     """Earliest and latest `time` in epoch ms; (None, None) without one."""
-    column = table.column("time") if "time" in table.column_names else None
-    if column is not None and column.null_count == 0 and column.type == TIME_TYPE:
-        values = [chunk.view(pa.int64()).to_numpy() for chunk in column.chunks if len(chunk)]
-        if values:  # the common case by numpy: a compute kernel call costs ~50 us
-            return int(min(v.min() for v in values)), int(max(v.max() for v in values))
-    times = time_ms(table)
+    index = rows.schema.get_field_index("time")
+    if index < 0:
+        return None, None
+    column = rows.column(index)
+    if column.null_count == 0 and column.type.equals(TIME_TYPE):
+        # The common case, straight from the buffer: a compute kernel call costs ~50 us.
+        chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+        lo: int | None = None
+        hi: int | None = None
+        for chunk in chunks:
+            if len(chunk):
+                raw = chunk.buffers()[1]
+                v = np.frombuffer(raw, np.int64, count=len(chunk), offset=chunk.offset * 8)
+                values = v.tolist() if len(v) <= 256 else (int(v.min()), int(v.max()))
+                lo = min(values) if lo is None else min(lo, *values)
+                hi = max(values) if hi is None else max(hi, *values)
+        if lo is not None:
+            return lo, hi
+    times = time_ms(pa.table(rows) if isinstance(rows, pa.RecordBatch) else rows)
     if times is None or times.null_count == len(times):
         return None, None
     bounds = pc.min_max(times)

@@ -465,10 +465,10 @@ def test_a_table_that_cannot_be_stored_fails_alone(
 ) -> None:
     encode = buf._encode
 
-    def picky(table: pa.Table) -> object:
-        if "poison" in table.column("metadata.partition").to_pylist():
+    def picky(tables: list[pa.Table]) -> object:
+        if any("poison" in t.column("metadata.partition").to_pylist() for t in tables):
             raise pa.ArrowInvalid("cannot serialize")
-        return encode(table)
+        return encode(tables)
 
     monkeypatch.setattr(buf, "_encode", picky)
     poisoned = result_table(1)
