@@ -71,7 +71,10 @@ class OpsCenter:
         self.store = Store(data_dir / "ops.db")
         self.logs = LogStore(data_dir / "logs", data_dir / "tmp", self.store)
         cert_file, key_file = ca_files or (data_dir / "ca.crt", data_dir / "ca.key")
-        self.ca = CertificateAuthority.load_or_create(cert_file, key_file, trust_domain, clock())
+        # The CA's validity is a TLS matter: real time, whatever the (test) clock says.
+        self.ca = CertificateAuthority.load_or_create(
+            cert_file, key_file, trust_domain, time.time()
+        )
         if ca_files:
             (data_dir / "ca.crt").write_bytes(self.ca.pem)
 
@@ -89,6 +92,12 @@ class OpsCenter:
         url = _text(body, "pipeline_url")
         match = PIPELINE_REF.search(url)
         record = dict(body)
+        if record.get("helm") is None and record.get("helm_chart_url"):
+            record["helm"] = {
+                "url": record.get("helm_chart_url"),
+                "reference": record.get("helm_chart_reference"),
+                "version": record.get("helm_chart_version"),
+            }
         record.setdefault("pipeline_name", match.group("name") if match else None)
         record.setdefault("pipeline_version", match.group("version") if match else None)
         if not record["pipeline_name"] or not record["pipeline_version"]:
