@@ -41,6 +41,8 @@ soon as space frees. The WAL is kept small with explicit `wal_checkpoint(TRUNCAT
 passes `wal_checkpoint_bytes`, and when idle) and `journal_size_limit`.
 
 Reads (`query`, `pending`, `stats`) use their own read-only connection and never block the writer.
+One process writes a file at a time (`<file>.lock`, an flock): a second writer would hand out
+the same sequence numbers.
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import fcntl
 import hashlib
 import logging
+import os
 import sqlite3
 import threading
 import uuid
@@ -271,6 +275,7 @@ class LogBuffer:
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._rlock = threading.Lock()
+        self._lock_fd: int | None = None
         self._thread: threading.Thread | None = None
         self._compressor = zstandard.ZstdCompressor(level=1)
         self._wdecompressor = zstandard.ZstdDecompressor()
@@ -290,10 +295,17 @@ class LogBuffer:
         if self._thread is not None:
             raise LogBufferError("log buffer already started")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        earlier = self.path.parent.glob(f"{self.path.name}.corrupt-*")
-        self._set_aside = sorted(str(p) for p in earlier if not p.name.endswith(("-wal", "-shm")))
-        self._wconn = self._open_checked()
-        self._load_state(self._wconn)
+        self._take_file_lock()
+        try:
+            earlier = self.path.parent.glob(f"{self.path.name}.corrupt-*")
+            self._set_aside = sorted(
+                str(p) for p in earlier if not p.name.endswith(("-wal", "-shm"))
+            )
+            self._wconn = self._open_checked()
+            self._load_state(self._wconn)
+        except BaseException:
+            self._release_file_lock()
+            raise
         self._rconn = sqlite3.connect(
             self.path.resolve().as_uri() + "?mode=ro",
             uri=True,
@@ -328,6 +340,26 @@ class LogBuffer:
             if conn is not None:
                 conn.close()
         self._rconn = self._wconn = None
+        self._release_file_lock()
+
+    def _take_file_lock(self) -> None:
+        """One writer per file: a second one would hand out the same sequence numbers."""
+        lock_path = Path(f"{self.path}.lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LogBufferError(
+                f"log buffer {self.path} is in use by another process (lock {lock_path}); "
+                "run one appliance per persist directory"
+            ) from None
+        self._lock_fd = fd
+
+    def _release_file_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
 
     def __enter__(self) -> LogBuffer:
         self.start()

@@ -141,6 +141,14 @@ def test_epoch_survives_restart_and_seqs_never_repeat(db: Path) -> None:
         assert buffer.append_nowait(result_table(1)).result(timeout=10).first == 1
 
 
+def test_one_writer_per_file(buf: LogBuffer, db: Path) -> None:
+    with pytest.raises(LogBufferError, match="in use by another process"):
+        LogBuffer(db).start()
+    buf.close()
+    with LogBuffer(db) as again:  # the lock goes with the writer
+        assert again.epoch == buf.epoch
+
+
 def test_schema_is_versioned_with_migrations(buf: LogBuffer, db: Path) -> None:
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT version, name FROM _migrations").fetchall()
