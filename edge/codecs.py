@@ -24,7 +24,7 @@ import polars as pl
 import pyarrow as pa
 
 from edge.errors import BadInput
-from edge.tensors import ndarray_to_column
+from edge.tensors import column_to_ndarray, ndarray_to_column
 
 JSON_TYPE = "application/json; format=pandas-records"
 ARROW_FILE_TYPE = "application/vnd.apache.arrow.file"
@@ -208,9 +208,7 @@ def _output_columns(table: pa.Table) -> list[str]:
 
 
 def _records_small(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
-    columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    if "time" in columns:
-        columns["time"] = table.column("time").cast(pa.int64()).to_pylist()
+    columns = {name: _row_values(table.column(name)) for name in table.column_names}
     outputs = [(c, _type_name(table.schema.field(c).type)) for c in _output_columns(table)]
     records = []
     for row in range(table.num_rows):
@@ -236,10 +234,30 @@ def _records_small(table: pa.Table, info: RecordInfo | None, separator: str | No
             else:
                 record.setdefault(group[0], {})[group[1]] = value
         records.append(record)
-    return orjson.dumps(records)
+    return orjson.dumps(records, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _row_values(column: pa.ChunkedArray) -> Any:
+    """Per-row values for orjson: numeric tensors as one numpy array (orjson writes them
+    natively, in their own precision), timestamps as epoch ms, the rest as Python objects."""
+    array = column.combine_chunks()
+    kind = array.type
+    if pa.types.is_timestamp(kind):
+        return array.view(pa.int64()).to_numpy(zero_copy_only=False).tolist()
+    inner = kind
+    while pa.types.is_list(inner) or pa.types.is_fixed_size_list(inner):
+        inner = inner.value_type
+    if inner is not kind and (pa.types.is_integer(inner) or pa.types.is_floating(inner)):
+        try:
+            return column_to_ndarray(array, inner.to_pandas_dtype(), None, "")
+        except BadInput:  # ragged or nulls: fall back to Python lists
+            pass
+    return array.to_pylist()
 
 
 def _tensor_entry(value: Any) -> dict[str, Any]:
+    if isinstance(value, np.ndarray):
+        return {"data": value.reshape(-1), "dim": [1, *value.shape], "v": 1}
     if isinstance(value, list):
         dims = [1]
         probe: Any = value

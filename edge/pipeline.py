@@ -25,6 +25,7 @@ from edge.tensors import ndarray_to_column
 
 log = logging.getLogger(__name__)
 TIME_TYPE = pa.timestamp("ms", tz="UTC")
+ELAPSED_TYPE = pa.list_(pa.int64())
 
 
 @dataclass
@@ -174,11 +175,17 @@ class Pipeline:
             self._constant("count", 0, pa.uint32(), rows),
             self._constant(last_model, last_model, pa.string(), rows),
             self._constant("version", self.definition.version, pa.string(), rows),
-            ndarray_to_column(np.tile(np.asarray(elapsed, np.int64), (rows, 1))),
+            self._elapsed(elapsed, rows),
             self._constant("dropped", [], pa.list_(pa.string()), rows),
             self._constant("partition", self.partition, pa.string(), rows),
         ]
         return pa.Table.from_arrays(columns, names=names)
+
+    @staticmethod
+    def _elapsed(elapsed: list[int], rows: int) -> pa.Array:
+        if rows <= 64:  # cheaper from Python for a few rows, from numpy for many
+            return pa.array([elapsed] * rows, ELAPSED_TYPE)
+        return ndarray_to_column(np.tile(np.asarray(elapsed, np.int64), (rows, 1)))
 
     def _constant(self, key: str, value: Any, kind: pa.DataType, rows: int) -> pa.Array:
         """`rows` copies of a per-pipeline constant, sliced from a cached array (building

@@ -7,6 +7,7 @@ casts that would lose information are `BadInput` naming the column and the step.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,11 +40,14 @@ def column_to_ndarray(
     dims: list[int] = []
     values: pa.Array = array
     while isinstance(values.type, _LIST_TYPES):
+        count = len(values)
         if isinstance(values.type, pa.FixedSizeListType):
             width = values.type.list_size
+            start = values.offset * width
         else:
-            width = _uniform_width(values, where)
-        values = values.flatten()
+            width, start = _uniform_width(values, where)
+        # the children of this slice of rows; cheaper than `flatten()` (a compute kernel)
+        values = values.values.slice(start, count * width)
         if values.null_count:
             raise BadInput(f"{where}: missing value (null) inside a tensor")
         dims.append(width)
@@ -66,15 +70,16 @@ def column_to_ndarray(
     return tensor
 
 
-def _uniform_width(values: pa.Array, where: str) -> int:
-    """The common length of every row of a list column; ragged rows are refused."""
+def _uniform_width(values: pa.Array, where: str) -> tuple[int, int]:
+    """The common length of every row of a list column, and where its values start in the
+    child array; ragged rows are refused."""
     offset_type = np.int64 if pa.types.is_large_list(values.type) else np.int32
     count = len(values)
     offsets = np.frombuffer(
         values.buffers()[1], offset_type, count + 1, values.offset * np.dtype(offset_type).itemsize
     )
     if count == 0:
-        return 0
+        return 0, 0
     lengths = np.diff(offsets)
     width = int(lengths[0])
     if count > 1 and not (lengths == width).all():
@@ -83,7 +88,7 @@ def _uniform_width(values: pa.Array, where: str) -> int:
             f"{where}: ragged tensor: row lengths differ ({width} in row 0, "
             f"{int(lengths[bad])} in row {bad}); every row must have the same shape"
         )
-    return width
+    return width, int(offsets[0])
 
 
 def _safe_cast(flat: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
@@ -123,15 +128,28 @@ def ndarray_to_column(tensor: np.ndarray) -> pa.Array:
     if tensor.ndim == 0:
         tensor = tensor.reshape(1)
     flat = np.ascontiguousarray(tensor).reshape(-1)
-    kind = pa.from_numpy_dtype(flat.dtype)
-    if kind == pa.bool_():
+    if flat.dtype == np.bool_:
         column: pa.Array = pa.array(flat)
     else:
-        column = pa.Array.from_buffers(kind, len(flat), [None, pa.py_buffer(flat)])
-    for width in reversed(tensor.shape[1:]):
-        count = len(column) // width if width else 0
-        offsets = np.arange(0, (count + 1) * width, width or 1, dtype=np.int32)[: count + 1]
         column = pa.Array.from_buffers(
-            pa.list_(column.type), count, [None, pa.py_buffer(offsets)], children=[column]
+            _arrow_type(flat.dtype), len(flat), [None, pa.py_buffer(flat)]
+        )
+    rows = tensor.shape[0]
+    for level in range(tensor.ndim - 1, 0, -1):
+        width = tensor.shape[level]
+        count = rows * int(np.prod(tensor.shape[1:level], dtype=np.int64))
+        offsets = np.arange(count + 1, dtype=np.int32) * np.int32(width)
+        column = pa.Array.from_buffers(
+            _list_of(column.type), count, [None, pa.py_buffer(offsets)], children=[column]
         )
     return column
+
+
+@functools.cache
+def _arrow_type(dtype: np.dtype) -> pa.DataType:
+    return pa.from_numpy_dtype(dtype)
+
+
+@functools.cache
+def _list_of(kind: pa.DataType) -> pa.DataType:
+    return pa.list_(kind)
