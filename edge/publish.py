@@ -118,7 +118,7 @@ def build_definition(spec: PipelineSpec) -> Definition:
         polars_version = polars.__version__
         for name, source in spec.validations.items():
             check_name(name)
-            validations[name] = Validation(source=source, expr=compile_expression(source))
+            validations[name] = Validation(source=source, expr=compile_expression(source, name))
     return Definition(
         name=spec.name,
         version=str(uuid.uuid4()),
