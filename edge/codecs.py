@@ -207,13 +207,39 @@ def _output_columns(table: pa.Table) -> list[str]:
     return [c for c in table.column_names if c.startswith("out.") and c != "out._model_split"]
 
 
+def _shadow_columns(table: pa.Table, info: RecordInfo) -> dict[str, list[str]]:
+    """Shadow challengers' `out_<model>.<output>` columns by model, for `shadow_data` (the
+    seed: "in the same format as outputs"); a failed challenger's error is already there."""
+    shadow: dict[str, list[str]] = {}
+    for name in table.column_names:
+        if name.startswith("out_") and "." in name:
+            model = name[4:].split(".", 1)[0]
+            if model not in info.shadow_data:
+                shadow.setdefault(model, []).append(name)
+    return shadow
+
+
 def _records_small(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
     columns = {name: _row_values(table.column(name)) for name in table.column_names}
-    outputs = [(c, _type_name(table.schema.field(c).type)) for c in _output_columns(table)]
+
+    def kinds(names: list[str]) -> list[tuple[str, str]]:
+        return [(c, _type_name(table.schema.field(c).type)) for c in names]
+
+    outputs = kinds(_output_columns(table))
+    shadow = {m: kinds(c) for m, c in _shadow_columns(table, info).items()} if info else {}
     records = []
     for row in range(table.num_rows):
         record: dict[str, Any] = {}
         if info is not None:
+            shadow_data = info.shadow_data
+            if shadow:
+                shadow_data = {
+                    **shadow_data,
+                    **{
+                        m: [{kind: _tensor_entry(columns[c][row])} for c, kind in cols]
+                        for m, cols in shadow.items()
+                    },
+                }
             record.update(
                 check_failures=info.check_failures,
                 elapsed=info.elapsed,
@@ -222,7 +248,7 @@ def _records_small(table: pa.Table, info: RecordInfo | None, separator: str | No
                 original_data=None,
                 outputs=[{kind: _tensor_entry(columns[c][row])} for c, kind in outputs],
                 pipeline_name=info.pipeline_name,
-                shadow_data=info.shadow_data,
+                shadow_data=shadow_data,
             )
         for name, values in columns.items():
             value = values[row]
@@ -290,29 +316,47 @@ def _records_large(table: pa.Table, info: RecordInfo | None, separator: str | No
             }
         ).decode()[1:-1]
         pieces.append(pl.lit(fixed + ',"outputs":['))
-        entries = []
-        for name in _output_columns(table):
-            kind = _type_name(table.schema.field(name).type)
-            dtype = frame.schema[name]
-            if isinstance(dtype, pl.List):
-                data = pl.col(name)
-                while isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.List):
-                    data = data.list.eval(pl.element().explode())  # flatten nested lists
-                    dtype = dtype.inner
-                dim = pl.concat_list(pl.lit(1, pl.Int64), pl.col(name).list.len().cast(pl.Int64))
-            else:
-                data = pl.concat_list(pl.col(name))
-                dim = pl.lit([1], dtype=pl.List(pl.Int64))
-            entry = pl.struct(data.alias("data"), dim.alias("dim"), pl.lit(1).alias("v"))
-            entries.append(
-                pl.concat_str([pl.lit('{"' + kind + '":'), entry.struct.json_encode(), pl.lit("}")])
-            )
-        if entries:
-            pieces.append(pl.concat_str(entries, separator=","))
+
+        def entries(names: list[str]) -> list[pl.Expr]:
+            encoded = []
+            for name in names:
+                kind = _type_name(table.schema.field(name).type)
+                dtype = frame.schema[name]
+                if isinstance(dtype, pl.List):
+                    data = pl.col(name)
+                    while isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.List):
+                        data = data.list.eval(pl.element().explode())  # flatten nested lists
+                        dtype = dtype.inner
+                    dim = pl.concat_list(
+                        pl.lit(1, pl.Int64), pl.col(name).list.len().cast(pl.Int64)
+                    )
+                else:
+                    data = pl.concat_list(pl.col(name))
+                    dim = pl.lit([1], dtype=pl.List(pl.Int64))
+                entry = pl.struct(data.alias("data"), dim.alias("dim"), pl.lit(1).alias("v"))
+                encoded.append(
+                    pl.concat_str(
+                        [pl.lit('{"' + kind + '":'), entry.struct.json_encode(), pl.lit("}")]
+                    )
+                )
+            return encoded
+
+        outputs = entries(_output_columns(table))
+        if outputs:
+            pieces.append(pl.concat_str(outputs, separator=","))
+        shadow = _shadow_columns(table, info)
         tail = orjson.dumps(
             {"pipeline_name": info.pipeline_name, "shadow_data": info.shadow_data}
         ).decode()[1:-1]
-        pieces.append(pl.lit("]," + tail))
+        if not shadow:
+            pieces.append(pl.lit("]," + tail))
+        else:  # per-row challenger outputs after the recorded errors
+            pieces.append(pl.lit("]," + tail[:-1] + ("," if info.shadow_data else "")))
+            for i, (model, names) in enumerate(shadow.items()):
+                pieces.append(pl.lit(("," if i else "") + orjson.dumps(model).decode() + ":["))
+                pieces.append(pl.concat_str(entries(names), separator=","))
+                pieces.append(pl.lit("]"))
+            pieces.append(pl.lit("}"))
     groups: dict[str, list[tuple[str, str]]] = {}
     order: list[str] = []
     for name in table.column_names:

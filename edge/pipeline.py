@@ -36,6 +36,8 @@ class Inference:
     elapsed: list[int]
     last_model: ModelInfo
     check_failures: list[Any] = field(default_factory=list)
+    # failed shadow challengers: {model: {"error": message}}; the JSON writer adds each row's
+    # challenger outputs from the `out_<model>.*` columns
     shadow_data: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,16 +101,17 @@ class Pipeline:
         for challenger in step.challengers:
             try:
                 shadow = self._predict(challenger, table, rows)
-            except EdgeError as exc:  # a failing challenger never fails the request
-                log.warning("shadow model=%s failed: %s", challenger, exc)
-                extra[f"out_{challenger}.error"] = pa.array([str(exc)] * rows, pa.string())
-                shadow_data[challenger] = {"error": str(exc)}
+            except Exception as exc:  # a failing challenger never fails the request
+                message = str(exc)
+                if not isinstance(exc, EdgeError):
+                    message = f"step {challenger!r}: {type(exc).__name__}: {exc}"
+                log.warning("shadow model=%s failed: %s", challenger, message)
+                extra[f"out_{challenger}.error"] = pa.array([message] * rows, pa.string())
+                shadow_data[challenger] = {"error": message}
                 continue
+            # the JSON writer takes each row's shadow_data from these columns
             for name in shadow.column_names:
                 extra[f"out_{challenger}.{name}"] = shadow.column(name).combine_chunks()
-            shadow_data[challenger] = [
-                {name: shadow.column(name)[0].as_py() for name in shadow.column_names}
-            ]
         return output, self.definition.models[step.champion]
 
     def _predict(self, model: str, table: pa.Table, rows: int) -> pa.Table:
