@@ -48,10 +48,11 @@ _BUFFER_FACTS = ("epoch", "rows", "bytes", "unsynced_rows", "oldest_unsynced", "
 
 
 def encode_batch(table: pa.Table) -> bytes:
-    """A batch on the wire: an Arrow IPC stream with zstd-compressed buffers."""
+    """A batch on the wire: an Arrow IPC stream with zstd-compressed buffers, one record
+    batch (the buffer hands out many small chunks; compressing each alone is ~10x slower)."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
-        writer.write_table(table)
+        writer.write_table(table.combine_chunks())
     return sink.getvalue().to_pybytes()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import re
@@ -34,6 +35,7 @@ from ops_sync.identity import (
     DEFAULT_TRUST_DOMAIN,
     EDGE_CERT_LIFETIME,
     CertificateAuthority,
+    EdgeIdentity,
     cert_pem,
     csr_public_key,
     fingerprint,
@@ -80,6 +82,11 @@ class OpsCenter:
 
     def close(self) -> None:
         self.store.close()
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (one center per process, kept till exit)
+    def _verified(self, peer_cert: str) -> EdgeIdentity:
+        """Parse and check a client certificate once; edges present the same one for days."""
+        return self.ca.verify_edge(load_cert(peer_cert.encode()))
 
     # -- admin -----------------------------------------------------------------------------
     def check_admin(self, authorization: str | None) -> None:
@@ -194,7 +201,7 @@ class OpsCenter:
         if not peer_cert:
             raise CertificateRequired("edge calls need the client certificate from the join")
         try:
-            identity = self.ca.verify_edge(load_cert(peer_cert.encode()))
+            identity = self._verified(peer_cert)
             edge = self.store.edge(identity.edge_id)
         except (IdentityError, NotFound) as exc:
             raise CertificateRequired(f"the client certificate is not usable: {exc}") from exc

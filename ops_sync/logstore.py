@@ -131,7 +131,13 @@ class LogStore:
             tmp = self.tmp / name
             part_ms = millis[days == day]
             try:
-                pq.write_table(part, tmp, compression="zstd", compression_level=1)
+                pq.write_table(
+                    part,
+                    tmp,
+                    compression="zstd",
+                    compression_level=1,
+                    use_dictionary=_dictionary_columns(part.schema),
+                )
                 with open(tmp, "rb") as handle:
                     os.fsync(handle.fileno())
             except OSError as exc:
@@ -209,6 +215,16 @@ def _normalize(table: pa.Table, partition: str, epoch: str, seqs: np.ndarray) ->
     epochs = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([epoch]))
     table = _put(table, "_epoch", epochs)
     return _put(table, "_seq", pa.array(seqs))
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Dictionary-encode the repetitive string columns only: trying it on float tensors costs
+    half the write time and saves nothing."""
+    return [
+        f.name
+        for f in schema
+        if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type) or f.name == "time"
+    ]
 
 
 def _put(table: pa.Table, name: str, values: Any) -> pa.Table:

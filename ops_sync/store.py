@@ -24,6 +24,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,26 +83,45 @@ def hash_token(token: str) -> str:
 
 
 class Store:
-    """The ops center's metadata database (one file, one connection, one lock)."""
+    """The ops center's metadata database: one writer connection behind a lock, and one
+    read connection per thread (WAL readers never wait for a writer's fsync)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA busy_timeout=10000")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the metadata database {path}: {exc}") from exc
-        self._lock = threading.RLock()
         self.path = path
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._pending: list[_Commit] = []
+        self._pending_lock = threading.Lock()
+        self._db = self._connect()
+        self._db.execute("PRAGMA journal_mode=WAL")
         self._migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=10000")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the metadata database {self.path}: {exc}") from exc
+        return db
+
+    def _reader(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+            with self._lock:
+                self._readers.append(db)
+        return db
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            for reader in self._readers:
+                reader.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -133,8 +153,7 @@ class Store:
                 )
 
     def schema_version(self) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT max(version) FROM _migrations").fetchone()
+        row = self._reader().execute("SELECT max(version) FROM _migrations").fetchone()
         return int(row[0] or 0)
 
     # -- publishes -------------------------------------------------------------------------
@@ -167,15 +186,15 @@ class Store:
         return _publish(row)
 
     def publishes(self) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM publishes ORDER BY id").fetchall()
+        rows = self._reader().execute("SELECT * FROM publishes ORDER BY id").fetchall()
         return [_publish(row) for row in rows]
 
     def publish_by_url(self, pipeline_url: str) -> dict[str, Any]:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM publishes WHERE pipeline_url = ?", (pipeline_url,)
-            ).fetchone()
+        row = (
+            self._reader()
+            .execute("SELECT * FROM publishes WHERE pipeline_url = ?", (pipeline_url,))
+            .fetchone()
+        )
         if row is None:
             raise NotFound(f"no publish is registered for {pipeline_url}")
         return _publish(row)
@@ -213,29 +232,18 @@ class Store:
         return self.edge(row["id"])
 
     def edge(self, edge_id: str) -> dict[str, Any]:
-        with self._lock:
-            row = self._db.execute(_EDGE_SELECT + " WHERE e.id = ?", (edge_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no edge has id {edge_id}")
-            return self._edge(row)
+        db = self._reader()
+        row = db.execute(_EDGE_SELECT + " WHERE e.id = ?", (edge_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no edge has id {edge_id}")
+        return _edge(db, row)
 
     def edges(self) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute(
-                _EDGE_SELECT + " WHERE e.removed_at IS NULL ORDER BY e.created_at"
-            ).fetchall()
-            return [self._edge(row) for row in rows]
-
-    def _edge(self, row: sqlite3.Row) -> dict[str, Any]:
-        edge = dict(row)
-        edge["tags"] = json.loads(edge["tags"])
-        edge["health"] = json.loads(edge["health"]) if edge["health"] else None
-        drops = self._db.execute(
-            "SELECT reason, sum(count) FROM edge_drops WHERE edge_id = ? GROUP BY reason",
-            (edge["id"],),
+        db = self._reader()
+        rows = db.execute(
+            _EDGE_SELECT + " WHERE e.removed_at IS NULL ORDER BY e.created_at"
         ).fetchall()
-        edge["dropped"] = {reason: int(count) for reason, count in drops}
-        return edge
+        return [_edge(db, row) for row in rows]
 
     def redeem(
         self, token_sha256: str, key_fingerprint: str, now: float, issue: Callable[[dict], T]
@@ -316,12 +324,15 @@ class Store:
     def synced_overlaps(
         self, partition: str, epoch: str, first: int, last: int
     ) -> list[tuple[int, int]]:
-        with self._lock:
-            rows = self._db.execute(
+        rows = (
+            self._reader()
+            .execute(
                 "SELECT first_seq, last_seq FROM synced_ranges WHERE partition = ? AND epoch = ?"
                 " AND first_seq <= ? AND last_seq >= ?",
                 (partition, epoch, last, first),
-            ).fetchall()
+            )
+            .fetchall()
+        )
         return [(int(a), int(b)) for a, b in rows]
 
     def commit_batch(
@@ -333,27 +344,43 @@ class Store:
         files: list[dict[str, Any]],
         now: float,
     ) -> None:
-        """Record stored sequence ranges and their Parquet files in one transaction."""
-        with self._tx() as db:
-            for first, last in ranges:
-                _insert_range(db, partition, epoch, first, last, edge_id)
-            for f in files:
-                db.execute(
-                    "INSERT INTO log_files (pipeline, partition, edge_id, epoch, rows, min_time,"
-                    " max_time, path, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        f["pipeline"],
-                        partition,
-                        edge_id,
-                        epoch,
-                        f["rows"],
-                        f["min_time"],
-                        f["max_time"],
-                        f["path"],
-                        now,
-                    ),
-                )
-            db.execute("UPDATE edges SET last_seen = ? WHERE id = ?", (now, edge_id))
+        """Record stored sequence ranges and their Parquet files; durable on return.
+
+        Group commit: batches arriving while another commit is in its fsync queue up, and the
+        next thread to take the write lock commits all of them in one transaction. If that
+        transaction fails, each batch is retried alone so one bad batch fails only itself."""
+        mine = _Commit(edge_id, partition, epoch, ranges, files, now)
+        with self._pending_lock:
+            self._pending.append(mine)
+        with self._lock:
+            if not mine.done:  # else an earlier thread's group commit took it along
+                with self._pending_lock:
+                    group, self._pending = self._pending, []
+                try:
+                    self._commit_group(group)
+                finally:
+                    for item in group:
+                        if not item.done:
+                            item.done = True
+                            item.error = item.error or StoreError("the log batch was not recorded")
+        if mine.error is not None:
+            raise mine.error
+
+    def _commit_group(self, group: list[_Commit]) -> None:
+        try:
+            with self._tx() as db:
+                for item in group:
+                    item.apply(db)
+        except Exception:
+            for item in group:  # one at a time, so a bad batch fails only itself
+                try:
+                    with self._tx() as db:
+                        item.apply(db)
+                except Exception as exc:
+                    item.error = StoreError(f"cannot record a log batch: {exc}")
+                item.done = True
+        for item in group:
+            item.done = True
 
     def log_files(
         self,
@@ -370,13 +397,11 @@ class Store:
         if start_ms is not None and end_ms is not None:
             sql += " AND max_time >= ? AND min_time <= ?"
             args += [start_ms, end_ms]
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
+        rows = self._reader().execute(sql + " ORDER BY id", args).fetchall()
         return [dict(row) for row in rows]
 
     def file_paths(self) -> set[str]:
-        with self._lock:
-            return {row[0] for row in self._db.execute("SELECT path FROM log_files")}
+        return {row[0] for row in self._reader().execute("SELECT path FROM log_files")}
 
 
 _EXPIRED = "the join token expired (tokens live 24 h); add the edge again for a new bundle"
@@ -384,6 +409,53 @@ _EDGE_SELECT = (
     "SELECT e.*, p.pipeline_name, p.pipeline_version, p.pipeline_url"
     " FROM edges e JOIN publishes p ON p.id = e.publish_id"
 )
+
+
+def _edge(db: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
+    edge = dict(row)
+    edge["tags"] = json.loads(edge["tags"])
+    edge["health"] = json.loads(edge["health"]) if edge["health"] else None
+    drops = db.execute(
+        "SELECT reason, sum(count) FROM edge_drops WHERE edge_id = ? GROUP BY reason",
+        (edge["id"],),
+    ).fetchall()
+    edge["dropped"] = {reason: int(count) for reason, count in drops}
+    return edge
+
+
+@dataclass
+class _Commit:
+    """One batch's metadata waiting for a group commit."""
+
+    edge_id: str
+    partition: str
+    epoch: str
+    ranges: list[tuple[int, int]]
+    files: list[dict[str, Any]]
+    now: float
+    done: bool = False
+    error: StoreError | None = None
+
+    def apply(self, db: sqlite3.Connection) -> None:
+        for first, last in self.ranges:
+            _insert_range(db, self.partition, self.epoch, first, last, self.edge_id)
+        for f in self.files:
+            db.execute(
+                "INSERT INTO log_files (pipeline, partition, edge_id, epoch, rows, min_time,"
+                " max_time, path, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    f["pipeline"],
+                    self.partition,
+                    self.edge_id,
+                    self.epoch,
+                    f["rows"],
+                    f["min_time"],
+                    f["max_time"],
+                    f["path"],
+                    self.now,
+                ),
+            )
+        db.execute("UPDATE edges SET last_seen = ? WHERE id = ?", (self.now, self.edge_id))
 
 
 def _insert_range(
