@@ -236,3 +236,139 @@ def test_a_clock_jump_of_eight_days_refuses_the_silent_edge(
     assert "CredentialsExpired" in status["last_error"]
     (edge,) = json.loads(cli(server, "list-edges", "--json").stdout)
     assert edge["credentials"] == "expired"
+
+
+# -- two real appliances ------------------------------------------------------------------------
+JSON_RECORDS = {"Content-Type": "application/json; format=pandas-records"}
+
+
+def infer(edge: Any, features: Any) -> list[tuple[tuple[float, ...], int]]:
+    body = json.dumps([{"tensor": row} for row in features.tolist()])
+    reply = httpx.post(f"{edge.url}/pipelines/breast-cancer", content=body, headers=JSON_RECORDS)
+    assert reply.status_code == 200, reply.text
+    return [(_key(r["in"]["tensor"]), r["out"]["label"]) for r in reply.json()]
+
+
+def _key(tensor: list[float]) -> tuple[float, ...]:
+    return tuple(round(float(x), 4) for x in tensor)
+
+
+def ops_rows(server: OpsServer, partition: str) -> list[tuple[tuple[float, ...], int]]:
+    done = cli(
+        server, "logs", "breast-cancer", "--partition", partition, "--limit", "5000", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    return [(_key(r["in"]["tensor"]), r["out"]["label"]) for r in json.loads(done.stdout)]
+
+
+def wait_for(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def sync_status(edge: Any) -> dict[str, Any]:
+    report: dict[str, Any] = httpx.get(f"{edge.url}/health", timeout=5).json()
+    return dict(report["sync"])
+
+
+def restart(server: OpsServer, offset_days: float) -> None:
+    server.stop()
+    server.clock_offset = offset_days * DAY
+    server.start()
+
+
+def test_two_appliances_ship_their_logs_through_outages_restarts_and_refusals(
+    server: OpsServer,
+    registry: Any,
+    example: Path,
+    start_edge: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import numpy as np
+
+    from tests.conftest import publish
+
+    monkeypatch.setenv("OPS_ADMIN_TOKEN", ADMIN)
+    monkeypatch.setenv("OPS_CA", str(server.ca))
+    published = publish(example / "pipeline.yaml", registry, extra=("--opscenter", server.url))
+    url = published["pipeline_url"]
+    publishes = json.loads(cli(server, "publishes", "--json").stdout)
+    assert [p["pipeline_url"] for p in publishes] == [url]
+
+    def mint(name: str) -> str:
+        done = cli(server, "add-edge", name, "--publish", url, "--json")
+        assert done.returncode == 0, done.stderr
+        return str(json.loads(done.stdout)["docker_run_variables"]["EDGE_BUNDLE"])
+
+    bundles = {name: mint(name) for name in ("edge-1", "edge-2")}
+    edges = {
+        name: start_edge(url, registry, persist=tmp_path / name, env={"EDGE_BUNDLE": text})
+        for name, text in bundles.items()
+    }
+    features = np.load(example / "data/10k-rows.npy")
+    sent: dict[str, list[Any]] = {"edge-1": [], "edge-2": []}
+    sent["edge-1"] += infer(edges["edge-1"], features[0:40])
+    sent["edge-2"] += infer(edges["edge-2"], features[40:65])
+    for name, edge in edges.items():
+        wait_for(lambda e=edge: "Node attestation was successful" in e.output(), 30, "join")
+        assert bundle.decode(bundles[name])["JOIN_TOKEN"] not in edge.output()
+        wait_for(lambda n=name: sorted(ops_rows(server, n)) == sorted(sent[n]), 30, name)
+
+    # The ops center goes away; the appliances keep answering and buffering. It comes back
+    # three (simulated) days later: within the 7 days, so everything arrives, once.
+    server.stop()
+    sent["edge-1"] += infer(edges["edge-1"], features[100:130])
+    sent["edge-2"] += infer(edges["edge-2"], features[130:150])
+    time.sleep(2)
+    assert sync_status(edges["edge-1"])["last_error"]
+    restart(server, offset_days=3)
+    for name in edges:
+        wait_for(lambda n=name: sorted(ops_rows(server, n)) == sorted(sent[n]), 60, name)
+
+    # An appliance killed mid-sync and restarted: no second join, nothing lost or doubled.
+    sent["edge-1"] += infer(edges["edge-1"], features[200:260])
+    edges["edge-1"].stop(signal.SIGKILL)
+    edges["edge-1"].start()
+    assert "Node attestation was successful" not in edges["edge-1"].output()
+    sent["edge-1"] += infer(edges["edge-1"], features[300:310])
+    wait_for(lambda: sorted(ops_rows(server, "edge-1")) == sorted(sent["edge-1"]), 60, "edge-1")
+    assert distinct_rows(server) == (len(sent["edge-1"]) + len(sent["edge-2"]),) * 2
+
+    # Refusals, each with its own words. A bundle used twice:
+    reused = start_edge(
+        url,
+        registry,
+        persist=tmp_path / "reused",
+        env={"EDGE_BUNDLE": bundles["edge-1"]},
+        wait_ready=False,
+    )
+    reused.wait_exit(60)
+    assert "already redeemed" in reused.output()
+    assert bundle.decode(bundles["edge-1"])["JOIN_TOKEN"] not in reused.output()
+    # A removed edge:
+    assert cli(server, "remove-edge", "edge-2").returncode == 0
+    infer(edges["edge-2"], features[400:402])
+    wait_for(lambda: sync_status(edges["edge-2"])["credentials"] == "revoked", 30, "revoked")
+    assert sync_status(edges["edge-2"])["health"] == "edge removed"
+    # A token minted now and tried five (simulated) days later:
+    late_bundle = mint("edge-3")
+    # A silent edge: eight days after its last contact the ops center refuses it, while the
+    # appliance keeps serving and says why.
+    restart(server, offset_days=8)
+    late = start_edge(
+        url,
+        registry,
+        persist=tmp_path / "late",
+        env={"EDGE_BUNDLE": late_bundle},
+        wait_ready=False,
+    )
+    late.wait_exit(60)
+    assert "expired" in late.output() and "24 h" in late.output()
+    assert bundle.decode(late_bundle)["JOIN_TOKEN"] not in late.output()
+    infer(edges["edge-1"], features[500:505])
+    wait_for(lambda: sync_status(edges["edge-1"])["health"] == "credentials expired", 30, "expiry")
+    assert infer(edges["edge-1"], features[505:506])  # still serving
