@@ -147,7 +147,7 @@ class Definition:
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, indent=1).encode()
+        return json.dumps(asdict(self), indent=1).encode()  # keeps spec order
 
     @classmethod
     def from_json(cls, raw: bytes) -> Definition:
