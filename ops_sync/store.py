@@ -259,7 +259,10 @@ class Store:
                 "SELECT * FROM join_tokens WHERE token_sha256 = ?", (token_sha256,)
             ).fetchone()
             if token is None:
-                raise TokenUnknown("the join token is not known to this ops center")
+                raise TokenUnknown(
+                    "the join token is not known to this ops center; check OPSCENTER_HOST, or "
+                    "add the edge again for a new bundle"
+                )
             edge = db.execute("SELECT * FROM edges WHERE id = ?", (token["edge_id"],)).fetchone()
             if edge["removed_at"] is not None:
                 raise EdgeRemoved(f"edge {edge['name']!r} was removed; add it again for a bundle")
@@ -268,7 +271,9 @@ class Store:
                     raise TokenExpired(_EXPIRED)
                 if token["key_fingerprint"] != key_fingerprint:
                     raise TokenUsed(
-                        "the join token was already redeemed; a bundle joins one device once"
+                        "the join token was already redeemed (a bundle joins one device once); "
+                        "if this device lost its persist volume, add the edge again for a new "
+                        "bundle"
                     )
             elif now > token["expires_at"]:
                 refusal = TokenExpired(_EXPIRED)  # raised after the commit: the attempt consumes

@@ -157,3 +157,24 @@ def test_fingerprint_matches_between_csr_and_key() -> None:
     from ops_sync.identity import csr_public_key
 
     assert fingerprint(csr_public_key(make_csr(key, "x"))) == fingerprint(key.public_key())
+
+
+def test_group_commit_fails_only_the_bad_batch(tmp_path: Path) -> None:
+    from ops_sync.errors import StoreError
+    from ops_sync.store import _Commit
+
+    store = Store(tmp_path / "ops.db")
+    edge = store.add_edge("a", publish(store), [], hash_token("t"), T0)
+
+    def item(first: int, path: str) -> _Commit:
+        f = {"pipeline": "p", "rows": 10, "min_time": 0, "max_time": 9, "path": path}
+        return _Commit(edge["id"], "a", "ep", [(first, first + 9)], [f], T0)
+
+    store.commit_batch(edge["id"], "a", "ep", [(1, 10)], [item(1, "/x/1").files[0]], T0)
+    group = [item(11, "/x/2"), item(21, "/x/1"), item(31, "/x/3")]  # the middle reuses a path
+    store._commit_group(group)
+    assert [g.error is None for g in group] == [True, False, True]
+    assert isinstance(group[1].error, StoreError) and all(g.done for g in group)
+    assert store.synced_overlaps("a", "ep", 0, 100) == [(1, 20), (31, 40)]
+    with pytest.raises(StoreError, match="cannot record"):
+        store.commit_batch(edge["id"], "a", "ep", [(50, 59)], [item(50, "/x/3").files[0]], T0)
