@@ -1,0 +1,20 @@
+"""The ops center and both ends of the sync (console script `ops-sync`).
+
+Data flows: edge buffer -> `agent` -> HTTPS with mutual TLS -> `serve` (uvicorn, peer cert into
+the ASGI TLS extension) -> `server` (routes) -> `center` (operations) -> `store` (SQLite
+metadata) and `logstore` (Parquet) -> `logs` (the seed's pipeline.logs semantics).
+
+    bundle.py       EDGE_BUNDLE encode / decode (the seed's format, plus OPSCENTER_CA)
+    identity.py     the CA, CSRs, edge certificates, SPIFFE ids, the one SSLContext builder
+    credentials.py  the edge's key, certificate and join state on disk (0600)
+    agent.py        edge side: join once, renew, heartbeat, ship batches, ack after store
+    client.py       the admin API's client (CLI, `edge publish --opscenter`)
+    center.py       ops center operations: admin, join, renew, heartbeat, upload
+    server.py       ops center HTTP routes; the only module that knows status codes
+    serve.py        uvicorn with TLS and the peer certificate handed to the app
+    store.py        metadata in SQLite: publishes, edges, token hashes, sync state
+    logstore.py     Parquet log files, exactly once, time-ordered reads
+    logs.py         limit / start-end / dataset / partition / export, the seed's warnings
+    errors.py       the exception tree
+    cli.py          ops-sync serve | add-edge | remove-edge | list-edges | logs | publishes
+"""

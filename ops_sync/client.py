@@ -7,6 +7,7 @@ the `ca.crt` `ops-sync serve` writes) or the system store. Error replies come ba
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,15 @@ def check(response: httpx.Response) -> httpx.Response:
     except (ValueError, KeyError, TypeError):
         message, reason = f"HTTP {response.status_code} from {response.url}", ""
     raise REFUSALS.get(reason, SyncError)(message)
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def warnings_of(response: httpx.Response) -> list[str]:
@@ -67,6 +77,11 @@ class AdminClient:
         try:
             return check(self._http.request(method, path, **kwargs))
         except httpx.TransportError as exc:
+            if _caused_by(exc, ssl.SSLCertVerificationError):
+                raise Unreachable(
+                    f"cannot verify the certificate of {self._http.base_url}: pass the ops "
+                    "center's CA (DATA/ca.crt from `ops-sync serve`) with --ca or OPS_CA"
+                ) from exc
             raise Unreachable(
                 f"the ops center at {self._http.base_url} did not answer: {exc}"
             ) from exc

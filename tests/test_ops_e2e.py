@@ -103,6 +103,34 @@ def test_cli_add_list_remove_and_refusals(server: OpsServer) -> None:
         assert values["JOIN_TOKEN"] not in text and ADMIN not in text
 
 
+def test_fifty_concurrent_redemptions_over_tls_give_one_certificate(server: OpsServer) -> None:
+    token = add_edge(server, "edge-race")["JOIN_TOKEN"]
+    trust = build_ssl_context("client", ca_pem=server.ca.read_bytes())
+    csrs = [make_csr(new_key(), f"device-{i}").decode() for i in range(50)]
+
+    async def race() -> list[httpx.Response]:
+        async with httpx.AsyncClient(verify=trust, timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(f"{server.url}/v1/edge/join", json={"token": token, "csr": csr})
+                    for csr in csrs
+                )
+            )
+
+    replies = asyncio.run(race())
+    assert sorted(r.status_code for r in replies) == [200] + [403] * 49
+    assert {r.json()["reason"] for r in replies if r.status_code == 403} == {"TokenUsed"}
+
+
+def test_admin_commands_without_the_ca_say_how_to_fix_it(server: OpsServer) -> None:
+    env = {**os.environ, "OPS_URL": server.url, "OPS_ADMIN_TOKEN": ADMIN}
+    env.pop("OPS_CA", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "ops_sync", "list-edges"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "--ca or OPS_CA" in done.stderr
+
+
 def test_identity_comes_from_the_tls_peer_certificate(server: OpsServer, tmp_path: Path) -> None:
     """The uvicorn protocol subclass hands the verified peer certificate to the app."""
     trust = build_ssl_context("client", ca_pem=server.ca.read_bytes())
