@@ -144,7 +144,7 @@ class SyncAgent:
         elif creds is None:
             health = "not joined"
         else:
-            health = "ok" if self._last_error is None else "ops center unreachable"
+            health = "ok" if self._last_error is None else "sync retrying"
         return {
             "joined": creds is not None,
             "credentials": credentials,
