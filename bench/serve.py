@@ -1,0 +1,1372 @@
+#!/usr/bin/env python3
+"""Serving benchmark: `edge serve` vs raw onnxruntime (and MLServer), in one run.
+
+In one run, on the example pipeline (examples/breast-cancer: scaler + logistic regression,
+30 float features, ONNX input "X"), this
+  (a) builds the model in a temp dir, publishes it to a local OCI layout (`edge publish
+      --layout`), and times raw onnxruntime on the same model in a child process (1 intra-op
+      thread like the peer; 2 threads too, for reference) for 1 row and 10,000 rows;
+  (b) for each CONFIG_CPUS value (default 1 and 2) and logging on (default) / `--no-logging`,
+      starts `python -m edge serve` as a real process with a fresh persist dir (all four up
+      at once), waits on GET /health/ready, checks its answers (1 row and 10k rows, JSON and
+      Arrow) against raw onnxruntime, then drives each in turn, phase by phase (so background
+      load on a shared machine falls on every configuration alike), with wrk (-t1 -c1 and
+      -t1 -c8, 10 s each, after a 3 s c=8 warm-up; one single-row pandas-records body) and
+      with 20 timed 10,000-row requests over keep-alive (Arrow IPC file in and out;
+      pandas-records JSON in and out), and reads the VmRSS summed over each server's process
+      tree idle after load and after the bench;
+  (c) runs the MLServer peer bench (../shared/peers/mlserver, config pw0) so the ratios are
+      measured in the same run, or falls back to its published figures, labelled as such;
+  (d) prints `name value unit` lines, then a summary: every figure as a ratio to raw
+      onnxruntime and to MLServer, the cost of logging in %, and PASS/MISS against each aim
+      and floor; writes the summary as JSON to --out.
+
+Only 127.0.0.1 is contacted. Every process started here is stopped by its PID.
+Run: /work/venv/bin/python bench/serve.py [--out FILE] [--cpus 1,2] [--no-mlserver]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+EXAMPLE = REPO / "examples" / "breast-cancer"
+LUA = HERE / "post.lua"
+PEER = Path("/work/shared/peers/mlserver")
+PEER_VENV = Path("/tmp/peer-mlserver/venv")
+PIPELINE = "breast-cancer"
+INFER_PATH = f"/pipelines/{PIPELINE}"
+JSON_TYPE = "application/json; format=pandas-records"
+ARROW_TYPE = "application/vnd.apache.arrow.file"
+N_BIG = 10_000
+
+# MLServer 1.7.1, parallel_workers 0 (its best config), measured on this machine kind
+# (../shared/peers/mlserver/README.md, run 1). Used only when the peer cannot run here.
+MLSERVER_PUBLISHED = {
+    "c1_p50_us": 559.0,
+    "c1_p90_us": 636.0,
+    "c1_p99_us": 853.0,
+    "c1_req_per_s": 1749.4,
+    "c8_p50_us": 3534.0,
+    "c8_p90_us": 4201.0,
+    "c8_p99_us": 7318.0,
+    "c8_req_per_s": 2170.5,
+    "c1_server_cpu_us_per_req": 528.6,
+    "c8_server_cpu_us_per_req": 457.7,
+    "10k_median_ms": 19.86,
+    "10k_rows_per_s": 503490.0,
+    "rss_after_load_mib": 180.6,
+    "rss_after_bench_mib": 202.7,
+    "pss_after_load_mib": 155.4,
+    "startup_to_ready_s": 0.908,
+}
+
+LINES: list[tuple[str, Any, str]] = []
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int | np.integer):
+        return str(int(v))
+    if isinstance(v, float | np.floating):
+        v = float(v)
+        if v != v:
+            return "nan"
+        return f"{v:.1f}" if abs(v) >= 100 else f"{v:.3f}"
+    return str(v)
+
+
+def out(name: str, value: Any, unit: str = "-") -> None:
+    if isinstance(value, np.generic):
+        value = value.item()
+    LINES.append((name, value, unit))
+    print(f"{name} {fmt(value)} {unit}", flush=True)
+
+
+def note(msg: str) -> None:
+    print(f"# {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- processes
+def _children_map() -> dict[int, list[int]]:
+    m: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        m.setdefault(ppid, []).append(int(d))
+    return m
+
+
+def process_tree(pid: int) -> list[int]:
+    m = _children_map()
+    res, stack = [pid], [pid]
+    while stack:
+        for c in m.get(stack.pop(), []):
+            res.append(c)
+            stack.append(c)
+    return [p for p in res if os.path.exists(f"/proc/{p}")]
+
+
+def tree_memory_kib(pid: int) -> tuple[int, int, int]:
+    """(VmRSS, Pss, processes) summed over the process tree."""
+    rss = pss = 0
+    pids = process_tree(pid)
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1])
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except OSError:
+            pass
+    return rss, pss, len(pids)
+
+
+def tree_cpu_s(pid: int) -> float:
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tck
+
+
+def thread_count(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
+def cpu_snapshot() -> tuple[float, float]:
+    """(seconds of CPU busy on the whole host, seconds used by this bench and its waited-for
+    children). The difference over an interval is what other work on the machine took."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    t = os.times()
+    return busy, t.user + t.system + t.children_user + t.children_system
+
+
+def other_cpu_pct(before: tuple[float, float], after: tuple[float, float], wall: float) -> float:
+    """Share of the host's CPU capacity used by processes that are not this bench's."""
+    other = (after[0] - before[0]) - (after[1] - before[1])
+    return max(0.0, 100 * other / (wall * (os.cpu_count() or 1)))
+
+
+def fsync_probe(folder: Path, n: int = 200) -> tuple[float, float]:
+    """Median and p90 µs of one 4 KiB write + fsync in `folder` (where the persist dirs live):
+    the floor under a request that waits for its own durable commit."""
+    path = folder / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    ts = []
+    try:
+        for _ in range(n):
+            os.write(fd, b"x" * 4096)
+            t0 = time.perf_counter_ns()
+            os.fsync(fd)
+            ts.append((time.perf_counter_ns() - t0) / 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return float(np.median(ts)), float(np.percentile(ts, 90))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, n: int = 40) -> str:
+    try:
+        return b"".join(path.read_bytes().splitlines(True)[-n:]).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------- model, data, publish
+def build_model(work: Path) -> dict[str, Any]:
+    """examples/breast-cancer/make_model.py into work/model, published to work/layout."""
+    model_dir = work / "model"
+    subprocess.run(
+        [sys.executable, str(EXAMPLE / "make_model.py"), str(model_dir)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=120,
+    )
+    shutil.copy(EXAMPLE / "pipeline.yaml", model_dir / "pipeline.yaml")
+    pub = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "publish",
+            str(model_dir / "pipeline.yaml"),
+            "--layout",
+            str(work / "layout"),
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    published = json.loads(pub.stdout[pub.stdout.index("{") :])
+    out("pipeline_url", published["pipeline_url"], "-")
+    out("pipeline_version", published["pipeline_version"], "-")
+    return {
+        "dir": model_dir,
+        "onnx": model_dir / "models" / "breast-cancer.onnx",
+        "rows_npy": model_dir / "data" / "10k-rows.npy",
+        "url": published["pipeline_url"],
+    }
+
+
+def make_bodies(model: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Request bodies. JSON uses the data set's own decimals (17.99, like the peer's bodies),
+    which parse to exactly the float32 rows the model is checked against."""
+    import pyarrow as pa
+    from sklearn.datasets import load_breast_cancer
+
+    x64 = np.resize(load_breast_cancer(return_X_y=True)[0], (N_BIG, 30))
+    x32 = np.load(model["rows_npy"])
+    if not np.array_equal(x64.astype(np.float32), x32):
+        raise SystemExit("the data set's decimals do not give the model's float32 rows")
+    one = json.dumps([{"tensor": x64[0].tolist()}], separators=(",", ":")).encode()
+    big = json.dumps([{"tensor": r} for r in x64.tolist()], separators=(",", ":")).encode()
+    tensor = pa.FixedSizeListArray.from_arrays(pa.array(x32.reshape(-1)), 30)
+    table = pa.table({"tensor": tensor})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    arrow_big = sink.getvalue().to_pybytes()
+    one_file = work / "body_1row.json"
+    one_file.write_bytes(one)
+    out("body_1row_bytes", len(one), "B")
+    out("body_10k_json_bytes", len(big), "B")
+    out("body_10k_arrow_bytes", len(arrow_big), "B")
+    return {"one": one, "one_file": one_file, "big_json": big, "big_arrow": arrow_big, "x32": x32}
+
+
+# ---------------------------------------------------------------- raw onnxruntime
+def raw_child(model_path: str, rows_path: str, threads: int, expect_path: str) -> None:
+    """Runs in its own process (only numpy + onnxruntime imported): times InferenceSession.run
+    like the peer, saves the outputs for the answer checks, reports its own VmRSS."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model_path, sess_options=opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x10k = np.load(rows_path)
+    x1 = x10k[:1]
+
+    def timed(fn: Any, warm: int, n: int, max_s: float) -> tuple[float, float, int]:
+        for _ in range(warm):
+            fn()
+        ts = []
+        deadline = time.perf_counter() + max_s
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            fn()
+            ts.append(time.perf_counter_ns() - t0)
+            if time.perf_counter() > deadline:
+                break
+        a = np.array(ts, dtype=np.float64) / 1000.0
+        return float(np.median(a)), float(np.percentile(a, 99)), len(ts)
+
+    med1, p99_1, n1 = timed(lambda: sess.run(None, {name: x1}), 500, 20000, 5.0)
+    medb, p99b, nb = timed(lambda: sess.run(None, {name: x10k}), 5, 300, 10.0)
+    label1, proba1 = sess.run(None, {name: x1})
+    labelb, probab = sess.run(None, {name: x10k})
+    np.savez(expect_path, label1=label1, proba1=proba1, label10k=labelb, proba10k=probab)
+    rss = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    print(
+        json.dumps(
+            {
+                "1row_us": med1,
+                "1row_p99_us": p99_1,
+                "1row_samples": n1,
+                "10k_us": medb,
+                "10k_p99_us": p99b,
+                "10k_samples": nb,
+                "rss_kib": rss,
+                "input": name,
+            }
+        )
+    )
+
+
+def bench_raw(model: dict[str, Any], work: Path, threads: int) -> dict[str, Any]:
+    expect = work / f"expect_t{threads}.npz"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--raw-child",
+            str(model["onnx"]),
+            str(model["rows_npy"]),
+            str(threads),
+            str(expect),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    pre = "raw_ort" if threads == 1 else f"raw_ort_t{threads}"
+    out(f"{pre}_1row_median", d["1row_us"], "us")
+    out(f"{pre}_1row_p99", d["1row_p99_us"], "us")
+    out(f"{pre}_1row_calls_per_s", 1e6 / d["1row_us"], "calls/s")
+    out(f"{pre}_10k_median", d["10k_us"], "us")
+    out(f"{pre}_10k_p99", d["10k_p99_us"], "us")
+    out(f"{pre}_10k_rows_per_s", N_BIG * 1e6 / d["10k_us"], "rows/s")
+    out(f"{pre}_process_rss", d["rss_kib"] / 1024, "MiB")
+    with np.load(expect) as z:
+        d["expect"] = {k: z[k] for k in z.files}
+    return d
+
+
+# ---------------------------------------------------------------- HTTP client side
+def http_req(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, bytes]:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def answers_from_json(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    records = json.loads(raw)
+    label = np.array([r["out"]["label"] for r in records])
+    proba = np.array([r["out"]["probabilities"] for r in records], dtype=np.float64)
+    return label, proba
+
+
+def answers_from_arrow(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow as pa
+
+    table = pa.ipc.open_file(pa.py_buffer(raw)).read_all()
+    label = table.column("out.label").to_numpy()
+    probs = table.column("out.probabilities").combine_chunks()
+    proba = probs.flatten().to_numpy().astype(np.float64).reshape(len(probs), -1)
+    return label, proba
+
+
+def same_answers(got: tuple[np.ndarray, np.ndarray], label: np.ndarray, proba: np.ndarray) -> bool:
+    return bool(
+        np.array_equal(got[0].ravel(), label.ravel())
+        and got[1].shape == proba.shape
+        and np.allclose(got[1], proba, rtol=1e-5, atol=1e-6)
+    )
+
+
+def run_wrk(port: int, conns: int, duration: int, body_file: Path, pid: int) -> dict[str, float]:
+    url = f"http://127.0.0.1:{port}{INFER_PATH}"
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "5s", "-s", str(LUA), url]
+    env = dict(os.environ, WRK_BODY_FILE=str(body_file), WRK_CONTENT_TYPE=JSON_TYPE)
+    cpu0 = tree_cpu_s(pid)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60)
+    cpu1 = tree_cpu_s(pid)
+    vals: dict[str, float] = {}
+    for line in r.stdout.splitlines():
+        if line.startswith("WRK "):
+            _, k, v = line.split()
+            vals[k] = float(v)
+    if r.returncode != 0 or "requests" not in vals:
+        raise RuntimeError(f"wrk failed rc={r.returncode}\n{r.stdout}\n{r.stderr}")
+    vals["req_per_s"] = vals["requests"] / (vals["duration_us"] / 1e6)
+    vals["server_cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / max(vals["requests"], 1)
+    vals["errors"] = sum(vals[k] for k in vals if k.startswith("errors_"))
+    return vals
+
+
+def big_requests(
+    port: int, body: bytes, headers: dict[str, str], n: int, warm: int, max_s: float
+) -> tuple[np.ndarray, bytes]:
+    """`warm` + `n` POSTs of one 10k-row body on one keep-alive connection; times in ms."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        ts = []
+        first = b""
+        deadline = time.perf_counter() + max_s
+        for i in range(warm + n):
+            t0 = time.perf_counter_ns()
+            conn.request("POST", INFER_PATH, body=body, headers=headers)
+            r = conn.getresponse()
+            data = r.read()
+            elapsed = (time.perf_counter_ns() - t0) / 1e6
+            if r.status != 200:
+                raise RuntimeError(f"10k request -> HTTP {r.status}: {data[:300]!r}")
+            if i == 0:
+                first = data
+            if i >= warm:
+                ts.append(elapsed)
+                if time.perf_counter() > deadline:
+                    break
+        return np.array(ts), first
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- our server
+class Server:
+    def __init__(
+        self,
+        url: str,
+        cpus: int,
+        logging_on: bool,
+        work: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = f"cpus{cpus}_log{'on' if logging_on else 'off'}"
+        self.cpus, self.logging_on = cpus, logging_on
+        self.port = free_port()
+        self.persist = work / f"persist-{self.name}"
+        if self.persist.exists():
+            shutil.rmtree(self.persist)
+        self.log_path = work / f"serve-{self.name}.log"
+        self.url = url
+        self.extra_env = extra_env or {}
+        self.result: dict[str, Any] = {"cpus": cpus, "logging": logging_on, "checks": {}}
+        self.answered_rows = 0
+        self._stopped = False
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout: float) -> float:
+        cmd = [
+            sys.executable,
+            "-m",
+            "edge",
+            "serve",
+            "--port",
+            str(self.port),
+            "--host",
+            "127.0.0.1",
+            "--persist-dir",
+            str(self.persist),
+        ]
+        if not self.logging_on:
+            cmd.append("--no-logging")
+        env = dict(os.environ, PIPELINE_URL=self.url, CONFIG_CPUS=str(self.cpus))
+        for k in ("DEBUG", "EDGE_BUNDLE", "EDGE_LOGGING", "PORT", "HOST", "PERSIST_DIR"):
+            env.pop(k, None)
+        env.update(self.extra_env)
+        t0 = time.perf_counter()
+        self._logf = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = t0 + ready_timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"edge serve exited with {self.proc.returncode}:\n{tail(self.log_path)}"
+                )
+            try:
+                st, _ = http_req(self.port, "GET", "/health/ready", timeout=2.0)
+                if st == 200:
+                    return time.perf_counter() - t0
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"edge serve not ready after {ready_timeout}s:\n{tail(self.log_path)}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is None or self._stopped:
+            return
+        self._stopped = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._logf.close()
+        note(f"{self.name}: server stopped (pid {self.proc.pid}, exit {self.proc.returncode})")
+
+
+def profile_start(pid: int, path: Path, seconds: int) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.path.exists(spy):
+        note("py-spy not found: pip install py-spy (profile skipped)")
+        return None
+    return subprocess.Popen(
+        [
+            spy,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(seconds),
+            "-r",
+            "200",
+            "--nonblocking",
+            "--threads",
+            "-f",
+            "raw",
+            "-o",
+            str(path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+IDLE_LEAVES = (
+    "Condition.wait ",
+    "Event.wait ",
+    "Queue.get ",
+    "SimpleQueue.get ",
+    "BaseSelector.select ",
+    "EpollSelector.select ",
+)
+
+
+def profile_report(
+    path: Path, top: int = 15
+) -> tuple[dict[str, float], list[tuple[str, float, float]]]:
+    """From py-spy raw (collapsed) stacks: each thread's share of busy samples, and the top
+    functions by own busy samples (self %) with their inclusive %. Samples whose leaf is a
+    wait (Condition.wait, ...) are idle and left out. A leaf of `Runner.run` is the event loop
+    inside C (uvloop/httptools, including its epoll wait)."""
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    total = 0
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}, []
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        thread = "?"
+        if frames and frames[0].startswith("thread ("):
+            thread = frames.pop(0).split(":", 1)[-1].strip() or "?"
+        frames = [f.strip() for f in frames if f.strip() and not f.startswith("process ")]
+        if not frames or frames[-1].startswith(IDLE_LEAVES):
+            continue
+        total += n
+        threads[thread] += n
+        own[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    if not total:
+        return {}, []
+    shares = {t: 100 * c / total for t, c in threads.most_common()}
+    return shares, [(f, 100 * c / total, 100 * incl[f] / total) for f, c in own.most_common(top)]
+
+
+BIG_KINDS = (
+    ("arrow", {"Content-Type": ARROW_TYPE, "Accept": ARROW_TYPE}),
+    ("json", {"Content-Type": JSON_TYPE, "Accept": JSON_TYPE}),
+)
+WRK_FIGURES = (
+    ("req_per_s", "req/s"),
+    ("p50_us", "us"),
+    ("p90_us", "us"),
+    ("p99_us", "us"),
+    ("max_us", "us"),
+    ("requests", "req"),
+    ("errors_status", "req"),
+    ("errors", "req"),
+    ("server_cpu_us_per_req", "us"),
+)
+
+
+def start_server(srv: Server, bodies: dict[str, Any], raw: dict[str, Any], timeout: float) -> None:
+    """Start, wait for ready, read idle memory, check the 1-row answer."""
+    name, res = srv.name, srv.result
+    note(
+        f"{name}: starting edge serve (CONFIG_CPUS={srv.cpus}, logging "
+        f"{'on' if srv.logging_on else 'off'}) on 127.0.0.1:{srv.port}; log {srv.log_path}"
+    )
+    res["startup_to_ready_s"] = srv.start(timeout)
+    out(f"edge_{name}_startup_to_ready", res["startup_to_ready_s"], "s")
+    time.sleep(0.5)
+    rss, pss, nproc = tree_memory_kib(srv.pid)
+    res["rss_after_load_mib"], res["pss_after_load_mib"] = rss / 1024, pss / 1024
+    out(f"edge_{name}_processes", nproc, "procs")
+    out(f"edge_{name}_threads_after_load", thread_count(srv.pid), "threads")
+    out(f"edge_{name}_rss_after_load", rss / 1024, "MiB")
+    out(f"edge_{name}_pss_after_load", pss / 1024, "MiB")
+    st, resp = http_req(srv.port, "POST", INFER_PATH, bodies["one"], {"Content-Type": JSON_TYPE})
+    if st != 200:
+        raise RuntimeError(f"1-row request -> HTTP {st}: {resp[:300]!r}")
+    exp = raw["expect"]
+    ok = same_answers(answers_from_json(resp), exp["label1"], exp["proba1"])
+    res["checks"]["1row_json"] = ok
+    srv.answered_rows += 1
+    rss1, _, _ = tree_memory_kib(srv.pid)
+    res["rss_after_first_request_mib"] = rss1 / 1024
+    out(f"edge_{name}_rss_after_first_request", rss1 / 1024, "MiB")
+    out(f"edge_{name}_check_1row_json", "ok" if ok else "MISMATCH", "-")
+
+
+def rotate(servers: list[Server], round_no: int) -> list[Server]:
+    k = round_no % len(servers)
+    return servers[k:] + servers[:k]
+
+
+def measure(
+    servers: list[Server], bodies: dict[str, Any], raw: dict[str, Any], args: argparse.Namespace
+) -> None:
+    """All servers are up; each phase runs on every server in turn (rotating the order each
+    round), so background load on a shared machine falls on all configurations alike."""
+    for srv in servers:
+        w = run_wrk(srv.port, 8, args.warmup, bodies["one_file"], srv.pid)  # not reported
+        srv.answered_rows += int(w["requests"])
+    wrk_runs: dict[tuple[str, int], list[dict[str, float]]] = collections.defaultdict(list)
+    big_times: dict[tuple[str, str], list[np.ndarray]] = collections.defaultdict(list)
+    exp = raw["expect"]
+    for rnd in range(args.rounds):
+        for conns in (1, 8):
+            for srv in rotate(servers, rnd):
+                spy = None
+                if args.profile and conns == 8 and rnd == 0:
+                    spy = profile_start(srv.pid, args.profile / f"{srv.name}_c8.txt", args.duration)
+                w = run_wrk(srv.port, conns, args.duration, bodies["one_file"], srv.pid)
+                if spy is not None:
+                    spy.wait(timeout=60)
+                wrk_runs[(srv.name, conns)].append(w)
+                srv.answered_rows += int(w["requests"])
+        for kind, headers in BIG_KINDS:
+            body = bodies[f"big_{kind}"]
+            for srv in rotate(servers, rnd):
+                spy = None
+                if args.profile and kind == "arrow" and rnd == 0:
+                    spy = profile_start(srv.pid, args.profile / f"{srv.name}_10k_{kind}.txt", 4)
+                ts, first = big_requests(srv.port, body, headers, args.big_requests, 2, 60.0)
+                if spy is not None:
+                    spy.wait(timeout=60)
+                big_times[(srv.name, kind)].append(ts)
+                srv.answered_rows += N_BIG * (len(ts) + 2)
+                if rnd == 0:
+                    decode = answers_from_arrow if kind == "arrow" else answers_from_json
+                    ok = same_answers(decode(first), exp["label10k"], exp["proba10k"])
+                    srv.result["checks"][f"10k_{kind}"] = ok
+                    srv.result[f"10k_{kind}_response_bytes"] = len(first)
+                    out(f"edge_{srv.name}_check_10k_{kind}", "ok" if ok else "MISMATCH", "-")
+
+    for srv in servers:
+        name, res = srv.name, srv.result
+        for conns in (1, 8):
+            runs = wrk_runs[(name, conns)]
+            requests = sum(w["requests"] for w in runs)
+            merged = {
+                # rounds > 1: req/s over all rounds; percentiles are the median of the rounds'
+                "req_per_s": requests / (sum(w["duration_us"] for w in runs) / 1e6),
+                "p50_us": float(np.median([w["p50_us"] for w in runs])),
+                "p90_us": float(np.median([w["p90_us"] for w in runs])),
+                "p99_us": float(np.median([w["p99_us"] for w in runs])),
+                "max_us": max(w["max_us"] for w in runs),
+                "requests": requests,
+                "errors_status": sum(w["errors_status"] for w in runs),
+                "errors": sum(w["errors"] for w in runs),
+                "server_cpu_us_per_req": sum(
+                    w["server_cpu_us_per_req"] * w["requests"] for w in runs
+                )
+                / max(requests, 1),
+            }
+            for k, unit in WRK_FIGURES:
+                res[f"c{conns}_{k}"] = merged[k]
+                label = {"errors_status": "non2xx", "errors": "errors_all"}.get(k, k)
+                label = label.removesuffix("_us")
+                value = int(merged[k]) if unit == "req" else merged[k]
+                out(f"edge_{name}_c{conns}_{label}", value, unit)
+        for kind, _ in BIG_KINDS:
+            ts = np.concatenate(big_times[(name, kind)])
+            med = float(np.median(ts))
+            res[f"10k_{kind}_median_ms"] = med
+            res[f"10k_{kind}_rows_per_s"] = N_BIG * 1e3 / med
+            out(f"edge_{name}_10k_{kind}_median", med, "ms")
+            out(f"edge_{name}_10k_{kind}_min", float(ts.min()), "ms")
+            out(f"edge_{name}_10k_{kind}_max", float(ts.max()), "ms")
+            out(f"edge_{name}_10k_{kind}_rows_per_s", res[f"10k_{kind}_rows_per_s"], "rows/s")
+            out(f"edge_{name}_10k_{kind}_samples", len(ts), "req")
+            out(f"edge_{name}_10k_{kind}_response_bytes", res[f"10k_{kind}_response_bytes"], "B")
+        res["checks"]["no_non2xx"] = res["c1_errors"] == 0 and res["c8_errors"] == 0
+
+    time.sleep(1.0)  # idle again: the writer's checkpoint, the thread pools settle
+    for srv in servers:
+        finish_server(srv)
+
+
+def finish_server(srv: Server) -> None:
+    """Memory after the bench, and whether every answered row is in the log buffer."""
+    name, res = srv.name, srv.result
+    rss, pss, _ = tree_memory_kib(srv.pid)
+    res["rss_after_bench_mib"], res["pss_after_bench_mib"] = rss / 1024, pss / 1024
+    out(f"edge_{name}_rss_after_bench", rss / 1024, "MiB")
+    out(f"edge_{name}_pss_after_bench", pss / 1024, "MiB")
+    out(f"edge_{name}_threads_after_bench", thread_count(srv.pid), "threads")
+    if not srv.logging_on:
+        return
+    # wrk does not count the requests in flight when it stops, so the buffer may hold a few
+    # more rows than were counted as answered
+    st, health = http_req(srv.port, "GET", "/health")
+    buf = json.loads(health).get("log_buffer") or {}
+    keys = ("rows", "batches", "bytes", "file_bytes", "commits", "appends", "rejected", "failed")
+    res["log"] = {k: buf.get(k) for k in (*keys, "dropped", "last_error")}
+    res["log"]["answered_rows_counted"] = srv.answered_rows
+    logged = buf.get("rows") or 0
+    ok = bool(logged >= srv.answered_rows and not buf.get("rejected") and not buf.get("failed"))
+    res["checks"]["every_answer_logged"] = ok
+    out(f"edge_{name}_log_rows", logged, "rows")
+    out(f"edge_{name}_log_answered_rows_counted", srv.answered_rows, "rows")
+    out(f"edge_{name}_log_commits", buf.get("commits"), "commits")
+    out(f"edge_{name}_log_appends", buf.get("appends"), "appends")
+    appends_per_commit = (buf.get("appends") or 0) / max(buf.get("commits") or 1, 1)
+    out(f"edge_{name}_log_appends_per_commit", appends_per_commit, "appends/commit")
+    out(f"edge_{name}_log_file_bytes", buf.get("file_bytes"), "B")
+    out(f"edge_{name}_check_every_answer_logged", "ok" if ok else "MISSING", "-")
+
+
+# ---------------------------------------------------------------- MLServer peer
+def mlserver_ready(want: bool | None) -> bool:
+    if want is False:
+        return False
+    if (PEER_VENV / "bin" / "mlserver").exists():
+        return True
+    if not (PEER / "setup.sh").exists():
+        return False
+    note("setting up the MLServer peer (bash setup.sh, ~40 s)")
+    r = subprocess.run(
+        ["bash", str(PEER / "setup.sh")], capture_output=True, text=True, timeout=600
+    )
+    if r.returncode != 0:
+        note(f"MLServer peer setup failed: {r.stderr[-500:]}")
+        return False
+    return (PEER_VENV / "bin" / "mlserver").exists()
+
+
+def bench_mlserver(args: argparse.Namespace) -> dict[str, Any] | None:
+    note("MLServer peer: bash /work/shared/peers/mlserver/bench.sh --configs pw0")
+    cmd = [
+        "bash",
+        str(PEER / "bench.sh"),
+        "--configs",
+        "pw0",
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup),
+        "--big-requests",
+        str(args.big_requests),
+    ]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        note("MLServer peer bench timed out")
+        return None
+    vals: dict[str, Any] = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and not line.startswith("#") and not line.startswith(" "):
+            try:
+                vals[parts[0]] = float(parts[1])
+            except ValueError:
+                vals[parts[0]] = parts[1]
+    if r.returncode != 0 or "mlserver_pw0_c8_req_per_s" not in vals:
+        note(f"MLServer peer bench failed rc={r.returncode}: {(r.stdout + r.stderr)[-800:]}")
+        return None
+    p = "mlserver_pw0_"
+    m = {
+        "c1_p50_us": vals[p + "c1_p50"],
+        "c1_p90_us": vals[p + "c1_p90"],
+        "c1_p99_us": vals[p + "c1_p99"],
+        "c1_req_per_s": vals[p + "c1_req_per_s"],
+        "c8_p50_us": vals[p + "c8_p50"],
+        "c8_p90_us": vals[p + "c8_p90"],
+        "c8_p99_us": vals[p + "c8_p99"],
+        "c8_req_per_s": vals[p + "c8_req_per_s"],
+        "c1_server_cpu_us_per_req": vals[p + "c1_server_cpu_per_req"],
+        "c8_server_cpu_us_per_req": vals[p + "c8_server_cpu_per_req"],
+        "10k_median_ms": vals[p + "10k_median"] / 1000,
+        "10k_rows_per_s": vals[p + "10k_rows_per_s"],
+        "rss_after_load_mib": vals[p + "rss_after_load"],
+        "rss_after_bench_mib": vals[p + "rss_after_bench"],
+        "pss_after_load_mib": vals[p + "pss_after_load"],
+        "startup_to_ready_s": vals[p + "startup_to_ready"],
+        "checks_ok": vals.get(p + "check_1row") == "ok" and vals.get(p + "check_10k") == "ok",
+        "peer_raw_ort_1row_us": vals.get("raw_ort_1row_median"),
+        "peer_raw_ort_10k_us": vals.get("raw_ort_10k_median"),
+        "c1_non2xx": vals.get(p + "c1_errors"),
+        "c8_non2xx": vals.get(p + "c8_errors"),
+    }
+    for k, v in m.items():
+        if isinstance(v, float | int) and not isinstance(v, bool):
+            out(f"mlserver_{k}", v, "-")
+    return m
+
+
+# ---------------------------------------------------------------- summary
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return a / b
+
+
+def rfmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.3g}x" if x < 10 else f"{x:.0f}x"
+
+
+def vfmt(x: float | None, unit: str) -> str:
+    if x is None:
+        return "-"
+    if unit in ("req/s", "rows/s", "calls/s"):
+        return f"{x / 1e6:.2f}M" if x >= 1e6 else (f"{x / 1e3:.0f}k" if x >= 1e4 else f"{x:.0f}")
+    if unit == "µs":
+        return f"{x:.0f}" if x >= 100 else f"{x:.1f}"
+    if unit == "ms":
+        return f"{x:.2f}" if x < 10 else f"{x:.1f}"
+    return f"{x:.1f}"
+
+
+def summarize(
+    configs: dict[str, dict[str, Any]],
+    raw: dict[str, Any],
+    raw2: dict[str, Any] | None,
+    mls: dict[str, Any],
+    mls_source: str,
+    cpus_list: list[int],
+) -> dict[str, Any]:
+    raw_1row_us = raw["1row_us"]
+    raw_10k_ms = raw["10k_us"] / 1000
+    raw_rows_s = N_BIG * 1e6 / raw["10k_us"]
+    raw_calls_s = 1e6 / raw_1row_us
+    raw_rss = raw["rss_kib"] / 1024
+    # (key in config result, label, unit, raw equivalent, MLServer key)
+    figures = [
+        ("c1_p50_us", "single row c=1 p50", "µs", raw_1row_us, "c1_p50_us"),
+        ("c1_p90_us", "single row c=1 p90", "µs", raw_1row_us, "c1_p90_us"),
+        ("c1_p99_us", "single row c=1 p99", "µs", raw["1row_p99_us"], "c1_p99_us"),
+        ("c1_req_per_s", "single row c=1 req/s", "req/s", raw_calls_s, "c1_req_per_s"),
+        ("c8_p50_us", "single row c=8 p50", "µs", raw_1row_us, "c8_p50_us"),
+        ("c8_p90_us", "single row c=8 p90", "µs", raw_1row_us, "c8_p90_us"),
+        ("c8_p99_us", "single row c=8 p99", "µs", raw["1row_p99_us"], "c8_p99_us"),
+        ("c8_req_per_s", "single row c=8 req/s", "req/s", raw_calls_s, "c8_req_per_s"),
+        (
+            "c8_server_cpu_us_per_req",
+            "server CPU per req c=8",
+            "µs",
+            raw_1row_us,
+            "c8_server_cpu_us_per_req",
+        ),
+        ("10k_arrow_median_ms", "10k rows Arrow median", "ms", raw_10k_ms, "10k_median_ms"),
+        ("10k_arrow_rows_per_s", "10k rows Arrow rows/s", "rows/s", raw_rows_s, "10k_rows_per_s"),
+        ("10k_json_median_ms", "10k rows JSON median", "ms", raw_10k_ms, "10k_median_ms"),
+        ("10k_json_rows_per_s", "10k rows JSON rows/s", "rows/s", raw_rows_s, "10k_rows_per_s"),
+        ("rss_after_load_mib", "RSS idle after load", "MiB", raw_rss, "rss_after_load_mib"),
+        ("rss_after_bench_mib", "RSS after bench", "MiB", raw_rss, "rss_after_bench_mib"),
+        ("startup_to_ready_s", "start-up to ready", "s", None, "startup_to_ready_s"),
+    ]
+    names = list(configs)
+    lines = []
+    lines.append("")
+    lines.append(
+        f"## Summary (cell: value, ÷raw ORT, ÷MLServer; ratio = ours/theirs; "
+        f"MLServer figures {mls_source})"
+    )
+    lines.append("")
+    head = ["figure", *names, "raw ORT (1 thr)", f"MLServer pw0 ({mls_source})"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    table_json = []
+    for key, label, unit, raw_v, mkey in figures:
+        row = [f"{label} ({unit})"]
+        entry: dict[str, Any] = {
+            "figure": key,
+            "unit": unit,
+            "raw_ort": raw_v,
+            "mlserver": mls.get(mkey),
+            "configs": {},
+        }
+        for n in names:
+            v = configs[n].get(key)
+            rr, rm = ratio(v, raw_v), ratio(v, mls.get(mkey))
+            entry["configs"][n] = {"value": v, "over_raw": rr, "over_mlserver": rm}
+            row.append("-" if v is None else f"{vfmt(v, unit)} ({rfmt(rr)} raw, {rfmt(rm)} MLS)")
+        row.append(vfmt(raw_v, unit))
+        row.append(vfmt(mls.get(mkey), unit))
+        lines.append("| " + " | ".join(row) + " |")
+        table_json.append(entry)
+    lines.append("")
+    other = [c.get("host_other_cpu_pct") for c in configs.values()]
+    lines.append(
+        "CPU taken by other work on the host (share of all cores; a noise indicator): "
+        + (
+            f"while our servers were measured {other[0]:.0f}%"
+            if other and other[0] is not None
+            else ""
+        )
+        + (
+            f", while MLServer was measured {mls['host_other_cpu_pct']:.0f}%"
+            if mls.get("host_other_cpu_pct") is not None
+            else ""
+        )
+    )
+    if raw2:
+        lines.append("")
+        lines.append(
+            f"raw ORT with 2 intra-op threads (reference): 1 row "
+            f"{raw2['1row_us']:.1f} µs, 10k rows {raw2['10k_us'] / 1000:.2f} ms "
+            f"({N_BIG * 1e6 / raw2['10k_us'] / 1e6:.2f}M rows/s)"
+        )
+
+    # logging cost, per CONFIG_CPUS
+    cost_json: dict[str, Any] = {}
+    lines.append("")
+    lines.append("## Cost of logging (on vs --no-logging, same CONFIG_CPUS; + = logging slower)")
+    lines.append("")
+    lines.append("| figure | " + " | ".join(f"CONFIG_CPUS={c}" for c in cpus_list) + " |")
+    lines.append("|---|" + "---|" * len(cpus_list))
+    cost_figs = [
+        ("c1_req_per_s", "c=1 req/s", True),
+        ("c1_p50_us", "c=1 p50", False),
+        ("c8_req_per_s", "c=8 req/s", True),
+        ("c8_p99_us", "c=8 p99", False),
+        ("10k_arrow_rows_per_s", "10k Arrow rows/s", True),
+        ("10k_json_rows_per_s", "10k JSON rows/s", True),
+    ]
+    for key, label, higher_better in cost_figs:
+        row = [label]
+        for c in cpus_list:
+            on, off = configs.get(f"cpus{c}_logon", {}), configs.get(f"cpus{c}_logoff", {})
+            a, b = on.get(key), off.get(key)
+            if a is None or b is None or not b:
+                row.append("-")
+                continue
+            cost = (1 - a / b) * 100 if higher_better else (a / b - 1) * 100
+            cost_json.setdefault(f"cpus{c}", {})[key] = cost
+            row.append(f"{cost:+.1f}% ({vfmt(a, '')} vs {vfmt(b, '')})")
+        lines.append("| " + " | ".join(row) + " |")
+
+    # aims and floors, judged on the logging-on configs (what ships)
+    verdicts = []
+    lines.append("")
+    lines.append(
+        "## Aims (bar: MLServer) and issue floors, with logging on "
+        "(MB read as MiB, as in the peer's figures)"
+    )
+    lines.append("")
+    lines.append("| target | need | " + " | ".join(f"CONFIG_CPUS={c}" for c in cpus_list) + " |")
+    lines.append("|---|---|" + "---|" * len(cpus_list))
+    m_c8, m_rows = mls.get("c8_req_per_s"), mls.get("10k_rows_per_s")
+
+    def judge(label: str, need: str, get: Any, ok: Any) -> None:
+        row = [label, need]
+        for c in cpus_list:
+            cfg = configs.get(f"cpus{c}_logon")
+            cost = cost_json.get(f"cpus{c}", {})
+            try:
+                v = get(cfg, cost) if cfg else None
+            except (KeyError, TypeError):
+                v = None
+            if v is None:
+                row.append("n/a")
+                verdicts.append(
+                    {"target": label, "need": need, "cpus": c, "value": None, "verdict": "N/A"}
+                )
+                continue
+            passed = bool(ok(v))
+            row.append(f"{v:.3g} {'PASS' if passed else 'MISS'}")
+            verdicts.append(
+                {
+                    "target": label,
+                    "need": need,
+                    "cpus": c,
+                    "value": v,
+                    "verdict": "PASS" if passed else "MISS",
+                }
+            )
+        lines.append("| " + " | ".join(row) + " |")
+
+    judge(
+        "aim: single-row p50 c=1 (ms)",
+        "< 0.35",
+        lambda r, _: r["c1_p50_us"] / 1000,
+        lambda v: v < 0.35,
+    )
+    judge(
+        "aim: c=8 req/s ÷ MLServer", ">= 3", lambda r, _: r["c8_req_per_s"] / m_c8, lambda v: v >= 3
+    )
+    judge(
+        "aim: 10k Arrow rows/s ÷ MLServer",
+        ">= 6",
+        lambda r, _: r["10k_arrow_rows_per_s"] / m_rows,
+        lambda v: v >= 6,
+    )
+    judge(
+        "aim: 10k JSON rows/s ÷ MLServer",
+        ">= 1",
+        lambda r, _: r["10k_json_rows_per_s"] / m_rows,
+        lambda v: v >= 1,
+    )
+    judge(
+        "aim: RSS idle after load (MiB)",
+        "< 120",
+        lambda r, _: r["rss_after_load_mib"],
+        lambda v: v < 120,
+    )
+    judge(
+        "aim: RSS after bench (MiB)",
+        "< 120",
+        lambda r, _: r["rss_after_bench_mib"],
+        lambda v: v < 120,
+    )
+    judge(
+        "floor: single-row p50 c=1 (ms)",
+        "<= 1.5",
+        lambda r, _: r["c1_p50_us"] / 1000,
+        lambda v: v <= 1.5,
+    )
+    judge(
+        "floor: 10k Arrow rows/s ÷ raw ORT",
+        ">= 0.85",
+        lambda r, _: r["10k_arrow_rows_per_s"] / raw_rows_s,
+        lambda v: v >= 0.85,
+    )
+    judge(
+        "floor: idle RSS (MiB)", "<= 150", lambda r, _: r["rss_after_load_mib"], lambda v: v <= 150
+    )
+    judge(
+        "floor: logging cost c=8 req/s (%)",
+        "<= 10",
+        lambda _, c: c["c8_req_per_s"],
+        lambda v: v <= 10,
+    )
+    judge(
+        "floor: logging cost 10k Arrow (%)",
+        "<= 15",
+        lambda _, c: c["10k_arrow_rows_per_s"],
+        lambda v: v <= 15,
+    )
+
+    checks = {n: cfg.get("checks", {}) for n, cfg in configs.items()}
+    lines.append("")
+    lines.append("## Checks")
+    for n, ch in checks.items():
+        lines.append(f"- {n}: " + ", ".join(f"{k}={'ok' if v else 'FAIL'}" for k, v in ch.items()))
+    if mls_source == "measured":
+        lines.append(
+            "- MLServer answers vs its raw ORT: " + ("ok" if mls.get("checks_ok") else "FAIL")
+        )
+    print("\n".join(lines), flush=True)
+    return {
+        "table": table_json,
+        "logging_cost_pct": cost_json,
+        "verdicts": verdicts,
+        "checks": checks,
+        "text": "\n".join(lines),
+    }
+
+
+def versions() -> None:
+    import importlib.metadata as md
+
+    for pkg in (
+        "onnxruntime",
+        "numpy",
+        "pyarrow",
+        "polars",
+        "orjson",
+        "starlette",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "scikit-learn",
+        "skl2onnx",
+    ):
+        try:
+            out(f"version_{pkg}", md.version(pkg), "-")
+        except md.PackageNotFoundError:
+            out(f"version_{pkg}", "absent", "-")
+    out("version_python", platform.python_version(), "-")
+    try:
+        w = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10)
+        out("version_wrk", (w.stdout + w.stderr).split()[1], "-")
+    except (OSError, IndexError):
+        out("version_wrk", "absent", "-")
+    try:
+        head = subprocess.run(
+            ["git", "log", "-1", "--format=%h %s"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "edge"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        out("git_head", head.split()[0] if head else "?", "-")
+        out("git_edge_dirty", "yes" if dirty else "no", "-")
+    except OSError:
+        pass
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip().replace(" ", "_")
+                break
+    out("host_cpu", cpu, "-")
+    out("host_cores", os.cpu_count(), "cores")
+    out("host_loadavg_1m", os.getloadavg()[0], "-")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir())
+        / "edge-bench"
+        / time.strftime("serve-%Y%m%d-%H%M%S.json"),
+        help="write the summary (and every figure) as JSON here",
+    )
+    ap.add_argument("--cpus", default="1,2", help="CONFIG_CPUS values to run, comma list")
+    ap.add_argument("--logging", default="on,off", help="on,off | on | off")
+    ap.add_argument(
+        "--mlserver",
+        dest="mlserver",
+        action="store_const",
+        const=True,
+        help="run the MLServer peer bench (default: if its venv exists or setup.sh can make it)",
+    )
+    ap.add_argument(
+        "--no-mlserver",
+        dest="mlserver",
+        action="store_const",
+        const=False,
+        help="use MLServer's published figures instead",
+    )
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--warmup", type=int, default=3, help="seconds of wrk warm-up per server")
+    ap.add_argument("--big-requests", type=int, default=20, help="timed 10k-row requests")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat every phase this many times, interleaved across the configurations",
+    )
+    ap.add_argument("--ready-timeout", type=float, default=60)
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="record py-spy (raw stacks) into this folder during the c=8 and 10k "
+        "Arrow runs and print the hot spots (perturbs those figures)",
+    )
+    ap.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the server (experiments, e.g. MALLOC_ARENA_MAX=2); repeatable",
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, persist dirs)")
+    ap.add_argument("--raw-child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.raw_child:
+        m, rows, threads, expect = args.raw_child
+        raw_child(m, rows, int(threads), expect)
+        return 0
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk missing: apt-get install wrk")
+    cpus_list = [int(c) for c in args.cpus.split(",") if c.strip()]
+    modes = [m.strip() for m in args.logging.split(",") if m.strip()]
+    extra_env = dict(kv.split("=", 1) for kv in args.server_env)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+
+    t_start = time.perf_counter()
+    note(f"run started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    versions()
+    for k, v in extra_env.items():
+        out(f"server_env_{k}", v, "-")
+    work = Path(tempfile.mkdtemp(prefix="edge-bench-"))
+    note(f"work dir {work}")
+    run_snap = cpu_snapshot()
+    try:
+        # can the server log at all? (edge/logbuffer.py is being finished in parallel)
+        if "on" in modes:
+            probe = subprocess.run(
+                [sys.executable, "-c", "import edge.logbuffer"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if probe.returncode != 0:
+                note(
+                    "edge.logbuffer does not import; running only --no-logging: "
+                    + probe.stderr.strip().splitlines()[-1]
+                )
+                modes = [m for m in modes if m != "on"] or ["off"]
+        fs_med, fs_p90 = fsync_probe(work)
+        out("host_fsync_4k_median", fs_med, "us")
+        out("host_fsync_4k_p90", fs_p90, "us")
+        model = build_model(work)
+        bodies = make_bodies(model, work)
+        raw = bench_raw(model, work, 1)
+        raw2 = bench_raw(model, work, 2) if any(c > 1 for c in cpus_list) else None
+        configs: dict[str, dict[str, Any]] = {}
+        failed: list[str] = []
+        servers = [
+            Server(model["url"], cpus, mode == "on", work, extra_env)
+            for cpus in cpus_list
+            for mode in modes
+        ]
+        snap, t0 = cpu_snapshot(), time.perf_counter()
+        try:
+            up = []
+            for srv in servers:
+                try:
+                    start_server(srv, bodies, raw, args.ready_timeout)
+                    up.append(srv)
+                except Exception as exc:  # report and go on with the other configurations
+                    failed.append(srv.name)
+                    note(f"{srv.name} FAILED to start: {exc}")
+                    srv.stop()
+            if up:
+                measure(up, bodies, raw, args)
+            configs = {srv.name: srv.result for srv in up}
+        finally:
+            for srv in servers:
+                srv.stop()
+        pct = other_cpu_pct(snap, cpu_snapshot(), time.perf_counter() - t0)
+        out("edge_host_other_cpu", pct, "%")
+        for res in configs.values():
+            res["host_other_cpu_pct"] = pct
+        mls = None
+        mls_source = "published"
+        if mlserver_ready(args.mlserver):
+            snap, t0 = cpu_snapshot(), time.perf_counter()
+            mls = bench_mlserver(args)
+            if mls is not None:
+                mls_source = "measured"
+                mls["host_other_cpu_pct"] = other_cpu_pct(
+                    snap, cpu_snapshot(), time.perf_counter() - t0
+                )
+                out("mlserver_host_other_cpu", mls["host_other_cpu_pct"], "%")
+        if mls is None:
+            note("MLServer figures: the PUBLISHED ones (peer README run 1), not this run")
+            mls = dict(MLSERVER_PUBLISHED)
+        out("mlserver_source", mls_source, "-")
+        if args.profile:
+            for f in sorted(args.profile.glob("*.txt")):
+                shares, hot = profile_report(f)
+                note(
+                    f"py-spy {f.name}: busy samples by thread: "
+                    + ", ".join(f"{t} {p:.0f}%" for t, p in shares.items())
+                )
+                note("  own %  incl %  function (busy samples only)")
+                for fn, own, incl in hot:
+                    note(f"  {own:5.1f}% {incl:5.1f}%  {fn}")
+        out("bench_wall_time", time.perf_counter() - t_start, "s")
+        out(
+            "host_other_cpu_whole_run",
+            other_cpu_pct(run_snap, cpu_snapshot(), time.perf_counter() - t_start),
+            "%",
+        )
+        out("host_loadavg_1m_end", os.getloadavg()[0], "-")
+        summary = summarize(configs, raw, raw2, mls, mls_source, cpus_list)
+        doc = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "command": " ".join([sys.executable, *sys.argv]),
+            "lines": [{"name": n, "value": v, "unit": u} for n, v, u in LINES],
+            "raw_ort": {k: v for k, v in raw.items() if k != "expect"},
+            "raw_ort_t2": {k: v for k, v in raw2.items() if k != "expect"} if raw2 else None,
+            "configs": configs,
+            "mlserver": {"source": mls_source, **mls},
+            "failed_configs": failed,
+            **summary,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=1, default=str))
+        note(f"summary json: {args.out}")
+        bad_checks = [
+            f"{n}:{k}" for n, ch in summary["checks"].items() for k, v in ch.items() if not v
+        ]
+        if failed or bad_checks:
+            note(f"FAILED configs: {failed}; failed checks: {bad_checks}")
+            return 1
+        return 0
+    finally:
+        if args.keep:
+            note(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
