@@ -13,6 +13,7 @@ from typing import Any
 
 from edge.config import Settings, load_settings
 from edge.errors import ConfigError, EdgeError
+from ops_sync.errors import SyncError
 
 log = logging.getLogger("edge")
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except EdgeError as exc:
+    except (EdgeError, SyncError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -149,21 +150,28 @@ def _serve(args: argparse.Namespace) -> int:
     server = uvicorn.Server(config)
     failure: list[str] = []
 
+    def fail(exc: Exception) -> None:
+        """A start-up failure ends the process (exit code 2) with its reason."""
+        state.status, state.error = "Error", str(exc)
+        failure.append(str(exc))
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if not isinstance(exc, EdgeError | SyncError):
+            log.exception("start-up failed")
+        server.should_exit = True
+
     def load() -> None:
         try:
             state.pipeline = _load_pipeline(settings)
             state.status = "Running"
             _say(f"Engine ready: pipeline {state.pipeline.name} on port {settings.port}")
         except Exception as exc:  # any failure to load ends the process with its reason
-            state.status, state.error = "Error", str(exc)
-            failure.append(str(exc))
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            if not isinstance(exc, EdgeError):
-                log.exception("pipeline failed to load")
-            server.should_exit = True
+            fail(exc)
+
+    loader = threading.Thread(target=load, name="pipeline-loader", daemon=True)
 
     def start_loading() -> None:
-        threading.Thread(target=load, name="pipeline-loader", daemon=True).start()
+        if not failure:  # the sync may have refused the bundle already
+            loader.start()
 
     if settings.logging_enabled:
         from edge.logbuffer import LogBuffer
@@ -176,9 +184,20 @@ def _serve(args: argparse.Namespace) -> int:
         state.buffer.start()
         state.on_shutdown.append(state.buffer.close)
     if bundle:
-        state.on_startup.append(lambda: _start_agent(state, bundle, settings))
+        if state.buffer is None:
+            raise ConfigError("EDGE_BUNDLE needs inference logging on (EDGE_LOGGING=true)")
+
+        async def start_sync() -> None:
+            try:  # joins once (redeems the token), then syncs in the background
+                await _start_agent(state, bundle, settings)
+            except SyncError as exc:  # refused token, removed edge: a new bundle is needed
+                fail(exc)
+
+        state.on_startup.append(start_sync)
     state.on_startup.append(start_loading)
     server.run()
+    if loader.is_alive():  # exiting while native code loads a model can abort the process
+        loader.join(timeout=60)
     return 2 if failure else 0
 
 
@@ -186,8 +205,6 @@ def _start_agent(state: Any, bundle: dict[str, str], settings: Settings) -> Any:
     from edge.server import health_report
     from ops_sync.agent import SyncAgent
 
-    if state.buffer is None:
-        raise ConfigError("EDGE_BUNDLE needs inference logging on (EDGE_LOGGING=true)")
     state.agent = SyncAgent(
         bundle, settings.persist_dir, state.buffer, lambda: health_report(state)
     )
