@@ -871,3 +871,10 @@ def test_arm64_parity(tmp_path: Path) -> None:
         arm_log.close()
     mounts = Path("/proc/mounts").read_text()
     assert "/srv/parity" not in mounts and "edge-arm64/root/proc" not in mounts
+    leftovers = subprocess.run(
+        ["pgrep", "-f", f"edge serve --host 127.0.0.1 --port {arm_port}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert leftovers.stdout.strip() == "", "the arm64 server outlived its script"

@@ -178,7 +178,10 @@ serve() {
     trap stop EXIT
     trap 'exit 143' TERM INT
     mount_root
-    in_root PIPELINE_URL="oci-layout:/srv/parity/layout:$version" CONFIG_CPUS=1 \
+    # Not through in_root: a backgrounded function is a subshell, and $! would name it instead
+    # of the server (env execs chroot, which execs edge: one process to signal).
+    env -i PATH="$chroot_path" HOME=/root LANG=C.UTF-8 \
+        PIPELINE_URL="oci-layout:/srv/parity/layout:$version" CONFIG_CPUS=1 \
         chroot "$root" /opt/venv/bin/edge serve --host 127.0.0.1 --port "$port" \
         --persist-dir /srv/parity/persist &
     child=$!
