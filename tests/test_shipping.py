@@ -661,7 +661,8 @@ PLATFORMS = {
 
 
 def requirements_for(machine: str) -> list[str]:
-    """The runtime and tensorflow-extra requirements whose markers hold on linux/<machine>."""
+    """The runtime and tensorflow-extra requirements whose markers hold on linux/<machine>, and
+    the gpu extra on x86_64 (the GPU image is amd64 only)."""
     from packaging.markers import default_environment
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
@@ -676,7 +677,11 @@ def requirements_for(machine: str) -> list[str]:
         "platform_python_implementation": "CPython",
     }
     chosen = []
-    for line in [*project["dependencies"], *project["optional-dependencies"]["tensorflow"]]:
+    extras = project["optional-dependencies"]
+    lines = [*project["dependencies"], *extras["tensorflow"]]
+    if machine == "x86_64":
+        lines += extras["gpu"]
+    for line in lines:
         requirement = Requirement(line)
         if requirement.marker is None or requirement.marker.evaluate({**environment, "extra": ""}):
             requirement.marker = None
@@ -779,7 +784,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @pytest.mark.timeout(2400)
 @pytest.mark.skipif(
     os.environ.get("EDGE_TEST_ARM64") != "1",
-    reason="opt-in: EDGE_TEST_ARM64=1 (root; about 5 minutes cold, see packaging/arm64/parity.sh)",
+    reason="opt-in: EDGE_TEST_ARM64=1 (root; ~20 min cold, ~1 min warm; packaging/arm64/)",
 )
 def test_arm64_parity(tmp_path: Path) -> None:
     """The appliance in an arm64 root under QEMU answers as it does on x86-64."""
