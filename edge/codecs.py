@@ -7,7 +7,7 @@ fields (`check_failures`, `elapsed`, `model_name`, `model_version`, `original_da
 `outputs`, `pipeline_name`, `shadow_data`, `time`) plus `in`/`out`/`anomaly`/`metadata`,
 nested, or flat keys joined by `separator` when the client asks (Wallaroo's SDK does).
 
-Two JSON writers produce the same bytes: a per-row one with orjson for small results
+Two JSON writers produce the same records: a per-row one with orjson for small results
 (polars' fixed cost is about a millisecond) and a columnar one with polars for large ones.
 """
 
@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-import polars as pl
 import pyarrow as pa
 
 from edge.errors import BadInput
@@ -60,6 +59,8 @@ def decode_records(body: bytes) -> pa.Table:
         except orjson.JSONDecodeError as exc:
             raise BadInput(f"malformed JSON at byte {exc.pos}: {exc.msg}") from exc
         return _rows_to_table(rows)
+    import polars as pl  # imported on first large body: it costs ~50 MB resident
+
     try:
         table = pl.read_json(io.BytesIO(body)).to_arrow()
     except Exception as exc:  # polars raises ComputeError/SchemaError with a text
@@ -298,6 +299,7 @@ def _tensor_entry(value: Any) -> dict[str, Any]:
 
 
 def _records_large(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
+    import polars as pl
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     pieces: list[pl.Expr] = []

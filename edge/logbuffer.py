@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_MAX_BYTES = 256 << 20
+COMPRESS_BELOW = 256 << 10  # serialized tables above this are stored uncompressed
 DROP_REASONS = ("input_values", "output_values", "rows")
 DROPPED_COLUMN = "metadata.dropped"
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
@@ -181,6 +182,7 @@ class _Encoded:
     n_rows: int
     min_time: int | None
     max_time: int | None
+    codec: str = "zstd"
 
 
 class _Queue:
@@ -792,9 +794,13 @@ class LogBuffer:
         if not fingerprint:
             fingerprint = hashlib.sha256(batch.schema.serialize().to_pybytes()).hexdigest()
             self._last_schema = (cached[0], fingerprint, cached[2])
-        body = self._compressor.compress(batch.serialize())
+        raw = batch.serialize()
+        # Tensors of floats barely compress and zstd would cost more than the model run on big
+        # batches; small tables (mostly repeated strings) shrink well.
+        codec = "zstd" if raw.size <= COMPRESS_BELOW else "none"
+        body = self._compressor.compress(raw) if codec == "zstd" else raw.to_pybytes()
         lo, hi = time_bounds(batch)
-        return _Encoded(batch.schema, fingerprint, body, batch.num_rows, lo, hi)
+        return _Encoded(batch.schema, fingerprint, body, batch.num_rows, lo, hi, codec)
 
     def _schema_id(self, conn: sqlite3.Connection, schema: pa.Schema, fingerprint: str) -> int:
         known = self._schema_ids.get(fingerprint)
@@ -814,7 +820,7 @@ class LogBuffer:
         last = first + enc.n_rows - 1
         conn.execute(
             "INSERT INTO batches (first_seq, last_seq, n_rows, min_time, max_time, bytes,"
-            " schema_id, codec, trimmed, body) VALUES (?, ?, ?, ?, ?, ?, ?, 'zstd', 0, ?)",
+            " schema_id, codec, trimmed, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
             (
                 first,
                 last,
@@ -823,6 +829,7 @@ class LogBuffer:
                 enc.max_time,
                 len(enc.body),
                 self._schema_id(conn, enc.schema, enc.fingerprint),
+                enc.codec,
                 enc.body,
             ),
         )
@@ -852,7 +859,7 @@ class LogBuffer:
         enc = self._encode([table])
         conn.execute(
             "UPDATE batches SET first_seq = ?, n_rows = ?, min_time = ?, max_time = ?, bytes = ?,"
-            " schema_id = ?, codec = 'zstd', trimmed = ?, body = ? WHERE first_seq = ?",
+            " schema_id = ?, codec = ?, trimmed = ?, body = ? WHERE first_seq = ?",
             (
                 first_seq if new_first is None else new_first,
                 enc.n_rows,
@@ -860,6 +867,7 @@ class LogBuffer:
                 enc.max_time,
                 len(enc.body),
                 self._schema_id(conn, enc.schema, enc.fingerprint),
+                enc.codec,
                 trimmed,
                 enc.body,
                 first_seq,

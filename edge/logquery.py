@@ -71,9 +71,12 @@ class Reader:
             if row is None:
                 raise LogBufferError(f"log buffer row refers to unknown schema {schema_id}")
             schema = ipc.read_schema(pa.py_buffer(row[0]))
-        if codec != "zstd":
+        if codec == "zstd":
+            raw = self.decompressor.decompress(body)
+        elif codec == "none":
+            raw = body
+        else:
             raise LogBufferError(f"log buffer row has unknown codec {codec!r}")
-        raw = self.decompressor.decompress(body)
         return pa.Table.from_batches([ipc.read_record_batch(pa.py_buffer(raw), schema)])
 
     def acked_through(self) -> int:

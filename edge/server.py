@@ -205,9 +205,12 @@ def create_app(state: AppState) -> Starlette:
         else:
             inference, result = await anyio.to_thread.run_sync(work)
         # Start the commit, encode while SQLite syncs, answer only once it is durable.
-        committed = None
+        committed: Any = None
         if state.buffer is not None:
-            committed = asyncio.ensure_future(state.buffer.append(result))
+            try:  # a plain future is cheaper than a task; a full queue waits in `append`
+                committed = asyncio.wrap_future(state.buffer.append_nowait(result))
+            except LogBufferFull:
+                committed = asyncio.ensure_future(state.buffer.append(result))
         shown = codecs.select_datasets(result, dataset or None, exclude or None)
 
         def encode() -> bytes:

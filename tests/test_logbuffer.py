@@ -505,3 +505,16 @@ def test_the_writer_survives_its_own_errors(
     assert buf.append_nowait(result_table(1)).result(timeout=10).first == 1
     monkeypatch.undo()
     assert buf.append_nowait(result_table(1)).result(timeout=10).first == 2
+
+
+def test_large_tables_are_stored_uncompressed_and_read_back(buf: LogBuffer, db: Path) -> None:
+    big = result_table(rows=2_000, big=64)
+    small = result_table(rows=2, time_ms=T0 + 1)
+    buf.append_nowait(big).result(timeout=30)
+    buf.append_nowait(small).result(timeout=30)
+    with sqlite3.connect(db) as conn:
+        codecs = [c for (c,) in conn.execute("SELECT codec FROM batches ORDER BY first_seq")]
+    assert codecs == ["none", "zstd"]
+    (batch,) = buf.pending(10_000)
+    assert batch.table.num_rows == 2_002
+    assert batch.table.slice(0, 2_000).column("in.image").equals(big.column("in.image"))
