@@ -295,6 +295,7 @@ def _push_chart(args: argparse.Namespace, published: Any, definition: Any) -> di
 
     from edge import chart
 
+    tensorflow = any(m.runtime == "tensorflow" for m in definition.models.values())
     with tempfile.TemporaryDirectory() as scratch:
         tgz = chart.build_chart(
             definition.name,
@@ -302,6 +303,7 @@ def _push_chart(args: argparse.Namespace, published: Any, definition: Any) -> di
             definition.version,
             published.engine_config,
             Path(scratch),
+            tensorflow=tensorflow,
         )
         ref = chart.push_chart(
             tgz,
@@ -309,9 +311,10 @@ def _push_chart(args: argparse.Namespace, published: Any, definition: Any) -> di
             args.repository,
             os.environ.get("OCI_USERNAME") or None,
             os.environ.get("OCI_PASSWORD") or None,
-            bool(args.insecure),
+            args.insecure,
         )
     return {
+        "engine_url": chart.engine_image(published.engine_config, tensorflow=tensorflow),
         "helm_chart_url": f"oci://{ref.url}",
         "helm_chart_reference": f"{ref.url}@{ref.reference}",
         "helm_chart_version": ref.version,

@@ -75,31 +75,40 @@ def served(registry: Registry, published: dict, tmp_path_factory: pytest.TempPat
     edge.stop()
 
 
-def test_publish_prints_seed_fields(registry: Registry, example: Path) -> None:
+def test_publish_prints_seed_fields_and_pushes_a_chart(registry: Registry, example: Path) -> None:
     env = dict(os.environ, OCI_USERNAME=registry.username, OCI_PASSWORD=registry.password)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edge",
-            "publish",
-            str(example / "pipeline.yaml"),
-            "--registry",
-            registry.host,
-            "--repository",
-            "edge-tests",
-            "--no-chart",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    for label in ("ID", "Pipeline Version", "Status", "Pipeline URL", "Engine Config"):
-        assert any(line.startswith(label + " ") for line in done.stdout.splitlines()), label
-    assert f"{registry.host}/edge-tests/pipelines/breast-cancer:" in done.stdout
+    command = [sys.executable, "-m", "edge", "publish", str(example / "pipeline.yaml")]
+    command += ["--registry", registry.host, "--repository", "edge-tests"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    fields = dict(line.split("  ", 1) for line in done.stdout.splitlines() if "  " in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    for label in (
+        "ID",
+        "Pipeline Version",
+        "Status",
+        "Engine URL",
+        "Pipeline URL",
+        "Helm Chart URL",
+        "Helm Chart Reference",
+        "Helm Chart Version",
+        "Engine Config",
+    ):
+        assert fields.get(label), label
+    version = fields["Pipeline Version"]
+    assert fields["Pipeline URL"] == f"{registry.host}/edge-tests/pipelines/breast-cancer:{version}"
+    assert fields["Helm Chart URL"] == f"oci://{registry.host}/edge-tests/charts/breast-cancer"
+    assert fields["Helm Chart Version"] == f"0.0.1-{version}"
     assert registry.password not in done.stdout + done.stderr
+    chart = httpx.get(
+        f"http://{registry.host}/v2/edge-tests/charts/breast-cancer/manifests/0.0.1-{version}",
+        auth=(registry.username, registry.password),
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    assert chart.status_code == 200
+    assert fields["Helm Chart Reference"].endswith(chart.headers["docker-content-digest"])
+    layer = chart.json()["layers"][0]
+    assert layer["mediaType"] == "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 
 
 def test_startup_lines_and_listing(served, published: dict, example: Path) -> None:
