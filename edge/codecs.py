@@ -13,6 +13,7 @@ Two JSON writers produce the same records: a per-row one with orjson for small r
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -153,16 +154,21 @@ def select_datasets(
     table: pa.Table, dataset: Sequence[str] | None, exclude: Sequence[str] | None
 ) -> pa.Table:
     """Keep the columns the seed's `dataset` names (default `*`), minus `dataset_exclude`."""
-    wanted = list(dataset) if dataset else ["*"]
+    names = _selected(tuple(table.column_names), tuple(dataset or ("*",)), tuple(exclude or ()))
+    return table if len(names) == table.num_columns else table.select(list(names))
+
+
+@functools.lru_cache(maxsize=256)
+def _selected(
+    columns: tuple[str, ...], dataset: tuple[str, ...], exclude: tuple[str, ...]
+) -> tuple[str, ...]:
     items: list[str] = []
-    for item in wanted:
+    for item in dataset:
         items.extend(_STAR if item == "*" else [item])
     if "meta" in items:
         items.append("metadata")
-    keep = [c for c in table.column_names if any(_matches(c, i) for i in items)]
-    if exclude:
-        keep = [c for c in keep if not any(_matches(c, i) for i in exclude)]
-    return table.select(keep)
+    keep = [c for c in columns if any(_matches(c, i) for i in items)]
+    return tuple(c for c in keep if not any(_matches(c, i) for i in exclude))
 
 
 def _matches(column: str, item: str) -> bool:
@@ -300,6 +306,7 @@ def _tensor_entry(value: Any) -> dict[str, Any]:
 
 def _records_large(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
     import polars as pl
+
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     pieces: list[pl.Expr] = []

@@ -55,6 +55,7 @@ class Pipeline:
         self.validator = validator
         self._single = {n for n, m in definition.models.items() if m.batch_config == "single"}
         self._constants: dict[str, pa.Array] = {}
+        self._schemas: dict[tuple[Any, ...], pa.Schema] = {}
 
     @property
     def name(self) -> str:
@@ -182,7 +183,17 @@ class Pipeline:
             self._constant("dropped", [], pa.list_(pa.string()), rows),
             self._constant("partition", self.partition, pa.string(), rows),
         ]
-        return pa.Table.from_arrays(columns, names=names)
+        return pa.Table.from_arrays(columns, schema=self._schema(names, columns))
+
+    def _schema(self, names: list[str], columns: list[Any]) -> pa.Schema:
+        """The result schema, cached: naming columns costs more than building them."""
+        key = (tuple(names), tuple(c.type for c in columns))
+        schema = self._schemas.get(key)
+        if schema is None:
+            schema = pa.schema(list(zip(names, key[1], strict=True)))
+            if len(self._schemas) < 64:
+                self._schemas[key] = schema
+        return schema
 
     @staticmethod
     def _elapsed(elapsed: list[int], rows: int) -> pa.Array:

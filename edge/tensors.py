@@ -8,6 +8,7 @@ casts that would lose information are `BadInput` naming the column and the step.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -137,12 +138,23 @@ def ndarray_to_column(tensor: np.ndarray) -> pa.Array:
     rows = tensor.shape[0]
     for level in range(tensor.ndim - 1, 0, -1):
         width = tensor.shape[level]
-        count = rows * int(np.prod(tensor.shape[1:level], dtype=np.int64))
-        offsets = np.arange(count + 1, dtype=np.int32) * np.int32(width)
+        count = rows * math.prod(tensor.shape[1:level])
         column = pa.Array.from_buffers(
-            _list_of(column.type), count, [None, pa.py_buffer(offsets)], children=[column]
+            _list_of(column.type), count, [None, _offsets(count, width)], children=[column]
         )
     return column
+
+
+def _offsets(count: int, width: int) -> pa.Buffer:
+    """List offsets 0, width, 2*width, ...; the small ones are cached (immutable buffers)."""
+    if count <= 64:
+        return _small_offsets(count, width)
+    return pa.py_buffer(np.arange(count + 1, dtype=np.int32) * np.int32(width))
+
+
+@functools.lru_cache(maxsize=1024)
+def _small_offsets(count: int, width: int) -> pa.Buffer:
+    return pa.py_buffer(np.arange(count + 1, dtype=np.int32) * np.int32(width))
 
 
 @functools.cache

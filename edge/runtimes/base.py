@@ -9,6 +9,7 @@ caller's data raise `BadInput` naming the column; errors inside the model raise
 
 from __future__ import annotations
 
+import zipfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from edge.artifact import ModelInfo
-from edge.errors import BadInput
+from edge.errors import ArtifactError, BadInput
 
 
 @dataclass(frozen=True)
@@ -82,3 +83,35 @@ def map_inputs(
             f"tensor_fields"
         )
     return {name: name for name in input_names}
+
+
+MAX_UNZIPPED = 16 << 30  # a zip bomb stops here, far above any real model
+
+
+def extract_zip(path: Path, dest: Path, what: str) -> Path:
+    """Unzip `path` into `dest`, refusing the whole zip if any entry would land outside it.
+
+    Returns the model folder: the zip's single top-level directory when it has one (the
+    seed's `zip -r name.zip name/`), else `dest`.
+    """
+    root = dest.resolve()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+            for entry in entries:
+                if not (root / entry.filename).resolve().is_relative_to(root):
+                    raise ArtifactError(
+                        f"{what}: zip entry {entry.filename!r} points outside the model folder; "
+                        f"refusing the zip"
+                    )
+            unpacked = sum(entry.file_size for entry in entries)
+            if unpacked > MAX_UNZIPPED:
+                raise ArtifactError(
+                    f"{what}: {path.name} would unpack to {unpacked >> 20} MiB, over the "
+                    f"{MAX_UNZIPPED >> 20} MiB limit"
+                )
+            archive.extractall(root)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ArtifactError(f"{what}: cannot unzip {path.name}: {exc}") from exc
+    tops = [p for p in root.iterdir() if p.name != "__MACOSX"]
+    return tops[0] if len(tops) == 1 and tops[0].is_dir() else root

@@ -14,7 +14,6 @@ import shutil
 import sys
 import tempfile
 import threading
-import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +25,7 @@ import pyarrow as pa
 from packaging.requirements import InvalidRequirement, Requirement
 
 from edge.errors import ArtifactError, BadInput, PipelineError
-from edge.runtimes.base import Runtime, map_inputs
+from edge.runtimes.base import Runtime, extract_zip, map_inputs
 from edge.tensors import column_to_ndarray, ndarray_to_column
 from mac.config.inference import CustomInferenceConfig
 from mac.exceptions import InferenceDataValidationError
@@ -168,28 +167,6 @@ class ByopRuntime(Runtime):
                 step=step,
             ) from exc
         return column
-
-
-def extract_zip(path: Path, dest: Path, what: str) -> Path:
-    """Unzip `path` into `dest`, refusing the whole zip if any entry would land outside it.
-
-    Returns the model folder: the zip's single top-level directory when it has one (the
-    seed's `zip -r name.zip name/`), else `dest`.
-    """
-    root = dest.resolve()
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for entry in archive.infolist():
-                if not (root / entry.filename).resolve().is_relative_to(root):
-                    raise ArtifactError(
-                        f"{what}: zip entry {entry.filename!r} points outside the model folder; "
-                        f"refusing the zip"
-                    )
-            archive.extractall(root)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ArtifactError(f"{what}: cannot unzip {path.name}: {exc}") from exc
-    tops = [p for p in root.iterdir() if p.name != "__MACOSX"]
-    return tops[0] if len(tops) == 1 and tops[0].is_dir() else root
 
 
 def check_requirements(requirements: Path, what: str) -> None:

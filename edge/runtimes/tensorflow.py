@@ -15,8 +15,7 @@ import pyarrow as pa
 import tensorflow as tf
 
 from edge.errors import ArtifactError, PipelineError
-from edge.runtimes.base import Runtime, map_inputs
-from edge.runtimes.byop import extract_zip
+from edge.runtimes.base import Runtime, extract_zip, map_inputs
 from edge.tensors import column_to_ndarray, ndarray_to_column
 
 log = logging.getLogger(__name__)
