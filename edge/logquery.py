@@ -245,3 +245,25 @@ def concat(tables: list[pa.Table]) -> pa.Table:
             "logs from pipeline versions with incompatible column types cannot be returned "
             f"together ({exc}); pass start and end to read one version's rows"
         ) from exc
+
+
+MORE_LOGS = (
+    "Warning: There are more logs available. "
+    "Please set a larger limit or request a file using export_logs."
+)
+DROPPED_COLUMNS = (
+    "The inference log is above the allowable limit and the following columns may have been "
+    "suppressed for various rows in the logs: {columns}. To review the dropped columns for an "
+    'individual inferences suppressed data, include dataset=["metadata"] in the log request.'
+)
+
+
+def log_warnings(rows: pa.Table, more: bool) -> list[str]:
+    """The seed's `pipeline.logs` warnings for these rows (before dataset selection)."""
+    warnings = [MORE_LOGS] if more else []
+    if "metadata.dropped" in rows.column_names and rows.num_rows:
+        column = rows.column("metadata.dropped").combine_chunks()
+        dropped = sorted({name for names in column.to_pylist() if names for name in names})
+        if dropped:
+            warnings.append(DROPPED_COLUMNS.format(columns=", ".join(dropped)))
+    return warnings

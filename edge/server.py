@@ -38,6 +38,7 @@ from edge.errors import (
     UnsupportedMediaType,
 )
 from edge.logbuffer import LogBufferDiskFull, LogBufferFull
+from edge.logquery import log_warnings
 from edge.pipeline import Inference, Pipeline
 
 log = logging.getLogger("edge.server")
@@ -271,28 +272,26 @@ def create_app(state: AppState) -> Starlette:
         end = _when(query.get("end_datetime") or query.get("end"), "end_datetime")
         if (start is None) != (end is None):
             raise BadInput("give both start_datetime and end_datetime, or neither")
-        table, more = await anyio.to_thread.run_sync(
-            lambda: state.buffer.query(limit=limit, start=start, end=end)
+        (table, more), stats = await anyio.to_thread.run_sync(
+            lambda: (state.buffer.query(limit=limit, start=start, end=end), state.buffer.stats())
         )
+        warnings = log_warnings(table, more)
         table = codecs.select_datasets(
             table,
             query.getlist("dataset") + query.getlist("dataset[]") or ["*", "metadata"],
             query.getlist("dataset_exclude") + query.getlist("dataset.exclude[]") or None,
         )
-        headers = {}
-        if more:
-            headers["x-edge-warning"] = (
-                "Warning: There are more logs available. Please set a larger limit or "
-                "request a file using export_logs."
-            )
         if _wants_arrow(request):
-            return Response(
-                codecs.encode_arrow(table), 200, headers, media_type=codecs.ARROW_FILE_TYPE
-            )
-        separator = query.get("dataset.separator") or query.get("dataset_separator")
-        return Response(
-            codecs.encode_records(table, None, separator), 200, headers, media_type=codecs.JSON_TYPE
-        )
+            body, media = codecs.encode_arrow(table), codecs.ARROW_FILE_TYPE
+        else:
+            separator = query.get("dataset.separator") or query.get("dataset_separator")
+            body, media = codecs.encode_records(table, None, separator), codecs.JSON_TYPE
+        response = Response(body, 200, media_type=media)
+        # drop counters since the buffer was created, by reason (input/output values, rows)
+        response.headers["x-edge-dropped"] = orjson.dumps(stats.get("dropped", {})).decode()
+        for warning in warnings:
+            response.headers.append("x-edge-warning", warning)
+        return response
 
     async def handle_error(request: Request, exc: Exception) -> Response:
         code, body = error_body(exc)

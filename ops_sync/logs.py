@@ -17,30 +17,21 @@ from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from edge.codecs import encode_arrow, encode_records, select_datasets
+from edge.logquery import MORE_LOGS, log_warnings
 from ops_sync.errors import BadRequest
-from ops_sync.logstore import DROPPED, LogStore
+from ops_sync.logstore import LogStore
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 100_000
 DEFAULT_EXPORT_LIMIT = "100MiB"
-MORE_LOGS = (
-    "Warning: There are more logs available. "
-    "Please set a larger limit or request a file using export_logs."
-)
 MORE_EXPORT = (
     "Warning: There are more logs available. Please set a larger limit to export more data."
 )
 TOO_LARGE = (
     "Log requests are limited to around 100k in size. For requests greater than 100k in size, "
     "use the Pipeline export_logs() method."
-)
-DROPPED_COLUMNS = (
-    "The inference log is above the allowable limit and the following columns may have been "
-    "suppressed for various rows in the logs: {columns}. To review the dropped columns for an "
-    'individual inferences suppressed data, include dataset=["metadata"] in the log request.'
 )
 _UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
 _UNITS |= {"KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4}
@@ -128,11 +119,7 @@ def fetch(
     raw, more = store.read(
         query.pipeline, query.partition, query.start_ms, query.end_ms, query.limit
     )
-    warnings = [MORE_LOGS] if more else []
-    if DROPPED in raw.column_names and raw.num_rows:
-        dropped = pc.unique(pc.list_flatten(raw.column(DROPPED))).to_pylist()
-        if dropped:
-            warnings.append(DROPPED_COLUMNS.format(columns=", ".join(sorted(dropped))))
+    warnings = log_warnings(raw, more)
     table = select_datasets(raw, query.dataset, query.exclude)
     if "time" in table.column_names:
         index = table.schema.get_field_index("time")

@@ -169,3 +169,24 @@ def test_logs_api_and_versions_across_restart(
     assert len(json.loads(cli.stdout)) == 2
     metrics = httpx.get(f"{edge.url}/metrics").text
     assert 'edge_log_buffer{figure="rows"}' in metrics
+
+
+def test_buffer_cap_drops_columns_and_says_so(
+    tagged_spec: Path, example: Path, tmp_path: Path, start_edge
+) -> None:
+    url = publish(tagged_spec, layout=tmp_path / "layout")["pipeline_url"]
+    edge = start_edge(url, env={"LOG_BUFFER_BYTES": "700000"})
+    ids = list(range(2_000))
+    reply = httpx.post(f"{edge.url}/pipelines/tagged", content=body(example, ids), headers=JSON)
+    assert reply.status_code == 200
+    assert len(reply.json()) == 2_000  # the answer is whole; only the log is trimmed
+    logs = httpx.get(f"{edge.url}/logs", params=[("limit", "5"), ("dataset", "metadata")])
+    assert logs.status_code == 200
+    assert len(logs.json()) == 5
+    assert all("in.tensor" in r["metadata"]["dropped"] for r in logs.json())
+    warnings = logs.headers.get_list("x-edge-warning")
+    assert any("may have been suppressed" in w and "in.tensor" in w for w in warnings)
+    counters = json.loads(logs.headers["x-edge-dropped"])
+    assert counters["input_values"] >= 2_000
+    metrics = httpx.get(f"{edge.url}/metrics").text
+    assert 'edge_log_buffer_dropped{reason="input_values"}' in metrics
