@@ -24,7 +24,7 @@ import orjson
 import pyarrow as pa
 
 from edge.errors import BadInput
-from edge.tensors import column_to_ndarray, ndarray_to_column
+from edge.tensors import column_to_ndarray, ndarray_to_column, single_array
 
 JSON_TYPE = "application/json; format=pandas-records"
 ARROW_FILE_TYPE = "application/vnd.apache.arrow.file"
@@ -273,7 +273,7 @@ def _records_small(table: pa.Table, info: RecordInfo | None, separator: str | No
 def _row_values(column: pa.ChunkedArray) -> Any:
     """Per-row values for orjson: numeric tensors as one numpy array (orjson writes them
     natively, in their own precision), timestamps as epoch ms, the rest as Python objects."""
-    array = column.combine_chunks()
+    array = single_array(column)
     kind = array.type
     if pa.types.is_timestamp(kind):
         return array.view(pa.int64()).to_numpy(zero_copy_only=False).tolist()

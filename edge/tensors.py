@@ -33,7 +33,7 @@ def column_to_ndarray(
     Works on buffers with numpy: pyarrow's compute kernels cost tens of microseconds each,
     which is most of a one-row request.
     """
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = single_array(column)
     rows = len(array)
     if array.null_count:
         first = array.is_null().to_numpy(zero_copy_only=False).argmax()
@@ -71,6 +71,13 @@ def column_to_ndarray(
     return tensor
 
 
+def single_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A column as one contiguous array (no copy for the usual single chunk)."""
+    if isinstance(column, pa.Array):
+        return column
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 def _uniform_width(values: pa.Array, where: str) -> tuple[int, int]:
     """The common length of every row of a list column, and where its values start in the
     child array; ragged rows are refused."""
@@ -81,6 +88,8 @@ def _uniform_width(values: pa.Array, where: str) -> tuple[int, int]:
     )
     if count == 0:
         return 0, 0
+    if count == 1:  # the common one-row request: no need to compare lengths
+        return int(offsets[1] - offsets[0]), int(offsets[0])
     lengths = np.diff(offsets)
     width = int(lengths[0])
     if count > 1 and not (lengths == width).all():
