@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import zipfile
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from edge.artifact import ModelInfo
-from edge.errors import ArtifactError, BadInput
+from edge.errors import ArtifactError, BadInput, PipelineError
+from edge.tensors import column_to_ndarray, ndarray_to_column
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,40 @@ class Runtime(ABC):
     def describe(self) -> dict[str, Any]:
         """Extra facts for `/models` (for example the execution provider)."""
         return {}
+
+
+TensorInput = tuple[str, np.dtype, Sequence[int | str | None] | None]  # name, dtype, shape
+
+
+def tensor_feed(
+    table: pa.Table, inputs: Sequence[TensorInput], tensor_fields: list[str] | None, step: str
+) -> dict[str, np.ndarray]:
+    """The model's inputs as numpy tensors, mapped and checked by the seed's input rules."""
+    mapping = map_inputs(table, [name for name, _, _ in inputs], tensor_fields, step)
+    return {
+        name: column_to_ndarray(
+            table.column(mapping[name]),
+            dtype,
+            shape,
+            f"column {mapping[name]!r} (model {step!r} input {name!r})",
+        )
+        for name, dtype, shape in inputs
+    }
+
+
+def output_table(outputs: dict[str, Any], rows: int, step: str) -> pa.Table:
+    """A model's outputs (name -> array, one row per input row) as an Arrow table."""
+    columns = {}
+    for name, raw in outputs.items():
+        value = np.asarray(raw)
+        if value.ndim == 0 or value.shape[0] != rows:
+            raise PipelineError(
+                f"output {name!r} has {value.shape[0] if value.ndim else 0} rows for "
+                f"{rows} input rows",
+                step=step,
+            )
+        columns[name] = ndarray_to_column(value)
+    return pa.table(columns)
 
 
 def map_inputs(

@@ -10,8 +10,7 @@ import onnxruntime as ort
 import pyarrow as pa
 
 from edge.errors import ArtifactError, PipelineError
-from edge.runtimes.base import Runtime, map_inputs
-from edge.tensors import column_to_ndarray, ndarray_to_column
+from edge.runtimes.base import Runtime, output_table, tensor_feed
 
 log = logging.getLogger(__name__)
 
@@ -67,32 +66,14 @@ class OnnxRuntime(Runtime):
 
     def predict(self, table: pa.Table) -> pa.Table:
         step = self.info.name
-        mapping = map_inputs(table, [n for n, _, _ in self.inputs], self.info.tensor_fields, step)
-        feed = {
-            name: column_to_ndarray(
-                table.column(mapping[name]),
-                dtype,
-                shape,
-                f"column {mapping[name]!r} (model {step!r} input {name!r})",
-            )
-            for name, dtype, shape in self.inputs
-        }
+        feed = tensor_feed(table, self.inputs, self.info.tensor_fields, step)
         try:
             results = self.session.run(self.output_names, feed)
         except Exception as exc:
             raise PipelineError(f"onnxruntime failed: {exc}", step=step) from exc
-        rows = table.num_rows
-        columns = {}
-        for name, value in zip(self.output_names, results, strict=True):
-            value = np.asarray(value)
-            if value.ndim == 0 or value.shape[0] != rows:
-                raise PipelineError(
-                    f"output {name!r} has {value.shape[0] if value.ndim else 0} rows for "
-                    f"{rows} input rows",
-                    step=step,
-                )
-            columns[name] = ndarray_to_column(value)
-        return pa.table(columns)
+        return output_table(
+            dict(zip(self.output_names, results, strict=True)), table.num_rows, step
+        )
 
     def describe(self) -> dict[str, Any]:
         return {"provider": self.provider}

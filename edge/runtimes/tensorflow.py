@@ -15,8 +15,7 @@ import pyarrow as pa
 import tensorflow as tf
 
 from edge.errors import ArtifactError, PipelineError
-from edge.runtimes.base import Runtime, extract_zip, map_inputs
-from edge.tensors import column_to_ndarray, ndarray_to_column
+from edge.runtimes.base import Runtime, extract_zip, output_table, tensor_feed
 
 log = logging.getLogger(__name__)
 SIGNATURE = "serving_default"
@@ -60,33 +59,13 @@ class TensorflowRuntime(Runtime):
 
     def predict(self, table: pa.Table) -> pa.Table:
         step = self.info.name
-        mapping = map_inputs(table, [n for n, _, _ in self.inputs], self.info.tensor_fields, step)
-        feed = {
-            name: tf.constant(
-                column_to_ndarray(
-                    table.column(mapping[name]),
-                    dtype,
-                    shape,
-                    f"column {mapping[name]!r} (model {step!r} input {name!r})",
-                )
-            )
-            for name, dtype, shape in self.inputs
-        }
+        feed = tensor_feed(table, self.inputs, self.info.tensor_fields, step)
         try:
-            results = self.function(**feed)
+            results = self.function(**{name: tf.constant(value) for name, value in feed.items()})
         except Exception as exc:
             raise PipelineError(f"tensorflow failed: {exc}", step=step) from exc
-        columns = {}
-        for name in self.output_names:
-            value = np.asarray(results[name])
-            if value.ndim == 0 or value.shape[0] != table.num_rows:
-                raise PipelineError(
-                    f"output {name!r} has {value.shape[0] if value.ndim else 0} rows for "
-                    f"{table.num_rows} input rows",
-                    step=step,
-                )
-            columns[name] = ndarray_to_column(value)
-        return pa.table(columns)
+        outputs = {name: results[name] for name in self.output_names}
+        return output_table(outputs, table.num_rows, step)
 
     def close(self) -> None:
         self.function = self.model = None
