@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from edge import logquery
 from ops_sync import bundle, logs
 from ops_sync.agent import encode_batch
 from ops_sync.identity import CertificateAuthority, cert_pem, load_cert, make_csr, new_key
@@ -280,7 +281,7 @@ def test_logs_arrow_shapes_and_partition_filter(loaded: Ops) -> None:
     assert table.column("metadata.dropped").null_count == 0
     assert set(table.column("metadata.partition").to_pylist()) == {"edge-a"}
     assert not any(c.startswith("in.") or c.startswith("_") for c in table.column_names)
-    dropped = logs.DROPPED_COLUMNS.format(columns="in.tensor")
+    dropped = logquery.DROPPED_COLUMNS.format(columns="in.tensor")
     assert dropped in warnings(reply)
     assert dropped.startswith("The inference log is above the allowable limit")
 
