@@ -21,6 +21,7 @@ from edge.errors import (
     ArtifactError,
     ConfigError,
     DigestMismatch,
+    RegistryAuthError,
     RegistryError,
     RegistryUnreachable,
 )
@@ -57,14 +58,20 @@ def fetch_pipeline(
     echo(f"Fetching manifest and config for pipeline: {url}")
     try:
         return _pull(ref, directory, username, password, insecure, echo)
-    except RegistryUnreachable as exc:
+    except RegistryError as exc:  # down, refusing credentials, 5xx: a device keeps serving
         if not (directory / "manifest.json").exists():
+            fix = (
+                "check OCI_USERNAME / OCI_PASSWORD"
+                if isinstance(exc, RegistryAuthError)
+                else "make the registry reachable (check OCI_REGISTRY and the network)"
+            )
             raise ConfigError(
                 f"cannot fetch pipeline {url}: {exc}; and there is no cached copy in "
-                f"{directory}. Fix: make the registry reachable (check OCI_REGISTRY and the "
-                f"network) for the first start"
+                f"{directory}. Fix: {fix} for the first start"
             ) from exc
-        echo(f"Registry unreachable ({exc}); serving the cached copy from {directory}")
+        what = "unreachable" if isinstance(exc, RegistryUnreachable) else "failed"
+        echo(f"Registry {what} ({exc}); serving the cached copy from {directory}")
+        log.warning("registry %s; serving the cached pipeline error=%s", what, exc)
         return _load_cached(directory, echo)
 
 

@@ -16,7 +16,6 @@ GHCR, Harbor, ...) all work.
 
 from __future__ import annotations
 
-import base64
 import fnmatch
 import hashlib
 import importlib.metadata
@@ -26,7 +25,7 @@ import math
 import re
 import tarfile
 import time
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -37,11 +36,10 @@ import yaml
 from edge.artifact import DNS_NAME, MANIFEST_MEDIA_TYPE
 from edge.errors import (
     ArtifactError,
-    RegistryAuthError,
     RegistryError,
-    RegistryUnreachable,
     SpecError,
 )
+from edge.registry import Reference, RemoteRegistry, is_loopback
 
 CHART_CONFIG_MEDIA_TYPE = "application/vnd.cncf.helm.config.v1+json"
 CHART_LAYER_MEDIA_TYPE = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
@@ -292,12 +290,22 @@ def push_chart(
         },
         separators=(",", ":"),
     ).encode()
-    session = _Session(base_url, host, username, password, timeout, transport)
-    with session:
-        session.check_api()
+    store = RemoteRegistry(
+        host,
+        username,
+        password,
+        base_url.startswith("http://"),
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        transport=transport,
+    )
+    ref = Reference(host, repo_path, tag=version.replace("+", "_"))
+    try:
+        store.check_api()
         for blob in (config, data):
-            session.push_blob(repo_path, blob)
-        digest = session.put_manifest(repo_path, version.replace("+", "_"), manifest)
+            store.put_blob(ref, blob, _digest(blob), None)
+        digest = store.put_manifest(ref, manifest, {})
+    finally:
+        store.close()
     return ChartRef(url=f"{host}/{repo_path}", version=version, reference=digest)
 
 
@@ -393,178 +401,10 @@ def _registry_base(registry: str, insecure: bool | None) -> tuple[str, str]:
     else:
         host = registry
         if insecure is None:
-            insecure = _hostname(host) in ("127.0.0.1", "localhost", "[::1]")
+            insecure = is_loopback(host)
         scheme = "http" if insecure else "https"
     if not host or "/" in host:
         raise RegistryError(
             f"registry {registry!r} must be host[:port]; put the path in the repository"
         )
     return f"{scheme}://{host}", host
-
-
-def _hostname(host: str) -> str:
-    """`host[:port]` without the port (`[::1]:5000` -> `[::1]`)."""
-    if host.startswith("["):
-        return host.split("]", 1)[0] + "]"
-    return host.split(":", 1)[0]
-
-
-class _RegistryAuth(httpx.Auth):
-    """Answers a registry's 401 challenge with basic auth or a bearer token, then reuses it."""
-
-    requires_response_body = True
-
-    def __init__(self, host: str, username: str | None, password: str | None) -> None:
-        self.host = host
-        self.credentials = (username, password or "") if username else None
-        self.header: str | None = None
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        ours = request.url.netloc.decode() == self.host
-        if ours and self.header:
-            request.headers["Authorization"] = self.header
-        response = yield request
-        if response.status_code != 401 or not ours:
-            return
-        scheme, params = _parse_challenge(response.headers.get("WWW-Authenticate", ""))
-        if scheme == "basic" and self.credentials:
-            self.header = _basic(*self.credentials)
-        elif scheme == "bearer" and params.get("realm"):
-            query = {key: params[key] for key in ("service", "scope") if params.get(key)}
-            token_request = httpx.Request("GET", params["realm"], params=query)
-            if self.credentials:
-                token_request.headers["Authorization"] = _basic(*self.credentials)
-            token_response = yield token_request
-            if token_response.status_code != 200:
-                return
-            try:
-                body = token_response.json()
-                token = body.get("token") or body.get("access_token")
-            except (ValueError, AttributeError):
-                token = None
-            if not token:
-                return
-            self.header = f"Bearer {token}"
-        else:
-            return
-        request.headers["Authorization"] = self.header
-        yield request
-
-
-def _basic(username: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
-
-
-def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    scheme, _, rest = header.strip().partition(" ")
-    return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', rest))
-
-
-class _Session:
-    """One push: an httpx client bound to a registry, turning failures into RegistryErrors."""
-
-    def __init__(
-        self,
-        base_url: str,
-        host: str,
-        username: str | None,
-        password: str | None,
-        timeout: float,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.host = host
-        self.plain_http = base_url.startswith("http://")
-        self.timeout = timeout
-        self.client = httpx.Client(
-            base_url=base_url,
-            auth=_RegistryAuth(host, username, password),
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            follow_redirects=False,
-            transport=transport,
-        )
-        self.has_credentials = bool(username)
-
-    def __enter__(self) -> _Session:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.close()
-
-    def request(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self.client.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise RegistryUnreachable(
-                f"registry {self.host} did not answer {what} within {self.timeout:g} s"
-            ) from exc
-        except httpx.TransportError as exc:
-            hint = "" if self.plain_http else " (a plain-HTTP registry needs --insecure)"
-            raise RegistryUnreachable(f"cannot reach registry {self.host}{hint}: {exc}") from exc
-        if response.status_code == 401:
-            hint = (
-                "the username or password is wrong"
-                if self.has_credentials
-                else "it needs a username and password (OCI_USERNAME / OCI_PASSWORD)"
-            )
-            raise RegistryAuthError(f"registry {self.host} refused {what}: {hint}")
-        if response.status_code == 403:
-            raise RegistryAuthError(
-                f"registry {self.host} forbids {what}: the user may not push there"
-            )
-        return response
-
-    def check_api(self) -> None:
-        response = self.request("GET", "/v2/", "the API check (GET /v2/)")
-        if response.status_code != 200:
-            raise RegistryError(
-                f"{self.host} does not look like an OCI registry: GET /v2/ answered "
-                f"{response.status_code}"
-            )
-
-    def push_blob(self, repo_path: str, blob: bytes) -> None:
-        digest = _digest(blob)
-        what = f"blob {digest} of {repo_path}"
-        head = self.request("HEAD", f"/v2/{repo_path}/blobs/{digest}", f"checking {what}")
-        if head.status_code == 200:
-            return
-        start = self.request(
-            "POST", f"/v2/{repo_path}/blobs/uploads/", f"starting upload of {what}"
-        )
-        location = start.headers.get("Location")
-        if start.status_code != 202 or not location:
-            raise _unexpected(self.host, f"starting upload of {what}", start)
-        upload_url = self.client.base_url.join(location).copy_merge_params({"digest": digest})
-        done = self.request(
-            "PUT",
-            str(upload_url),
-            f"uploading {what}",
-            content=blob,
-            headers={"Content-Type": "application/octet-stream"},
-        )
-        if done.status_code not in (201, 204):
-            raise _unexpected(self.host, f"uploading {what}", done)
-
-    def put_manifest(self, repo_path: str, tag: str, manifest: bytes) -> str:
-        digest = _digest(manifest)
-        what = f"manifest {repo_path}:{tag}"
-        response = self.request(
-            "PUT",
-            f"/v2/{repo_path}/manifests/{tag}",
-            f"pushing {what}",
-            content=manifest,
-            headers={"Content-Type": MANIFEST_MEDIA_TYPE},
-        )
-        if response.status_code not in (200, 201):
-            raise _unexpected(self.host, f"pushing {what}", response)
-        answered = response.headers.get("Docker-Content-Digest")
-        if answered and answered != digest:
-            raise RegistryError(
-                f"registry {self.host} stored {what} as {answered}, but its content is {digest}"
-            )
-        return digest
-
-
-def _unexpected(host: str, what: str, response: httpx.Response) -> RegistryError:
-    return RegistryError(
-        f"registry {host} answered {response.status_code} to {what}: {response.text[:300]}"
-    )

@@ -116,6 +116,7 @@ def _say(text: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import anyio
     import uvicorn
 
     from edge.server import AppState, create_app
@@ -136,7 +137,10 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.debug:
         log.debug("settings %s", settings.redacted())
     settings.persist_dir.mkdir(parents=True, exist_ok=True)
-    state = AppState(max_body_bytes=settings.max_body_bytes, cpus=settings.cpus)
+    state = AppState(
+        max_body_bytes=settings.max_body_bytes,
+        limiter=anyio.CapacityLimiter(settings.cpus),  # model runs at once, off the loop
+    )
     config = uvicorn.Config(
         create_app(state),
         host=settings.host,
@@ -190,11 +194,12 @@ def _serve(args: argparse.Namespace) -> int:
         async def start_sync() -> None:
             try:  # joins once (redeems the token), then syncs in the background
                 await _start_agent(state, bundle, settings)
-            except SyncError as exc:  # refused token, removed edge: a new bundle is needed
+            except Exception as exc:  # refused token, removed edge, unwritable key: say why
                 fail(exc)
 
         state.on_startup.append(start_sync)
     state.on_startup.append(start_loading)
+    state.on_shutdown.append(lambda: state.pipeline.close() if state.pipeline else None)
     server.run()
     if loader.is_alive():  # exiting while native code loads a model can abort the process
         loader.join(timeout=60)
@@ -231,7 +236,7 @@ def _load_pipeline(settings: Settings) -> Any:
     context = RuntimeContext(
         threads=settings.cpus,
         gpus=definition.deployment.gpus,
-        work_dir=local.directory / "work",
+        work_dir=_empty_dir(local.directory / "work"),  # last start's unzipped models go
     )
     runtimes = {
         name: load_runtime(definition.models[name], path, context)
@@ -243,6 +248,14 @@ def _load_pipeline(settings: Settings) -> Any:
 
         validator = load_validations(definition.validations, definition.polars_version)
     return Pipeline(definition, runtimes, settings.partition, validator)
+
+
+def _empty_dir(path: Path) -> Path:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
 
 
 def _read_bundle(settings: Settings) -> dict[str, str] | None:

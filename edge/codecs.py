@@ -63,7 +63,8 @@ def decode_records(body: bytes) -> pa.Table:
     import polars as pl  # imported on first large body: it costs ~50 MB resident
 
     try:
-        table = pl.read_json(io.BytesIO(body)).to_arrow()
+        # every row decides the column types (polars' default looks at the first 100 only)
+        table = pl.read_json(io.BytesIO(body), infer_schema_length=None).to_arrow()
     except Exception as exc:  # polars raises ComputeError/SchemaError with a text
         raise BadInput(f"malformed pandas-records JSON: {str(exc).splitlines()[0]}") from exc
     if table.num_rows == 0 or table.num_columns == 0:
@@ -131,16 +132,24 @@ def _plain_type(kind: pa.DataType) -> pa.DataType:
 
 
 def decode_arrow(body: bytes) -> pa.Table:
-    """An Arrow IPC file (or stream) to a table."""
+    """An Arrow IPC file (or stream) to a table, checked in full: a damaged body is a 400."""
     buffer = pa.py_buffer(body)
-    try:
-        return pa.ipc.open_file(buffer).read_all()
-    except pa.ArrowInvalid:
-        pass
-    try:
-        return pa.ipc.open_stream(buffer).read_all()
-    except pa.ArrowInvalid as exc:
-        raise BadInput(f"body is not an Arrow IPC file or stream: {exc}") from exc
+    table = None
+    problem: Exception | None = None
+    for opener in (pa.ipc.open_file, pa.ipc.open_stream):
+        try:
+            table = opener(buffer).read_all()
+            table.validate(full=True)
+            break
+        except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
+            table, problem = None, exc
+    if table is None:
+        raise BadInput(f"body is not a valid Arrow IPC file or stream: {problem}")
+    names = table.column_names
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise BadInput(f"the Arrow table names column(s) {twice} more than once")
+    return table
 
 
 def encode_arrow(table: pa.Table) -> bytes:
@@ -165,6 +174,13 @@ def _selected(
     items: list[str] = []
     for item in dataset:
         items.extend(_STAR if item == "*" else [item])
+    for item in (*items, *exclude):
+        known = item.split(".")[0] in (*DATASETS, "meta") or item in columns
+        if not known:
+            raise BadInput(
+                f"unknown dataset {item!r}: use *, time, in, out, anomaly, metadata, or a "
+                f"column name such as metadata.elapsed"
+            )
     if "meta" in items:
         items.append("metadata")
     keep = [c for c in columns if any(_matches(c, i) for i in items)]

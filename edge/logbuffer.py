@@ -1,9 +1,10 @@
 """The inference log buffer: every answered row, kept in one SQLite file until the sync ships it.
 
 A buffer row holds one appended table, or several small ones of one schema that arrived in the
-same group commit, as one Arrow IPC record-batch message (zstd-compressed, its schema stored
-once in `schemas`) beside its sequence range and time range: a 10,000-row request costs one
-INSERT, and 64 concurrent one-row requests cost one too. Reading back is `edge.logquery`.
+same group commit, as one Arrow IPC record-batch message beside its sequence range and time
+range (zstd-compressed below `COMPRESS_BELOW`, raw above: float tensors barely compress; the
+schema is stored once in `schemas`). A 10,000-row request costs one INSERT, and 64 concurrent
+one-row requests cost one too. Reading back is `edge.logquery`.
 
 File layout (versioned by `_migrations`, see `MIGRATIONS`):
 
@@ -709,8 +710,10 @@ class LogBuffer:
             self._counters["appends"] += len(stored)
             self._last_error = None
         for item, seq_range in zip(stored, ranges, strict=True):
-            if not item.future.done():
+            try:  # a waiter may have given up (client gone): its rows are stored all the same
                 item.future.set_result(seq_range)
+            except concurrent.futures.InvalidStateError:
+                pass
 
     def _encode_run(self, run: list[_Append]) -> list[tuple[list[_Append], _Encoded]]:
         """Encode a run as one table; if that fails, table by table, failing only the bad."""
@@ -1165,8 +1168,10 @@ def _plain(table: pa.Table) -> pa.Table:
 
 
 def _fail(fut: concurrent.futures.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
+    try:  # the waiter may have been cancelled meanwhile
         fut.set_exception(exc)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 def _wal(path: Path) -> Path:

@@ -3,7 +3,7 @@ the seed's `pipeline.logs` query.
 
 `edge.logbuffer.LogBuffer` owns the connections and the locking; a `Reader` works on one
 connection inside one read snapshot and never writes. The stored format is one Arrow IPC
-record-batch message per buffer row, zstd-compressed, its schema kept once in `schemas`.
+record-batch message per buffer row (zstd-compressed or raw), its schema kept once in `schemas`.
 """
 
 from __future__ import annotations

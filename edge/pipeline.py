@@ -61,6 +61,16 @@ class Pipeline:
     def name(self) -> str:
         return self.definition.name
 
+    def close(self) -> None:
+        for runtime in self.runtimes.values():
+            runtime.close()
+
+    @property
+    def quick(self) -> bool:
+        """Small requests may run on the event loop: only ONNX steps, which take microseconds
+        on small inputs (user code and TensorFlow can take any time, so they never do)."""
+        return all(m.runtime == "onnx" for m in self.definition.models.values())
+
     def run(self, table: pa.Table, parse_ns: int = 0) -> Inference:
         rows = table.num_rows
         if rows == 0:

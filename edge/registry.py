@@ -12,16 +12,17 @@ are bounded and only for transport failures and 5xx, and errors are typed.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -88,6 +89,12 @@ class Reference:
         if ":" in path.rsplit("/", 1)[-1]:
             repository, tag = path.rsplit(":", 1)
         return cls(host, repository, tag=tag or None, digest=digest or None)
+
+
+def is_loopback(host: str) -> bool:
+    """`host[:port]` names this machine (127.0.0.0/8, localhost, [::1])."""
+    name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.split(":")[0]
+    return name in ("localhost", "::1") or name.startswith("127.")
 
 
 class Store(Protocol):
@@ -200,14 +207,20 @@ class OciLayout:
         except FileNotFoundError:
             raise NotPublished(f"blob {digest} missing from layout {self.root}") from None
 
-    def put_blob(self, ref: Reference, path: Path, digest: str, progress: Progress | None) -> None:
+    def put_blob(
+        self, ref: Reference, source: Path | bytes, digest: str, progress: Progress | None
+    ) -> None:
         target = self._blob_path(digest)
         target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".part")
         if not target.exists():
-            shutil.copyfile(path, target.with_name(target.name + ".part"))
-            target.with_name(target.name + ".part").replace(target)
+            if isinstance(source, bytes):
+                partial.write_bytes(source)
+            else:
+                shutil.copyfile(source, partial)
+            partial.replace(target)
         if progress:
-            size = path.stat().st_size
+            size = len(source) if isinstance(source, bytes) else source.stat().st_size
             progress(size, size)
 
     def put_manifest(self, ref: Reference, manifest: bytes, annotations: dict[str, str]) -> str:
@@ -240,8 +253,60 @@ class OciLayout:
         return digest
 
 
+class RegistryAuth(httpx.Auth):
+    """Answers a registry's 401 challenge with basic auth or a bearer token, then reuses it.
+    Credentials go only to the registry itself and to a token realm over https (or over
+    plain http on this machine), never elsewhere."""
+
+    requires_response_body = True
+
+    def __init__(self, host: str, username: str | None, password: str | None) -> None:
+        self.host = host
+        self.credentials = (username, password or "") if username else None
+        self.header: str | None = None
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        ours = request.url.netloc.decode() == self.host
+        if ours and self.header:
+            request.headers["Authorization"] = self.header
+        response = yield request
+        if response.status_code != 401 or not ours:
+            return
+        scheme, _, rest = response.headers.get("WWW-Authenticate", "").strip().partition(" ")
+        params = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+        if scheme.lower() == "basic" and self.credentials:
+            self.header = _basic(*self.credentials)
+        elif scheme.lower() == "bearer" and params.get("realm"):
+            realm = httpx.URL(params["realm"])
+            safe = realm.scheme == "https" or is_loopback(realm.netloc.decode())
+            query = {key: params[key] for key in ("service", "scope") if params.get(key)}
+            token_request = httpx.Request("GET", realm, params=query)
+            if self.credentials and safe:
+                token_request.headers["Authorization"] = _basic(*self.credentials)
+            token_response = yield token_request
+            if token_response.status_code != 200:
+                return
+            try:
+                body = token_response.json()
+                token = body.get("token") or body.get("access_token")
+            except (ValueError, AttributeError):
+                token = None
+            if not token:
+                return
+            self.header = f"Bearer {token}"
+        else:
+            return
+        request.headers["Authorization"] = self.header
+        yield request
+
+
+def _basic(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
 class RemoteRegistry:
-    """The OCI distribution API: basic auth, or bearer tokens when the registry asks."""
+    """The OCI distribution API over httpx (basic auth or bearer tokens, as the registry asks).
+    Every failure becomes a `RegistryError` saying what was being done and what to check."""
 
     def __init__(
         self,
@@ -250,67 +315,70 @@ class RemoteRegistry:
         password: str | None,
         insecure: bool | None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         if insecure is None:  # like docker: loopback registries speak plain http
-            insecure = host.split(":")[0] in ("127.0.0.1", "localhost", "[::1]")
+            insecure = is_loopback(host)
         self.base = f"{'http' if insecure else 'https'}://{host}"
         self.host = host
-        self.auth = httpx.BasicAuth(username, password or "") if username else None
-        self.client = httpx.Client(timeout=timeout, follow_redirects=True)
-        self.token: str | None = None
+        self.plain_http = bool(insecure)
+        self.has_credentials = bool(username)
+        self.client = httpx.Client(
+            base_url=self.base,
+            auth=RegistryAuth(host, username, password),
+            timeout=timeout,
+            follow_redirects=True,
+            transport=transport,
+        )
 
-    def _request(self, method: str, url: str, **kwargs: object) -> httpx.Response:
-        """One call with bounded retries on transport failures and 5xx (idempotent only)."""
-        url = url if url.startswith("http") else self.base + url
+    def close(self) -> None:
+        self.client.close()
+
+    def _request(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
+        """One call, streamed; bounded retries on transport failures and 5xx (GET/HEAD only)."""
         attempts = RETRIES if method in ("GET", "HEAD") else 1
         for attempt in range(attempts):
             try:
-                response = self._send(method, url, **kwargs)
+                request = self.client.build_request(method, url, **kwargs)
+                response = self.client.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                error: RegistryError = RegistryUnreachable(
+                    f"registry {self.host} did not answer {what} in time ({exc})"
+                )
             except httpx.TransportError as exc:
-                if attempt + 1 == attempts:
-                    raise RegistryUnreachable(
-                        f"registry {self.host} unreachable ({type(exc).__name__}: {exc})"
-                    ) from exc
+                hint = "" if self.plain_http else " (a plain-HTTP registry needs --insecure)"
+                error = RegistryUnreachable(f"cannot reach registry {self.host}{hint}: {exc}")
             else:
+                if response.status_code in (401, 403):
+                    response.close()
+                    raise RegistryAuthError(
+                        f"registry {self.host} refused {what}: "
+                        + (
+                            "the user may not do that"
+                            if response.status_code == 403
+                            else "the username or password is wrong"
+                            if self.has_credentials
+                            else "it needs a username and password (OCI_USERNAME / OCI_PASSWORD)"
+                        )
+                    )
                 if response.status_code < 500 or attempt + 1 == attempts:
                     return response
+                response.close()
+                error = RegistryError(f"registry {self.host} answered {response.status_code}")
+            if attempt + 1 == attempts:
+                raise error
             time.sleep(0.3 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _send(self, method: str, url: str, **kwargs: object) -> httpx.Response:
-        headers = dict(kwargs.pop("headers", {}) or {})  # type: ignore[call-overload]
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        auth = None if self.token else self.auth
-        request = self.client.build_request(method, url, headers=headers, **kwargs)  # type: ignore[arg-type]
-        response = self.client.send(request, auth=auth, stream=True)
-        if response.status_code == 401 and self._authenticate(response):
-            response.close()
-            headers["Authorization"] = f"Bearer {self.token}"
-            request = self.client.build_request(method, url, headers=headers, **kwargs)  # type: ignore[arg-type]
-            response = self.client.send(request, stream=True)
-        if response.status_code in (401, 403):
-            response.close()
-            raise RegistryAuthError(
-                f"registry {self.host} refused the credentials ({response.status_code}); "
-                f"check OCI_USERNAME / OCI_PASSWORD"
-            )
-        return response
-
-    def _authenticate(self, response: httpx.Response) -> bool:
-        challenge = response.headers.get("www-authenticate", "")
-        if not challenge.lower().startswith("bearer "):
-            return False
-        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-        realm = params.pop("realm", None)
-        if not realm:
-            return False
-        reply = self.client.get(realm, params=params, auth=self.auth or httpx.USE_CLIENT_DEFAULT)
+    def check_api(self) -> None:
+        """GET /v2/: the registry is there, speaks the distribution API, takes our login."""
+        reply = self._request("GET", "/v2/", "the API check (GET /v2/)")
+        reply.close()
         if reply.status_code != 200:
-            return False
-        body = reply.json()
-        self.token = body.get("token") or body.get("access_token")
-        return bool(self.token)
+            raise RegistryError(
+                f"{self.host} does not look like an OCI registry: GET /v2/ answered "
+                f"{reply.status_code}"
+            )
 
     def _check(self, response: httpx.Response, what: str) -> httpx.Response:
         if response.status_code == 404:
@@ -327,7 +395,8 @@ class RemoteRegistry:
 
     def get_manifest(self, ref: Reference) -> tuple[bytes, str]:
         url = f"/v2/{ref.repository}/manifests/{ref.ref}"
-        response = self._check(self._request("GET", url, headers={"Accept": ACCEPT}), str(ref))
+        what = f"manifest {ref}"
+        response = self._check(self._request("GET", url, what, headers={"Accept": ACCEPT}), what)
         body = response.read()
         digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
         if ref.digest and ref.digest != digest:
@@ -336,7 +405,8 @@ class RemoteRegistry:
 
     def open_blob(self, ref: Reference, digest: str) -> Iterator[bytes]:
         url = f"/v2/{ref.repository}/blobs/{digest}"
-        response = self._check(self._request("GET", url), f"blob {digest}")
+        what = f"blob {digest}"
+        response = self._check(self._request("GET", url, what), what)
         try:
             yield from response.iter_bytes(CHUNK)
         except httpx.TransportError as exc:
@@ -346,56 +416,88 @@ class RemoteRegistry:
         finally:
             response.close()
 
-    def put_blob(self, ref: Reference, path: Path, digest: str, progress: Progress | None) -> None:
-        head = self._request("HEAD", f"/v2/{ref.repository}/blobs/{digest}")
+    def put_blob(
+        self, ref: Reference, source: Path | bytes, digest: str, progress: Progress | None
+    ) -> None:
+        """Upload a blob (a file, streamed in chunks, or bytes) unless the registry has it."""
+        what = f"blob {digest} of {ref.repository}"
+        head = self._request("HEAD", f"/v2/{ref.repository}/blobs/{digest}", f"checking {what}")
         head.close()
-        size = path.stat().st_size
+        size = len(source) if isinstance(source, bytes) else source.stat().st_size
         if head.status_code == 200:
             if progress:
                 progress(size, size)
             return
-        start = self._check(
-            self._request("POST", f"/v2/{ref.repository}/blobs/uploads/"), "upload session"
-        )
+        start = self._request("POST", f"/v2/{ref.repository}/blobs/uploads/", f"starting {what}")
         start.close()
-        location = start.headers["location"]
+        location = start.headers.get("location")
+        if start.status_code != 202 or not location:
+            raise RegistryError(
+                f"registry {self.host} answered {start.status_code} to starting upload of {what}"
+            )
+        if isinstance(source, bytes):  # small (configs, charts): one monolithic PUT
+            final = self.client.base_url.join(location).copy_merge_params({"digest": digest})
+            reply = self._check(
+                self._request(
+                    "PUT",
+                    str(final),
+                    f"uploading {what}",
+                    content=source,
+                    headers={"Content-Type": "application/octet-stream"},
+                ),
+                what,
+            )
+            reply.close()
+            if progress:
+                progress(size, size)
+            return
         done = 0
-        with open(path, "rb") as handle:
-            while chunk := handle.read(CHUNK):
-                reply = self._check(
-                    self._request(
-                        "PATCH",
-                        location,
-                        content=chunk,
-                        headers={
-                            "Content-Type": "application/octet-stream",
-                            "Content-Range": f"{done}-{done + len(chunk) - 1}",
-                        },
-                    ),
-                    f"upload of {digest}",
-                )
-                reply.close()
-                location = reply.headers["location"]
-                done += len(chunk)
-                if progress:
-                    progress(done, size)
-        separator = "&" if "?" in location else "?"
-        reply = self._check(
-            self._request("PUT", f"{location}{separator}digest={digest}"), f"upload of {digest}"
-        )
+        for chunk in _chunks(source):
+            reply = self._check(
+                self._request(
+                    "PATCH",
+                    location,
+                    f"uploading {what}",
+                    content=chunk,
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{done}-{done + len(chunk) - 1}",
+                    },
+                ),
+                f"upload of {what}",
+            )
+            reply.close()
+            location = reply.headers["location"]
+            done += len(chunk)
+            if progress:
+                progress(done, size)
+        final = self.client.base_url.join(location).copy_merge_params({"digest": digest})
+        reply = self._check(self._request("PUT", str(final), f"closing {what}"), what)
         reply.close()
 
     def put_manifest(self, ref: Reference, manifest: bytes, annotations: dict[str, str]) -> str:
+        digest = f"sha256:{hashlib.sha256(manifest).hexdigest()}"
+        what = f"manifest {ref}"
         reply = self._check(
             self._request(
                 "PUT",
                 f"/v2/{ref.repository}/manifests/{ref.ref}",
+                f"pushing {what}",
                 content=manifest,
                 headers={"Content-Type": MANIFEST_MEDIA_TYPE},
             ),
-            f"manifest {ref}",
+            what,
         )
         reply.close()
-        return reply.headers.get("docker-content-digest") or (
-            f"sha256:{hashlib.sha256(manifest).hexdigest()}"
-        )
+        answered = reply.headers.get("docker-content-digest")
+        if answered and answered != digest:
+            raise RegistryError(
+                f"registry {self.host} stored {what} as {answered}, but its content is {digest}"
+            )
+        return digest
+
+
+def _chunks(source: Path) -> Iterator[bytes]:
+    with open(source, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            yield chunk

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import orjson
 import pyarrow as pa
@@ -59,6 +60,7 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (EdgeError, 500, "engine"),
 ]
 INLINE_BYTES = 64 << 10  # smaller bodies run on the event loop: a thread hop costs more
+MAX_LOG_LIMIT = 100_000
 
 
 @dataclass
@@ -71,7 +73,7 @@ class AppState:
     error: str | None = None
     buffer: Any = None  # edge.logbuffer.LogBuffer when logging is on
     agent: Any = None  # ops_sync.agent.SyncAgent when a bundle is set
-    cpus: int = 1
+    limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
     started: float = field(default_factory=time.time)
     on_startup: list[Callable[[], Any]] = field(default_factory=list)
     on_shutdown: list[Callable[[], Any]] = field(default_factory=list)
@@ -217,10 +219,10 @@ def create_app(state: AppState) -> Starlette:
             inference = pipeline.run(table, time.perf_counter_ns() - parse_started)
             return inference, inference.table
 
-        if len(body) <= INLINE_BYTES:
+        if len(body) <= INLINE_BYTES and pipeline.quick:
             inference, result = work()
         else:
-            inference, result = await anyio.to_thread.run_sync(work)
+            inference, result = await anyio.to_thread.run_sync(work, limiter=state.limiter)
         # Start the commit, encode while SQLite syncs, answer only once it is durable.
         committed: Any = None
         if state.buffer is not None:
@@ -248,7 +250,12 @@ def create_app(state: AppState) -> Starlette:
         else:
             payload = await anyio.to_thread.run_sync(encode)
         if committed is not None:
-            await committed
+            try:  # a commit that never comes must not hang the request
+                await asyncio.wait_for(committed, state.buffer.commit_timeout)
+            except TimeoutError:
+                raise LogBufferError(
+                    f"the inference log did not commit within {state.buffer.commit_timeout:.0f}s"
+                ) from None
         metrics.count_rows(name, result.num_rows)
         media = codecs.ARROW_FILE_TYPE if want_arrow else codecs.JSON_TYPE
         return Response(payload, 200, media_type=media)
@@ -262,11 +269,11 @@ def create_app(state: AppState) -> Starlette:
         return json_response({"status": "ready", "pipeline": state.pipeline.name})
 
     async def health(request: Request) -> Response:
-        return json_response(health_report(state))
+        return json_response(await anyio.to_thread.run_sync(health_report, state))
 
     async def metrics_route(request: Request) -> Response:
         if state.buffer is not None:
-            stats = state.buffer.stats()
+            stats = await anyio.to_thread.run_sync(state.buffer.stats)
             for figure in ("rows", "bytes"):
                 if isinstance(stats.get(figure), int | float):
                     metrics.buffer.labels(figure).set(stats[figure])
@@ -282,8 +289,11 @@ def create_app(state: AppState) -> Starlette:
             limit = int(query.get("limit", "100"))
         except ValueError:
             limit = -1
-        if limit < 0:
-            raise BadInput(f"limit must be a whole number >= 0, not {query.get('limit')!r}")
+        if not 0 <= limit <= MAX_LOG_LIMIT:
+            raise BadInput(
+                f"limit must be a whole number from 0 to {MAX_LOG_LIMIT}, not "
+                f"{query.get('limit')!r}; read more with start_datetime / end_datetime"
+            )
         start = _when(query.get("start_datetime") or query.get("start"), "start_datetime")
         end = _when(query.get("end_datetime") or query.get("end"), "end_datetime")
         if (start is None) != (end is None):
@@ -306,7 +316,7 @@ def create_app(state: AppState) -> Starlette:
         # drop counters since the buffer was created, by reason (input/output values, rows)
         response.headers["x-edge-dropped"] = orjson.dumps(stats.get("dropped", {})).decode()
         for warning in warnings:
-            response.headers.append("x-edge-warning", warning)
+            response.headers.append("x-edge-warning", header_text(warning))
         return response
 
     async def handle_error(request: Request, exc: Exception) -> Response:
@@ -347,7 +357,13 @@ def create_app(state: AppState) -> Starlette:
     ]
     return Starlette(
         routes=routes,
-        exception_handlers={404: not_found, 405: not_found, Exception: handle_error},
+        # EdgeError: answered and done; Exception: a bug, answered, then logged by uvicorn
+        exception_handlers={
+            404: not_found,
+            405: not_found,
+            EdgeError: handle_error,
+            Exception: handle_error,
+        },
         lifespan=lifespan,
     )
 
@@ -365,6 +381,11 @@ def health_report(state: AppState) -> dict[str, Any]:
     if state.agent is not None:
         report["sync"] = state.agent.status()
     return report
+
+
+def header_text(text: str) -> str:
+    """A header value: latin-1 only, no line breaks (column names may be any Unicode)."""
+    return text.encode("ascii", "backslashreplace").decode().replace("\r", " ").replace("\n", " ")
 
 
 def _wants_arrow(request: Request) -> bool:

@@ -21,7 +21,7 @@ import polars as pl
 import pyarrow as pa
 
 from edge.artifact import Validation
-from edge.errors import ArtifactError, PipelineError, SpecError
+from edge.errors import ArtifactError, BadInput, PipelineError, SpecError
 
 RESERVED = "count"  # `anomaly.count` counts the true validations
 # Every object key polars writes for expressions made of columns, literals, operators and
@@ -134,6 +134,12 @@ class Validator:
             series = (
                 results if results is not None else frame.select(self.expressions[name].alias(name))
             ).get_column(name)
+        except pl.exceptions.ColumnNotFoundError as exc:
+            # the request lacks a column the validation reads (e.g. a lone input column sent
+            # under another name): the client's to fix
+            raise BadInput(
+                f"{label} reads a column the request does not have: {str(exc).splitlines()[0]}"
+            ) from exc
         except Exception as exc:
             raise PipelineError(f"{label} failed: {type(exc).__name__}: {exc}") from exc
         if series.dtype == pl.Null:
