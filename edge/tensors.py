@@ -114,7 +114,13 @@ def _safe_cast(flat: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
         info = np.iinfo(dtype)
         if flat.min() < info.min or flat.max() > info.max:
             raise BadInput(f"{where}: values out of range for {dtype.name}")
-    return flat.astype(dtype)
+    with np.errstate(over="ignore"):
+        narrowed = flat.astype(dtype)
+    if dtype.kind == "f" and flat.dtype.kind == "f" and dtype.itemsize < flat.itemsize:
+        # an overflow shows up as an infinity the input did not have (one cheap pass)
+        if np.isinf(narrowed).any() and np.isinf(narrowed).sum() != np.isinf(flat).sum():
+            raise BadInput(f"{where}: values out of range for {dtype.name}")
+    return narrowed
 
 
 def _fit_shape(tensor: np.ndarray, expected: Sequence[int | str | None], where: str) -> np.ndarray:

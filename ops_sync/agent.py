@@ -35,6 +35,7 @@ from ops_sync.errors import (
     BundleError,
     CredentialsExpired,
     EdgeRemoved,
+    PayloadTooLarge,
     Refused,
     SyncError,
     Unreachable,
@@ -88,6 +89,7 @@ class SyncAgent:
         self._host = bundle["OPSCENTER_HOST"]
         self._pin = bundle_format.ca_pem(bundle)
         self._files = CredentialFiles(persist_dir)
+        self._rows = batch_rows  # rows per batch now: halved while batches are too large
         self._buffer, self._health, self._clock = buffer, health, clock
         self._transport, self._timeout, self._join_timeout = transport, timeout, join_timeout
         self._batch_rows, self._ship_interval = batch_rows, ship_interval
@@ -185,6 +187,11 @@ class SyncAgent:
                 self._note_error(exc)
                 wait = backoff(failures, *self._backoff)
                 log.warning("sync failed attempt=%d retry_in=%.1fs error=%s", failures, wait, exc)
+            except Exception as exc:  # a bug must not end the sync silently: log, back off
+                failures += 1
+                self._note_error(exc)
+                wait = backoff(failures, *self._backoff)
+                log.exception("sync step failed unexpectedly attempt=%d", failures)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), wait)
 
@@ -280,13 +287,22 @@ class SyncAgent:
 
     async def _ship(self) -> int:
         """Send pending batches in order; ack each after the ops center stored it."""
-        batches = await asyncio.to_thread(self._buffer.pending, self._batch_rows)
+        batches = await asyncio.to_thread(self._buffer.pending, self._rows)
         shipped = 0
         for batch in batches:
-            await self._send(batch)
+            try:
+                await self._send(batch)
+            except PayloadTooLarge:
+                if batch.table.num_rows == 1:
+                    raise  # one row over the ops center's body limit: say so, keep it
+                # wide rows (images): send fewer at a time until batches fit
+                self._rows = max(1, batch.table.num_rows // 2)
+                log.warning("batch over the ops center's body limit; now %d rows", self._rows)
+                return shipped
             await asyncio.to_thread(self._buffer.ack, batch.epoch, batch.last_seq)
             shipped += batch.table.num_rows
             self.shipped_rows += batch.table.num_rows
+        self._rows = min(self._batch_rows, self._rows * 2)
         return shipped
 
     async def _send(self, batch: Batch) -> None:

@@ -90,7 +90,7 @@ def parse_query(pipeline: str, params: Mapping[str, Sequence[str]]) -> LogQuery:
 
 def parse_time(text: str, name: str) -> int:
     """ISO 8601 (naive means UTC) or integer epoch milliseconds, to epoch milliseconds."""
-    if re.fullmatch(r"-?\d+", text.strip()):
+    if re.fullmatch(r"-?\d{1,15}", text.strip()):  # epoch ms up to year 33658
         return int(text)
     try:
         when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))

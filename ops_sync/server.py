@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from edge.server import header_text
 from ops_sync import errors, logs
 from ops_sync.center import OpsCenter
 
@@ -237,5 +238,6 @@ def _wants_arrow(request: Request) -> bool:
 def _file(body: bytes, media_type: str, warnings: list[str]) -> Response:
     """A body with one `x-ops-warning` header per warning (the seed's sentences)."""
     response = Response(body, media_type=media_type)
-    response.raw_headers.extend((WARNING_HEADER.encode(), w.encode("latin-1")) for w in warnings)
+    for warning in warnings:  # column names may be any Unicode; headers are latin-1, one line
+        response.headers.append(WARNING_HEADER, header_text(warning))
     return response

@@ -128,3 +128,41 @@ def test_tensor_rules() -> None:
     assert scalar.shape == (2, 1)
     nested = ndarray_to_column(np.arange(12).reshape(2, 3, 2))
     assert nested.to_pylist()[1] == [[6, 7], [8, 9], [10, 11]]
+
+
+def test_large_json_types_come_from_every_row() -> None:
+    rows = [{"a": 1}] * 1_000 + [{"a": 2.5}]
+    table = codecs.decode_records(json.dumps(rows).encode())
+    assert table.column("a").type == pa.float64()
+    assert table.column("a")[-1].as_py() == 2.5
+
+
+def test_damaged_arrow_bodies_are_always_a_bad_input() -> None:
+    body = codecs.encode_arrow(pa.table({"X": pa.array([[1.0, 2.0]] * 4)}))
+    rng = np.random.default_rng(7)
+    for _ in range(400):
+        damaged = bytearray(body)
+        position = int(rng.integers(len(damaged)))
+        damaged[position] ^= 1 << int(rng.integers(8))
+        try:
+            codecs.decode_arrow(bytes(damaged))
+        except BadInput:
+            pass  # anything else (a 500) fails the test
+    twice = pa.Table.from_arrays([pa.array([1.0]), pa.array([2.0])], names=["X", "X"])
+    with pytest.raises(BadInput, match="more than once"):
+        codecs.decode_arrow(codecs.encode_arrow(twice))
+
+
+def test_unknown_dataset_names_are_refused() -> None:
+    with pytest.raises(BadInput, match="unknown dataset 'bogus'"):
+        codecs.select_datasets(result_table(1), ["bogus"], None)
+    assert codecs.select_datasets(result_table(1), ["metadata.elapsed"], None).column_names == [
+        "metadata.elapsed"
+    ]
+
+
+def test_narrowing_overflow_is_refused() -> None:
+    with pytest.raises(BadInput, match="out of range for float32"):
+        column_to_ndarray(pa.array([[1e300, 1.0]]), np.dtype(np.float32), [None, 2], "c")
+    kept = column_to_ndarray(pa.array([[np.inf, 1.0]]), np.dtype(np.float32), [None, 2], "c")
+    assert np.isinf(kept[0, 0])

@@ -325,3 +325,44 @@ def test_every_call_has_a_finite_timeout_and_backoff_is_capped(
     assert all(4.0 <= d <= 8.0 for d in delays[3])
     assert all(30.0 <= d <= 60.0 for d in delays[-1])  # capped
     assert len({round(d, 6) for d in delays[-1]}) > 1  # jittered
+
+
+def test_batches_over_the_body_limit_shrink_until_they_fit(
+    ops: Ops, buffer: LogBuffer, tmp_path: Path
+) -> None:
+    """Wide rows (images) can make a batch bigger than the ops center takes: the agent sends
+    fewer rows at a time instead of retrying the same batch forever."""
+    persist = tmp_path / "persist"
+
+    async def scenario() -> None:
+        for i in range(4):
+            await buffer.append(result_table(50, T0 + 100 * i))
+        agent, transport = make_agent(
+            ops, persist, buffer, new_bundle(ops, "edge-a"), batch_rows=200
+        )
+        sizes: list[int] = []
+
+        async def limit_rows(request: httpx.Request, forward: Any) -> httpx.Response:
+            if request.url.path == "/v1/edge/logs":
+                first = int(request.headers["x-sync-first-seq"])
+                rows = int(request.headers["x-sync-last-seq"]) - first + 1
+                sizes.append(rows)
+                if rows > 60:  # as if the body were over the limit
+                    body = {
+                        "error": "the body is over the limit",
+                        "code": 413,
+                        "status": "error",
+                        "source": "platform",
+                        "reason": "PayloadTooLarge",
+                    }
+                    return httpx.Response(413, json=body)
+            return await forward()
+
+        transport.fault = limit_rows
+        await agent.start()
+        await wait_until(lambda: buffer.stats()["unsynced_rows"] == 0, timeout=20)
+        await agent.stop()
+        assert sizes[0] == 200 and max(sizes[1:]) <= 100 and min(sizes) <= 60
+
+    asyncio.run(scenario())
+    assert stored_rows(ops, "edge-a") == list(range(1, 201))
