@@ -84,21 +84,24 @@ def _pull(
     echo: Echo,
 ) -> LocalPipeline:
     store = open_store(ref, username, password, insecure)
-    manifest_bytes, manifest_digest = store.get_manifest(ref)
-    manifest = _parse_manifest(manifest_bytes, str(ref))
-    config = read_blob(store, ref, manifest["config"]["digest"])
-    definition = Definition.from_json(config)
-    models_dir = directory / "models"
-    models_dir.mkdir(parents=True, exist_ok=True)
-    echo("Fetching model layers")
-    paths = {}
-    for layer in manifest["layers"]:
-        info = _layer_model(definition, layer)
-        path = models_dir / info.filename
-        _echo_layer(echo, layer["digest"], info.filename, info.name, info.runtime, info.version)
-        if not (path.exists() and f"sha256:{sha256_file(path)}" == layer["digest"]):
-            download_blob(store, ref, layer["digest"], path, size=int(layer.get("size", 0)))
-        paths[info.name] = path
+    try:
+        manifest_bytes, manifest_digest = store.get_manifest(ref)
+        manifest = _parse_manifest(manifest_bytes, str(ref))
+        config = read_blob(store, ref, manifest["config"]["digest"])
+        definition = Definition.from_json(config)
+        models_dir = directory / "models"
+        models_dir.mkdir(parents=True, exist_ok=True)
+        echo("Fetching model layers")
+        paths = {}
+        for layer in manifest["layers"]:
+            info = _layer_model(definition, layer)
+            path = models_dir / info.filename
+            _echo_layer(echo, layer["digest"], info.filename, info.name, info.runtime, info.version)
+            if not (path.exists() and f"sha256:{sha256_file(path)}" == layer["digest"]):
+                download_blob(store, ref, layer["digest"], path, size=int(layer.get("size", 0)))
+            paths[info.name] = path
+    finally:
+        store.close()
     (directory / "config.json").write_bytes(config)
     temporary = directory / "manifest.json.part"
     temporary.write_bytes(manifest_bytes)

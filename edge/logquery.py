@@ -8,6 +8,7 @@ record-batch message per buffer row (zstd-compressed or raw), its schema kept on
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -213,6 +214,19 @@ def time_bounds(rows: pa.RecordBatch | pa.Table) -> tuple[int | None, int | None
         return None, None
     bounds = pc.min_max(times)
     return bounds["min"].as_py(), bounds["max"].as_py()
+
+
+def parse_time(text: str, name: str) -> int:
+    """A query's ISO 8601 date-time (naive means UTC) or epoch milliseconds, as epoch ms.
+    Raises ValueError saying which parameter is wrong (each server maps it to its 400)."""
+    text = text.strip()
+    if re.fullmatch(r"-?\d{1,15}", text):  # epoch ms, up to the year 33658
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{name} {text!r} is not an ISO 8601 date-time or epoch ms") from None
+    return to_ms(when)
 
 
 def to_ms(value: datetime | int) -> int:

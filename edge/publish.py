@@ -156,41 +156,44 @@ def publish(
         ref = Reference(registry=str(registry), repository=repo, tag=definition.version)
         url = str(ref)
     store = open_store(ref, username, password, insecure)
-    files = {m.name: spec.models[m.name].file for m in definition.models.values()}
-    with tempfile.TemporaryDirectory() as scratch:
-        config_path = Path(scratch) / "config.json"
-        config_path.write_bytes(definition.to_json())
-        config_digest = f"sha256:{sha256_file(config_path)}"
-        store.put_blob(ref, config_path, config_digest, None)
-        for info in definition.models.values():
-            show = _progress_printer(info.filename) if progress and info.size > LARGE else None
-            store.put_blob(ref, files[info.name], info.digest, show)
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_MEDIA_TYPE,
-            "artifactType": ARTIFACT_TYPE,
-            "config": {
-                "mediaType": CONFIG_MEDIA_TYPE,
-                "digest": config_digest,
-                "size": config_path.stat().st_size,
-            },
-            "layers": [
-                {
-                    "mediaType": info.media_type,
-                    "digest": info.digest,
-                    "size": info.size,
-                    "annotations": info.annotations(),
-                }
-                for info in definition.models.values()
-            ],
-            "annotations": {
-                "org.opencontainers.image.created": definition.created or "",
-                "ai.edge.pipeline.name": definition.name,
-                "ai.edge.pipeline.version": definition.version,
-            },
-        }
-        body = json.dumps(manifest, indent=1).encode()
-        digest = store.put_manifest(ref, body, {"ai.edge.pipeline.name": definition.name})
+    try:
+        files = {m.name: spec.models[m.name].file for m in definition.models.values()}
+        with tempfile.TemporaryDirectory() as scratch:
+            config_path = Path(scratch) / "config.json"
+            config_path.write_bytes(definition.to_json())
+            config_digest = f"sha256:{sha256_file(config_path)}"
+            store.put_blob(ref, config_path, config_digest, None)
+            for info in definition.models.values():
+                show = _progress_printer(info.filename) if progress and info.size > LARGE else None
+                store.put_blob(ref, files[info.name], info.digest, show)
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": MANIFEST_MEDIA_TYPE,
+                "artifactType": ARTIFACT_TYPE,
+                "config": {
+                    "mediaType": CONFIG_MEDIA_TYPE,
+                    "digest": config_digest,
+                    "size": config_path.stat().st_size,
+                },
+                "layers": [
+                    {
+                        "mediaType": info.media_type,
+                        "digest": info.digest,
+                        "size": info.size,
+                        "annotations": info.annotations(),
+                    }
+                    for info in definition.models.values()
+                ],
+                "annotations": {
+                    "org.opencontainers.image.created": definition.created or "",
+                    "ai.edge.pipeline.name": definition.name,
+                    "ai.edge.pipeline.version": definition.version,
+                },
+            }
+            body = json.dumps(manifest, indent=1).encode()
+            digest = store.put_manifest(ref, body, {"ai.edge.pipeline.name": definition.name})
+    finally:
+        store.close()
     published = Published(
         id=definition.version,
         pipeline_name=definition.name,

@@ -106,6 +106,7 @@ class Store(Protocol):
         self, ref: Reference, path: Path, digest: str, progress: Progress | None
     ) -> None: ...
     def put_manifest(self, ref: Reference, manifest: bytes, annotations: dict[str, str]) -> str: ...
+    def close(self) -> None: ...
 
 
 def sha256_file(path: Path) -> str:
@@ -173,6 +174,9 @@ class OciLayout:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def close(self) -> None:
+        """Nothing to release: files are opened per call."""
 
     def _blob_path(self, digest: str) -> Path:
         algorithm, _, hexdigest = digest.partition(":")

@@ -7,7 +7,6 @@ only after its rows are committed to the inference log buffer.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -39,7 +38,7 @@ from edge.errors import (
     UnsupportedMediaType,
 )
 from edge.logbuffer import LogBufferDiskFull, LogBufferFull
-from edge.logquery import log_warnings
+from edge.logquery import log_warnings, parse_time
 from edge.pipeline import Inference, Pipeline
 
 log = logging.getLogger("edge.server")
@@ -304,7 +303,7 @@ def create_app(state: AppState) -> Starlette:
         warnings = log_warnings(table, more)
         table = codecs.select_datasets(
             table,
-            query.getlist("dataset") + query.getlist("dataset[]") or ["*", "metadata"],
+            query.getlist("dataset") + query.getlist("dataset[]") or None,  # the seed: `*`
             query.getlist("dataset_exclude") + query.getlist("dataset.exclude[]") or None,
         )
         if _wants_arrow(request):
@@ -416,11 +415,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _when(text: str | None, name: str) -> dt.datetime | None:
+def _when(text: str | None, name: str) -> int | None:
     if not text:
         return None
     try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise BadInput(f"{name} {text!r} is not an ISO 8601 date-time") from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+        return parse_time(text, name)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None

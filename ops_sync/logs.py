@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 
+from edge import logquery
 from edge.codecs import encode_arrow, encode_records, select_datasets
 from edge.logquery import MORE_LOGS, log_warnings
 from ops_sync.errors import BadRequest
@@ -90,15 +91,10 @@ def parse_query(pipeline: str, params: Mapping[str, Sequence[str]]) -> LogQuery:
 
 def parse_time(text: str, name: str) -> int:
     """ISO 8601 (naive means UTC) or integer epoch milliseconds, to epoch milliseconds."""
-    if re.fullmatch(r"-?\d{1,15}", text.strip()):  # epoch ms up to year 33658
-        return int(text)
     try:
-        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"{name} {text!r} is not an ISO 8601 date-time or epoch ms") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp() * 1000)
+        return logquery.parse_time(text, name)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def parse_size(text: str) -> int:

@@ -130,14 +130,17 @@ def test_logs_api_and_versions_across_restart(
     )
     assert reply.status_code == 200
 
-    logs = httpx.get(f"{edge.url}/logs", params={"limit": 3})
+    with_metadata = [("dataset", "*"), ("dataset", "metadata")]
+    logs = httpx.get(f"{edge.url}/logs", params=[("limit", "3"), *with_metadata])
     assert logs.status_code == 200
     assert logs.headers["x-edge-warning"] == WARNING
     records = logs.json()
     assert [r["in"]["request_id"] for r in records] == [102, 101, 100]  # newest first
     assert {r["metadata"]["pipeline_version"] for r in records} == {second["pipeline_version"]}
-    everything = httpx.get(f"{edge.url}/logs", params={"limit": 100}).json()
-    assert "x-edge-warning" not in httpx.get(f"{edge.url}/logs", params={"limit": 100}).headers
+    everything = httpx.get(f"{edge.url}/logs", params=[("limit", "100"), *with_metadata]).json()
+    plain = httpx.get(f"{edge.url}/logs", params={"limit": 100})
+    assert "x-edge-warning" not in plain.headers
+    assert not any("metadata" in r for r in plain.json())  # the seed's default is `*`
     versions = {r["in"]["request_id"]: r["metadata"]["pipeline_version"] for r in everything}
     assert versions[0] == first["pipeline_version"] and versions[100] == second["pipeline_version"]
     assert all(r["metadata"]["dropped"] == [] for r in everything)
