@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from edge.artifact import Validation
-from edge.errors import ArtifactError, PipelineError, SpecError
+from edge.errors import ArtifactError, BadInput, PipelineError, SpecError
 from edge.validations import check_name, compile_expression, load_validations
 
 FRAUD = 'pl.col("out.dense_1").list.get(0) > 0.9'
@@ -144,7 +144,8 @@ def test_evaluation_errors_name_the_validation() -> None:
         {"fraud": validation(FRAUD), "ghost": validation('pl.col("in.nope") > 1')},
         pl.__version__,
     )
-    with pytest.raises(PipelineError, match="validation 'ghost'.*in.nope"):
+    # a column the request lacks is the client's to fix (a 400), named with the validation
+    with pytest.raises(BadInput, match="validation 'ghost'.*in.nope"):
         validator.evaluate(result_table())
     numeric = load_validations(
         {"num": validation('pl.col("in.sales_count").list.max()')}, pl.__version__
