@@ -6,12 +6,7 @@ range (zstd-compressed below `COMPRESS_BELOW`, raw above: float tensors barely c
 schema is stored once in `schemas`). A 10,000-row request costs one INSERT, and 64 concurrent
 one-row requests cost one too. Reading back is `edge.logquery`.
 
-File layout (versioned by `_migrations`, see `MIGRATIONS`):
-
-    meta(key, value)            epoch, created_at, last_seq (high-water mark), acked_through
-    schemas(id, fingerprint, ipc)
-    batches(first_seq, last_seq, n_rows, min_time, max_time, bytes, schema_id, codec, trimmed, body)
-    drops(reason, count)        persistent drop counters: input_values, output_values, rows
+The file's tables and migrations are in `edge.logschema`.
 
 Write path. A single writer thread owns the write connection. `append_nowait` puts the table on a
 bounded queue; the writer takes everything waiting, inserts it in ONE transaction (group commit,
@@ -58,7 +53,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -71,7 +65,16 @@ import pyarrow.ipc as ipc
 import zstandard
 
 from edge.errors import LogBufferError
-from edge.logquery import UNSYNCED, Batch, Reader, time_bounds
+from edge.logquery import Batch, Reader, time_bounds
+from edge.logschema import (
+    SCHEMA_VERSION,
+    is_corrupt,
+    migrate,
+    quick_check,
+    read_meta,
+    rows_between,
+    set_meta,
+)
 
 __all__ = ["Batch", "LogBuffer", "LogBufferDiskFull", "LogBufferFull", "SeqRange"]
 
@@ -83,40 +86,8 @@ DEFAULT_MAX_BYTES = 256 << 20
 COMPRESS_BELOW = 256 << 10  # serialized tables above this are stored uncompressed
 DROP_REASONS = ("input_values", "output_values", "rows")
 DROPPED_COLUMN = "metadata.dropped"
-_CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _FULL_CODE = 13  # SQLITE_FULL
 _TRIM_INPUTS, _TRIM_OUTPUTS = 0, 1  # batches.trimmed: 0 inputs left, 1 outputs left, 2 none
-
-MIGRATIONS: list[tuple[int, str, str]] = [
-    (
-        1,
-        "batches",
-        """
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-        CREATE TABLE schemas (
-            id INTEGER PRIMARY KEY,
-            fingerprint TEXT NOT NULL UNIQUE,
-            ipc BLOB NOT NULL
-        );
-        CREATE TABLE batches (
-            first_seq INTEGER PRIMARY KEY,
-            last_seq INTEGER NOT NULL,
-            n_rows INTEGER NOT NULL,
-            min_time INTEGER,
-            max_time INTEGER,
-            bytes INTEGER NOT NULL,
-            schema_id INTEGER NOT NULL REFERENCES schemas (id),
-            codec TEXT NOT NULL,
-            trimmed INTEGER NOT NULL DEFAULT 0,
-            body BLOB NOT NULL
-        );
-        CREATE INDEX batches_by_time ON batches (max_time, min_time);
-        CREATE INDEX batches_by_trim ON batches (trimmed, first_seq);
-        CREATE TABLE drops (reason TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID
-        """,
-    ),
-]
-SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
 class LogBufferFull(LogBufferError):
@@ -552,14 +523,14 @@ class LogBuffer:
             conn: sqlite3.Connection | None = None
             try:
                 conn = self._connect()
-                problem = _check(conn)
+                problem = quick_check(conn)
                 if problem is None:
-                    _migrate(conn)
-                    if _read_meta(conn).get("epoch"):
+                    migrate(conn)
+                    if read_meta(conn).get("epoch"):
                         return conn
                     problem = "no epoch in meta"
             except sqlite3.DatabaseError as exc:
-                if not _is_corrupt(exc):
+                if not is_corrupt(exc):
                     if conn is not None:
                         conn.close()
                     raise LogBufferError(f"log buffer {self.path}: cannot open: {exc}") from exc
@@ -573,7 +544,7 @@ class LogBuffer:
             self._set_aside_file(problem)
         try:
             conn = self._connect()
-            _migrate(conn)
+            migrate(conn)
         except sqlite3.Error as exc:
             raise LogBufferError(f"log buffer {self.path}: cannot create: {exc}") from exc
         return conn
@@ -600,7 +571,7 @@ class LogBuffer:
         )
 
     def _load_state(self, conn: sqlite3.Connection) -> None:
-        meta = _read_meta(conn)
+        meta = read_meta(conn)
         self._epoch = meta["epoch"]
         self._created_at = meta.get("created_at", "")
         st = _State()
@@ -611,7 +582,7 @@ class LogBuffer:
         st.batches, st.bytes, st.rows = count, total, rows
         st.last_seq = max(int(meta.get("last_seq", 0)), max_seq)
         st.acked_through = int(meta.get("acked_through", 0))
-        st.unsynced_rows = _rows_between(conn, st.acked_through, st.last_seq)
+        st.unsynced_rows = rows_between(conn, st.acked_through, st.last_seq)
         for reason, n in conn.execute("SELECT reason, count FROM drops"):
             st.drops[reason] = n
         self._state = st
@@ -690,7 +661,7 @@ class LogBuffer:
                 for item in run:
                     ranges.append(SeqRange(self._epoch, first, first + item.table.num_rows - 1))
                     first += item.table.num_rows
-            _set_meta(conn, "last_seq", st.last_seq)
+            set_meta(conn, "last_seq", st.last_seq)
             self._enforce_cap(conn, st)
             return ranges
 
@@ -998,9 +969,9 @@ class LogBuffer:
             )
         if last_seq <= st.acked_through:
             return
-        st.unsynced_rows -= _rows_between(conn, st.acked_through, last_seq)
+        st.unsynced_rows -= rows_between(conn, st.acked_through, last_seq)
         st.acked_through = last_seq
-        _set_meta(conn, "acked_through", last_seq)
+        set_meta(conn, "acked_through", last_seq)
         synced = conn.execute(
             "SELECT first_seq, bytes FROM batches WHERE first_seq <= ? AND last_seq <= ?"
             " ORDER BY first_seq",
@@ -1032,86 +1003,6 @@ class LogBuffer:
 
 
 # -------------------------------------------------------------------- schema and meta
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Apply the migrations this file lacks, each in its own transaction."""
-    tables = {
-        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-    }
-    if tables and "_migrations" not in tables:
-        raise sqlite3.DatabaseError(f"not a log buffer (tables {sorted(tables)})")
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS _migrations"
-        " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-    )
-    applied = {v for (v,) in conn.execute("SELECT version FROM _migrations")}
-    if applied and max(applied) > SCHEMA_VERSION:
-        raise LogBufferError(
-            f"log buffer schema version {max(applied)} is newer than this appliance knows "
-            f"({SCHEMA_VERSION}); run a newer image or move the file aside"
-        )
-    for version, name, sql in MIGRATIONS:
-        if version in applied:
-            continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in sql.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            now = datetime.now(UTC).isoformat()
-            if version == 1:
-                conn.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [
-                        ("epoch", str(uuid.uuid4())),
-                        ("created_at", now),
-                        ("last_seq", "0"),
-                        ("acked_through", "0"),
-                    ],
-                )
-            conn.execute(
-                "INSERT INTO _migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (version, name, now),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-
-def _check(conn: sqlite3.Connection) -> str | None:
-    """None when SQLite's quick_check finds nothing wrong, else its first complaint."""
-    row = conn.execute("PRAGMA quick_check(1)").fetchone()
-    return None if row and row[0] == "ok" else str(row[0] if row else "no answer")
-
-
-def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None and code & 0xFF in _CORRUPT_CODES:
-        return True
-    text = str(exc)
-    return "malformed" in text or "not a database" in text or "not a log buffer" in text
-
-
-def _read_meta(conn: sqlite3.Connection) -> dict[str, str]:
-    return dict(conn.execute("SELECT key, value FROM meta").fetchall())
-
-
-def _set_meta(conn: sqlite3.Connection, key: str, value: int | str) -> None:
-    conn.execute("UPDATE meta SET value = ? WHERE key = ?", (str(value), key))
-
-
-def _rows_between(conn: sqlite3.Connection, after: int, through: int) -> int:
-    """How many stored rows have a seq in (after, through]."""
-    total = 0
-    for first, last in conn.execute(
-        f"SELECT first_seq, last_seq FROM batches WHERE {UNSYNCED} AND first_seq <= :through",
-        {"acked": after, "through": through},
-    ):
-        total += min(last, through) - max(first, after + 1) + 1
-    return total
 
 
 # -------------------------------------------------------------------- Arrow helpers
