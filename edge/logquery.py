@@ -21,8 +21,8 @@ import pyarrow.ipc as ipc
 import zstandard
 
 from edge.errors import LogBufferError
+from edge.pipeline import TIME_TYPE
 
-TIME_TYPE = pa.timestamp("ms", tz="UTC")
 _EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Buffer rows holding a seq above :acked, found by primary-key range (no scan of synced rows).

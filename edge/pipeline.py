@@ -24,7 +24,7 @@ from edge.runtimes import Runtime
 from edge.tensors import ndarray_to_column
 
 log = logging.getLogger(__name__)
-TIME_TYPE = pa.timestamp("ms", tz="UTC")
+TIME_TYPE = pa.timestamp("ms", tz="UTC")  # the result table's `time` (docs/CONTRACTS.md)
 ELAPSED_TYPE = pa.list_(pa.int64())
 
 
@@ -138,6 +138,9 @@ class Pipeline:
         return output
 
     def _choose(self, step: RandomSplitStep, table: pa.Table) -> str:
+        """One model per request (as the seed's A/B split routes inferences): by weight at
+        random, or, with `hash_key`, by a hash of the first row's key, so a key always goes
+        to the same model. Send rows of different keys as separate requests."""
         total = sum(c.weight for c in step.models)
         if step.hash_key:
             if step.hash_key not in table.column_names:

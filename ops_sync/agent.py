@@ -30,7 +30,7 @@ from edge.errors import LogBufferError
 from edge.logbuffer import Batch, LogBuffer
 from ops_sync import bundle as bundle_format
 from ops_sync.client import check
-from ops_sync.credentials import CredentialFiles, Credentials, token_digest
+from ops_sync.credentials import CredentialFiles, Credentials
 from ops_sync.errors import (
     BundleError,
     CredentialsExpired,
@@ -114,7 +114,7 @@ class SyncAgent:
         the join token (expired, used, unknown, edge removed) raises that `Refused` error: its
         message says to mint a new bundle."""
         creds = self._files.load()
-        if creds is not None and creds.token_sha256 == token_digest(self._secret):
+        if creds is not None and creds.token_sha256 == bundle_format.token_digest(self._secret):
             self._adopt(creds)
         else:
             try:
@@ -246,7 +246,7 @@ class SyncAgent:
         key = self._files.device_key()
         csr = make_csr(key, self._name).decode()
         joined = await self._post("/v1/edge/join", json={"token": self._secret, "csr": csr})
-        self._adopt(self._files.save_join(joined, token_digest(self._secret)))
+        self._adopt(self._files.save_join(joined, bundle_format.token_digest(self._secret)))
         await self._reset_client()
         log.info(
             "Node attestation was successful edge=%s edge_id=%s spiffe_id=%s",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 
 from ops_sync.errors import BundleError
@@ -104,3 +105,8 @@ def _unquote(value: str) -> str:
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         return value[1:-1]
     return value
+
+
+def token_digest(token: str) -> str:
+    """What is kept of a join token, at the ops center and on the edge: its sha256."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()

@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from ops_sync import bundle
+from ops_sync.bundle import token_digest
 from ops_sync.errors import (
     AdminAuthRequired,
     BadRequest,
@@ -44,7 +45,7 @@ from ops_sync.identity import (
     spiffe_id,
 )
 from ops_sync.logstore import LogStore
-from ops_sync.store import Store, hash_token
+from ops_sync.store import Store
 
 SILENCE_LIMIT = 7 * 24 * 3600.0
 EDGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -123,7 +124,9 @@ class OpsCenter:
         except NotFound:
             publish = self.register_publish({"pipeline_url": pipeline_url})
         token = secrets.token_urlsafe(32)
-        edge = self.store.add_edge(name, publish["id"], list(tags), hash_token(token), self.clock())
+        edge = self.store.add_edge(
+            name, publish["id"], list(tags), token_digest(token), self.clock()
+        )
         values = {
             "BUNDLE_VERSION": "1",
             "EDGE_NAME": name,
@@ -192,7 +195,7 @@ class OpsCenter:
                 "not_after": not_after(cert),
             }
 
-        joined = self.store.redeem(hash_token(token), key_fp, now, issue)
+        joined = self.store.redeem(token_digest(token), key_fp, now, issue)
         self.store.touch(joined["edge_id"], now, cert_not_after=joined["not_after"])
         return joined
 

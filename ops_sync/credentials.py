@@ -11,7 +11,6 @@ redeemed" when its sha256 matches. A different token (a new bundle) means a new 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -22,10 +21,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ops_sync.errors import IdentityError
 from ops_sync.identity import key_pem, load_cert, load_key, new_key, not_after, write_private
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 @dataclass

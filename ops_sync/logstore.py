@@ -30,13 +30,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from edge.pipeline import TIME_TYPE
 from ops_sync.errors import BadRequest, StoreError
 from ops_sync.store import Store
 
 DROPPED = "metadata.dropped"
 PARTITION = "metadata.partition"
 _DROPPED_TYPE = pa.list_(pa.string())
-_TIME_TYPE = pa.timestamp("ms", tz="UTC")
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ class LogStore:
                 ).append_column("_row", pa.array(np.arange(part.num_rows)))
             )
         if not tables:
-            return pa.table({"time": pa.array([], _TIME_TYPE)}), False
+            return pa.table({"time": pa.array([], TIME_TYPE)}), False
         table = pa.concat_tables(tables, promote_options="permissive")
         order = "ascending" if chronological else "descending"
         keys = [("time", order), ("_file", order), ("_row", order)]
@@ -198,9 +198,9 @@ def _normalize(table: pa.Table, partition: str, epoch: str, seqs: np.ndarray) ->
         raise BadRequest("the batch has no `time` column")
     time = table.column("time")
     if pa.types.is_integer(time.type):
-        time = time.cast(pa.int64()).cast(_TIME_TYPE)
+        time = time.cast(pa.int64()).cast(TIME_TYPE)
     elif pa.types.is_timestamp(time.type):
-        time = time.cast(_TIME_TYPE)
+        time = time.cast(TIME_TYPE)
     else:
         raise BadRequest(f"the batch's `time` column is {time.type}, not a timestamp")
     table = table.set_column(table.schema.get_field_index("time"), "time", time)

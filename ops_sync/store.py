@@ -17,7 +17,6 @@ expires.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
@@ -76,10 +75,6 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
 ]
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 class Store:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from ops_sync.bundle import token_digest
 from ops_sync.errors import Conflict, EdgeRemoved, TokenExpired, TokenUnknown, TokenUsed
 from ops_sync.identity import fingerprint, make_csr, new_key
-from ops_sync.store import MIGRATIONS, Store, hash_token
+from ops_sync.store import MIGRATIONS, Store
 from tests.test_ops_support import DAY, PIPELINE_URL, Ops
 
 T0 = 1_800_000_000.0
@@ -47,31 +48,31 @@ def test_only_token_hashes_are_stored(tmp_path: Path) -> None:
     ops.center.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("ops.db*"))
     assert token.encode() not in raw
-    assert hash_token(token).encode() in raw
+    assert token_digest(token).encode() in raw
 
 
 def test_names_are_unique_until_removed(tmp_path: Path) -> None:
     store = Store(tmp_path / "ops.db")
     pid = publish(store)
-    first = store.add_edge("edge-a", pid, ["x"], hash_token("t1"), T0)
+    first = store.add_edge("edge-a", pid, ["x"], token_digest("t1"), T0)
     with pytest.raises(Conflict, match="edge-a"):
-        store.add_edge("edge-a", pid, [], hash_token("t2"), T0)
+        store.add_edge("edge-a", pid, [], token_digest("t2"), T0)
     store.remove_edge("edge-a", T0)
-    second = store.add_edge("edge-a", pid, [], hash_token("t3"), T0)
+    second = store.add_edge("edge-a", pid, [], token_digest("t3"), T0)
     assert second["id"] != first["id"]
     assert [e["id"] for e in store.edges()] == [second["id"]]
 
 
 def _redeem(store: Store, token: str, now: float, key_fp: str = "fp") -> dict:
-    return store.redeem(hash_token(token), key_fp, now, lambda edge: edge)
+    return store.redeem(token_digest(token), key_fp, now, lambda edge: edge)
 
 
 def test_token_refusals_are_distinct(tmp_path: Path) -> None:
     store = Store(tmp_path / "ops.db")
     pid = publish(store)
-    store.add_edge("a", pid, [], hash_token("good"), T0)
-    store.add_edge("b", pid, [], hash_token("late"), T0)
-    store.add_edge("c", pid, [], hash_token("gone"), T0)
+    store.add_edge("a", pid, [], token_digest("good"), T0)
+    store.add_edge("b", pid, [], token_digest("late"), T0)
+    store.add_edge("c", pid, [], token_digest("gone"), T0)
     store.remove_edge("c", T0)
 
     assert _redeem(store, "good", T0 + 60)["name"] == "a"
@@ -87,14 +88,14 @@ def test_token_refusals_are_distinct(tmp_path: Path) -> None:
     with pytest.raises(TokenExpired):
         _redeem(store, "late", T0 + DAY + 2)
     row = store._db.execute(
-        "SELECT outcome FROM join_tokens WHERE token_sha256 = ?", (hash_token("late"),)
+        "SELECT outcome FROM join_tokens WHERE token_sha256 = ?", (token_digest("late"),)
     ).fetchone()
     assert row[0] == "expired"
 
 
 def test_the_same_device_retrying_a_lost_reply_gets_its_identity_again(tmp_path: Path) -> None:
     store = Store(tmp_path / "ops.db")
-    store.add_edge("a", publish(store), [], hash_token("tok"), T0)
+    store.add_edge("a", publish(store), [], token_digest("tok"), T0)
     first = _redeem(store, "tok", T0, key_fp="device-key")
     again = _redeem(store, "tok", T0 + 5, key_fp="device-key")
     assert first["id"] == again["id"]
@@ -102,13 +103,13 @@ def test_the_same_device_retrying_a_lost_reply_gets_its_identity_again(tmp_path:
 
 def test_a_failed_issue_does_not_consume_the_token(tmp_path: Path) -> None:
     store = Store(tmp_path / "ops.db")
-    store.add_edge("a", publish(store), [], hash_token("tok"), T0)
+    store.add_edge("a", publish(store), [], token_digest("tok"), T0)
 
     def broken(edge: dict) -> None:
         raise RuntimeError("signing failed")
 
     with pytest.raises(RuntimeError):
-        store.redeem(hash_token("tok"), "fp", T0, broken)
+        store.redeem(token_digest("tok"), "fp", T0, broken)
     assert _redeem(store, "tok", T0)["name"] == "a"
 
 
@@ -144,7 +145,7 @@ def test_fifty_concurrent_redemptions_give_exactly_one_success(tmp_path: Path) -
 
 def test_drop_counters_are_exact_and_idempotent(tmp_path: Path) -> None:
     store = Store(tmp_path / "ops.db")
-    edge = store.add_edge("a", publish(store), [], hash_token("t"), T0)
+    edge = store.add_edge("a", publish(store), [], token_digest("t"), T0)
     store.record_drops(edge["id"], "epoch-1", {"input_values": 7, "rows": 2}, T0)
     store.record_drops(edge["id"], "epoch-1", {"input_values": 7, "rows": 2}, T0 + 1)  # resent
     store.record_drops(edge["id"], "epoch-1", {"input_values": 9}, T0 + 2)  # grew
@@ -164,7 +165,7 @@ def test_group_commit_fails_only_the_bad_batch(tmp_path: Path) -> None:
     from ops_sync.store import _Commit
 
     store = Store(tmp_path / "ops.db")
-    edge = store.add_edge("a", publish(store), [], hash_token("t"), T0)
+    edge = store.add_edge("a", publish(store), [], token_digest("t"), T0)
 
     def item(first: int, path: str) -> _Commit:
         f = {"pipeline": "p", "rows": 10, "min_time": 0, "max_time": 9, "path": path}
