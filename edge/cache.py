@@ -174,6 +174,3 @@ def _echo_layer(
     echo(f"  runtime: {runtime}")
     echo(f"  version: {version}")
     echo("")
-
-
-__all__ = ["LocalPipeline", "RegistryError", "fetch_pipeline"]
