@@ -210,7 +210,7 @@ def create_app(state: AppState) -> Starlette:
         dataset = query.getlist("dataset") + query.getlist("dataset[]")
         exclude = query.getlist("dataset_exclude") + query.getlist("dataset.exclude[]")
         separator = query.get("dataset.separator") or query.get("dataset_separator")
-        body = await _read_body(request, state.max_body_bytes)
+        body = await read_body(request, state.max_body_bytes)
 
         def work() -> tuple[Inference, pa.Table]:
             parse_started = time.perf_counter_ns()
@@ -401,16 +401,20 @@ def _wants_arrow(request: Request) -> bool:
     return False
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+async def read_body(
+    request: Request, limit: int, too_large: Callable[[str], Exception] = PayloadTooLarge
+) -> bytes:
+    """The request body, refused with `too_large` past `limit` bytes (before reading any of it
+    when Content-Length says so). The ops center uses it with its own error class."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(f"request body of {declared} bytes exceeds the limit of {limit}")
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            raise too_large(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -273,8 +273,8 @@ class SyncAgent:
 
     async def _heartbeat(self) -> None:
         stats = await asyncio.to_thread(self._buffer.stats)
-        try:
-            health = self._health()
+        try:  # off the event loop: the appliance's health report reads SQLite too
+            health = await asyncio.to_thread(self._health)
         except Exception as exc:  # the appliance's health must not stop the sync
             health = {"error": f"health check failed: {exc}"}
         report = {

@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edge.server import header_text
+from edge.server import header_text, read_body
 from ops_sync import errors, logs
 from ops_sync.center import OpsCenter
 
@@ -145,7 +145,7 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
             raise errors.BadRequest(
                 "a batch needs headers x-sync-epoch, x-sync-first-seq, x-sync-last-seq"
             ) from None
-        body = await _body(request, max_body)
+        body = await read_body(request, max_body, errors.PayloadTooLarge)
         return JSONResponse(await call(center.upload, who, epoch, first, last, body))
 
     routes = [
@@ -196,24 +196,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body("internal error", 500, "InternalError"), 500)
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    """The request body, refused with `PayloadTooLarge` past `limit` bytes (before reading
-    it all when Content-Length says so)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise errors.PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise errors.PayloadTooLarge(f"the body is over the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _json(request: Request) -> dict[str, Any]:
     try:
-        body = json.loads(await _body(request, JSON_LIMIT) or b"{}")
+        body = json.loads(await read_body(request, JSON_LIMIT, errors.PayloadTooLarge) or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise errors.BadRequest(f"the body is not JSON: {exc}") from None
     if not isinstance(body, dict):
