@@ -38,6 +38,8 @@ from edge.errors import (
 LAYOUT_SCHEME = "oci-layout:"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=60.0, pool=5.0)
 CHUNK = 4 << 20
+MIN_RATE = 128 << 10  # bytes/s a blob download must average, after DOWNLOAD_GRACE seconds
+DOWNLOAD_GRACE = 60.0
 RETRIES = 3
 ACCEPT = ", ".join([MANIFEST_MEDIA_TYPE, "application/vnd.docker.distribution.manifest.v2+json"])
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -262,7 +264,9 @@ class RegistryAuth(httpx.Auth):
     Credentials go only to the registry itself and to a token realm over https (or over
     plain http on this machine), never elsewhere."""
 
-    requires_response_body = True
+    # False: blob downloads must stream, not be read whole by the auth flow; the one body it
+    # needs (the token reply) it reads itself (this client is synchronous).
+    requires_response_body = False
 
     def __init__(self, host: str, username: str | None, password: str | None) -> None:
         self.host = host
@@ -291,6 +295,7 @@ class RegistryAuth(httpx.Auth):
             if token_response.status_code != 200:
                 return
             try:
+                token_response.read()
                 body = token_response.json()
                 token = body.get("token") or body.get("access_token")
             except (ValueError, AttributeError):
@@ -411,8 +416,18 @@ class RemoteRegistry:
         url = f"/v2/{ref.repository}/blobs/{digest}"
         what = f"blob {digest}"
         response = self._check(self._request("GET", url, what), what)
+        # Timeouts are per read: a registry trickling bytes would never trip them. A whole
+        # download gets a minute plus what its size takes at MIN_RATE.
+        size = int(response.headers.get("content-length") or 0)
+        deadline = time.monotonic() + DOWNLOAD_GRACE + size / MIN_RATE
         try:
-            yield from response.iter_bytes(CHUNK)
+            for chunk in response.iter_bytes():  # as it arrives, so the deadline is checked
+                if time.monotonic() > deadline:
+                    raise RegistryUnreachable(
+                        f"download of {digest} ({size} bytes) from {self.host} is too slow; "
+                        f"gave up at {MIN_RATE >> 10} KiB/s"
+                    )
+                yield chunk
         except httpx.TransportError as exc:
             raise RegistryUnreachable(
                 f"download of {digest} from {self.host} broke: {exc}"
