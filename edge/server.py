@@ -222,6 +222,7 @@ def create_app(state: AppState) -> Starlette:
             inference, result = work()
         else:
             inference, result = await anyio.to_thread.run_sync(work, limiter=state.limiter)
+        shown = codecs.select_datasets(result, dataset or None, exclude or None)  # may be a 400
         # Start the commit, encode while SQLite syncs, answer only once it is durable.
         committed: Any = None
         if state.buffer is not None:
@@ -229,7 +230,6 @@ def create_app(state: AppState) -> Starlette:
                 committed = asyncio.wrap_future(state.buffer.append_nowait(result))
             except LogBufferFull:
                 committed = asyncio.ensure_future(state.buffer.append(result))
-        shown = codecs.select_datasets(result, dataset or None, exclude or None)
 
         def encode() -> bytes:
             if want_arrow:
