@@ -56,6 +56,9 @@ class Pipeline:
         self._single = {n for n, m in definition.models.items() if m.batch_config == "single"}
         self._constants: dict[str, pa.Array] = {}
         self._schemas: dict[tuple[Any, ...], pa.Schema] = {}
+        # Small requests may run on the event loop: only ONNX steps, which take microseconds
+        # on small inputs (user code and TensorFlow can take any time, so they never do).
+        self.quick = all(m.runtime == "onnx" for m in definition.models.values())
 
     @property
     def name(self) -> str:
@@ -64,12 +67,6 @@ class Pipeline:
     def close(self) -> None:
         for runtime in self.runtimes.values():
             runtime.close()
-
-    @property
-    def quick(self) -> bool:
-        """Small requests may run on the event loop: only ONNX steps, which take microseconds
-        on small inputs (user code and TensorFlow can take any time, so they never do)."""
-        return all(m.runtime == "onnx" for m in self.definition.models.values())
 
     def run(self, table: pa.Table, parse_ns: int = 0) -> Inference:
         rows = table.num_rows

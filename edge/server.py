@@ -37,6 +37,7 @@ from edge.errors import (
     RequestError,
     UnsupportedMediaType,
 )
+from edge.httpio import header_text, read_body
 from edge.logbuffer import LogBufferDiskFull, LogBufferFull
 from edge.logquery import log_warnings, parse_time
 from edge.pipeline import Inference, Pipeline
@@ -382,11 +383,6 @@ def health_report(state: AppState) -> dict[str, Any]:
     return report
 
 
-def header_text(text: str) -> str:
-    """A header value: latin-1 only, no line breaks (column names may be any Unicode)."""
-    return text.encode("ascii", "backslashreplace").decode().replace("\r", " ").replace("\n", " ")
-
-
 def _wants_arrow(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     if request.headers.get("format", "").lower() == "arrow":
@@ -399,24 +395,6 @@ def _wants_arrow(request: Request) -> bool:
             f"'{codecs.ARROW_FILE_TYPE}'"
         )
     return False
-
-
-async def read_body(
-    request: Request, limit: int, too_large: Callable[[str], Exception] = PayloadTooLarge
-) -> bytes:
-    """The request body, refused with `too_large` past `limit` bytes (before reading any of it
-    when Content-Length says so). The ops center uses it with its own error class."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(f"request body of {declared} bytes exceeds the limit of {limit}")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _when(text: str | None, name: str) -> int | None:

@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edge.server import header_text, read_body
+from edge.httpio import header_text, read_body
 from ops_sync import errors, logs
 from ops_sync.center import OpsCenter
 
