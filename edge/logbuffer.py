@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import errno
 import fcntl
 import hashlib
 import logging
@@ -64,6 +65,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import zstandard
 
+from edge import journal
 from edge.errors import LogBufferError
 from edge.logquery import Batch, Reader, time_bounds
 from edge.logschema import (
@@ -84,6 +86,7 @@ T = TypeVar("T")
 
 DEFAULT_MAX_BYTES = 256 << 20
 COMPRESS_BELOW = 256 << 10  # serialized tables above this are stored uncompressed
+INLINE_LOG_BYTES = 256 << 10  # `submit` journals bigger tables on a worker thread
 DROP_REASONS = ("input_values", "output_values", "rows")
 DROPPED_COLUMN = "metadata.dropped"
 _FULL_CODE = 13  # SQLITE_FULL
@@ -132,6 +135,11 @@ class _Append:
     table: pa.Table
     nbytes: int
     future: concurrent.futures.Future[SeqRange]
+    first_seq: int
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.table.num_rows - 1
 
 
 @dataclass
@@ -170,19 +178,28 @@ class _Queue:
         self._bytes = 0
         self.closed = False
 
-    def offer(self, item: _Append) -> bool:
+    def has_room(self, nbytes: int) -> bool:
         with self._cond:
             if self.closed:
                 raise LogBufferError("log buffer is closed")
-            if self._appends and (
-                self._appends >= self._max_items or self._bytes + item.nbytes > self._max_bytes
-            ):
-                return False
+            return not self._appends or (
+                self._appends < self._max_items and self._bytes + nbytes <= self._max_bytes
+            )
+
+    def add(self, item: _Append) -> None:
+        """Queue an append (the caller checked `has_room` under the journal lock). The writer
+        is woken by the first append and again only when a quarter of the queue is used: it
+        lingers to store many appends in one transaction."""
+        with self._cond:
             self._appends += 1
             self._bytes += item.nbytes
             self._items.append(item)
-            self._cond.notify()
-            return True
+            if (
+                self._appends == 1
+                or self._appends * 4 >= self._max_items
+                or self._bytes * 4 >= self._max_bytes
+            ):
+                self._cond.notify()
 
     def put(self, item: _Call | _Stop) -> None:
         with self._cond:
@@ -193,18 +210,14 @@ class _Queue:
             self._items.append(item)
             self._cond.notify()
 
-    def take(self, timeout: float, limit: int, want: int = 1, linger: float = 0.0) -> list[_Item]:
-        """Wait up to `timeout` for work; then, while fewer than `want` appends are waiting,
-        linger up to `linger` seconds for more (group commit under concurrent load)."""
+    def take(self, timeout: float, limit: int, linger: float = 0.0) -> list[_Item]:
+        """Wait up to `timeout` for work; when it is only appends, linger up to `linger`
+        seconds for more (one transaction for all of them), unless the queue fills."""
         with self._cond:
             if not self._items:
                 self._cond.wait(timeout)
-            if want > 1 and self._items:
-                deadline = time.monotonic() + linger
-                while self._appends < want and not self.closed:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not self._cond.wait(left):
-                        break
+            if self._items and len(self._items) == self._appends and not self.closed:
+                self._cond.wait(linger)
             taken: list[_Item] = []
             while self._items and len(taken) < limit:
                 item = self._items.popleft()
@@ -235,10 +248,15 @@ class LogBuffer:
         wal_checkpoint_bytes: int = 8 << 20,
         journal_size_limit: int = 16 << 20,
         group_limit: int = 1024,
-        commit_linger: float = 0.002,
+        linger: float = 0.05,
+        fsync_interval: float = 0.1,
+        journal_segment_bytes: int = 16 << 20,
     ) -> None:
         """`keep_synced_bytes`: how much already-acked data to keep for `query` on the device
-        (0: `ack` deletes at once); it is the first thing evicted when the cap is reached."""
+        (0: `ack` deletes at once); it is the first thing evicted when the cap is reached.
+        `linger`: how long the writer gathers appends into one transaction. `fsync_interval`:
+        how often the journal and SQLite reach the disk (power-loss window); 0: `submit`
+        waits for the journal's fsync before it returns."""
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.keep_synced_bytes = keep_synced_bytes
@@ -247,7 +265,12 @@ class LogBuffer:
         self.wal_checkpoint_bytes = wal_checkpoint_bytes
         self.journal_size_limit = journal_size_limit
         self._group_limit = group_limit
-        self.commit_linger = commit_linger
+        self.linger = linger
+        self.fsync_interval = fsync_interval
+        self._journal = journal.Journal(Path(f"{self.path}.journal"), journal_segment_bytes)
+        self._next_seq = 1
+        self._behind = 0.0  # when SQLite failed: the time to replay the journal again
+        self._last_fsync = 0.0
         self._queue = _Queue(max_queue, max_queue_bytes)
         self._lock = threading.Lock()
         self._state = _State()
@@ -257,6 +280,7 @@ class LogBuffer:
         self._schemas: dict[int, pa.Schema] = {}
         self._txn_schemas: dict[str, tuple[int, pa.Schema]] = {}
         self._last_schema: tuple[pa.Schema, str, bool] | None = None  # the writer's encode cache
+        self._offer_schema: tuple[pa.Schema, bool] | None = None  # has it dictionaries?
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._rlock = threading.Lock()
@@ -266,7 +290,14 @@ class LogBuffer:
         self._wdecompressor = zstandard.ZstdDecompressor()
         self._rdecompressor = zstandard.ZstdDecompressor()
         self._set_aside: list[str] = []
-        self._counters = {"commits": 0, "appends": 0, "rejected": 0, "failed": 0, "checkpoints": 0}
+        self._counters = {
+            "commits": 0,
+            "appends": 0,
+            "rejected": 0,
+            "failed": 0,
+            "checkpoints": 0,
+            "replayed": 0,
+        }
         self._last_error: str | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -288,6 +319,8 @@ class LogBuffer:
             )
             self._wconn = self._open_checked()
             self._load_state(self._wconn)
+            self._recover()
+            self._journal.begin(self._epoch, self._next_seq)
         except BaseException:
             self._release_file_lock()
             raise
@@ -321,6 +354,7 @@ class LogBuffer:
             log.error("log buffer writer did not stop within %.0fs path=%s", timeout, self.path)
             return
         self._thread = None
+        self._journal.close()
         for conn in (self._rconn, self._wconn):
             if conn is not None:
                 conn.close()
@@ -355,21 +389,43 @@ class LogBuffer:
 
     # ---------------------------------------------------------------- writing
 
+    def log(self, table: pa.Table) -> SeqRange:
+        """Journal `table` and queue it for SQLite; return its sequence range. Once this
+        returns the rows survive a crash of this process (and, after the next fsync, of the
+        machine). Never blocks on SQLite: a full queue raises `LogBufferFull`, a full disk
+        `LogBufferDiskFull`, a closed or stopped buffer `LogBufferError`. Thread-safe."""
+        seq_range, _ = self._offer_or_raise(table)
+        return seq_range
+
+    def submit(self, table: pa.Table) -> asyncio.Future[SeqRange]:
+        """`log` for the event loop: small tables are journaled at once, large ones on a
+        worker thread (await the result while encoding the answer); with `fsync_interval`
+        0 the result also waits for the journal's fsync, one for many concurrent requests."""
+        loop = asyncio.get_running_loop()
+        if table.get_total_buffer_size() > INLINE_LOG_BYTES:
+            done: asyncio.Future[SeqRange] = loop.run_in_executor(None, self.log, table)
+        else:
+            done = loop.create_future()
+            try:
+                done.set_result(self.log(table))
+            except LogBufferError as exc:
+                done.set_exception(exc)
+        if self.fsync_interval > 0:
+            return done
+        return asyncio.ensure_future(self._synced(done))
+
+    async def _synced(self, logged: asyncio.Future[SeqRange]) -> SeqRange:
+        seq_range = await logged
+        await asyncio.get_running_loop().run_in_executor(None, self._journal.sync)
+        return seq_range
+
     def append_nowait(self, table: pa.Table) -> concurrent.futures.Future[SeqRange]:
-        """Queue `table`; the future resolves after its commit. Never blocks: a full queue
-        raises `LogBufferFull`, a closed or stopped buffer `LogBufferError`."""
-        fut = self._offer(table)
-        if fut is None:
-            with self._lock:
-                self._counters["rejected"] += 1
-            raise LogBufferFull(
-                f"log buffer {self.path}: the writer queue is full ({len(self._queue)} tables "
-                "waiting); the rows were not stored, retry shortly"
-            )
-        return fut
+        """`log`, returning a future that resolves once the rows are committed to SQLite
+        (for callers that read them back at once)."""
+        return self._offer_or_raise(table)[1]
 
     async def append(self, table: pa.Table) -> SeqRange:
-        """Store `table`; return its sequence range once COMMITTED.
+        """Store `table`; return its sequence range once COMMITTED to SQLite.
 
         Waits up to `enqueue_timeout` s for room in the queue (then `LogBufferFull`) and up to
         `commit_timeout` s for the commit (then `LogBufferError`; the rows may still land)."""
@@ -377,8 +433,9 @@ class LogBuffer:
         deadline = loop.time() + self.enqueue_timeout
         delay = 0.001
         while True:
-            fut = self._offer(table)
-            if fut is not None:
+            offered = self._offer(table)
+            if offered is not None:
+                fut = offered[1]
                 break
             if loop.time() >= deadline:
                 with self._lock:
@@ -399,16 +456,48 @@ class LogBuffer:
                 f"log buffer {self.path}: no commit within {self.commit_timeout:.0f}s"
             ) from None
 
-    def _offer(self, table: pa.Table) -> concurrent.futures.Future[SeqRange] | None:
+    def _offer_or_raise(
+        self, table: pa.Table
+    ) -> tuple[SeqRange, concurrent.futures.Future[SeqRange]]:
+        offered = self._offer(table)
+        if offered is None:
+            with self._lock:
+                self._counters["rejected"] += 1
+            raise LogBufferFull(
+                f"log buffer {self.path}: the writer queue is full ({len(self._queue)} tables "
+                "waiting); the rows were not stored, retry shortly"
+            )
+        return offered
+
+    def _offer(
+        self, table: pa.Table
+    ) -> tuple[SeqRange, concurrent.futures.Future[SeqRange]] | None:
+        """Journal and queue `table` (None: no room in the queue, nothing written)."""
         if self._thread is None or not self._thread.is_alive():
             raise LogBufferError(f"log buffer {self.path} is not running")
         fut: concurrent.futures.Future[SeqRange] = concurrent.futures.Future()
         if table.num_rows == 0:
-            fut.set_result(SeqRange(self._epoch, 0, -1))  # an empty range: nothing stored
-            return fut
-        return (
-            fut if self._queue.offer(_Append(table, table.get_total_buffer_size(), fut)) else None
-        )
+            empty = SeqRange(self._epoch, 0, -1)  # an empty range: nothing stored
+            fut.set_result(empty)
+            return empty, fut
+        nbytes = table.get_total_buffer_size()
+        schema = table.schema
+        known = self._offer_schema
+        if known is None or not known[0].equals(schema):
+            known = self._offer_schema = (schema, any(map(pa.types.is_dictionary, schema.types)))
+        if known[1]:
+            table = _plain(table)
+        with self._journal.lock:
+            if not self._queue.has_room(nbytes):
+                return None
+            first = self._next_seq
+            try:
+                self._journal.write(first, table)
+            except OSError as exc:
+                raise self._translate(exc) from None
+            self._next_seq += table.num_rows
+            self._queue.add(_Append(table, nbytes, fut, first))
+        return SeqRange(self._epoch, first, first + table.num_rows - 1), fut
 
     def ack(self, epoch: str, last_seq: int) -> None:
         """The ops center holds every row of `epoch` up to `last_seq`: stop offering them and
@@ -449,7 +538,10 @@ class LogBuffer:
     ) -> tuple[pa.Table, bool]:
         """The seed's `pipeline.logs`: newest first without a range; with `start` and `end`
         (both or neither, else ValueError; datetimes, naive = UTC, or epoch ms; inclusive),
-        chronological. Returns the rows and whether more rows than `limit` exist."""
+        chronological. Returns the rows and whether more rows than `limit` exist.
+        Rows logged before the call are included (it waits for them to reach SQLite)."""
+        if self._thread is not None:
+            self._call(lambda: None)
         with self._read() as reader:
             return reader.logs(limit, start, end)
 
@@ -481,6 +573,7 @@ class LogBuffer:
             "oldest_unsynced_seq": oldest_seq,
             "dropped": dict(st.drops),
             "queue": len(self._queue),
+            "journal_files": self._journal.files,
             "set_aside": list(self._set_aside),
             "last_error": last_error,
             **counters,
@@ -511,7 +604,7 @@ class LogBuffer:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 raise LogBufferError(f"log buffer {self.path}: cannot use WAL (journal {mode})")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # durability: the journal (edge.journal)
             conn.execute(f"PRAGMA journal_size_limit={int(self.journal_size_limit)}")
         except BaseException:
             conn.close()
@@ -596,18 +689,13 @@ class LogBuffer:
 
     def _run(self) -> None:
         stop = False
-        group = 1.0  # moving average of appends per commit: how concurrent the load is
         while not stop:
-            # Under concurrent load, linger briefly for the appends that are surely coming: one
-            # fsync for many requests costs far less CPU than one each. A lone client (group
-            # of 1) never waits.
-            want = min(self._group_limit, round(group * 1.5)) if group > 1.2 else 1
-            items = self._queue.take(
-                timeout=1.0, limit=self._group_limit, want=want, linger=self.commit_linger
-            )
-            appended = sum(isinstance(item, _Append) for item in items)
-            if appended:
-                group = 0.8 * group + 0.2 * appended
+            # Appends linger up to `linger` so that one transaction stores many; nobody waits
+            # on it but `append` callers (the request path waits only for the journal).
+            idle = 1.0 if not self._journal.unsynced else max(self.fsync_interval, 0.01)
+            if self._behind:
+                idle = min(idle, max(self._behind - time.monotonic(), 0.01))
+            items = self._queue.take(timeout=idle, limit=self._group_limit, linger=self.linger)
             try:
                 stop = self._process(items)
             except Exception as exc:  # a bug: fail what was taken, keep the writer alive
@@ -616,9 +704,15 @@ class LogBuffer:
                     if not isinstance(item, _Stop):
                         _fail(item.future, LogBufferError(f"log buffer writer error: {exc!r}"))
                 stop = any(isinstance(item, _Stop) for item in items)
+            try:
+                self._keep_durable(final=stop)
+            except Exception:
+                log.exception("log buffer sync failed path=%s", self.path)
 
     def _process(self, items: list[_Item]) -> bool:
         """Commit the appends among `items` in groups, run the calls in order; True on stop."""
+        if self._behind and time.monotonic() >= self._behind:
+            self._catch_up()
         if not items:
             self._maintain(idle=True)
             return False
@@ -641,37 +735,105 @@ class LogBuffer:
         self._maintain(idle=stop)
         return stop
 
-    def _commit_appends(self, appends: list[_Append]) -> None:
+    def _keep_durable(self, final: bool = False) -> None:
+        """Every `fsync_interval` (and at stop): fsync the journal, then drop the journal
+        segments whose rows SQLite holds durably (its WAL fsynced first)."""
+        now = time.monotonic()
+        if not final and now - self._last_fsync < max(self.fsync_interval, 0.1):
+            return
+        self._last_fsync = now
+        self._journal.sync()
+        stored = self._state.last_seq
+        if self._journal.releasable(stored):
+            _fsync_file(_wal(self.path))
+            self._journal.release(stored)
+
+    def _catch_up(self) -> None:
+        """After a failed commit: store what the journal holds beyond SQLite's last row."""
+        try:
+            for _, records in self._journal.read(live=True):
+                stored = self._state.last_seq
+                self._commit_appends(
+                    [_replayed(r.table, r.first_seq) for r in records if r.first_seq > stored],
+                    replay=True,
+                )
+        except Exception as exc:
+            self._behind = time.monotonic() + 1.0
+            log.warning("log buffer still cannot store the journal's rows: %s", exc)
+            return
+        self._behind = 0.0
+        log.info("log buffer caught up from the journal last_seq=%d", self._state.last_seq)
+
+    def _recover(self) -> None:
+        """At start: store every journaled row SQLite does not hold (a crash came between
+        the answer and the commit). Rows of another epoch (a file set aside) get new numbers."""
+        initial = self._state.last_seq
+        next_seq = initial + 1
+        replayed = 0
+        for epoch, records in self._journal.read(live=False):
+            items = []
+            for record in records:
+                if epoch == self._epoch and record.first_seq <= initial:
+                    continue
+                first = record.first_seq if epoch == self._epoch else next_seq
+                items.append(_replayed(record.table, first))
+                next_seq = max(next_seq, first + record.table.num_rows)
+                replayed += record.table.num_rows
+            try:
+                self._commit_appends(items, replay=True)  # one transaction per segment
+            except Exception as exc:
+                raise LogBufferError(
+                    f"log buffer {self.path}: cannot store the journal's rows: {exc}"
+                ) from exc
+        self._next_seq = max(next_seq, self._state.last_seq + 1)
+        if replayed:
+            assert self._wconn is not None
+            self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # durable before unlinking
+            with self._lock:
+                self._counters["replayed"] += replayed
+            log.warning("log buffer stored %d rows from the journal (after a crash)", replayed)
+
+    def _commit_appends(self, appends: list[_Append], replay: bool = False) -> None:
         """One transaction for every table waiting. Consecutive small tables of one schema are
-        stored as one buffer row: one encode and one INSERT for many small requests."""
-        if not appends:
+        stored as one buffer row: one encode and one INSERT for many small requests.
+
+        A failed commit fails the waiters (the rows stay in the journal and are stored by
+        `_catch_up` later); with `replay` it raises instead."""
+        fresh = []
+        for item in appends:
+            if item.last_seq <= self._state.last_seq:  # stored already, by a catch-up
+                _resolve(item.future, SeqRange(self._epoch, item.first_seq, item.last_seq))
+            else:
+                fresh.append(item)
+        if not fresh:
+            return
+        if self._behind and not replay:
+            for item in fresh:
+                _fail(item.future, LogBufferError(self._last_error or "log buffer behind"))
             return
         ready: list[tuple[list[_Append], _Encoded]] = []
-        for run in _runs(appends):
+        for run in _runs(fresh):
             ready.extend(self._encode_run(run))
-        if not ready:
-            return
-        stored = [item for run, _ in ready for item in run]
+        top = max(item.last_seq for item in fresh)  # past rows that could not be encoded too
 
-        def insert(conn: sqlite3.Connection, st: _State) -> list[SeqRange]:
-            ranges = []
+        def insert(conn: sqlite3.Connection, st: _State) -> None:
             for run, enc in ready:
-                first = st.last_seq + 1
-                self._insert(conn, st, enc, first)
-                for item in run:
-                    ranges.append(SeqRange(self._epoch, first, first + item.table.num_rows - 1))
-                    first += item.table.num_rows
+                self._insert(conn, st, enc, run[0].first_seq)
+            st.last_seq = max(st.last_seq, top)
             set_meta(conn, "last_seq", st.last_seq)
             self._enforce_cap(conn, st)
-            return ranges
 
+        stored = [item for run, _ in ready for item in run]
         try:
-            ranges = self._transact(insert)
+            self._transact(insert)
         except Exception as exc:
+            if replay:
+                raise
             error = self._translate(exc)
             with self._lock:
                 self._counters["failed"] += len(stored)
                 self._last_error = str(error)
+            self._behind = time.monotonic() + 0.2
             log.error("log buffer commit failed tables=%d error=%s", len(stored), error)
             for item in stored:
                 _fail(item.future, error)
@@ -680,11 +842,8 @@ class LogBuffer:
             self._counters["commits"] += 1
             self._counters["appends"] += len(stored)
             self._last_error = None
-        for item, seq_range in zip(stored, ranges, strict=True):
-            try:  # a waiter may have given up (client gone): its rows are stored all the same
-                item.future.set_result(seq_range)
-            except concurrent.futures.InvalidStateError:
-                pass
+        for item in stored:  # a waiter may have given up (client gone): stored all the same
+            _resolve(item.future, SeqRange(self._epoch, item.first_seq, item.last_seq))
 
     def _encode_run(self, run: list[_Append]) -> list[tuple[list[_Append], _Encoded]]:
         """Encode a run as one table; if that fails, table by table, failing only the bad."""
@@ -727,13 +886,20 @@ class LogBuffer:
     def _translate(self, exc: Exception) -> LogBufferError:
         if isinstance(exc, LogBufferError):
             return exc
+        if isinstance(exc, OSError):  # the journal
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return LogBufferDiskFull(
+                    f"log buffer {self.path}: disk full ({exc.strerror}); the rows were not "
+                    "stored. Free space on the persist volume; logging resumes by itself"
+                )
+            return LogBufferError(f"log buffer {self.path}: journal write failed: {exc}")
         if isinstance(exc, sqlite3.Error) and (
             getattr(exc, "sqlite_errorcode", 0) & 0xFF == _FULL_CODE or "is full" in str(exc)
         ):
             return LogBufferDiskFull(
-                f"log buffer {self.path}: disk full ({exc}); the rows were not stored. Free "
-                "space on the persist volume or lower the buffer's max_bytes; logging resumes "
-                "by itself once there is room"
+                f"log buffer {self.path}: disk full ({exc}); the rows wait in the journal and "
+                "are stored once there is room. Free space on the persist volume or lower the "
+                "buffer's max_bytes"
             )
         return LogBufferError(f"log buffer {self.path}: write failed: {exc}")
 
@@ -1015,6 +1181,7 @@ def _runs(appends: list[_Append], max_bytes: int = 1 << 20) -> Iterator[list[_Ap
     for item in appends:
         if run and (
             size + item.nbytes > max_bytes
+            or item.first_seq != run[-1].last_seq + 1
             or not item.table.schema.equals(run[0].table.schema, check_metadata=True)
         ):
             yield run
@@ -1056,6 +1223,28 @@ def _plain(table: pa.Table) -> pa.Table:
                 index, pa.field(table.field(index).name, value_type), column.cast(value_type)
             )
     return table
+
+
+def _replayed(table: pa.Table, first_seq: int) -> _Append:
+    return _Append(table, table.get_total_buffer_size(), concurrent.futures.Future(), first_seq)
+
+
+def _resolve(fut: concurrent.futures.Future[SeqRange], seq_range: SeqRange) -> None:
+    try:  # the waiter may have been cancelled meanwhile
+        fut.set_result(seq_range)
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
+def _fsync_file(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # no WAL: a checkpoint put everything in the file, synced
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fail(fut: concurrent.futures.Future[Any], exc: BaseException) -> None:

@@ -54,7 +54,7 @@ class Pipeline:
         self.partition = partition
         self.validator = validator
         self._single = {n for n, m in definition.models.items() if m.batch_config == "single"}
-        self._constants: dict[str, pa.Array] = {}
+        self._constants: dict[tuple[str, int], pa.Array] = {}
         self._schemas: dict[tuple[Any, ...], pa.Schema] = {}
         # Small requests may run on the event loop: only ONNX steps, which take microseconds
         # on small inputs (user code and TensorFlow can take any time, so they never do).
@@ -212,15 +212,19 @@ class Pipeline:
         return ndarray_to_column(np.tile(np.asarray(elapsed, np.int64), (rows, 1)))
 
     def _constant(self, key: str, value: Any, kind: pa.DataType, rows: int) -> pa.Array:
-        """`rows` copies of a per-pipeline constant, sliced from a cached array (building
-        a fresh Arrow array per request costs more than the model run on small inputs)."""
-        cached = self._constants.get(key)
+        """`rows` copies of a per-pipeline constant, cached (building a fresh Arrow array per
+        request costs more than the model run on small inputs): one array per row count up
+        to 64 (a slice would carry the whole buffer: the log buffer's queue counts bytes),
+        slices of one cached array above."""
+        exact = rows <= 64
+        cache_key = (key, rows) if exact else (key, 0)
+        cached = self._constants.get(cache_key)
         if cached is None or len(cached) < rows:
-            cached = pa.array([value] * max(rows, 256), kind)
+            cached = pa.array([value] * (rows if exact else max(rows, 256)), kind)
             if rows > 65536:
                 return cached
-            self._constants[key] = cached
-        return cached.slice(0, rows)
+            self._constants[cache_key] = cached
+        return cached if exact else cached.slice(0, rows)
 
     def _validate(self, result: pa.Table) -> tuple[pa.Table, list[Any]]:
         flags: dict[str, pa.Array] = self.validator.evaluate(result)

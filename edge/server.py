@@ -224,13 +224,9 @@ def create_app(state: AppState) -> Starlette:
         else:
             inference, result = await anyio.to_thread.run_sync(work, limiter=state.limiter)
         shown = codecs.select_datasets(result, dataset or None, exclude or None)  # may be a 400
-        # Start the commit, encode while SQLite syncs, answer only once it is durable.
-        committed: Any = None
-        if state.buffer is not None:
-            try:  # a plain future is cheaper than a task; a full queue waits in `append`
-                committed = asyncio.wrap_future(state.buffer.append_nowait(result))
-            except LogBufferFull:
-                committed = asyncio.ensure_future(state.buffer.append(result))
+        # Journal the rows (large tables on a thread, while the answer is encoded); answer
+        # only once they are written (LogBufferFull / LogBufferDiskFull become 503 / 507).
+        logged = state.buffer.submit(result) if state.buffer is not None else None
 
         def encode() -> bytes:
             if want_arrow:
@@ -249,13 +245,8 @@ def create_app(state: AppState) -> Starlette:
             payload = encode()
         else:
             payload = await anyio.to_thread.run_sync(encode)
-        if committed is not None:
-            try:  # a commit that never comes must not hang the request
-                await asyncio.wait_for(committed, state.buffer.commit_timeout)
-            except TimeoutError:
-                raise LogBufferError(
-                    f"the inference log did not commit within {state.buffer.commit_timeout:.0f}s"
-                ) from None
+        if logged is not None:
+            await logged
         metrics.count_rows(name, result.num_rows)
         media = codecs.ARROW_FILE_TYPE if want_arrow else codecs.JSON_TYPE
         return Response(payload, 200, media_type=media)

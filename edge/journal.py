@@ -1,0 +1,274 @@
+"""The log buffer's write-ahead journal: an answered inference is safe once `write` returns.
+
+Appending a table to SQLite costs a transaction; appending it to a file costs one `write`. So
+the request path writes each result table here (one record: a header and the table as an Arrow
+IPC stream) and answers; the log buffer's writer thread stores the tables in SQLite in large
+batches a few milliseconds later. A process crash (SIGKILL, OOM kill) loses nothing: the
+kernel holds what was written, and at the next start every record not yet in SQLite is
+replayed. Power loss can lose what was written since the last `sync` (the writer syncs every
+`LOG_FSYNC_INTERVAL`; 0 makes every answer wait for one, shared by concurrent requests).
+
+Files: `<folder>/<epoch>-<first seq, 16 digits>.journal`, written in sequence order; a new one
+starts past `segment_bytes`. A segment is deleted once SQLite durably holds all its rows.
+
+Record: 40-byte header (magic, flags, payload length, first sequence number, rows, checksum =
+the sum of the payload's 64-bit words) then the payload, padded to 8 bytes. Reading stops at
+the first record that is short or fails its checksum: a torn tail, never an answered row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"EDJ1"
+SMALL = 64 << 10  # payloads up to this are checksummed with CRC-32, larger ones word-summed
+HEADER = struct.Struct("<4sIQQQQ")  # magic, flags, length, first_seq, rows, checksum
+SUFFIX = ".journal"
+
+
+@dataclass(frozen=True)
+class Record:
+    epoch: str
+    first_seq: int
+    table: pa.Table
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.table.num_rows - 1
+
+
+@dataclass
+class _Segment:
+    path: Path
+    first_seq: int
+    last_seq: int  # first_seq - 1 while empty
+
+
+class Journal:
+    """Append-only segment files. `lock` guards `write`; the caller holds it so that sequence
+    numbers, journal order and queue order stay one order."""
+
+    def __init__(self, folder: Path, segment_bytes: int = 16 << 20) -> None:
+        self.folder = folder
+        self.segment_bytes = segment_bytes
+        self.lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._epoch = ""
+        self._closed: list[_Segment] = []
+        self._current: _Segment | None = None
+        self._fd: int | None = None
+        self._size = 0
+        self._written = 0  # bytes written since open, across segments
+        self._synced = 0
+        self._new_files = False
+        self._schema_bytes: tuple[pa.Schema, bytes] | None = None
+
+    # ---------------------------------------------------------------- start-up
+
+    def read(self, live: bool) -> Iterator[tuple[str, list[Record]]]:
+        """Each segment on disk, oldest first: its epoch and its readable records. `live`:
+        the current segment may be mid-write (its tail is not reported as torn)."""
+        for path in self._segment_files():
+            epoch = path.name.rsplit("-", 1)[0]
+            records = [Record(epoch, seq, table) for seq, table in _read_segment(path, live)]
+            yield epoch, records
+
+    def begin(self, epoch: str, next_seq: int) -> None:
+        """Forget the segments on disk (the caller replayed them) and open a new one."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for path in self._segment_files():
+            path.unlink()
+        self._epoch = epoch
+        self._open(next_seq)
+        _fsync_dir(self.folder)
+
+    # ---------------------------------------------------------------- writing
+
+    def write(self, first_seq: int, table: pa.Table) -> None:
+        """Append one record (caller holds `lock`). On failure the file is cut back to its
+        last whole record and the error (an OSError) is raised: nothing half-written stays."""
+        assert self._fd is not None and self._current is not None, "journal not open"
+        if self._size >= self.segment_bytes:
+            self._rotate(first_seq)
+        parts: list[bytes | pa.Buffer] = self._payload(table)
+        length = sum(len(p) for p in parts)
+        if length <= SMALL or any(len(p) % 8 for p in parts[:-1]):
+            parts = [b"".join(parts)]
+        pad = b"\0" * (-length % 8)
+        checksum = _checksum(parts)
+        header = HEADER.pack(MAGIC, 0, length, first_seq, table.num_rows, checksum)
+        size = len(header) + length + len(pad)
+        try:
+            _write_all(self._fd, [header, *parts, pad], size)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                log.exception("log journal: cannot cut back %s", self._current.path)
+            raise
+        self._size += size
+        self._written += size
+        self._current.last_seq = first_seq + table.num_rows - 1
+
+    def sync(self) -> None:
+        """Make everything written so far durable. Concurrent callers share one fsync."""
+        with self.lock:
+            target, fd = self._written, self._fd
+            new_files, self._new_files = self._new_files, False
+            if fd is None or target <= self._synced:
+                return
+            fd = os.dup(fd)
+        try:
+            with self._sync_lock:
+                if target <= self._synced:
+                    return
+                os.fsync(fd)
+                if new_files:
+                    _fsync_dir(self.folder)
+                self._synced = max(self._synced, target)
+        finally:
+            os.close(fd)
+
+    @property
+    def unsynced(self) -> bool:
+        return self._written > self._synced
+
+    def releasable(self, stored_seq: int) -> bool:
+        """Whether `release(stored_seq)` would delete anything."""
+        with self.lock:
+            current = self._current
+            return any(s.last_seq <= stored_seq for s in self._closed) or (
+                current is not None and self._size > 0 and current.last_seq <= stored_seq
+            )
+
+    def release(self, stored_seq: int) -> int:
+        """Delete the closed segments whose rows SQLite holds durably (all <= `stored_seq`);
+        an idle current segment holding only stored rows starts afresh. Returns files deleted."""
+        with self.lock:
+            done = [s for s in self._closed if s.last_seq <= stored_seq]
+            self._closed = [s for s in self._closed if s.last_seq > stored_seq]
+            current = self._current
+            if current is not None and self._size and current.last_seq <= stored_seq:
+                self._rotate(current.last_seq + 1, sync=False)  # its rows are in SQLite
+                done.append(self._closed.pop())
+        for segment in done:
+            try:
+                segment.path.unlink()
+            except FileNotFoundError:
+                pass
+        return len(done)
+
+    def close(self) -> None:
+        with self.lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    @property
+    def files(self) -> int:
+        return len(self._closed) + (self._current is not None)
+
+    # ---------------------------------------------------------------- inside
+
+    def _segment_files(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(self.folder.glob(f"*{SUFFIX}"), key=lambda p: p.name.rsplit("-", 1)[1])
+
+    def _open(self, first_seq: int) -> None:
+        path = self.folder / f"{self._epoch}-{first_seq:016d}{SUFFIX}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self._current = _Segment(path, first_seq, first_seq - 1)
+        self._size = 0
+        self._new_files = True
+
+    def _rotate(self, next_seq: int, sync: bool = True) -> None:
+        """Close the current segment (synced first: a later sync sees only the new file)."""
+        assert self._fd is not None and self._current is not None
+        if sync:
+            os.fsync(self._fd)
+        os.close(self._fd)
+        self._closed.append(self._current)
+        self._open(next_seq)
+
+    def _payload(self, table: pa.Table) -> list[pa.Buffer]:
+        """`table` as an Arrow IPC stream: the schema message (cached) and its batches."""
+        schema = table.schema
+        cached = self._schema_bytes
+        if cached is None or not (cached[0] is schema or cached[0].equals(schema)):
+            cached = (schema, schema.serialize().to_pybytes())
+            self._schema_bytes = cached
+        return [pa.py_buffer(cached[1]), *(b.serialize() for b in table.to_batches())]
+
+
+def _read_segment(path: Path, live: bool) -> Iterator[tuple[int, pa.Table]]:
+    data = path.read_bytes()
+    offset = 0
+    while offset + HEADER.size <= len(data):
+        magic, _, length, first_seq, rows, checksum = HEADER.unpack_from(data, offset)
+        end = offset + HEADER.size + length
+        if magic != MAGIC or end > len(data):
+            break
+        payload = memoryview(data)[offset + HEADER.size : end]
+        if _checksum([payload]) != checksum:
+            break
+        try:
+            table = ipc.open_stream(pa.py_buffer(payload)).read_all()
+        except (pa.ArrowInvalid, OSError):
+            break
+        if table.num_rows != rows:
+            break
+        yield first_seq, table
+        offset = end + (-length % 8)
+    if offset < len(data) and not live:
+        log.warning(
+            "log journal %s: %d bytes after the last whole record ignored (a torn write)",
+            path,
+            len(data) - offset,
+        )
+
+
+def _checksum(parts: list[bytes | memoryview | pa.Buffer]) -> int:
+    """CRC-32 of a small payload (one part); for a large one (every part but the last a
+    whole number of 64-bit words) the sum of its words: ~40x faster, and enough to tell a
+    torn or zero-filled tail from a whole record."""
+    if len(parts) == 1 and len(parts[0]) <= SMALL:
+        return zlib.crc32(parts[0])
+    return sum(_word_sum(p) for p in parts) & 0xFFFFFFFFFFFFFFFF
+
+
+def _word_sum(data: bytes | memoryview | pa.Buffer) -> int:
+    view = memoryview(data).cast("B")
+    whole = len(view) // 8 * 8
+    total = int(np.frombuffer(view[:whole], np.uint64).sum(dtype=np.uint64)) if whole else 0
+    return (total + int.from_bytes(view[whole:], "little")) & 0xFFFFFFFFFFFFFFFF
+
+
+def _write_all(fd: int, parts: list[bytes | pa.Buffer], size: int) -> None:
+    done = os.writev(fd, parts)
+    if done == size:
+        return
+    rest = b"".join(bytes(p) for p in parts)[done:]  # a short write: rare, finish it
+    while rest:
+        rest = rest[os.write(fd, rest) :]
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
