@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, help="env MAX_BODY_BYTES")
     serve.add_argument("--log-buffer-bytes", type=int, help="env LOG_BUFFER_BYTES")
     serve.add_argument(
+        "--log-fsync-interval",
+        type=float,
+        help="env LOG_FSYNC_INTERVAL: seconds between fsyncs of the inference log (default "
+        "0.1; 0 = fsync before every answer)",
+    )
+    serve.add_argument(
         "--no-logging",
         dest="logging_enabled",
         action="store_const",
@@ -184,6 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
             settings.persist_dir / "logbuffer.db",
             max_bytes=settings.log_buffer_bytes,
             keep_synced_bytes=settings.log_buffer_bytes // 4,  # for `GET /logs` after a sync
+            fsync_interval=settings.log_fsync_interval,
         )
         state.buffer.start()
         state.on_shutdown.append(state.buffer.close)

@@ -18,6 +18,7 @@ Precedence: command-line flag > environment variable > default. Secrets are kept
 | HOST | --host | 0.0.0.0 | address to listen on |
 | MAX_BODY_BYTES | --max-body-bytes | 64 MiB | largest request body accepted |
 | LOG_BUFFER_BYTES | --log-buffer-bytes | 256 MiB | cap of the inference log buffer |
+| LOG_FSYNC_INTERVAL | --log-fsync-interval | 0.1 | s between log fsyncs (0: before each answer) |
 | EDGE_LOGGING | --no-logging | true | log every inference (`false`: benchmarks only) |
 """
 
@@ -49,6 +50,7 @@ class Settings:
     host: str = "0.0.0.0"
     max_body_bytes: int = 64 << 20
     log_buffer_bytes: int = 256 << 20
+    log_fsync_interval: float = 0.1
     logging_enabled: bool = True
     partition: str = field(default_factory=socket.gethostname)
 
@@ -74,6 +76,7 @@ _ENV = {
     "host": "HOST",
     "max_body_bytes": "MAX_BODY_BYTES",
     "log_buffer_bytes": "LOG_BUFFER_BYTES",
+    "log_fsync_interval": "LOG_FSYNC_INTERVAL",
     "logging_enabled": "EDGE_LOGGING",
 }
 
@@ -115,6 +118,14 @@ def _cast(name: str, raw: Any) -> Any:
         if number <= 0 or (name == "port" and number > 65535):
             raise ConfigError(f"{variable} is out of range: {raw!r}")
         return number
+    if name == "log_fsync_interval":
+        try:
+            seconds = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{variable} must be a number of seconds, not {raw!r}") from None
+        if not 0 <= seconds <= 60:
+            raise ConfigError(f"{variable} must be between 0 and 60 seconds, not {raw!r}")
+        return seconds
     if name == "persist_dir":
         return Path(raw)
     return str(raw)

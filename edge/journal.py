@@ -10,6 +10,8 @@ replayed. Power loss can lose what was written since the last `sync` (the writer
 
 Files: `<folder>/<epoch>-<first seq, 16 digits>.journal`, written in sequence order; a new one
 starts past `segment_bytes`. A segment is deleted once SQLite durably holds all its rows.
+A large table gets a file of its own, `<epoch>-<first seq>.table` (same record format), which
+SQLite then refers to instead of copying megabytes into its pages; it goes with its row.
 
 Record: 40-byte header (magic, flags, payload length, first sequence number, rows, checksum =
 the sum of the payload's 64-bit words) then the payload, padded to 8 bytes. Reading stops at
@@ -37,6 +39,7 @@ MAGIC = b"EDJ1"
 SMALL = 64 << 10  # payloads up to this are checksummed with CRC-32, larger ones word-summed
 HEADER = struct.Struct("<4sIQQQQ")  # magic, flags, length, first_seq, rows, checksum
 SUFFIX = ".journal"
+OWN_SUFFIX = ".table"  # one large table, kept as the log buffer's storage for it
 
 
 @dataclass(frozen=True)
@@ -75,22 +78,28 @@ class Journal:
         self._synced = 0
         self._new_files = False
         self._schema_bytes: tuple[pa.Schema, bytes] | None = None
+        self._unsynced_fds: list[int] = []  # tables in files of their own, not yet synced
 
     # ---------------------------------------------------------------- start-up
 
-    def read(self, live: bool) -> Iterator[tuple[str, list[Record]]]:
-        """Each segment on disk, oldest first: its epoch and its readable records. `live`:
-        the current segment may be mid-write (its tail is not reported as torn)."""
-        for path in self._segment_files():
-            epoch = path.name.rsplit("-", 1)[0]
-            records = [Record(epoch, seq, table) for seq, table in _read_segment(path, live)]
-            yield epoch, records
+    def read(
+        self, live: bool, skip: frozenset[str] | set[str] = frozenset()
+    ) -> Iterator[tuple[str, list[Record]]]:
+        """Each file on disk but `skip`, oldest first: its name and its readable records.
+        `live`: the current segment may be mid-write (its tail is not reported as torn)."""
+        for path in self._files():
+            if path.name not in skip:
+                epoch = path.name.rsplit("-", 1)[0]
+                records = [Record(epoch, seq, t) for seq, t in _read_segment(path, live)]
+                yield path.name, records
 
-    def begin(self, epoch: str, next_seq: int) -> None:
-        """Forget the segments on disk (the caller replayed them) and open a new one."""
+    def begin(self, epoch: str, next_seq: int, keep: set[str]) -> None:
+        """Delete the files on disk but `keep` (the caller stored their rows) and open a
+        new segment."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        for path in self._segment_files():
-            path.unlink()
+        for path in self._files():
+            if path.name not in keep:
+                path.unlink()
         self._epoch = epoch
         self._open(next_seq)
         _fsync_dir(self.folder)
@@ -103,16 +112,9 @@ class Journal:
         assert self._fd is not None and self._current is not None, "journal not open"
         if self._size >= self.segment_bytes:
             self._rotate(first_seq)
-        parts: list[bytes | pa.Buffer] = self._payload(table)
-        length = sum(len(p) for p in parts)
-        if length <= SMALL or any(len(p) % 8 for p in parts[:-1]):
-            parts = [b"".join(parts)]
-        pad = b"\0" * (-length % 8)
-        checksum = _checksum(parts)
-        header = HEADER.pack(MAGIC, 0, length, first_seq, table.num_rows, checksum)
-        size = len(header) + length + len(pad)
+        record, size = self._record(first_seq, table)
         try:
-            _write_all(self._fd, [header, *parts, pad], size)
+            _write_all(self._fd, record, size)
         except OSError:
             try:
                 os.ftruncate(self._fd, self._size)
@@ -123,24 +125,57 @@ class Journal:
         self._written += size
         self._current.last_seq = first_seq + table.num_rows - 1
 
+    def write_own(self, first_seq: int, table: pa.Table) -> str:
+        """Write one (large) table to a file of its own (caller holds `lock`); return its
+        name. The file is synced by the next `sync` and deleted by `delete`."""
+        name = f"{self._epoch}-{first_seq:016d}{OWN_SUFFIX}"
+        record, size = self._record(first_seq, table)
+        fd = os.open(
+            self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
+        )
+        try:
+            _write_all(fd, record, size)
+        except OSError:
+            os.close(fd)
+            (self.folder / name).unlink(missing_ok=True)
+            raise
+        self._unsynced_fds.append(fd)
+        self._written += size
+        self._new_files = True
+        return name
+
+    def delete(self, name: str) -> None:
+        """Delete a table's own file (its row is gone from SQLite)."""
+        (self.folder / name).unlink(missing_ok=True)
+
+    def _record(self, first_seq: int, table: pa.Table) -> tuple[list[bytes | pa.Buffer], int]:
+        parts: list[bytes | pa.Buffer] = self._payload(table)
+        length = sum(len(p) for p in parts)
+        if length <= SMALL or any(len(p) % 8 for p in parts[:-1]):
+            parts = [b"".join(parts)]
+        pad = b"\0" * (-length % 8)
+        header = HEADER.pack(MAGIC, 0, length, first_seq, table.num_rows, _checksum(parts))
+        return [header, *parts, pad], len(header) + length + len(pad)
+
     def sync(self) -> None:
         """Make everything written so far durable. Concurrent callers share one fsync."""
         with self.lock:
-            target, fd = self._written, self._fd
+            target = self._written
             new_files, self._new_files = self._new_files, False
-            if fd is None or target <= self._synced:
-                return
-            fd = os.dup(fd)
+            own, self._unsynced_fds = self._unsynced_fds, []
+            fd = os.dup(self._fd) if self._fd is not None and target > self._synced else None
         try:
             with self._sync_lock:
-                if target <= self._synced:
-                    return
-                os.fsync(fd)
+                for own_fd in own:
+                    os.fsync(own_fd)
+                if fd is not None and target > self._synced:
+                    os.fsync(fd)
                 if new_files:
                     _fsync_dir(self.folder)
                 self._synced = max(self._synced, target)
         finally:
-            os.close(fd)
+            for any_fd in [*own, *([fd] if fd is not None else [])]:
+                os.close(any_fd)
 
     @property
     def unsynced(self) -> bool:
@@ -172,6 +207,7 @@ class Journal:
         return len(done)
 
     def close(self) -> None:
+        self.sync()
         with self.lock:
             if self._fd is not None:
                 os.close(self._fd)
@@ -183,10 +219,11 @@ class Journal:
 
     # ---------------------------------------------------------------- inside
 
-    def _segment_files(self) -> list[Path]:
+    def _files(self) -> list[Path]:
         if not self.folder.is_dir():
             return []
-        return sorted(self.folder.glob(f"*{SUFFIX}"), key=lambda p: p.name.rsplit("-", 1)[1])
+        paths = [*self.folder.glob(f"*{SUFFIX}"), *self.folder.glob(f"*{OWN_SUFFIX}")]
+        return sorted(paths, key=lambda p: p.name.rsplit("-", 1)[1])
 
     def _open(self, first_seq: int) -> None:
         path = self.folder / f"{self._epoch}-{first_seq:016d}{SUFFIX}"
@@ -212,6 +249,13 @@ class Journal:
             cached = (schema, schema.serialize().to_pybytes())
             self._schema_bytes = cached
         return [pa.py_buffer(cached[1]), *(b.serialize() for b in table.to_batches())]
+
+
+def read_table(path: Path) -> pa.Table:
+    """The table in a file of its own (`write_own`)."""
+    for _, table in _read_segment(path, live=False):
+        return table
+    raise OSError(f"{path}: no whole record")
 
 
 def _read_segment(path: Path, live: bool) -> Iterator[tuple[int, pa.Table]]:

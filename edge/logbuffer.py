@@ -87,6 +87,7 @@ T = TypeVar("T")
 DEFAULT_MAX_BYTES = 256 << 20
 COMPRESS_BELOW = 256 << 10  # serialized tables above this are stored uncompressed
 INLINE_LOG_BYTES = 256 << 10  # `submit` journals bigger tables on a worker thread
+OWN_FILE_BYTES = 256 << 10  # bigger tables are kept in files of their own, not in SQLite
 DROP_REASONS = ("input_values", "output_values", "rows")
 DROPPED_COLUMN = "metadata.dropped"
 _FULL_CODE = 13  # SQLITE_FULL
@@ -136,6 +137,7 @@ class _Append:
     nbytes: int
     future: concurrent.futures.Future[SeqRange]
     first_seq: int
+    file: str | None = None  # a large table's own journal file, which SQLite will refer to
 
     @property
     def last_seq(self) -> int:
@@ -163,7 +165,12 @@ class _Encoded:
     n_rows: int
     min_time: int | None
     max_time: int | None
-    codec: str = "zstd"
+    codec: str = "zstd"  # "none", or "file": `body` names the table's own journal file
+    size: int = -1  # bytes stored (-1: len(body))
+
+    @property
+    def stored_bytes(self) -> int:
+        return len(self.body) if self.size < 0 else self.size
 
 
 class _Queue:
@@ -279,6 +286,7 @@ class LogBuffer:
         self._schema_ids: dict[str, int] = {}
         self._schemas: dict[int, pa.Schema] = {}
         self._txn_schemas: dict[str, tuple[int, pa.Schema]] = {}
+        self._txn_unlink: list[str] = []  # own files of rows this transaction deletes
         self._last_schema: tuple[pa.Schema, str, bool] | None = None  # the writer's encode cache
         self._offer_schema: tuple[pa.Schema, bool] | None = None  # has it dictionaries?
         self._wconn: sqlite3.Connection | None = None
@@ -320,7 +328,7 @@ class LogBuffer:
             self._wconn = self._open_checked()
             self._load_state(self._wconn)
             self._recover()
-            self._journal.begin(self._epoch, self._next_seq)
+            self._journal.begin(self._epoch, self._next_seq, keep=self._own_files())
         except BaseException:
             self._release_file_lock()
             raise
@@ -491,12 +499,16 @@ class LogBuffer:
             if not self._queue.has_room(nbytes):
                 return None
             first = self._next_seq
+            own: str | None = None
             try:
-                self._journal.write(first, table)
+                if nbytes > OWN_FILE_BYTES:
+                    own = self._journal.write_own(first, table)
+                else:
+                    self._journal.write(first, table)
             except OSError as exc:
                 raise self._translate(exc) from None
             self._next_seq += table.num_rows
-            self._queue.add(_Append(table, nbytes, fut, first))
+            self._queue.add(_Append(table, nbytes, fut, first, own))
         return SeqRange(self._epoch, first, first + table.num_rows - 1), fut
 
     def ack(self, epoch: str, last_seq: int) -> None:
@@ -588,7 +600,7 @@ class LogBuffer:
             conn = self._rconn
             conn.execute("BEGIN")
             try:
-                yield Reader(conn, self._schemas, self._rdecompressor)
+                yield Reader(conn, self._schemas, self._rdecompressor, self._journal.folder)
             finally:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -605,6 +617,7 @@ class LogBuffer:
             if mode != "wal":
                 raise LogBufferError(f"log buffer {self.path}: cannot use WAL (journal {mode})")
             conn.execute("PRAGMA synchronous=NORMAL")  # durability: the journal (edge.journal)
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # only ours, after a journal sync
             conn.execute(f"PRAGMA journal_size_limit={int(self.journal_size_limit)}")
         except BaseException:
             conn.close()
@@ -751,12 +764,10 @@ class LogBuffer:
     def _catch_up(self) -> None:
         """After a failed commit: store what the journal holds beyond SQLite's last row."""
         try:
-            for _, records in self._journal.read(live=True):
-                stored = self._state.last_seq
-                self._commit_appends(
-                    [_replayed(r.table, r.first_seq) for r in records if r.first_seq > stored],
-                    replay=True,
-                )
+            with self._journal.lock:  # no record is half-written while we read
+                files = list(self._journal.read(live=True, skip=self._own_files()))
+            stored = self._state.last_seq
+            self._commit_appends(_in_order(files, lambda r: r.first_seq > stored), replay=True)
         except Exception as exc:
             self._behind = time.monotonic() + 1.0
             log.warning("log buffer still cannot store the journal's rows: %s", exc)
@@ -766,32 +777,40 @@ class LogBuffer:
 
     def _recover(self) -> None:
         """At start: store every journaled row SQLite does not hold (a crash came between
-        the answer and the commit). Rows of another epoch (a file set aside) get new numbers."""
+        the answer and the commit), in one transaction. Rows of another epoch (a file set
+        aside as corrupt) get new numbers after every number this epoch gave."""
         initial = self._state.last_seq
-        next_seq = initial + 1
-        replayed = 0
-        for epoch, records in self._journal.read(live=False):
-            items = []
+        files = list(self._journal.read(live=False, skip=self._own_files()))
+        items = _in_order(files, lambda r: r.epoch == self._epoch and r.first_seq > initial)
+        given = [r.last_seq for _, records in files for r in records if r.epoch == self._epoch]
+        next_seq = max([initial, *given]) + 1
+        for name, records in files:
             for record in records:
-                if epoch == self._epoch and record.first_seq <= initial:
-                    continue
-                first = record.first_seq if epoch == self._epoch else next_seq
-                items.append(_replayed(record.table, first))
-                next_seq = max(next_seq, first + record.table.num_rows)
-                replayed += record.table.num_rows
-            try:
-                self._commit_appends(items, replay=True)  # one transaction per segment
-            except Exception as exc:
-                raise LogBufferError(
-                    f"log buffer {self.path}: cannot store the journal's rows: {exc}"
-                ) from exc
+                if record.epoch != self._epoch:
+                    items.append(_replayed(record.table, next_seq, name))
+                    next_seq += record.table.num_rows
+        try:
+            self._commit_appends(items, replay=True)
+        except Exception as exc:
+            raise LogBufferError(
+                f"log buffer {self.path}: cannot store the journal's rows: {exc}"
+            ) from exc
         self._next_seq = max(next_seq, self._state.last_seq + 1)
+        replayed = sum(item.table.num_rows for item in items)
         if replayed:
             assert self._wconn is not None
             self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # durable before unlinking
             with self._lock:
                 self._counters["replayed"] += replayed
             log.warning("log buffer stored %d rows from the journal (after a crash)", replayed)
+
+    def _own_files(self) -> set[str]:
+        """The journal files SQLite rows refer to (large tables stored in their own file)."""
+        conn = self._writer()
+        return {
+            bytes(b).decode()
+            for (b,) in conn.execute("SELECT body FROM batches WHERE codec = 'file'")
+        }
 
     def _commit_appends(self, appends: list[_Append], replay: bool = False) -> None:
         """One transaction for every table waiting. Consecutive small tables of one schema are
@@ -801,7 +820,7 @@ class LogBuffer:
         `_catch_up` later); with `replay` it raises instead."""
         fresh = []
         for item in appends:
-            if item.last_seq <= self._state.last_seq:  # stored already, by a catch-up
+            if not replay and item.last_seq <= self._state.last_seq:  # stored by a catch-up
                 _resolve(item.future, SeqRange(self._epoch, item.first_seq, item.last_seq))
             else:
                 fresh.append(item)
@@ -848,7 +867,7 @@ class LogBuffer:
     def _encode_run(self, run: list[_Append]) -> list[tuple[list[_Append], _Encoded]]:
         """Encode a run as one table; if that fails, table by table, failing only the bad."""
         try:
-            return [(run, self._encode([item.table for item in run]))]
+            return [(run, self._encode([item.table for item in run], run[0].file))]
         except Exception as exc:
             if len(run) > 1:
                 return [pair for item in run for pair in self._encode_run([item])]
@@ -860,6 +879,7 @@ class LogBuffer:
         conn = self._writer()
         st = self._state.copy()
         self._txn_schemas = {}
+        self._txn_unlink = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn, st)
@@ -876,6 +896,8 @@ class LogBuffer:
             for fingerprint, (schema_id, schema) in self._txn_schemas.items():
                 self._schema_ids[fingerprint] = schema_id
                 self._schemas[schema_id] = schema
+        for name in self._txn_unlink:  # a crash before this leaves an orphan, swept at start
+            self._journal.delete(name)
         return result
 
     def _writer(self) -> sqlite3.Connection:
@@ -917,6 +939,7 @@ class LogBuffer:
             urgent = wal > 4 * self.wal_checkpoint_bytes
             if self._rlock.acquire(timeout=1.0 if urgent else 0.02):
                 try:
+                    self._journal.sync()  # the files rows refer to reach the disk first
                     busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                     with self._lock:
                         self._counters["checkpoints"] += 1
@@ -939,7 +962,7 @@ class LogBuffer:
 
     # ---------------------------------------------------------------- rows in and out
 
-    def _encode(self, tables: list[pa.Table]) -> _Encoded:
+    def _encode(self, tables: list[pa.Table], file: str | None = None) -> _Encoded:
         """`tables` (one schema) as one stored row. The schema's fingerprint is cached: most
         appends share the last one's schema, and hashing it costs more than the rest."""
         schema = tables[0].schema
@@ -955,12 +978,17 @@ class LogBuffer:
         if not fingerprint:
             fingerprint = hashlib.sha256(batch.schema.serialize().to_pybytes()).hexdigest()
             self._last_schema = (cached[0], fingerprint, cached[2])
+        lo, hi = time_bounds(batch)
+        if file is not None:  # stored in the journal already: SQLite keeps its name
+            size = (self._journal.folder / file).stat().st_size
+            return _Encoded(
+                batch.schema, fingerprint, file.encode(), len(batch), lo, hi, "file", size
+            )
         raw = batch.serialize()
         # Tensors of floats barely compress and zstd would cost more than the model run on big
         # batches; small tables (mostly repeated strings) shrink well.
         codec = "zstd" if raw.size <= COMPRESS_BELOW else "none"
         body = self._compressor.compress(raw) if codec == "zstd" else raw.to_pybytes()
-        lo, hi = time_bounds(batch)
         return _Encoded(batch.schema, fingerprint, body, batch.num_rows, lo, hi, codec)
 
     def _schema_id(self, conn: sqlite3.Connection, schema: pa.Schema, fingerprint: str) -> int:
@@ -988,14 +1016,14 @@ class LogBuffer:
                 enc.n_rows,
                 enc.min_time,
                 enc.max_time,
-                len(enc.body),
+                enc.stored_bytes,
                 self._schema_id(conn, enc.schema, enc.fingerprint),
                 enc.codec,
                 enc.body,
             ),
         )
         st.last_seq = max(st.last_seq, last)
-        st.bytes += len(enc.body)
+        st.bytes += enc.stored_bytes
         st.rows += enc.n_rows
         st.batches += 1
         st.unsynced_rows += enc.n_rows
@@ -1003,7 +1031,8 @@ class LogBuffer:
     def _stored(
         self, conn: sqlite3.Connection, schema_id: int, codec: str, body: bytes
     ) -> pa.Table:
-        return Reader(conn, self._schemas, self._wdecompressor).table(schema_id, codec, body)
+        reader = Reader(conn, self._schemas, self._wdecompressor, self._journal.folder)
+        return reader.table(schema_id, codec, body)
 
     def _rewrite(
         self,
@@ -1014,9 +1043,10 @@ class LogBuffer:
         trimmed: int,
         new_first: int | None = None,
     ) -> None:
-        (old_bytes,) = conn.execute(
-            "SELECT bytes FROM batches WHERE first_seq = ?", (first_seq,)
+        old_bytes, old_codec, old_body = conn.execute(
+            "SELECT bytes, codec, body FROM batches WHERE first_seq = ?", (first_seq,)
         ).fetchone()
+        self._forget(old_codec, old_body)
         enc = self._encode([table])
         conn.execute(
             "UPDATE batches SET first_seq = ?, n_rows = ?, min_time = ?, max_time = ?, bytes = ?,"
@@ -1036,11 +1066,18 @@ class LogBuffer:
         )
         st.bytes += len(enc.body) - old_bytes
 
+    def _forget(self, codec: str, body: bytes) -> None:
+        """A row that had its own file lost it: delete the file once this transaction commits."""
+        if codec == "file":
+            self._txn_unlink.append(bytes(body).decode())
+
     def _delete(self, conn: sqlite3.Connection, st: _State, first_seq: int) -> tuple[int, int]:
-        last, n_rows, size = conn.execute(
-            "SELECT last_seq, n_rows, bytes FROM batches WHERE first_seq = ?", (first_seq,)
+        last, n_rows, size, codec, body = conn.execute(
+            "SELECT last_seq, n_rows, bytes, codec, body FROM batches WHERE first_seq = ?",
+            (first_seq,),
         ).fetchone()
         conn.execute("DELETE FROM batches WHERE first_seq = ?", (first_seq,))
+        self._forget(codec, body)
         st.bytes -= size
         st.rows -= n_rows
         st.batches -= 1
@@ -1181,6 +1218,8 @@ def _runs(appends: list[_Append], max_bytes: int = 1 << 20) -> Iterator[list[_Ap
     for item in appends:
         if run and (
             size + item.nbytes > max_bytes
+            or item.file is not None
+            or run[0].file is not None
             or item.first_seq != run[-1].last_seq + 1
             or not item.table.schema.equals(run[0].table.schema, check_metadata=True)
         ):
@@ -1225,8 +1264,21 @@ def _plain(table: pa.Table) -> pa.Table:
     return table
 
 
-def _replayed(table: pa.Table, first_seq: int) -> _Append:
-    return _Append(table, table.get_total_buffer_size(), concurrent.futures.Future(), first_seq)
+def _in_order(
+    files: list[tuple[str, list[journal.Record]]], wanted: Callable[[journal.Record], bool]
+) -> list[_Append]:
+    """The `wanted` records of journal files as appends, in sequence order (a table in a
+    file of its own sits between the records of a segment)."""
+    chosen = [(r, name) for name, records in files for r in records if wanted(r)]
+    chosen.sort(key=lambda pair: pair[0].first_seq)
+    return [_replayed(r.table, r.first_seq, name) for r, name in chosen]
+
+
+def _replayed(table: pa.Table, first_seq: int, name: str) -> _Append:
+    """A journal record as an append; a table in a file of its own keeps that file."""
+    own = name if name.endswith(journal.OWN_SUFFIX) else None
+    future: concurrent.futures.Future[SeqRange] = concurrent.futures.Future()
+    return _Append(table, table.get_total_buffer_size(), future, first_seq, own)
 
 
 def _resolve(fut: concurrent.futures.Future[SeqRange], seq_range: SeqRange) -> None:

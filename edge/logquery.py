@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +22,7 @@ import pyarrow.ipc as ipc
 import zstandard
 
 from edge.errors import LogBufferError
+from edge.journal import read_table
 from edge.pipeline import TIME_TYPE
 
 _EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
@@ -60,10 +62,12 @@ class Reader:
         conn: sqlite3.Connection,
         schemas: Mapping[int, pa.Schema],
         decompressor: zstandard.ZstdDecompressor,
+        files: Path,
     ) -> None:
         self.conn = conn
         self.schemas = schemas  # committed schemas by id; others are read from the file
         self.decompressor = decompressor
+        self.files = files  # where tables stored in files of their own are
 
     def table(self, schema_id: int, codec: str, body: bytes) -> pa.Table:
         schema = self.schemas.get(schema_id)
@@ -72,6 +76,11 @@ class Reader:
             if row is None:
                 raise LogBufferError(f"log buffer row refers to unknown schema {schema_id}")
             schema = ipc.read_schema(pa.py_buffer(row[0]))
+        if codec == "file":
+            try:
+                return read_table(self.files / bytes(body).decode())
+            except OSError as exc:
+                raise LogBufferError(f"log buffer table file is unreadable: {exc}") from exc
         if codec == "zstd":
             raw = self.decompressor.decompress(body)
         elif codec == "none":

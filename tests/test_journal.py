@@ -52,7 +52,7 @@ CHILD = textwrap.dedent(
     buffer.start()
     i = 0
     while True:
-        rows = 1 + i % 3
+        rows = 40_000 if i % 50 == 7 else 1 + i % 3  # now and then a table of its own file
         t = pa.table({"time": pa.array([i] * rows, pa.timestamp("ms", tz="UTC")),
                       "in.x": pa.array([float(i)] * rows)})
         r = buffer.log(t)
@@ -90,9 +90,12 @@ def test_sigkill_before_sqlite_keeps_every_logged_row(tmp_path: Path) -> None:
                 assert rows[seq] == float(i)  # the very row, under its own number
         assert sorted(rows) == list(range(1, len(rows) + 1))  # no duplicates, no gaps
         assert buffer.stats()["replayed"] == len(rows)
+        assert len(list(Path(f"{db}.journal").glob("*.table"))) >= 5  # kept as the rows' store
         after = buffer.log(table(1))
         assert after.first == max(rows) + 1  # numbers never repeat
     assert len(journal_files(db)) <= 1  # replayed segments are gone
+    with LogBuffer(db) as again:  # and a second start reads the same rows, once
+        assert stored(again) == {**rows, after.first: 0.0}
 
 
 def test_a_torn_tail_is_ignored_and_whole_records_replayed(tmp_path: Path) -> None:

@@ -291,7 +291,7 @@ def test_disk_full_is_a_clear_error_and_recovers(buf: LogBuffer, db: Path) -> No
 
     buf._call(lambda: limit_pages(0))  # SQLite cannot grow its file: as if the disk were full
     with pytest.raises(LogBufferDiskFull, match="disk full"):
-        asyncio.run(buf.append(result_table(500, big=200)))
+        asyncio.run(buf.append(result_table(500, big=20)))
     assert isinstance(LogBufferDiskFull("x"), LogBufferError)
     assert "disk full" in buf.stats()["last_error"]
     logged = buf.log(result_table(3))  # answered: journaled though SQLite cannot take it
@@ -479,10 +479,10 @@ def test_a_table_that_cannot_be_stored_fails_alone(
 ) -> None:
     encode = buf._encode
 
-    def picky(tables: list[pa.Table]) -> object:
+    def picky(tables: list[pa.Table], file: str | None = None) -> object:
         if any("poison" in t.column("metadata.partition").to_pylist() for t in tables):
             raise pa.ArrowInvalid("cannot serialize")
-        return encode(tables)
+        return encode(tables, file)
 
     monkeypatch.setattr(buf, "_encode", picky)
     poisoned = result_table(1)
@@ -514,14 +514,39 @@ def test_the_writer_survives_its_own_errors(
     assert buf.append_nowait(result_table(1)).result(timeout=10).first == 2
 
 
-def test_large_tables_are_stored_uncompressed_and_read_back(buf: LogBuffer, db: Path) -> None:
+def test_large_tables_stay_in_their_own_files_and_read_back(buf: LogBuffer, db: Path) -> None:
     big = result_table(rows=2_000, big=64)
     small = result_table(rows=2, time_ms=T0 + 1)
     buf.append_nowait(big).result(timeout=30)
     buf.append_nowait(small).result(timeout=30)
     with sqlite3.connect(db) as conn:
         codecs = [c for (c,) in conn.execute("SELECT codec FROM batches ORDER BY first_seq")]
-    assert codecs == ["none", "zstd"]
+    assert codecs == ["file", "zstd"]  # the large table stays in its journal file
     (batch,) = buf.pending(10_000)
     assert batch.table.num_rows == 2_002
     assert batch.table.slice(0, 2_000).column("in.image").equals(big.column("in.image"))
+    files = sorted(p.name for p in Path(f"{db}.journal").glob("*.table"))
+    assert len(files) == 1
+    buf.close()
+    with LogBuffer(db) as reopened:  # a restart keeps the file its row refers to
+        (batch,) = reopened.pending(10_000)
+        assert batch.table.slice(0, 2_000).equals(big)
+        reopened.ack(reopened.epoch, batch.last_seq)  # delivered: the row and its file go
+        assert reopened.stats()["rows"] == 0
+        assert not list(Path(f"{db}.journal").glob("*.table"))
+
+
+def test_the_cap_counts_and_trims_tables_in_their_own_files(db: Path) -> None:
+    with LogBuffer(db, max_bytes=3 << 20) as buffer:
+        for i in range(6):  # about 1 MB each: past the cap, the oldest lose their inputs
+            buffer.append_nowait(result_table(rows=2_000, big=64, time_ms=T0 + i)).result(30)
+        stats = buffer.stats()
+        assert stats["bytes"] <= 3 << 20
+        assert stats["dropped"]["input_values"] > 0
+        assert stats["rows"] == 12_000  # nothing needed whole rows dropped
+        kept = {p.name for p in Path(f"{db}.journal").glob("*.table")}
+        with sqlite3.connect(db) as conn:
+            refs = {
+                b.decode() for (b,) in conn.execute("SELECT body FROM batches WHERE codec = 'file'")
+            }
+        assert kept == refs  # trimmed tables moved into SQLite and their files went
