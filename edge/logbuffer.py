@@ -494,7 +494,7 @@ class LogBuffer:
         if known is None or not known[0].equals(schema):
             known = self._offer_schema = (schema, any(map(pa.types.is_dictionary, schema.types)))
         if known[1]:
-            table = _plain(table)
+            table = journal.plain(table)
         with self._journal.lock:
             if not self._queue.has_room(nbytes):
                 return None
@@ -502,6 +502,7 @@ class LogBuffer:
             own: str | None = None
             try:
                 if nbytes > OWN_FILE_BYTES:
+                    table = journal.pack_constants(table)
                     own = self._journal.write_own(first, table)
                 else:
                     self._journal.write(first, table)
@@ -962,7 +963,9 @@ class LogBuffer:
 
     # ---------------------------------------------------------------- rows in and out
 
-    def _encode(self, tables: list[pa.Table], file: str | None = None) -> _Encoded:
+    def _encode(
+        self, tables: list[pa.Table], file: str | None = None, compress: bool = False
+    ) -> _Encoded:
         """`tables` (one schema) as one stored row. The schema's fingerprint is cached: most
         appends share the last one's schema, and hashing it costs more than the rest."""
         schema = tables[0].schema
@@ -970,24 +973,25 @@ class LogBuffer:
         if cached is None or not cached[0].equals(schema, check_metadata=True):
             has_dictionaries = any(pa.types.is_dictionary(t) for t in schema.types)
             cached = (schema, "", has_dictionaries)
-        if cached[2]:
-            tables = [_plain(table) for table in tables]
+        if cached[2] and file is None:
+            tables = [journal.plain(table) for table in tables]
         batches = [batch for table in tables for batch in table.to_batches()]
         batch = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
         fingerprint = cached[1]
+        stored_schema = journal.plain_schema(batch.schema) if cached[2] else batch.schema
         if not fingerprint:
-            fingerprint = hashlib.sha256(batch.schema.serialize().to_pybytes()).hexdigest()
+            fingerprint = hashlib.sha256(stored_schema.serialize().to_pybytes()).hexdigest()
             self._last_schema = (cached[0], fingerprint, cached[2])
         lo, hi = time_bounds(batch)
         if file is not None:  # stored in the journal already: SQLite keeps its name
             size = (self._journal.folder / file).stat().st_size
             return _Encoded(
-                batch.schema, fingerprint, file.encode(), len(batch), lo, hi, "file", size
+                stored_schema, fingerprint, file.encode(), len(batch), lo, hi, "file", size
             )
         raw = batch.serialize()
         # Tensors of floats barely compress and zstd would cost more than the model run on big
         # batches; small tables (mostly repeated strings) shrink well.
-        codec = "zstd" if raw.size <= COMPRESS_BELOW else "none"
+        codec = "zstd" if compress or raw.size <= COMPRESS_BELOW else "none"
         body = self._compressor.compress(raw) if codec == "zstd" else raw.to_pybytes()
         return _Encoded(batch.schema, fingerprint, body, batch.num_rows, lo, hi, codec)
 
@@ -1047,7 +1051,7 @@ class LogBuffer:
             "SELECT bytes, codec, body FROM batches WHERE first_seq = ?", (first_seq,)
         ).fetchone()
         self._forget(old_codec, old_body)
-        enc = self._encode([table])
+        enc = self._encode([table], compress=True)  # what trimming leaves is mostly strings
         conn.execute(
             "UPDATE batches SET first_seq = ?, n_rows = ?, min_time = ?, max_time = ?, bytes = ?,"
             " schema_id = ?, codec = ?, trimmed = ?, body = ? WHERE first_seq = ?",
@@ -1251,17 +1255,6 @@ def _drop_columns(table: pa.Table, names: list[str]) -> pa.Table:
         )
     values = pa.array([names] * kept.num_rows, list_type)
     return kept.append_column(pa.field(DROPPED_COLUMN, list_type), values)
-
-
-def _plain(table: pa.Table) -> pa.Table:
-    """Dictionary columns decoded: a stored message carries no dictionaries."""
-    for index, column in enumerate(table.columns):
-        if pa.types.is_dictionary(column.type):
-            value_type = column.type.value_type
-            table = table.set_column(
-                index, pa.field(table.field(index).name, value_type), column.cast(value_type)
-            )
-    return table
 
 
 def _in_order(

@@ -178,7 +178,7 @@ def test_buffer_cap_drops_columns_and_says_so(
     tagged_spec: Path, example: Path, tmp_path: Path, start_edge
 ) -> None:
     url = publish(tagged_spec, layout=tmp_path / "layout")["pipeline_url"]
-    edge = start_edge(url, env={"LOG_BUFFER_BYTES": "700000"})
+    edge = start_edge(url, env={"LOG_BUFFER_BYTES": "400000"})
     ids = list(range(2_000))
     reply = httpx.post(f"{edge.url}/pipelines/tagged", content=body(example, ids), headers=JSON)
     assert reply.status_code == 200
