@@ -1,44 +1,53 @@
 """The inference log buffer: every answered row, kept in one SQLite file until the sync ships it.
 
 A buffer row holds one appended table, or several small ones of one schema that arrived in the
-same group commit, as one Arrow IPC record-batch message beside its sequence range and time
-range (zstd-compressed below `COMPRESS_BELOW`, raw above: float tensors barely compress; the
-schema is stored once in `schemas`). A 10,000-row request costs one INSERT, and 64 concurrent
-one-row requests cost one too. Reading back is `edge.logquery`.
+same transaction, as one zstd-compressed Arrow IPC record-batch message beside its sequence
+range and time range (the schema is stored once in `schemas`). A large table (over
+`OWN_FILE_BYTES`) stays in the journal file it was written to, and the row holds that file's
+name (codec "file"): SQLite is slow at multi-megabyte blobs (a 3.4 MB INSERT costs ~20 ms
+here), a file of its own costs one write. Reading back is `edge.logquery`; the file's tables
+and migrations are in `edge.logschema`.
 
-The file's tables and migrations are in `edge.logschema`.
-
-Write path. A single writer thread owns the write connection. `append_nowait` puts the table on a
-bounded queue; the writer takes everything waiting, inserts it in ONE transaction (group commit,
-WAL with `synchronous=FULL`), commits, then resolves every waiting future. `await append()`
-returns only after the commit. Acks and maintenance run on the same thread, in queue order.
+Write path. `log(table)` (the server's `submit`) writes the table to the journal
+(`edge.journal`: one `write`, or a file of its own) and puts it on a bounded queue; from then on
+the rows survive a crash of the process, and of the machine once the journal is fsynced (every
+`fsync_interval`, or before the answer when that is 0). A single writer thread owns the SQLite
+connection (WAL, `synchronous=NORMAL`: the journal is the durable record): it lingers up to
+`linger` for appends, stores them all in ONE transaction, then resolves their futures
+(`append_nowait` / `await append()` return only then, for callers that read back at once).
+Every `fsync_interval` it fsyncs the journal, then SQLite's WAL, then deletes the journal
+segments SQLite now holds. At start, journaled rows SQLite lacks (a crash came between) are
+stored first. A failed commit (disk full) fails those futures; the rows stay in the journal and
+are stored once SQLite can write again. Acks and maintenance run on the writer, in queue order.
 
 Backpressure. The queue holds at most `max_queue` tables and `max_queue_bytes` of Arrow data
-(one table is always admitted to an empty queue). When full, `append_nowait` raises
-`LogBufferFull` at once and `await append()` waits up to `enqueue_timeout` seconds for room, then
-raises `LogBufferFull`. No accepted row is ever dropped silently: the caller answers with an error.
+(one table is always admitted to an empty queue). When full, `log` / `append_nowait` raise
+`LogBufferFull` at once (nothing journaled) and `await append()` waits up to `enqueue_timeout`
+seconds for room. No accepted row is ever dropped silently: the caller answers with an error.
 
 Sequence numbers. The epoch is a random id made when the file is created. Sequence numbers start
-at 1 per epoch; the next one comes from the `last_seq` high-water mark in `meta`, written in the
-same transaction as the rows, so acked, deleted or dropped rows never free a number for reuse.
+at 1 per epoch and are given when a table is journaled; the `last_seq` high-water mark in `meta`
+(written with the rows) and the journal together mean that acked, deleted, dropped or
+unstorable rows never free a number for reuse.
 
-Bound. Past `max_bytes` of stored payload, within the same transaction: synced rows kept for
-on-device reads go first (they were delivered, nothing is lost); then the oldest unsynced tables
-lose input columns, largest first, then output columns (`out.*`, `out_<model>.*`), keeping `time`,
-`anomaly.*` and `metadata.*`, each dropped name appended to `metadata.dropped`; only then whole
-oldest tables go. Each drop adds to a counter in `drops`, shown in `stats()["dropped"]`:
-`input_values` / `output_values` count (row, column) values dropped, `rows` counts whole rows.
+Bound. Past `max_bytes` of stored payload (own files counted), within the same transaction:
+synced rows kept for on-device reads go first (they were delivered, nothing is lost); then the
+oldest unsynced tables lose input columns, largest first, then output columns (`out.*`,
+`out_<model>.*`), keeping `time`, `anomaly.*` and `metadata.*`, each dropped name appended to
+`metadata.dropped`; only then whole oldest tables go. Each drop adds to a counter in `drops`,
+shown in `stats()["dropped"]`: `input_values` / `output_values` count (row, column) values
+dropped, `rows` counts whole rows. A row's own file is deleted when the row goes.
 
 Crash safety. At start a file that SQLite calls corrupt (open failure, `PRAGMA quick_check`) or
 that is not a log buffer is renamed aside (`<name>.corrupt-<UTC time>`, never deleted), logged,
-listed in `stats()["set_aside"]`, and a new file with a new epoch begins. A full disk fails the
-waiting appends with `LogBufferDiskFull`; the next append tries again, so the buffer recovers as
-soon as space frees. The WAL is kept small with explicit `wal_checkpoint(TRUNCATE)` (when it
-passes `wal_checkpoint_bytes`, and when idle) and `journal_size_limit`.
+listed in `stats()["set_aside"]`, and a new file with a new epoch begins (journaled rows of the
+old epoch are stored in it under new numbers). The WAL is kept small with explicit
+`wal_checkpoint(TRUNCATE)` (when it passes `wal_checkpoint_bytes`, and when idle, after a
+journal fsync) and `journal_size_limit`.
 
-Reads (`query`, `pending`, `stats`) use their own read-only connection and never block the writer.
-One process writes a file at a time (`<file>.lock`, an flock): a second writer would hand out
-the same sequence numbers.
+Reads (`query`, `pending`, `stats`) use their own read-only connection and never block the writer;
+`query` first waits for the rows already logged. One process writes a file at a time
+(`<file>.lock`, an flock): a second writer would hand out the same sequence numbers.
 """
 
 from __future__ import annotations

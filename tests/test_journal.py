@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from edge.logbuffer import LogBuffer, SeqRange
 
@@ -145,3 +146,16 @@ def test_submit_waits_for_the_journal_fsync_when_asked(tmp_path: Path) -> None:
         assert not buffer._journal.unsynced
         assert sorted(r.first for r in ranges) == list(range(1, 101, 2))
         assert len(buffer.query(limit=1000)[0]) == 100  # query sees every logged row
+
+
+def test_fsync_interval_setting() -> None:
+    from edge.config import load_settings
+    from edge.errors import ConfigError
+
+    assert load_settings(environ={}).log_fsync_interval == 0.1
+    assert load_settings(environ={"LOG_FSYNC_INTERVAL": "0"}).log_fsync_interval == 0.0
+    flagged = load_settings({"log_fsync_interval": 0.5}, environ={"LOG_FSYNC_INTERVAL": "0"})
+    assert flagged.log_fsync_interval == 0.5
+    for bad in ("soon", "-1", "3600"):
+        with pytest.raises(ConfigError, match="LOG_FSYNC_INTERVAL"):
+            load_settings(environ={"LOG_FSYNC_INTERVAL": bad})
