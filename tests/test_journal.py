@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -103,6 +104,14 @@ def test_a_torn_tail_is_ignored_and_whole_records_replayed(tmp_path: Path) -> No
     db = tmp_path / "logbuffer.db"
     buffer = LogBuffer(db, linger=60.0, fsync_interval=60.0)
     buffer.start()
+    inside, never = threading.Event(), threading.Event()
+
+    def stuck() -> None:  # the writer waits here for good: SQLite gets nothing more
+        inside.set()
+        never.wait()
+
+    threading.Thread(target=buffer._call, args=(stuck,), daemon=True).start()
+    assert inside.wait(10)
     for i in range(5):
         buffer.log(table(2, start=10 * i))
     (segment,) = journal_files(db)
