@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from edge.logbuffer import LogBuffer, SeqRange
+from edge.logbuffer import LogBuffer, SeqRange, _Call
 
 TIME = pa.timestamp("ms", tz="UTC")
 
@@ -110,7 +111,7 @@ def test_a_torn_tail_is_ignored_and_whole_records_replayed(tmp_path: Path) -> No
         inside.set()
         never.wait()
 
-    threading.Thread(target=buffer._call, args=(stuck,), daemon=True).start()
+    buffer._queue.put(_Call(stuck, concurrent.futures.Future()))
     assert inside.wait(10)
     for i in range(5):
         buffer.log(table(2, start=10 * i))
@@ -140,6 +141,7 @@ def test_journal_segments_are_deleted_once_sqlite_holds_them(tmp_path: Path) -> 
         while len(journal_files(db)) > 2 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert len(journal_files(db)) <= 2
+        buffer.query(limit=1)  # waits for what was logged to reach SQLite
         assert len(stored(buffer)) == 1200
     assert sum(p.stat().st_size for p in journal_files(db)) == 0  # a clean close keeps none
 
