@@ -242,19 +242,20 @@ class Journal:
         self._closed.append(self._current)
         self._open(next_seq)
 
-    def _payload(self, table: pa.Table) -> list[pa.Buffer]:
+    def _payload(self, table: pa.Table) -> list[bytes | pa.Buffer]:
         """`table` as an Arrow IPC stream: the schema message (cached) and its batches."""
         schema = table.schema
-        if any(map(pa.types.is_dictionary, schema.types)):  # dictionaries: the stream writer
+        cached = self._schema_bytes
+        if cached is None or not (cached[0] is schema or cached[0].equals(schema)):
+            dictionaries = any(map(pa.types.is_dictionary, schema.types))
+            cached = (schema, b"" if dictionaries else schema.serialize().to_pybytes())
+            self._schema_bytes = cached
+        if not cached[1]:  # dictionaries: the stream writer writes them too
             sink = pa.BufferOutputStream()
             with ipc.new_stream(sink, schema) as writer:
                 writer.write_table(table)
             return [sink.getvalue()]
-        cached = self._schema_bytes
-        if cached is None or not (cached[0] is schema or cached[0].equals(schema)):
-            cached = (schema, schema.serialize().to_pybytes())
-            self._schema_bytes = cached
-        return [pa.py_buffer(cached[1]), *(b.serialize() for b in table.to_batches())]
+        return [cached[1], *(b.serialize() for b in table.to_batches())]
 
 
 def read_table(path: Path) -> pa.Table:
