@@ -296,6 +296,7 @@ class LogBuffer:
         self._schemas: dict[int, pa.Schema] = {}
         self._txn_schemas: dict[str, tuple[int, pa.Schema]] = {}
         self._txn_unlink: list[str] = []  # own files of rows this transaction deletes
+        self._unlink_later: list[str] = []  # ... deleted after the next WAL fsync
         self._last_schema: tuple[pa.Schema, str, bool] | None = None  # the writer's encode cache
         self._offer_schema: tuple[pa.Schema, bool] | None = None  # has it dictionaries?
         self._wconn: sqlite3.Connection | None = None
@@ -767,9 +768,12 @@ class LogBuffer:
         self._last_fsync = now
         self._journal.sync()
         stored = self._state.last_seq
-        if self._journal.releasable(stored):
+        if self._journal.releasable(stored) or self._unlink_later:
             _fsync_file(_wal(self.path))
             self._journal.release(stored)
+            for name in self._unlink_later:
+                self._journal.delete(name)
+            self._unlink_later = []
 
     def _catch_up(self) -> None:
         """After a failed commit: store what the journal holds beyond SQLite's last row."""
@@ -906,8 +910,9 @@ class LogBuffer:
             for fingerprint, (schema_id, schema) in self._txn_schemas.items():
                 self._schema_ids[fingerprint] = schema_id
                 self._schemas[schema_id] = schema
-        for name in self._txn_unlink:  # a crash before this leaves an orphan, swept at start
-            self._journal.delete(name)
+        # deleted once the WAL is fsynced: after a power loss SQLite may come back without
+        # this transaction, its rows still naming the files (an orphan is swept at start)
+        self._unlink_later.extend(self._txn_unlink)
         return result
 
     def _writer(self) -> sqlite3.Connection:
