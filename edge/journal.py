@@ -13,8 +13,9 @@ starts past `segment_bytes`. A segment is deleted once SQLite durably holds all 
 A large table gets a file of its own, `<epoch>-<first seq>.table` (same record format), which
 SQLite then refers to instead of copying megabytes into its pages; it goes with its row.
 
-Record: 40-byte header (magic, flags, payload length, first sequence number, rows, checksum =
-the sum of the payload's 64-bit words) then the payload, padded to 8 bytes. Reading stops at
+Record: 40-byte header (magic, flags, payload length, first sequence number, rows, checksum:
+CRC-32 of a payload up to 64 KiB, the sum of its 64-bit words above) then the payload, padded
+to 8 bytes. Reading stops at
 the first record that is short or fails its checksum: a torn tail, never an answered row.
 """
 
@@ -79,7 +80,7 @@ class Journal:
         self._synced = 0
         self._new_files = False
         self._schema_bytes: tuple[pa.Schema, bytes] | None = None
-        self._unsynced_fds: list[int] = []  # tables in files of their own, not yet synced
+        self._unsynced_fds: list[int] = []  # own files and old segments, not yet synced
 
     # ---------------------------------------------------------------- start-up
 
@@ -117,8 +118,9 @@ class Journal:
         try:
             _write_all(self._fd, record, size)
         except OSError:
-            try:
+            try:  # the next record starts where this one did
                 os.ftruncate(self._fd, self._size)
+                os.lseek(self._fd, self._size, os.SEEK_SET)
             except OSError:
                 log.exception("log journal: cannot cut back %s", self._current.path)
             raise
@@ -234,11 +236,13 @@ class Journal:
         self._new_files = True
 
     def _rotate(self, next_seq: int, sync: bool = True) -> None:
-        """Close the current segment (synced first: a later sync sees only the new file)."""
+        """Start a new segment. The old one's descriptor goes to the next `sync` (no fsync
+        here, on the request path), or is closed at once when its rows need no sync."""
         assert self._fd is not None and self._current is not None
         if sync:
-            os.fsync(self._fd)
-        os.close(self._fd)
+            self._unsynced_fds.append(self._fd)
+        else:
+            os.close(self._fd)
         self._closed.append(self._current)
         self._open(next_seq)
 

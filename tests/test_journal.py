@@ -170,3 +170,32 @@ def test_fsync_interval_setting() -> None:
     for bad in ("soon", "-1", "3600"):
         with pytest.raises(ConfigError, match="LOG_FSYNC_INTERVAL"):
             load_settings(environ={"LOG_FSYNC_INTERVAL": bad})
+
+
+def test_a_failed_write_is_cut_back_and_the_next_record_follows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge import journal as journal_module
+
+    folder = tmp_path / "journal"
+    log = journal_module.Journal(folder)
+    log.begin("epoch", 1, keep=set())
+    with log.lock:
+        log.write(1, table(2))
+    whole = journal_module._write_all
+
+    def disk_full(fd: int, parts: list, size: int) -> None:
+        os.write(fd, b"half a record")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal_module, "_write_all", disk_full)
+    with pytest.raises(OSError), log.lock:
+        log.write(3, table(1, start=5))
+    monkeypatch.setattr(journal_module, "_write_all", whole)
+    with log.lock:
+        log.write(3, table(1, start=7))
+    log.close()
+    reread = journal_module.Journal(folder)
+    records = [r for _, records in reread.read(live=False) for r in records]
+    assert [(r.first_seq, r.table.num_rows) for r in records] == [(1, 2), (3, 1)]
+    assert records[1].table.column("in.x").to_pylist() == [7.0]
