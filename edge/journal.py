@@ -104,7 +104,7 @@ class Journal:
                 path.unlink()
         self._epoch = epoch
         self._open(next_seq)
-        _fsync_dir(self.folder)
+        fsync_path(self.folder)
 
     # ---------------------------------------------------------------- writing
 
@@ -174,7 +174,7 @@ class Journal:
                 if fd is not None and target > self._synced:
                     os.fsync(fd)
                 if new_files:
-                    _fsync_dir(self.folder)
+                    fsync_path(self.folder)
                 self._synced = max(self._synced, target)
         finally:
             for any_fd in [*own, *([fd] if fd is not None else [])]:
@@ -349,8 +349,9 @@ def _write_all(fd: int, parts: list[bytes | pa.Buffer], size: int) -> None:
         rest = rest[os.write(fd, rest) :]
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a folder (so that the names in it are durable)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -3,7 +3,7 @@
 A buffer row holds one appended table, or several small ones of one schema that arrived in the
 same transaction, as one zstd-compressed Arrow IPC record-batch message beside its sequence
 range and time range (the schema is stored once in `schemas`). A large table (over
-`OWN_FILE_BYTES`) stays in the journal file it was written to, and the row holds that file's
+`LARGE_TABLE_BYTES`) stays in the journal file it was written to, and the row holds that file's
 name (codec "file"): SQLite is slow at multi-megabyte blobs (a 3.4 MB INSERT costs ~20 ms
 here), a file of its own costs one write. Reading back is `edge.logquery`; the file's tables
 and migrations are in `edge.logschema`.
@@ -95,8 +95,9 @@ T = TypeVar("T")
 
 DEFAULT_MAX_BYTES = 256 << 20
 COMPRESS_BELOW = 256 << 10  # serialized tables above this are stored uncompressed
-INLINE_LOG_BYTES = 256 << 10  # `submit` journals bigger tables on a worker thread
-OWN_FILE_BYTES = 256 << 10  # bigger tables are kept in files of their own, not in SQLite
+# a larger table is journaled on a worker thread (`submit`) into a file of its own, which
+# SQLite refers to instead of holding the bytes
+LARGE_TABLE_BYTES = 256 << 10
 DROP_REASONS = ("input_values", "output_values", "rows")
 DROPPED_COLUMN = "metadata.dropped"
 _FULL_CODE = 13  # SQLITE_FULL
@@ -298,7 +299,6 @@ class LogBuffer:
         self._txn_unlink: list[str] = []  # own files of rows this transaction deletes
         self._unlink_later: list[str] = []  # ... deleted after the next WAL fsync
         self._last_schema: tuple[pa.Schema, str, bool] | None = None  # the writer's encode cache
-        self._offer_schema: tuple[pa.Schema, bool] | None = None  # has it dictionaries?
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._rlock = threading.Lock()
@@ -412,7 +412,7 @@ class LogBuffer:
         returns the rows survive a crash of this process (and, after the next fsync, of the
         machine). Never blocks on SQLite: a full queue raises `LogBufferFull`, a full disk
         `LogBufferDiskFull`, a closed or stopped buffer `LogBufferError`. Thread-safe."""
-        seq_range, _ = self._offer_or_raise(table)
+        seq_range, _ = self._offer_or_raise(table, table.get_total_buffer_size())
         return seq_range
 
     def submit(self, table: pa.Table) -> asyncio.Future[SeqRange]:
@@ -420,12 +420,15 @@ class LogBuffer:
         worker thread (await the result while encoding the answer); with `fsync_interval`
         0 the result also waits for the journal's fsync, one for many concurrent requests."""
         loop = asyncio.get_running_loop()
-        if table.get_total_buffer_size() > INLINE_LOG_BYTES:
-            done: asyncio.Future[SeqRange] = loop.run_in_executor(None, self.log, table)
+        nbytes = table.get_total_buffer_size()
+        if nbytes > LARGE_TABLE_BYTES:
+            done: asyncio.Future[SeqRange] = loop.run_in_executor(
+                None, lambda: self._offer_or_raise(table, nbytes)[0]
+            )
         else:
             done = loop.create_future()
             try:
-                done.set_result(self.log(table))
+                done.set_result(self._offer_or_raise(table, nbytes)[0])
             except LogBufferError as exc:
                 done.set_exception(exc)
         if self.fsync_interval > 0:
@@ -440,7 +443,7 @@ class LogBuffer:
     def append_nowait(self, table: pa.Table) -> concurrent.futures.Future[SeqRange]:
         """`log`, returning a future that resolves once the rows are committed to SQLite
         (for callers that read them back at once)."""
-        return self._offer_or_raise(table)[1]
+        return self._offer_or_raise(table, table.get_total_buffer_size())[1]
 
     async def append(self, table: pa.Table) -> SeqRange:
         """Store `table`; return its sequence range once COMMITTED to SQLite.
@@ -451,7 +454,7 @@ class LogBuffer:
         deadline = loop.time() + self.enqueue_timeout
         delay = 0.001
         while True:
-            offered = self._offer(table)
+            offered = self._offer(table, table.get_total_buffer_size())
             if offered is not None:
                 fut = offered[1]
                 break
@@ -475,9 +478,9 @@ class LogBuffer:
             ) from None
 
     def _offer_or_raise(
-        self, table: pa.Table
+        self, table: pa.Table, nbytes: int
     ) -> tuple[SeqRange, concurrent.futures.Future[SeqRange]]:
-        offered = self._offer(table)
+        offered = self._offer(table, nbytes)
         if offered is None:
             with self._lock:
                 self._counters["rejected"] += 1
@@ -488,7 +491,7 @@ class LogBuffer:
         return offered
 
     def _offer(
-        self, table: pa.Table
+        self, table: pa.Table, nbytes: int
     ) -> tuple[SeqRange, concurrent.futures.Future[SeqRange]] | None:
         """Journal and queue `table` (None: no room in the queue, nothing written)."""
         if self._thread is None or not self._thread.is_alive():
@@ -498,20 +501,13 @@ class LogBuffer:
             empty = SeqRange(self._epoch, 0, -1)  # an empty range: nothing stored
             fut.set_result(empty)
             return empty, fut
-        nbytes = table.get_total_buffer_size()
-        schema = table.schema
-        known = self._offer_schema
-        if known is None or not known[0].equals(schema):
-            known = self._offer_schema = (schema, any(map(pa.types.is_dictionary, schema.types)))
-        if known[1]:
-            table = journal.plain(table)
         with self._journal.lock:
             if not self._queue.has_room(nbytes):
                 return None
             first = self._next_seq
             own: str | None = None
             try:
-                if nbytes > OWN_FILE_BYTES:
+                if nbytes > LARGE_TABLE_BYTES:
                     table = journal.pack_constants(table)
                     own = self._journal.write_own(first, table)
                 else:
@@ -726,7 +722,7 @@ class LogBuffer:
                 log.exception("log buffer writer error path=%s", self.path)
                 for item in items:
                     if not isinstance(item, _Stop):
-                        _fail(item.future, LogBufferError(f"log buffer writer error: {exc!r}"))
+                        _settle(item.future, LogBufferError(f"log buffer writer error: {exc!r}"))
                 stop = any(isinstance(item, _Stop) for item in items)
             try:
                 self._keep_durable(final=stop)
@@ -769,7 +765,9 @@ class LogBuffer:
         self._journal.sync()
         stored = self._state.last_seq
         if self._journal.releasable(stored) or self._unlink_later:
-            _fsync_file(_wal(self.path))
+            wal = _wal(self.path)
+            if wal.exists():  # none: a checkpoint put everything in the file, synced
+                journal.fsync_path(wal)
             self._journal.release(stored)
             for name in self._unlink_later:
                 self._journal.delete(name)
@@ -835,14 +833,14 @@ class LogBuffer:
         fresh = []
         for item in appends:
             if not replay and item.last_seq <= self._state.last_seq:  # stored by a catch-up
-                _resolve(item.future, SeqRange(self._epoch, item.first_seq, item.last_seq))
+                _settle(item.future, SeqRange(self._epoch, item.first_seq, item.last_seq))
             else:
                 fresh.append(item)
         if not fresh:
             return
         if self._behind and not replay:
             for item in fresh:
-                _fail(item.future, LogBufferError(self._last_error or "log buffer behind"))
+                _settle(item.future, LogBufferError(self._last_error or "log buffer behind"))
             return
         ready: list[tuple[list[_Append], _Encoded]] = []
         for run in _runs(fresh):
@@ -869,14 +867,14 @@ class LogBuffer:
             self._behind = time.monotonic() + 0.2
             log.error("log buffer commit failed tables=%d error=%s", len(stored), error)
             for item in stored:
-                _fail(item.future, error)
+                _settle(item.future, error)
             return
         with self._lock:
             self._counters["commits"] += 1
             self._counters["appends"] += len(stored)
             self._last_error = None
         for item in stored:  # a waiter may have given up (client gone): stored all the same
-            _resolve(item.future, SeqRange(self._epoch, item.first_seq, item.last_seq))
+            _settle(item.future, SeqRange(self._epoch, item.first_seq, item.last_seq))
 
     def _encode_run(self, run: list[_Append]) -> list[tuple[list[_Append], _Encoded]]:
         """Encode a run as one table; if that fails, table by table, failing only the bad."""
@@ -885,7 +883,7 @@ class LogBuffer:
         except Exception as exc:
             if len(run) > 1:
                 return [pair for item in run for pair in self._encode_run([item])]
-            _fail(run[0].future, LogBufferError(f"log buffer cannot store this table: {exc}"))
+            _settle(run[0].future, LogBufferError(f"log buffer cannot store this table: {exc}"))
             return []
 
     def _transact(self, fn: Callable[[sqlite3.Connection, _State], T]) -> T:
@@ -1288,27 +1286,13 @@ def _replayed(table: pa.Table, first_seq: int, name: str) -> _Append:
     return _Append(table, table.get_total_buffer_size(), future, first_seq, own)
 
 
-def _resolve(fut: concurrent.futures.Future[SeqRange], seq_range: SeqRange) -> None:
+def _settle(fut: concurrent.futures.Future[Any], outcome: Any) -> None:
+    """Resolve `fut` with `outcome`, or fail it when that is an exception."""
     try:  # the waiter may have been cancelled meanwhile
-        fut.set_result(seq_range)
-    except concurrent.futures.InvalidStateError:
-        pass
-
-
-def _fsync_file(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:  # no WAL: a checkpoint put everything in the file, synced
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fail(fut: concurrent.futures.Future[Any], exc: BaseException) -> None:
-    try:  # the waiter may have been cancelled meanwhile
-        fut.set_exception(exc)
+        if isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
     except concurrent.futures.InvalidStateError:
         pass
 

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from edge.journal import fsync_path
 from edge.pipeline import TIME_TYPE
 from ops_sync.errors import BadRequest, StoreError
 from ops_sync.store import Store
@@ -140,7 +141,7 @@ class LogStore:
                 )
                 with open(tmp, "rb") as handle:
                     os.fsync(handle.fileno())
-                _fsync_dir(tmp.parent)  # the file's name is durable too, before any ack
+                fsync_path(tmp.parent)  # the file's name is durable too, before any ack
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 raise StoreError(f"cannot write log file {tmp}: {exc}") from exc
@@ -270,11 +271,3 @@ def _covering(
         return [f for f in files if f["min_time"] <= cutoff]
     cutoff = min(f["min_time"] for f in ranked[:chosen])
     return [f for f in files if f["max_time"] >= cutoff]
-
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
