@@ -31,6 +31,7 @@ import argparse
 import collections
 import http.client
 import json
+import operator
 import os
 import platform
 import shutil
@@ -1020,94 +1021,51 @@ def summarize(
     lines.append("|---|---|" + "---|" * len(cpus_list))
     m_c8, m_rows = mls.get("c8_req_per_s"), mls.get("10k_rows_per_s")
 
-    def judge(label: str, need: str, get: Any, ok: Any) -> None:
+    # (target, comparison, limit, value from (logging-on figures, logging cost))
+    targets: list[tuple[str, str, float, Any]] = [
+        ("aim: single-row p50 c=1 (ms)", "<", 0.35, lambda r, _: r["c1_p50_us"] / 1000),
+        ("aim: c=8 req/s ÷ MLServer", ">=", 3, lambda r, _: r["c8_req_per_s"] / m_c8),
+        (
+            "aim: 10k Arrow rows/s ÷ MLServer",
+            ">=",
+            6,
+            lambda r, _: r["10k_arrow_rows_per_s"] / m_rows,
+        ),
+        (
+            "aim: 10k JSON rows/s ÷ MLServer",
+            ">=",
+            1,
+            lambda r, _: r["10k_json_rows_per_s"] / m_rows,
+        ),
+        ("aim: RSS idle after load (MiB)", "<", 120, lambda r, _: r["rss_after_load_mib"]),
+        ("aim: RSS after bench (MiB)", "<", 120, lambda r, _: r["rss_after_bench_mib"]),
+        ("floor: single-row p50 c=1 (ms)", "<=", 1.5, lambda r, _: r["c1_p50_us"] / 1000),
+        (
+            "floor: 10k Arrow rows/s ÷ raw ORT",
+            ">=",
+            0.85,
+            lambda r, _: r["10k_arrow_rows_per_s"] / raw_rows_s,
+        ),
+        ("floor: idle RSS (MiB)", "<=", 150, lambda r, _: r["rss_after_load_mib"]),
+        ("floor: logging cost c=8 req/s (%)", "<=", 10, lambda _, c: c["c8_req_per_s"]),
+        ("floor: logging cost 10k Arrow (%)", "<=", 15, lambda _, c: c["10k_arrow_rows_per_s"]),
+    ]
+    compare = {"<": operator.lt, "<=": operator.le, ">=": operator.ge}
+    for label, op, limit, get in targets:
+        need = f"{op} {limit:g}"
         row = [label, need]
         for c in cpus_list:
             cfg = configs.get(f"cpus{c}_logon")
-            cost = cost_json.get(f"cpus{c}", {})
             try:
-                v = get(cfg, cost) if cfg else None
+                v = get(cfg, cost_json.get(f"cpus{c}", {})) if cfg else None
             except (KeyError, TypeError):
                 v = None
-            if v is None:
-                row.append("n/a")
-                verdicts.append(
-                    {"target": label, "need": need, "cpus": c, "value": None, "verdict": "N/A"}
-                )
-                continue
-            passed = bool(ok(v))
-            row.append(f"{v:.3g} {'PASS' if passed else 'MISS'}")
+            verdict = "N/A" if v is None else "PASS" if compare[op](v, limit) else "MISS"
+            row.append("n/a" if v is None else f"{v:.3g} {verdict}")
             verdicts.append(
-                {
-                    "target": label,
-                    "need": need,
-                    "cpus": c,
-                    "value": v,
-                    "verdict": "PASS" if passed else "MISS",
-                }
+                {"target": label, "need": need, "cpus": c, "value": v, "verdict": verdict}
             )
         lines.append("| " + " | ".join(row) + " |")
-
-    judge(
-        "aim: single-row p50 c=1 (ms)",
-        "< 0.35",
-        lambda r, _: r["c1_p50_us"] / 1000,
-        lambda v: v < 0.35,
-    )
-    judge(
-        "aim: c=8 req/s ÷ MLServer", ">= 3", lambda r, _: r["c8_req_per_s"] / m_c8, lambda v: v >= 3
-    )
-    judge(
-        "aim: 10k Arrow rows/s ÷ MLServer",
-        ">= 6",
-        lambda r, _: r["10k_arrow_rows_per_s"] / m_rows,
-        lambda v: v >= 6,
-    )
-    judge(
-        "aim: 10k JSON rows/s ÷ MLServer",
-        ">= 1",
-        lambda r, _: r["10k_json_rows_per_s"] / m_rows,
-        lambda v: v >= 1,
-    )
-    judge(
-        "aim: RSS idle after load (MiB)",
-        "< 120",
-        lambda r, _: r["rss_after_load_mib"],
-        lambda v: v < 120,
-    )
-    judge(
-        "aim: RSS after bench (MiB)",
-        "< 120",
-        lambda r, _: r["rss_after_bench_mib"],
-        lambda v: v < 120,
-    )
-    judge(
-        "floor: single-row p50 c=1 (ms)",
-        "<= 1.5",
-        lambda r, _: r["c1_p50_us"] / 1000,
-        lambda v: v <= 1.5,
-    )
-    judge(
-        "floor: 10k Arrow rows/s ÷ raw ORT",
-        ">= 0.85",
-        lambda r, _: r["10k_arrow_rows_per_s"] / raw_rows_s,
-        lambda v: v >= 0.85,
-    )
-    judge(
-        "floor: idle RSS (MiB)", "<= 150", lambda r, _: r["rss_after_load_mib"], lambda v: v <= 150
-    )
-    judge(
-        "floor: logging cost c=8 req/s (%)",
-        "<= 10",
-        lambda _, c: c["c8_req_per_s"],
-        lambda v: v <= 10,
-    )
-    judge(
-        "floor: logging cost 10k Arrow (%)",
-        "<= 15",
-        lambda _, c: c["10k_arrow_rows_per_s"],
-        lambda v: v <= 15,
-    )
 
     checks = {n: cfg.get("checks", {}) for n, cfg in configs.items()}
     lines.append("")

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -17,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 from edge.logbuffer import LogBuffer, SeqRange, _Call
+from tests.test_logbuffer import kill_after_lines
 
 TIME = pa.timestamp("ms", tz="UTC")
 
@@ -37,6 +35,28 @@ def stored(buffer: LogBuffer) -> dict[int, float]:
         for offset, x in enumerate(batch.table.column("in.x").to_pylist()):
             rows[batch.first_seq + offset] = x
     return rows
+
+
+def parked_writer(buffer: LogBuffer) -> None:
+    """Keep the writer thread waiting for good: SQLite gets nothing more."""
+    inside, never = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        inside.set()
+        never.wait()
+
+    buffer._queue.put(_Call(stuck, concurrent.futures.Future()))
+    assert inside.wait(10)
+
+
+def crash(buffer: LogBuffer) -> None:
+    """Let go of the buffer's files as a killed process would: no commit, no clean close."""
+    buffer._thread = None
+    buffer._journal.close()
+    assert buffer._wconn is not None and buffer._rconn is not None
+    buffer._wconn.close()
+    buffer._rconn.close()
+    buffer._release_file_lock()
 
 
 def journal_files(db: Path) -> list[Path]:
@@ -67,23 +87,7 @@ CHILD = textwrap.dedent(
 
 def test_sigkill_before_sqlite_keeps_every_logged_row(tmp_path: Path) -> None:
     db = tmp_path / "logbuffer.db"
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    child = subprocess.Popen(
-        [sys.executable, str(script), str(db)], stdout=subprocess.PIPE, env=env
-    )
-    assert child.stdout is not None
-    lines = []
-    deadline = time.monotonic() + 30
-    while len(lines) < 300 and time.monotonic() < deadline:
-        line = child.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    answered = [line.split() for line in lines if line.endswith(b"\n")]
+    answered = kill_after_lines(CHILD, db, 300)
     assert len(answered) >= 300
     with LogBuffer(db) as buffer:
         rows = stored(buffer)
@@ -105,25 +109,13 @@ def test_a_torn_tail_is_ignored_and_whole_records_replayed(tmp_path: Path) -> No
     db = tmp_path / "logbuffer.db"
     buffer = LogBuffer(db, linger=60.0, fsync_interval=60.0)
     buffer.start()
-    inside, never = threading.Event(), threading.Event()
-
-    def stuck() -> None:  # the writer waits here for good: SQLite gets nothing more
-        inside.set()
-        never.wait()
-
-    buffer._queue.put(_Call(stuck, concurrent.futures.Future()))
-    assert inside.wait(10)
+    parked_writer(buffer)
     for i in range(5):
         buffer.log(table(2, start=10 * i))
     (segment,) = journal_files(db)
     whole = segment.read_bytes()
     # a crash while the machine lost power: the writer thread never ran, the tail is torn
-    buffer._thread = None  # abandon the writer: no commit, no clean close
-    buffer._journal.close()
-    assert buffer._wconn is not None and buffer._rconn is not None
-    buffer._wconn.close()
-    buffer._rconn.close()
-    buffer._release_file_lock()
+    crash(buffer)
     segment.write_bytes(whole[:-7])
     with LogBuffer(db) as reopened:
         rows = stored(reopened)
@@ -199,3 +191,24 @@ def test_a_failed_write_is_cut_back_and_the_next_record_follows(
     records = [r for _, records in reread.read(live=False) for r in records]
     assert [(r.first_seq, r.table.num_rows) for r in records] == [(1, 2), (3, 1)]
     assert records[1].table.column("in.x").to_pylist() == [7.0]
+
+
+def test_dictionary_columns_are_journaled_replayed_and_read_back_plain(tmp_path: Path) -> None:
+    db = tmp_path / "logbuffer.db"
+
+    def categorical(rows: int) -> pa.Table:
+        return table(rows).append_column(
+            "in.kind", pa.array(["a", "b"] * (rows // 2)).dictionary_encode()
+        )
+
+    buffer = LogBuffer(db)
+    buffer.start()
+    parked_writer(buffer)
+    buffer.log(categorical(2))
+    buffer.log(categorical(40_000))  # a file of its own
+    crash(buffer)
+    with LogBuffer(db) as reopened:
+        (batch,) = reopened.pending(10**9)
+        assert batch.table.num_rows == 40_002
+        assert batch.table.schema.field("in.kind").type == pa.string()
+        assert batch.table.column("in.kind").to_pylist()[:4] == ["a", "b", "a", "b"]

@@ -414,24 +414,32 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_sigkill_keeps_every_committed_range(db: Path, tmp_path: Path) -> None:
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
+def kill_after_lines(source: str, db: Path, lines: int) -> list[list[bytes]]:
+    """Run `source` (a script taking the buffer path) until it printed `lines` lines, SIGKILL
+    it, and return every whole line it printed, split into fields."""
+    script = db.parent / "child.py"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(source)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     process = subprocess.Popen(
-        [sys.executable, str(script), str(db)], stdout=subprocess.PIPE, text=False
+        [sys.executable, str(script), str(db)], stdout=subprocess.PIPE, env=env
     )
     assert process.stdout is not None
-    lines: list[bytes] = []
+    printed: list[bytes] = []
     deadline = time.monotonic() + 30
-    while len(lines) < 400 and time.monotonic() < deadline:
+    while len(printed) < lines and time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line:
             break
-        lines.append(line)
+        printed.append(line)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    lines += process.stdout.read().splitlines(keepends=True)
-    complete = [line.split() for line in lines if line.endswith(b"\n")]
+    printed += process.stdout.read().splitlines(keepends=True)
+    return [line.split() for line in printed if line.endswith(b"\n")]
+
+
+def test_sigkill_keeps_every_committed_range(db: Path, tmp_path: Path) -> None:
+    complete = kill_after_lines(CHILD, db, 400)
     assert len(complete) >= 400
     epochs = {fields[0].decode() for fields in complete}
     printed = {s for _, first, last in complete for s in range(int(first), int(last) + 1)}
