@@ -55,6 +55,18 @@ class Record:
         return self.first_seq + self.table.num_rows - 1
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A table as a record's payload: an Arrow IPC stream, in parts."""
+
+    parts: list[bytes | pa.Buffer]
+    rows: int
+    length: int
+    # the record batch messages alone, without the schema message (None when the stream
+    # holds dictionaries): the log buffer stores them joined, with no Arrow work
+    batches: list[bytes | pa.Buffer] | None
+
+
 @dataclass
 class _Segment:
     path: Path
@@ -108,13 +120,32 @@ class Journal:
 
     # ---------------------------------------------------------------- writing
 
-    def write(self, first_seq: int, table: pa.Table) -> None:
+    def encode(self, table: pa.Table) -> Encoded:
+        """`table` as a record's payload: an Arrow IPC stream, the schema message (cached)
+        then its batches. No lock needed: encode before taking `lock`."""
+        schema = table.schema
+        cached = self._schema_bytes
+        if cached is None or not (cached[0] is schema or cached[0].equals(schema)):
+            dictionaries = any(map(pa.types.is_dictionary, schema.types))
+            cached = (schema, b"" if dictionaries else schema.serialize().to_pybytes())
+            self._schema_bytes = cached
+        if not cached[1]:  # dictionaries: the stream writer writes them too
+            sink = pa.BufferOutputStream()
+            with ipc.new_stream(sink, schema) as writer:
+                writer.write_table(table)
+            stream = sink.getvalue()
+            return Encoded([stream], table.num_rows, len(stream), None)
+        batches: list[bytes | pa.Buffer] = [b.serialize() for b in table.to_batches()]
+        length = len(cached[1]) + sum(len(b) for b in batches)
+        return Encoded([cached[1], *batches], table.num_rows, length, batches)
+
+    def write(self, first_seq: int, encoded: Encoded) -> None:
         """Append one record (caller holds `lock`). On failure the file is cut back to its
         last whole record and the error (an OSError) is raised: nothing half-written stays."""
         assert self._fd is not None and self._current is not None, "journal not open"
         if self._size >= self.segment_bytes:
             self._rotate(first_seq)
-        record, size = self._record(first_seq, table)
+        record, size = _record(first_seq, encoded)
         try:
             _write_all(self._fd, record, size)
         except OSError:
@@ -126,13 +157,13 @@ class Journal:
             raise
         self._size += size
         self._written += size
-        self._current.last_seq = first_seq + table.num_rows - 1
+        self._current.last_seq = first_seq + encoded.rows - 1
 
     def write_own(self, first_seq: int, table: pa.Table) -> str:
         """Write one (large) table to a file of its own (caller holds `lock`); return its
         name. The file is synced by the next `sync` and deleted by `delete`."""
         name = f"{self._epoch}-{first_seq:016d}{OWN_SUFFIX}"
-        record, size = self._record(first_seq, table)
+        record, size = _record(first_seq, self.encode(table))
         fd = os.open(
             self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
         )
@@ -150,15 +181,6 @@ class Journal:
     def delete(self, name: str) -> None:
         """Delete a table's own file (its row is gone from SQLite)."""
         (self.folder / name).unlink(missing_ok=True)
-
-    def _record(self, first_seq: int, table: pa.Table) -> tuple[list[bytes | pa.Buffer], int]:
-        parts: list[bytes | pa.Buffer] = self._payload(table)
-        length = sum(len(p) for p in parts)
-        if length <= SMALL or any(len(p) % 8 for p in parts[:-1]):
-            parts = [b"".join(parts)]
-        pad = b"\0" * (-length % 8)
-        header = HEADER.pack(MAGIC, 0, length, first_seq, table.num_rows, _checksum(parts))
-        return [header, *parts, pad], len(header) + length + len(pad)
 
     def sync(self) -> None:
         """Make everything written so far durable. Concurrent callers share one fsync."""
@@ -246,20 +268,16 @@ class Journal:
         self._closed.append(self._current)
         self._open(next_seq)
 
-    def _payload(self, table: pa.Table) -> list[bytes | pa.Buffer]:
-        """`table` as an Arrow IPC stream: the schema message (cached) and its batches."""
-        schema = table.schema
-        cached = self._schema_bytes
-        if cached is None or not (cached[0] is schema or cached[0].equals(schema)):
-            dictionaries = any(map(pa.types.is_dictionary, schema.types))
-            cached = (schema, b"" if dictionaries else schema.serialize().to_pybytes())
-            self._schema_bytes = cached
-        if not cached[1]:  # dictionaries: the stream writer writes them too
-            sink = pa.BufferOutputStream()
-            with ipc.new_stream(sink, schema) as writer:
-                writer.write_table(table)
-            return [sink.getvalue()]
-        return [cached[1], *(b.serialize() for b in table.to_batches())]
+
+def _record(first_seq: int, encoded: Encoded) -> tuple[list[bytes | pa.Buffer], int]:
+    """The header, the payload and the padding of one record."""
+    parts = encoded.parts
+    length = encoded.length
+    if length <= SMALL or any(len(p) % 8 for p in parts[:-1]):
+        parts = [b"".join(parts)]
+    pad = b"\0" * (-length % 8)
+    header = HEADER.pack(MAGIC, 0, length, first_seq, encoded.rows, _checksum(parts))
+    return [header, *parts, pad], len(header) + length + len(pad)
 
 
 def read_table(path: Path) -> pa.Table:

@@ -98,6 +98,9 @@ COMPRESS_BELOW = 256 << 10  # serialized tables above this are stored uncompress
 # a larger table is journaled on a worker thread (`submit`) into a file of its own, which
 # SQLite refers to instead of holding the bytes
 LARGE_TABLE_BYTES = 256 << 10
+# `submit` journals a table of up to this many rows on the event loop, a larger one on a
+# worker thread; `log` measures a larger one before encoding it (a few rows: encoding is cheaper)
+INLINE_ROWS = 64
 DROP_REASONS = ("input_values", "output_values", "rows")
 DROPPED_COLUMN = "metadata.dropped"
 _FULL_CODE = 13  # SQLITE_FULL
@@ -145,9 +148,11 @@ class _State:
 class _Append:
     table: pa.Table
     nbytes: int
-    future: concurrent.futures.Future[SeqRange]
+    future: concurrent.futures.Future[SeqRange] | None  # None: nobody waits for the commit
     first_seq: int
     file: str | None = None  # a large table's own journal file, which SQLite will refer to
+    # the journal's record batch messages, which SQLite stores as they are (None: encode)
+    messages: list[bytes | pa.Buffer] | None = None
 
     @property
     def last_seq(self) -> int:
@@ -298,7 +303,10 @@ class LogBuffer:
         self._txn_schemas: dict[str, tuple[int, pa.Schema]] = {}
         self._txn_unlink: list[str] = []  # own files of rows this transaction deletes
         self._unlink_later: list[str] = []  # ... deleted after the next WAL fsync
-        self._last_schema: tuple[pa.Schema, str, bool] | None = None  # the writer's encode cache
+        # the writer's encode cache: schema, stored schema, fingerprint, has dictionaries
+        self._last_schema: tuple[pa.Schema, pa.Schema, str, bool] | None = None
+        # what `submit` gathered during this turn of the event loop, journaled at the next
+        self._turn: list[tuple[pa.Table, asyncio.Future[SeqRange]]] = []
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._rlock = threading.Lock()
@@ -412,28 +420,55 @@ class LogBuffer:
         returns the rows survive a crash of this process (and, after the next fsync, of the
         machine). Never blocks on SQLite: a full queue raises `LogBufferFull`, a full disk
         `LogBufferDiskFull`, a closed or stopped buffer `LogBufferError`. Thread-safe."""
-        seq_range, _ = self._offer_or_raise(table, table.get_total_buffer_size())
-        return seq_range
+        return self._offer_or_raise(table, wait=False)[0]
 
     def submit(self, table: pa.Table) -> asyncio.Future[SeqRange]:
-        """`log` for the event loop: small tables are journaled at once, large ones on a
-        worker thread (await the result while encoding the answer); with `fsync_interval`
-        0 the result also waits for the journal's fsync, one for many concurrent requests."""
+        """`log` for the event loop. The tables of a few rows submitted during one turn of
+        the loop are journaled together, as one record, at the start of the next turn (one
+        encode and one write for all the requests the loop is serving); larger tables on a
+        worker thread (await the result while encoding the answer). With `fsync_interval` 0
+        the result also waits for the journal's fsync, one for many concurrent requests."""
         loop = asyncio.get_running_loop()
-        nbytes = table.get_total_buffer_size()
-        if nbytes > LARGE_TABLE_BYTES:
-            done: asyncio.Future[SeqRange] = loop.run_in_executor(
-                None, lambda: self._offer_or_raise(table, nbytes)[0]
-            )
+        if table.num_rows > INLINE_ROWS:
+            done: asyncio.Future[SeqRange] = loop.run_in_executor(None, self.log, table)
         else:
             done = loop.create_future()
-            try:
-                done.set_result(self._offer_or_raise(table, nbytes)[0])
-            except LogBufferError as exc:
-                done.set_exception(exc)
+            if not self._turn:
+                loop.call_soon(self._log_turn)
+            self._turn.append((table, done))
         if self.fsync_interval > 0:
             return done
         return asyncio.ensure_future(self._synced(done))
+
+    def _log_turn(self) -> None:
+        """Journal the tables `submit` gathered in one turn of the loop: each run of one
+        schema as one table, each caller told its own part of the sequence range."""
+        gathered, self._turn = self._turn, []
+        start = 0
+        while start < len(gathered):
+            schema = gathered[start][0].schema
+            end = start + 1
+            while end < len(gathered) and gathered[end][0].schema.equals(schema):
+                end += 1
+            group = gathered[start:end]
+            start = end
+            try:
+                tables = [table for table, _ in group]
+                joined = tables[0] if len(tables) == 1 else _joined(tables)
+                first = self.log(joined).first
+            except Exception as exc:  # each caller answers with the error
+                if isinstance(exc, LogBufferFull):  # counted once per refused request
+                    with self._lock:
+                        self._counters["rejected"] += len(group) - 1
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for table, fut in group:
+                last = first + table.num_rows - 1
+                if not fut.done():  # a caller may be gone
+                    fut.set_result(SeqRange(self._epoch, first, last))
+                first = last + 1
 
     async def _synced(self, logged: asyncio.Future[SeqRange]) -> SeqRange:
         seq_range = await logged
@@ -443,7 +478,9 @@ class LogBuffer:
     def append_nowait(self, table: pa.Table) -> concurrent.futures.Future[SeqRange]:
         """`log`, returning a future that resolves once the rows are committed to SQLite
         (for callers that read them back at once)."""
-        return self._offer_or_raise(table, table.get_total_buffer_size())[1]
+        fut = self._offer_or_raise(table, wait=True)[1]
+        assert fut is not None
+        return fut
 
     async def append(self, table: pa.Table) -> SeqRange:
         """Store `table`; return its sequence range once COMMITTED to SQLite.
@@ -454,9 +491,10 @@ class LogBuffer:
         deadline = loop.time() + self.enqueue_timeout
         delay = 0.001
         while True:
-            offered = self._offer(table, table.get_total_buffer_size())
+            offered = self._offer(table, wait=True)
             if offered is not None:
                 fut = offered[1]
+                assert fut is not None
                 break
             if loop.time() >= deadline:
                 with self._lock:
@@ -478,9 +516,9 @@ class LogBuffer:
             ) from None
 
     def _offer_or_raise(
-        self, table: pa.Table, nbytes: int
-    ) -> tuple[SeqRange, concurrent.futures.Future[SeqRange]]:
-        offered = self._offer(table, nbytes)
+        self, table: pa.Table, wait: bool
+    ) -> tuple[SeqRange, concurrent.futures.Future[SeqRange] | None]:
+        offered = self._offer(table, wait)
         if offered is None:
             with self._lock:
                 self._counters["rejected"] += 1
@@ -491,31 +529,45 @@ class LogBuffer:
         return offered
 
     def _offer(
-        self, table: pa.Table, nbytes: int
-    ) -> tuple[SeqRange, concurrent.futures.Future[SeqRange]] | None:
-        """Journal and queue `table` (None: no room in the queue, nothing written)."""
+        self, table: pa.Table, wait: bool
+    ) -> tuple[SeqRange, concurrent.futures.Future[SeqRange] | None] | None:
+        """Journal and queue `table` (None: no room in the queue, nothing written). With
+        `wait`, the returned future resolves once SQLite holds the rows."""
         if self._thread is None or not self._thread.is_alive():
             raise LogBufferError(f"log buffer {self.path} is not running")
-        fut: concurrent.futures.Future[SeqRange] = concurrent.futures.Future()
+        fut: concurrent.futures.Future[SeqRange] | None = (
+            concurrent.futures.Future() if wait else None
+        )
         if table.num_rows == 0:
             empty = SeqRange(self._epoch, 0, -1)  # an empty range: nothing stored
-            fut.set_result(empty)
+            if fut is not None:
+                fut.set_result(empty)
             return empty, fut
+        # A table of a few rows is encoded for the journal first (outside the lock) and its
+        # encoded size decides; a larger one is measured, and a large one gets its own file.
+        encoded = None
+        nbytes = table.get_total_buffer_size() if table.num_rows > INLINE_ROWS else 0
+        if nbytes <= LARGE_TABLE_BYTES:
+            encoded = self._journal.encode(table)
+            nbytes = encoded.length
+            if nbytes > LARGE_TABLE_BYTES:
+                encoded = None
         with self._journal.lock:
             if not self._queue.has_room(nbytes):
                 return None
             first = self._next_seq
             own: str | None = None
             try:
-                if nbytes > LARGE_TABLE_BYTES:
+                if encoded is None:
                     table = journal.pack_constants(table)
                     own = self._journal.write_own(first, table)
                 else:
-                    self._journal.write(first, table)
+                    self._journal.write(first, encoded)
             except OSError as exc:
                 raise self._translate(exc) from None
             self._next_seq += table.num_rows
-            self._queue.add(_Append(table, nbytes, fut, first, own))
+            messages = encoded.batches if encoded is not None else None
+            self._queue.add(_Append(table, nbytes, fut, first, own, messages))
         return SeqRange(self._epoch, first, first + table.num_rows - 1), fut
 
     def ack(self, epoch: str, last_seq: int) -> None:
@@ -879,6 +931,8 @@ class LogBuffer:
     def _encode_run(self, run: list[_Append]) -> list[tuple[list[_Append], _Encoded]]:
         """Encode a run as one table; if that fails, table by table, failing only the bad."""
         try:
+            if run[0].file is None and all(item.messages is not None for item in run):
+                return [(run, self._encode_journaled(run))]
             return [(run, self._encode([item.table for item in run], run[0].file))]
         except Exception as exc:
             if len(run) > 1:
@@ -978,34 +1032,48 @@ class LogBuffer:
     def _encode(
         self, tables: list[pa.Table], file: str | None = None, compress: bool = False
     ) -> _Encoded:
-        """`tables` (one schema) as one stored row. The schema's fingerprint is cached: most
-        appends share the last one's schema, and hashing it costs more than the rest."""
-        schema = tables[0].schema
-        cached = self._last_schema
-        if cached is None or not cached[0].equals(schema, check_metadata=True):
-            has_dictionaries = any(pa.types.is_dictionary(t) for t in schema.types)
-            cached = (schema, "", has_dictionaries)
-        if cached[2] and file is None:
+        """`tables` (one schema) as one stored row: one record batch message."""
+        schema, fingerprint, has_dictionaries = self._fingerprint(tables[0].schema)
+        if has_dictionaries and file is None:
             tables = [journal.plain(table) for table in tables]
         batches = [batch for table in tables for batch in table.to_batches()]
         batch = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
-        fingerprint = cached[1]
-        stored_schema = journal.plain_schema(batch.schema) if cached[2] else batch.schema
-        if not fingerprint:
-            fingerprint = hashlib.sha256(stored_schema.serialize().to_pybytes()).hexdigest()
-            self._last_schema = (cached[0], fingerprint, cached[2])
         lo, hi = time_bounds(batch)
         if file is not None:  # stored in the journal already: SQLite keeps its name
             size = (self._journal.folder / file).stat().st_size
-            return _Encoded(
-                stored_schema, fingerprint, file.encode(), len(batch), lo, hi, "file", size
-            )
+            return _Encoded(schema, fingerprint, file.encode(), len(batch), lo, hi, "file", size)
         raw = batch.serialize()
         # Tensors of floats barely compress and zstd would cost more than the model run on big
         # batches; small tables (mostly repeated strings) shrink well.
         codec = "zstd" if compress or raw.size <= COMPRESS_BELOW else "none"
         body = self._compressor.compress(raw) if codec == "zstd" else raw.to_pybytes()
-        return _Encoded(batch.schema, fingerprint, body, batch.num_rows, lo, hi, codec)
+        return _Encoded(schema, fingerprint, body, batch.num_rows, lo, hi, codec)
+
+    def _encode_journaled(self, run: list[_Append]) -> _Encoded:
+        """Small tables as one stored row: their record batch messages as the journal wrote
+        them, joined (no Arrow work: `Reader` reads the messages back one by one)."""
+        schema, fingerprint, _ = self._fingerprint(run[0].table.schema)
+        raw = b"".join(m for item in run for m in item.messages or ())
+        n_rows = sum(item.table.num_rows for item in run)
+        lo, hi = _time_bounds([item.table for item in run])
+        # each message repeats its metadata, which zstd folds away: compress unless the
+        # tables are large (tensors of floats barely compress)
+        codec = "zstd" if len(raw) <= max(COMPRESS_BELOW, len(run) * (16 << 10)) else "none"
+        body = self._compressor.compress(raw) if codec == "zstd" else raw
+        return _Encoded(schema, fingerprint, body, n_rows, lo, hi, codec)
+
+    def _fingerprint(self, schema: pa.Schema) -> tuple[pa.Schema, str, bool]:
+        """The stored schema (dictionaries decoded), its fingerprint, and whether `schema`
+        has dictionaries. Cached: most appends share the last one's schema, and hashing it
+        costs more than the rest."""
+        cached = self._last_schema
+        if cached is None or not cached[0].equals(schema, check_metadata=True):
+            has_dictionaries = any(pa.types.is_dictionary(t) for t in schema.types)
+            stored = journal.plain_schema(schema) if has_dictionaries else schema
+            fingerprint = hashlib.sha256(stored.serialize().to_pybytes()).hexdigest()
+            cached = (schema, stored, fingerprint, has_dictionaries)
+            self._last_schema = cached
+        return cached[1], cached[2], cached[3]
 
     def _schema_id(self, conn: sqlite3.Connection, schema: pa.Schema, fingerprint: str) -> int:
         known = self._schema_ids.get(fingerprint)
@@ -1247,6 +1315,22 @@ def _runs(appends: list[_Append], max_bytes: int = 1 << 20) -> Iterator[list[_Ap
         yield run
 
 
+def _joined(tables: list[pa.Table]) -> pa.Table:
+    """Tables of one schema as one table of one record batch."""
+    batches = [batch for table in tables for batch in table.to_batches()]
+    return pa.Table.from_batches([pa.concat_batches(batches)])
+
+
+def _time_bounds(tables: list[pa.Table]) -> tuple[int | None, int | None]:
+    """`time_bounds` of tables of one schema, as one."""
+    index = tables[0].schema.get_field_index("time")
+    if index < 0 or len(tables) == 1:
+        return time_bounds(tables[0])
+    chunks = [chunk for table in tables for chunk in table.column(index).chunks]
+    times = pa.concat_arrays(chunks) if chunks else pa.array([], tables[0].schema.field(index).type)
+    return time_bounds(pa.Table.from_arrays([times], ["time"]))
+
+
 def _is_input(name: str) -> bool:
     return name.startswith("in.")
 
@@ -1286,8 +1370,10 @@ def _replayed(table: pa.Table, first_seq: int, name: str) -> _Append:
     return _Append(table, table.get_total_buffer_size(), future, first_seq, own)
 
 
-def _settle(fut: concurrent.futures.Future[Any], outcome: Any) -> None:
+def _settle(fut: concurrent.futures.Future[Any] | None, outcome: Any) -> None:
     """Resolve `fut` with `outcome`, or fail it when that is an exception."""
+    if fut is None:
+        return
     try:  # the waiter may have been cancelled meanwhile
         if isinstance(outcome, BaseException):
             fut.set_exception(outcome)

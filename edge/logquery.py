@@ -87,7 +87,10 @@ class Reader:
             raw = body
         else:
             raise LogBufferError(f"log buffer row has unknown codec {codec!r}")
-        return pa.Table.from_batches([ipc.read_record_batch(pa.py_buffer(raw), schema)])
+        # one record batch message, or several (small tables stored as journaled)
+        messages = ipc.MessageReader.open_stream(pa.py_buffer(raw))
+        batches = [ipc.read_record_batch(m, schema) for m in messages]
+        return pa.Table.from_batches(batches, schema).combine_chunks()
 
     def acked_through(self) -> int:
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'acked_through'").fetchone()

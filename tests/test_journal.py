@@ -173,7 +173,7 @@ def test_a_failed_write_is_cut_back_and_the_next_record_follows(
     log = journal_module.Journal(folder)
     log.begin("epoch", 1, keep=set())
     with log.lock:
-        log.write(1, table(2))
+        log.write(1, log.encode(table(2)))
     whole = journal_module._write_all
 
     def disk_full(fd: int, parts: list, size: int) -> None:
@@ -182,10 +182,10 @@ def test_a_failed_write_is_cut_back_and_the_next_record_follows(
 
     monkeypatch.setattr(journal_module, "_write_all", disk_full)
     with pytest.raises(OSError), log.lock:
-        log.write(3, table(1, start=5))
+        log.write(3, log.encode(table(1, start=5)))
     monkeypatch.setattr(journal_module, "_write_all", whole)
     with log.lock:
-        log.write(3, table(1, start=7))
+        log.write(3, log.encode(table(1, start=7)))
     log.close()
     reread = journal_module.Journal(folder)
     records = [r for _, records in reread.read(live=False) for r in records]
@@ -212,3 +212,46 @@ def test_dictionary_columns_are_journaled_replayed_and_read_back_plain(tmp_path:
         assert batch.table.num_rows == 40_002
         assert batch.table.schema.field("in.kind").type == pa.string()
         assert batch.table.column("in.kind").to_pylist()[:4] == ["a", "b", "a", "b"]
+
+
+def test_the_submits_of_one_loop_turn_are_journaled_as_one_record(tmp_path: Path) -> None:
+    db = tmp_path / "logbuffer.db"
+    buffer = LogBuffer(db)
+    buffer.start()
+    parked_writer(buffer)
+    other = table(2, start=10).append_column("in.y", pa.array([1, 2]))  # another schema
+
+    async def one_turn() -> list[SeqRange]:
+        tables = [table(1, start=0), table(1, start=1), other, table(1, start=2)]
+        return await asyncio.gather(*(buffer.submit(t) for t in tables))
+
+    ranges = asyncio.run(one_turn())
+    # each caller gets its own numbers, in submit order
+    assert [(r.first, r.last) for r in ranges] == [(1, 1), (2, 2), (3, 4), (5, 5)]
+    records = [r for _, records in buffer._journal.read(live=True) for r in records]
+    # a run of one schema is one record: one encode and one write for many requests
+    assert [(r.first_seq, r.table.num_rows) for r in records] == [(1, 2), (3, 2), (5, 1)]
+    crash(buffer)
+    with LogBuffer(db) as reopened:
+        assert stored(reopened) == {1: 0.0, 2: 1.0, 3: 10.0, 4: 11.0, 5: 2.0}
+
+
+def test_a_full_queue_fails_every_submit_of_the_turn_and_journals_none(tmp_path: Path) -> None:
+    from edge.logbuffer import LogBufferFull
+
+    db = tmp_path / "logbuffer.db"
+    buffer = LogBuffer(db, max_queue=1)
+    buffer.start()
+    parked_writer(buffer)
+
+    async def turn(start: int) -> list[SeqRange | BaseException]:
+        tables = [table(1, start=start + i) for i in range(3)]
+        return await asyncio.gather(*(buffer.submit(t) for t in tables), return_exceptions=True)
+
+    assert all(isinstance(r, SeqRange) for r in asyncio.run(turn(0)))  # an empty queue admits
+    refused = asyncio.run(turn(100))
+    assert all(isinstance(r, LogBufferFull) for r in refused)
+    assert buffer.stats()["rejected"] == 3  # requests refused
+    crash(buffer)
+    with LogBuffer(db) as reopened:
+        assert stored(reopened) == {1: 0.0, 2: 1.0, 3: 2.0}  # nothing of the refused turn

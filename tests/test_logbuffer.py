@@ -494,14 +494,14 @@ def test_each_range_maps_to_its_own_rows(buf: LogBuffer) -> None:
 def test_a_table_that_cannot_be_stored_fails_alone(
     buf: LogBuffer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    encode = buf._encode
+    encode = buf._encode_journaled
 
-    def picky(tables: list[pa.Table], file: str | None = None) -> object:
-        if any("poison" in t.column("metadata.partition").to_pylist() for t in tables):
+    def picky(run: list) -> object:
+        if any("poison" in a.table.column("metadata.partition").to_pylist() for a in run):
             raise pa.ArrowInvalid("cannot serialize")
-        return encode(tables, file)
+        return encode(run)
 
-    monkeypatch.setattr(buf, "_encode", picky)
+    monkeypatch.setattr(buf, "_encode_journaled", picky)
     poisoned = result_table(1)
     index = poisoned.column_names.index("metadata.partition")
     poisoned = poisoned.set_column(index, "metadata.partition", pa.array(["poison"]))
