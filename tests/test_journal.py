@@ -255,3 +255,23 @@ def test_a_full_queue_fails_every_submit_of_the_turn_and_journals_none(tmp_path:
     crash(buffer)
     with LogBuffer(db) as reopened:
         assert stored(reopened) == {1: 0.0, 2: 1.0, 3: 2.0}  # nothing of the refused turn
+
+
+def test_packed_constants_are_reused_only_for_the_same_arrays() -> None:
+    from edge.journal import pack_constants, plain
+
+    def with_partition(values: pa.Array) -> pa.Table:
+        return table(len(values)).append_column("metadata.partition", values)
+
+    constant = pa.array(["edge-a"] * 1000)
+    first = pack_constants(with_partition(constant.slice(0, 500)))
+    again = pack_constants(with_partition(constant.slice(0, 500)))  # same buffers: cached
+    indices = [t.column("metadata.partition").chunk(0).indices for t in (first, again)]
+    assert indices[0].buffers()[1].address == indices[1].buffers()[1].address
+    assert plain(again).column("metadata.partition").to_pylist() == ["edge-a"] * 500
+    other = pack_constants(with_partition(pa.array(["edge-b"] * 500)))  # new buffers
+    assert plain(other).column("metadata.partition").to_pylist() == ["edge-b"] * 500
+    mixed = pack_constants(with_partition(pa.array(["x", "y"] * 250)))  # not a constant
+    assert plain(mixed).column("metadata.partition").to_pylist() == ["x", "y"] * 250
+    longer = pack_constants(with_partition(constant))  # same buffer, other length
+    assert len(longer) == 1000
