@@ -1,15 +1,18 @@
 """The inference log buffer: every answered row, kept in one SQLite file until the sync ships it.
 
 A buffer row holds one appended table, or several small ones of one schema that arrived in the
-same transaction, as one zstd-compressed Arrow IPC record-batch message beside its sequence
-range and time range (the schema is stored once in `schemas`). A large table (over
+same transaction, as zstd-compressed Arrow IPC record-batch messages (small tables: the very
+messages the journal wrote, so the writer does no Arrow work) beside its sequence range and
+time range (the schema is stored once in `schemas`). A large table (over
 `LARGE_TABLE_BYTES`) stays in the journal file it was written to, and the row holds that file's
 name (codec "file"): SQLite is slow at multi-megabyte blobs (a 3.4 MB INSERT costs ~20 ms
 here), a file of its own costs one write. Reading back is `edge.logquery`; the file's tables
 and migrations are in `edge.logschema`.
 
-Write path. `log(table)` (the server's `submit`) writes the table to the journal
-(`edge.journal`: one `write`, or a file of its own) and puts it on a bounded queue; from then on
+Write path. `log(table)` writes the table to the journal (`edge.journal`: one `write`, or a
+file of its own) and puts it on a bounded queue; the server's `submit` gathers the small tables
+of one turn of the event loop and logs them as one (one encode and one write for all the
+requests in flight, ~5 at concurrency 8; each waits one turn for it). From then on
 the rows survive a crash of the process, and of the machine once the journal is fsynced (every
 `fsync_interval`, or before the answer when that is 0). A single writer thread owns the SQLite
 connection (WAL, `synchronous=NORMAL`: the journal is the durable record): it lingers up to
