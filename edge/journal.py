@@ -207,22 +207,23 @@ class Journal:
     def unsynced(self) -> bool:
         return self._written > self._synced
 
-    def releasable(self, stored_seq: int) -> bool:
-        """Whether `release(stored_seq)` would delete anything."""
+    def releasable(self, stored_seq: int, final: bool = False) -> bool:
+        """Whether `release(stored_seq, final)` would delete anything."""
         with self.lock:
-            current = self._current
-            return any(s.last_seq <= stored_seq for s in self._closed) or (
-                current is not None and self._size > 0 and current.last_seq <= stored_seq
+            return any(s.last_seq <= stored_seq for s in self._closed) or self._current_done(
+                stored_seq, final
             )
 
-    def release(self, stored_seq: int) -> int:
+    def release(self, stored_seq: int, final: bool = False) -> int:
         """Delete the closed segments whose rows SQLite holds durably (all <= `stored_seq`);
-        an idle current segment holding only stored rows starts afresh. Returns files deleted."""
+        the current segment too once it holds only stored rows and an eighth of
+        `segment_bytes` (a new file every `fsync_interval` would cost a file and a folder
+        sync each time), or at `final`. Returns files deleted."""
         with self.lock:
             done = [s for s in self._closed if s.last_seq <= stored_seq]
             self._closed = [s for s in self._closed if s.last_seq > stored_seq]
             current = self._current
-            if current is not None and self._size and current.last_seq <= stored_seq:
+            if current is not None and self._current_done(stored_seq, final):
                 self._rotate(current.last_seq + 1, sync=False)  # its rows are in SQLite
                 done.append(self._closed.pop())
         for segment in done:
@@ -231,6 +232,14 @@ class Journal:
             except FileNotFoundError:
                 pass
         return len(done)
+
+    def _current_done(self, stored_seq: int, final: bool) -> bool:
+        current = self._current
+        return (
+            current is not None
+            and self._size > (0 if final else self.segment_bytes // 8)
+            and current.last_seq <= stored_seq
+        )
 
     def close(self) -> None:
         self.sync()

@@ -819,11 +819,11 @@ class LogBuffer:
         self._last_fsync = now
         self._journal.sync()
         stored = self._state.last_seq
-        if self._journal.releasable(stored) or self._unlink_later:
+        if self._journal.releasable(stored, final) or self._unlink_later:
             wal = _wal(self.path)
             if wal.exists():  # none: a checkpoint put everything in the file, synced
                 journal.fsync_path(wal)
-            self._journal.release(stored)
+            self._journal.release(stored, final)
             for name in self._unlink_later:
                 self._journal.delete(name)
             self._unlink_later = []
