@@ -275,3 +275,18 @@ def test_packed_constants_are_reused_only_for_the_same_arrays() -> None:
     assert plain(mixed).column("metadata.partition").to_pylist() == ["x", "y"] * 250
     longer = pack_constants(with_partition(constant))  # same buffer, other length
     assert len(longer) == 1000
+
+
+def test_a_small_current_segment_is_kept_across_fsyncs(tmp_path: Path) -> None:
+    db = tmp_path / "logbuffer.db"
+    with LogBuffer(db, fsync_interval=0.01) as buffer:
+        buffer.log(table(3))
+        buffer.query(limit=1)  # stored in SQLite
+        before = journal_files(db)
+        time.sleep(0.3)  # many fsync intervals
+        buffer.log(table(3, start=3))
+        buffer.query(limit=1)
+        time.sleep(0.1)
+        # no new file per interval: the rows it holds are stored, but it is small
+        assert journal_files(db) == before
+        assert len(stored(buffer)) == 6
