@@ -568,3 +568,27 @@ def test_the_cap_counts_and_trims_tables_in_their_own_files(db: Path) -> None:
             }
         # trimmed tables moved into SQLite; their files go after the next WAL fsync
         assert eventually(lambda: {p.name for p in Path(f"{db}.journal").glob("*.table")} == refs)
+
+
+def test_dropped_column_names_are_appended_to_each_rows_list() -> None:
+    from edge.logbuffer import _drop_columns
+
+    lists = pa.list_(pa.string())
+    alike = pa.table({"in.x": [1, 2, 3], "metadata.dropped": pa.array([["in.y"]] * 3, lists)})
+    assert (
+        _drop_columns(alike, ["in.x"]).column("metadata.dropped").to_pylist()
+        == [["in.y", "in.x"]] * 3
+    )
+    mixed = pa.table({"in.x": [1, 2, 3], "metadata.dropped": pa.array([[], None, ["in.y"]], lists)})
+    assert _drop_columns(mixed, ["in.x"]).column("metadata.dropped").to_pylist() == [
+        ["in.x"],
+        ["in.x"],
+        ["in.y", "in.x"],
+    ]
+    same_length = pa.table({"in.x": [1, 2], "metadata.dropped": pa.array([["a"], ["b"]], lists)})
+    assert _drop_columns(same_length, ["in.x"]).column("metadata.dropped").to_pylist() == [
+        ["a", "in.x"],
+        ["b", "in.x"],
+    ]
+    none_yet = _drop_columns(pa.table({"in.x": [1, 2], "time": [5, 6]}), ["in.x"])
+    assert none_yet.column("metadata.dropped").to_pylist() == [["in.x"], ["in.x"]]
