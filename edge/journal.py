@@ -22,6 +22,7 @@ the first record that is short or fails its checksum: a torn tail, never an answ
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import struct
@@ -33,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 log = logging.getLogger(__name__)
@@ -298,52 +298,66 @@ def read_table(path: Path) -> pa.Table:
 
 
 def pack_constants(table: pa.Table) -> pa.Table:
-    """`metadata.*` string columns (one value per request: model, version, partition) as
-    dictionaries: a 10,000-row table shrinks from 3.4 MB to 1.9 MB on disk."""
+    """Per-request columns (`time`, `anomaly.*`, `metadata.*`) that hold one value in every
+    row, as dictionaries of that value with int8 indices: a 10,000-row result shrinks from
+    3.4 MB to 1.4 MB on disk (and so the cap holds more of them)."""
     for index, field in enumerate(table.schema):
-        if field.name.startswith("metadata.") and pa.types.is_string(field.type):
-            column = table.column(index)
-            if column.num_chunks == 1:
-                packed: pa.Array | pa.ChunkedArray = _packed(column.chunk(0))
-            else:
-                packed = pc.dictionary_encode(column)
-            table = table.set_column(index, pa.field(field.name, packed.type), packed)
+        name = field.name
+        if name != "time" and not name.startswith(("anomaly.", "metadata.")):
+            continue
+        column = table.column(index)
+        if column.num_chunks != 1 or pa.types.is_dictionary(field.type):
+            continue
+        packed = _packed(column.chunk(0))
+        if packed is not None:
+            table = table.set_column(index, pa.field(name, packed.type), packed)
     return table
 
 
-# Constant columns packed lately, by the identity of their buffers: the pipeline's constants
-# are slices of one cached array, and encoding 10,000 strings costs ~0.3 ms a column. An entry
-# holds its array, so no other array can get those buffer addresses while it is here (and
-# Arrow buffers never change).
+# Columns packed lately, by the identity of their buffers: the pipeline's constants are
+# slices of one cached array, and comparing 10,000 values costs more than this lookup. An
+# entry holds its array, so no other array can get those buffer addresses while it is here
+# (and Arrow buffers never change).
 _PACKED: collections.OrderedDict[tuple[int, ...], tuple[pa.Array, pa.Array]] = (
     collections.OrderedDict()
 )
 _PACKED_LOCK = threading.Lock()
 
 
-def _packed(array: pa.Array) -> pa.Array:
+def _packed(array: pa.Array) -> pa.Array | None:
+    """`array` as a dictionary of its one value, or None when its rows differ."""
     key = (*(b.address if b is not None else 0 for b in array.buffers()), array.offset, len(array))
     with _PACKED_LOCK:
         hit = _PACKED.get(key)
         if hit is not None:
             _PACKED.move_to_end(key)
             return hit[1]
-    packed = pc.dictionary_encode(array)
-    if len(packed.dictionary) == 1:  # a constant: worth keeping (other columns are not held)
-        with _PACKED_LOCK:
-            _PACKED[key] = (array, packed)
-            if len(_PACKED) > 8:
-                _PACKED.popitem(last=False)
+    rows = len(array)
+    if rows == 0 or not array.slice(1).equals(array.slice(0, rows - 1)):
+        return None  # a[i+1] == a[i] for every i: one value
+    packed = pa.DictionaryArray.from_arrays(_zeros(rows), array.slice(0, 1))
+    with _PACKED_LOCK:
+        _PACKED[key] = (array, packed)
+        if len(_PACKED) > 32:
+            _PACKED.popitem(last=False)
     return packed
+
+
+@functools.lru_cache(maxsize=16)
+def _zeros(rows: int) -> pa.Array:
+    return pa.array(np.zeros(rows, np.int8))
 
 
 def plain(table: pa.Table) -> pa.Table:
     """Dictionary columns decoded to their value type."""
     for index, column in enumerate(table.columns):
         if pa.types.is_dictionary(column.type):
-            value_type = column.type.value_type
+            decoded = pa.chunked_array(
+                [chunk.dictionary.take(chunk.indices) for chunk in column.chunks],
+                column.type.value_type,
+            )
             table = table.set_column(
-                index, pa.field(table.field(index).name, value_type), column.cast(value_type)
+                index, pa.field(table.field(index).name, decoded.type), decoded
             )
     return table
 

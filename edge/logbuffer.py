@@ -564,8 +564,7 @@ class LogBuffer:
             own: str | None = None
             try:
                 if encoded is None:
-                    table = journal.pack_constants(table)
-                    own = self._journal.write_own(first, table)
+                    own = self._journal.write_own(first, journal.pack_constants(table))
                 else:
                     self._journal.write(first, encoded)
             except OSError as exc:

@@ -290,3 +290,26 @@ def test_a_small_current_segment_is_kept_across_fsyncs(tmp_path: Path) -> None:
         # no new file per interval: the rows it holds are stored, but it is small
         assert journal_files(db) == before
         assert len(stored(buffer)) == 6
+
+
+def test_a_large_tables_time_range_is_kept_when_logged_and_when_replayed(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    db = tmp_path / "logbuffer.db"
+    when = pa.array([1_700_000_000_000] * 40_000, TIME)  # one time per request: packed
+    large = table(40_000).set_column(0, "time", when)
+    start = datetime.fromtimestamp(1_699_999_999, UTC)
+    end = datetime.fromtimestamp(1_700_000_001, UTC)
+    with LogBuffer(db) as buffer:
+        buffer.append_nowait(large).result(timeout=10)
+        window, _ = buffer.query(limit=10**6, start=start, end=end)
+        assert window.num_rows == 40_000
+    buffer = LogBuffer(db.with_name("replayed.db"))
+    buffer.start()
+    parked_writer(buffer)
+    buffer.log(large)
+    crash(buffer)
+    with LogBuffer(db.with_name("replayed.db")) as reopened:
+        window, _ = reopened.query(limit=10**6, start=start, end=end)
+        assert window.num_rows == 40_000
+        assert window.column("time").type == TIME
