@@ -193,3 +193,61 @@ def test_buffer_cap_drops_columns_and_says_so(
     assert counters["input_values"] >= 2_000
     metrics = httpx.get(f"{edge.url}/metrics").text
     assert 'edge_log_buffer_dropped{reason="input_values"}' in metrics
+
+
+def test_journal_errors_answer_every_request_of_the_turn_and_lose_nothing_accepted(
+    tagged_spec: Path, example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app in-process (the same routes `edge serve` runs): four requests in one turn of
+    the loop share one journal write; when it fails they all get the error, 507 for a full
+    disk and 503 for a full queue, and the next request is answered and logged."""
+    import asyncio
+    import errno
+
+    from edge.cli import _load_pipeline
+    from edge.config import load_settings
+    from edge.server import AppState, create_app
+
+    url = publish(tagged_spec, layout=tmp_path / "layout")["pipeline_url"]
+    settings = load_settings({"pipeline_url": url, "persist_dir": tmp_path / "persist"})
+    buffer = LogBuffer(tmp_path / "persist" / "logbuffer.db")
+    buffer.start()
+    state = AppState(pipeline=_load_pipeline(settings), status="Running", buffer=buffer)
+    app = create_app(state)
+    journal_write = buffer._journal.write
+
+    async def four(first_id: int) -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://edge") as http:
+            return await asyncio.gather(
+                *(
+                    http.post("/pipelines/tagged", content=body(example, [i]), headers=JSON)
+                    for i in range(first_id, first_id + 4)
+                )
+            )
+
+    writes: list[int] = []
+
+    def disk_full(first_seq: int, encoded: object) -> None:
+        writes.append(first_seq)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    try:
+        monkeypatch.setattr(buffer._journal, "write", disk_full)
+        answers = asyncio.run(four(0))
+        assert [a.status_code for a in answers] == [507] * 4
+        assert all("disk full" in a.json()["error"] for a in answers)
+        assert len(writes) == 1  # one record for the four
+        monkeypatch.setattr(buffer._journal, "write", journal_write)
+        monkeypatch.setattr(buffer._queue, "has_room", lambda nbytes: False)
+        answers = asyncio.run(four(10))
+        assert [a.status_code for a in answers] == [503] * 4
+        assert buffer.stats()["rejected"] == 4
+        monkeypatch.undo()
+        answers = asyncio.run(four(20))
+        assert [a.status_code for a in answers] == [200] * 4
+        logged, _ = buffer.query(limit=100)
+        assert sorted(logged.column("in.request_id").to_pylist()) == [20, 21, 22, 23]
+    finally:
+        buffer.close()
+        state.pipeline.close()
