@@ -192,8 +192,9 @@ class Journal:
             fd = os.dup(self._fd) if self._fd is not None and target > self._synced else None
         try:
             with self._sync_lock:
-                for own_fd in own:
+                for own_fd in own:  # tables in files of their own, and full segments
                     os.fsync(own_fd)
+                    _forget_pages(own_fd)
                 if fd is not None and target > self._synced:
                     os.fsync(fd)
                 if new_files:
@@ -419,6 +420,14 @@ def _write_all(fd: int, parts: list[bytes | pa.Buffer], size: int) -> None:
     rest = b"".join(bytes(p) for p in parts)[done:]  # a short write: rare, finish it
     while rest:
         rest = rest[os.write(fd, rest) :]
+
+
+def _forget_pages(fd: int) -> None:
+    """Let the kernel drop a written, synced file's pages from its cache: log data is read
+    back rarely, and a page cache that only grows made each new 1.5 MB table cost ~5 ms of
+    kernel time here, against ~1 ms while freed pages were reused."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def fsync_path(path: Path) -> None:
