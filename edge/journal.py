@@ -2,14 +2,16 @@
 
 Appending a table to SQLite costs a transaction; appending it to a file costs one `write`. So
 the request path writes each result table here (one record: a header and the table as an Arrow
-IPC stream) and answers; the log buffer's writer thread stores the tables in SQLite in large
-batches a few milliseconds later. A process crash (SIGKILL, OOM kill) loses nothing: the
-kernel holds what was written, and at the next start every record not yet in SQLite is
-replayed. Power loss can lose what was written since the last `sync` (the writer syncs every
-`LOG_FSYNC_INTERVAL`; 0 makes every answer wait for one, shared by concurrent requests).
+IPC stream; the small tables of one turn of the event loop joined as one) and answers; the log
+buffer's writer thread stores the tables in SQLite in large batches a few milliseconds later.
+A process crash (SIGKILL, OOM kill) loses nothing: the kernel holds what was written, and at
+the next start every record not yet in SQLite is replayed. Power loss can lose what was
+written since the last `sync` (the writer syncs every `LOG_FSYNC_INTERVAL`; 0 makes every
+answer wait for one, shared by concurrent requests).
 
 Files: `<folder>/<epoch>-<first seq, 16 digits>.journal`, written in sequence order; a new one
-starts past `segment_bytes`. A segment is deleted once SQLite durably holds all its rows.
+starts past `segment_bytes`. A segment is deleted once SQLite durably holds all its rows (the
+current one once it holds an eighth of a segment of them).
 A large table gets a file of its own, `<epoch>-<first seq>.table` (same record format), which
 SQLite then refers to instead of copying megabytes into its pages; it goes with its row.
 
