@@ -303,7 +303,7 @@ def read_table(path: Path) -> pa.Table:
 def pack_constants(table: pa.Table) -> pa.Table:
     """Per-request columns (`time`, `anomaly.*`, `metadata.*`) that hold one value in every
     row, as dictionaries of that value with int8 indices: a 10,000-row result shrinks from
-    3.4 MB to 1.4 MB on disk (and so the cap holds more of them)."""
+    3.4 MB to 1.5 MB on disk (and so the cap holds more of them)."""
     for index, field in enumerate(table.schema):
         name = field.name
         if name != "time" and not name.startswith(("anomaly.", "metadata.")):
@@ -320,10 +320,12 @@ def pack_constants(table: pa.Table) -> pa.Table:
 # Columns packed lately, by the identity of their buffers: the pipeline's constants are
 # slices of one cached array, and comparing 10,000 values costs more than this lookup. An
 # entry holds its array, so no other array can get those buffer addresses while it is here
-# (and Arrow buffers never change).
+# (and Arrow buffers never change). Only arrays seen twice are kept: a column made afresh per
+# request (`time`) would otherwise hold its memory here.
 _PACKED: collections.OrderedDict[tuple[int, ...], tuple[pa.Array, pa.Array]] = (
     collections.OrderedDict()
 )
+_SEEN: collections.OrderedDict[tuple[int, ...], None] = collections.OrderedDict()
 _PACKED_LOCK = threading.Lock()
 
 
@@ -340,9 +342,14 @@ def _packed(array: pa.Array) -> pa.Array | None:
         return None  # a[i+1] == a[i] for every i: one value
     packed = pa.DictionaryArray.from_arrays(_zeros(rows), array.slice(0, 1))
     with _PACKED_LOCK:
-        _PACKED[key] = (array, packed)
-        if len(_PACKED) > 32:
-            _PACKED.popitem(last=False)
+        if key in _SEEN:
+            _PACKED[key] = (array, packed)
+            if len(_PACKED) > 16:
+                _PACKED.popitem(last=False)
+        else:
+            _SEEN[key] = None
+            if len(_SEEN) > 64:
+                _SEEN.popitem(last=False)
     return packed
 
 

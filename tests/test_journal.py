@@ -257,24 +257,31 @@ def test_a_full_queue_fails_every_submit_of_the_turn_and_journals_none(tmp_path:
         assert stored(reopened) == {1: 0.0, 2: 1.0, 3: 2.0}  # nothing of the refused turn
 
 
-def test_packed_constants_are_reused_only_for_the_same_arrays() -> None:
+def test_per_request_constants_are_packed_and_read_back_as_they_were() -> None:
     from edge.journal import pack_constants, plain
 
     def with_partition(values: pa.Array) -> pa.Table:
-        return table(len(values)).append_column("metadata.partition", values)
+        rows = len(values)
+        return table(rows).append_column("metadata.partition", values)
 
     constant = pa.array(["edge-a"] * 1000)
-    first = pack_constants(with_partition(constant.slice(0, 500)))
-    again = pack_constants(with_partition(constant.slice(0, 500)))  # same buffers: cached
-    indices = [t.column("metadata.partition").chunk(0).indices for t in (first, again)]
-    assert indices[0].buffers()[1].address == indices[1].buffers()[1].address
-    assert plain(again).column("metadata.partition").to_pylist() == ["edge-a"] * 500
+    for _ in range(3):  # the same arrays again and again (the pipeline's cached constants)
+        packed = pack_constants(with_partition(constant.slice(0, 500)))
+        assert pa.types.is_dictionary(packed.schema.field("metadata.partition").type)
+        assert plain(packed).column("metadata.partition").to_pylist() == ["edge-a"] * 500
     other = pack_constants(with_partition(pa.array(["edge-b"] * 500)))  # new buffers
     assert plain(other).column("metadata.partition").to_pylist() == ["edge-b"] * 500
-    mixed = pack_constants(with_partition(pa.array(["x", "y"] * 250)))  # not a constant
-    assert plain(mixed).column("metadata.partition").to_pylist() == ["x", "y"] * 250
-    longer = pack_constants(with_partition(constant))  # same buffer, other length
-    assert len(longer) == 1000
+    longer = pack_constants(with_partition(constant))  # same buffer, another length
+    assert plain(longer).column("metadata.partition").to_pylist() == ["edge-a"] * 1000
+    mixed = pack_constants(with_partition(pa.array(["x", "y"] * 250)))  # not one value
+    assert mixed.schema.field("metadata.partition").type == pa.string()
+    lists = pa.array([[7, 8]] * 300, pa.list_(pa.int64()))  # metadata.elapsed: a list
+    result = table(300).append_column("metadata.elapsed", lists)
+    packed = pack_constants(result)
+    assert pa.types.is_dictionary(packed.schema.field("time").type) is False  # times differ
+    assert pa.types.is_dictionary(packed.schema.field("metadata.elapsed").type)
+    assert plain(packed).equals(result)
+    assert "in.x" in packed.column_names and packed.column("in.x").type == pa.float64()
 
 
 def test_a_small_current_segment_is_kept_across_fsyncs(tmp_path: Path) -> None:
