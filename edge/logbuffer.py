@@ -457,23 +457,33 @@ class LogBuffer:
                 end += 1
             group = gathered[start:end]
             start = end
+            tables = [table for table, _ in group]
             try:
-                tables = [table for table, _ in group]
                 joined = tables[0] if len(tables) == 1 else _joined(tables)
-                first = self.log(joined).first
-            except Exception as exc:  # each caller answers with the error
-                if isinstance(exc, LogBufferFull):  # counted once per refused request
-                    with self._lock:
-                        self._counters["rejected"] += len(group) - 1
-                for _, fut in group:
-                    if not fut.done():
-                        fut.set_exception(exc)
+            except Exception:  # cannot be joined: one record each
+                for one in group:
+                    self._log_group([one], one[0])
                 continue
-            for table, fut in group:
-                last = first + table.num_rows - 1
-                if not fut.done():  # a caller may be gone
-                    fut.set_result(SeqRange(self._epoch, first, last))
-                first = last + 1
+            self._log_group(group, joined)
+
+    def _log_group(
+        self, group: list[tuple[pa.Table, asyncio.Future[SeqRange]]], joined: pa.Table
+    ) -> None:
+        try:
+            first = self.log(joined).first
+        except Exception as exc:  # each caller answers with the error
+            if isinstance(exc, LogBufferFull):  # counted once per refused request
+                with self._lock:
+                    self._counters["rejected"] += len(group) - 1
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for table, fut in group:
+            last = first + table.num_rows - 1
+            if not fut.done():  # a caller may be gone
+                fut.set_result(SeqRange(self._epoch, first, last))
+            first = last + 1
 
     async def _synced(self, logged: asyncio.Future[SeqRange]) -> SeqRange:
         seq_range = await logged

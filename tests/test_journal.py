@@ -320,3 +320,23 @@ def test_a_large_tables_time_range_is_kept_when_logged_and_when_replayed(tmp_pat
         window, _ = reopened.query(limit=10**6, start=start, end=end)
         assert window.num_rows == 40_000
         assert window.column("time").type == TIME
+
+
+def test_tables_of_a_turn_that_cannot_be_joined_are_journaled_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edge.logbuffer as logbuffer_module
+
+    def unjoinable(tables: list[pa.Table]) -> pa.Table:
+        raise pa.ArrowInvalid("cannot concatenate")
+
+    monkeypatch.setattr(logbuffer_module, "_joined", unjoinable)
+    with LogBuffer(tmp_path / "logbuffer.db") as buffer:
+
+        async def one_turn() -> list[SeqRange]:
+            return await asyncio.gather(*(buffer.submit(table(1, start=i)) for i in range(3)))
+
+        ranges = asyncio.run(one_turn())
+        assert [(r.first, r.last) for r in ranges] == [(1, 1), (2, 2), (3, 3)]
+        buffer.query(limit=1)
+        assert stored(buffer) == {1: 0.0, 2: 1.0, 3: 2.0}
