@@ -6,7 +6,7 @@
     meta(key, value)            epoch, created_at, last_seq (high-water mark), acked_through
     schemas(id, fingerprint, ipc)            each Arrow schema once
     batches(first_seq, last_seq, n_rows, min_time, max_time, bytes, schema_id, codec, trimmed,
-            body)                            one stored table (Arrow IPC) per row
+            body)                            one stored table (Arrow IPC messages) per row
     drops(reason, count)        persistent drop counters
 """
 
@@ -49,6 +49,10 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE TABLE drops (reason TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID
         """,
     ),
+    # No change of tables: from here a row's body may hold several record batch messages
+    # (small tables as journaled) and codec "file" rows name a journal file; an older image
+    # would read only the first message, so it must refuse the file instead.
+    (2, "journaled batches", ""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -161,7 +161,7 @@ def test_one_writer_per_file(buf: LogBuffer, db: Path) -> None:
 def test_schema_is_versioned_with_migrations(buf: LogBuffer, db: Path) -> None:
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT version, name FROM _migrations").fetchall()
-        assert rows == [(1, "batches")]
+        assert rows == [(1, "batches"), (2, "journaled batches")]
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
