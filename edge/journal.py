@@ -102,12 +102,13 @@ class Journal:
     def read(
         self, live: bool, skip: frozenset[str] | set[str] = frozenset()
     ) -> Iterator[tuple[str, list[Record]]]:
-        """Each file on disk but `skip`, oldest first: its name and its readable records.
-        `live`: the current segment may be mid-write (its tail is not reported as torn)."""
+        """Each file on disk but `skip`, oldest first: its name and its readable records,
+        tables as they were logged (dictionary columns decoded). `live`: the current segment
+        may be mid-write (its tail is not reported as torn)."""
         for path in self._files():
             if path.name not in skip:
                 epoch = path.name.rsplit("-", 1)[0]
-                records = [Record(epoch, seq, t) for seq, t in _read_segment(path, live)]
+                records = [Record(epoch, seq, plain(t)) for seq, t in _read_segment(path, live)]
                 yield path.name, records
 
     def begin(self, epoch: str, next_seq: int, keep: set[str]) -> None:

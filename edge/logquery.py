@@ -192,11 +192,6 @@ def time_ms(table: pa.Table) -> pa.ChunkedArray | None:
     if "time" not in table.column_names:
         return None
     column = table.column("time")
-    if pa.types.is_dictionary(column.type):  # a large table's one time, as the journal keeps it
-        column = pa.chunked_array(
-            [chunk.dictionary.take(chunk.indices) for chunk in column.chunks],
-            column.type.value_type,
-        )
     if pa.types.is_timestamp(column.type):
         if column.type.unit != "ms":
             column = column.cast(pa.timestamp("ms", tz=column.type.tz), safe=False)
