@@ -1069,7 +1069,7 @@ class LogBuffer:
         schema, fingerprint, _ = self._fingerprint(run[0].table.schema)
         raw = b"".join(m for item in run for m in item.messages or ())
         n_rows = sum(item.table.num_rows for item in run)
-        lo, hi = _time_bounds([item.table for item in run])
+        lo, hi = time_bounds(pa.concat_tables([item.table for item in run]))
         # each message repeats its metadata, which zstd folds away: compress unless the
         # tables are large (tensors of floats barely compress)
         codec = "zstd" if len(raw) <= max(COMPRESS_BELOW, len(run) * (16 << 10)) else "none"
@@ -1333,16 +1333,6 @@ def _joined(tables: list[pa.Table]) -> pa.Table:
     """Tables of one schema as one table of one record batch."""
     batches = [batch for table in tables for batch in table.to_batches()]
     return pa.Table.from_batches([pa.concat_batches(batches)])
-
-
-def _time_bounds(tables: list[pa.Table]) -> tuple[int | None, int | None]:
-    """`time_bounds` of tables of one schema, as one."""
-    index = tables[0].schema.get_field_index("time")
-    if index < 0 or len(tables) == 1:
-        return time_bounds(tables[0])
-    chunks = [chunk for table in tables for chunk in table.column(index).chunks]
-    times = pa.concat_arrays(chunks) if chunks else pa.array([], tables[0].schema.field(index).type)
-    return time_bounds(pa.Table.from_arrays([times], ["time"]))
 
 
 def _is_input(name: str) -> bool:

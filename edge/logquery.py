@@ -24,6 +24,7 @@ import zstandard
 from edge.errors import LogBufferError
 from edge.journal import read_table
 from edge.pipeline import TIME_TYPE
+from edge.tensors import single_array
 
 _EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -207,20 +208,11 @@ def time_bounds(rows: pa.RecordBatch | pa.Table) -> tuple[int | None, int | None
     if index < 0:
         return None, None
     column = rows.column(index)
-    if column.null_count == 0 and column.type.equals(TIME_TYPE):
+    if column.null_count == 0 and column.type.equals(TIME_TYPE) and len(column):
         # The common case, straight from the buffer: a compute kernel call costs ~50 us.
-        chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-        lo: int | None = None
-        hi: int | None = None
-        for chunk in chunks:
-            if len(chunk):
-                raw = chunk.buffers()[1]
-                v = np.frombuffer(raw, np.int64, count=len(chunk), offset=chunk.offset * 8)
-                values = v.tolist() if len(v) <= 256 else (int(v.min()), int(v.max()))
-                lo = min(values) if lo is None else min(lo, *values)
-                hi = max(values) if hi is None else max(hi, *values)
-        if lo is not None:
-            return lo, hi
+        chunk = single_array(column)
+        v = np.frombuffer(chunk.buffers()[1], np.int64, count=len(chunk), offset=chunk.offset * 8)
+        return int(v.min()), int(v.max())
     times = time_ms(pa.table(rows) if isinstance(rows, pa.RecordBatch) else rows)
     if times is None or times.null_count == len(times):
         return None, None
