@@ -945,9 +945,11 @@ class LogBuffer:
     def _encode_run(self, run: list[_Append]) -> list[tuple[list[_Append], _Encoded]]:
         """Encode a run as one table; if that fails, table by table, failing only the bad."""
         try:
-            if run[0].file is None and all(item.messages is not None for item in run):
+            if run[0].file is not None:  # `_runs` gives such a table a run of its own
+                return [(run, self._encode_file(run[0]))]
+            if all(item.messages is not None for item in run):
                 return [(run, self._encode_journaled(run))]
-            return [(run, self._encode([item.table for item in run], run[0].file))]
+            return [(run, self._encode([item.table for item in run]))]
         except Exception as exc:
             if len(run) > 1:
                 return [pair for item in run for pair in self._encode_run([item])]
@@ -1043,25 +1045,31 @@ class LogBuffer:
 
     # ---------------------------------------------------------------- rows in and out
 
-    def _encode(
-        self, tables: list[pa.Table], file: str | None = None, compress: bool = False
-    ) -> _Encoded:
+    def _encode(self, tables: list[pa.Table], compress: bool = False) -> _Encoded:
         """`tables` (one schema) as one stored row: one record batch message."""
         schema, fingerprint, has_dictionaries = self._fingerprint(tables[0].schema)
-        if has_dictionaries and file is None:
+        if has_dictionaries:
             tables = [journal.plain(table) for table in tables]
         batches = [batch for table in tables for batch in table.to_batches()]
         batch = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
         lo, hi = time_bounds(batch)
-        if file is not None:  # stored in the journal already: SQLite keeps its name
-            size = (self._journal.folder / file).stat().st_size
-            return _Encoded(schema, fingerprint, file.encode(), len(batch), lo, hi, "file", size)
         raw = batch.serialize()
         # Tensors of floats barely compress and zstd would cost more than the model run on big
         # batches; small tables (mostly repeated strings) shrink well.
         codec = "zstd" if compress or raw.size <= COMPRESS_BELOW else "none"
         body = self._compressor.compress(raw) if codec == "zstd" else raw.to_pybytes()
         return _Encoded(schema, fingerprint, body, batch.num_rows, lo, hi, codec)
+
+    def _encode_file(self, item: _Append) -> _Encoded:
+        """A table stored in the journal already, in a file of its own: SQLite keeps its name."""
+        file = item.file
+        assert file is not None
+        schema, fingerprint, _ = self._fingerprint(item.table.schema)
+        lo, hi = time_bounds(item.table)
+        size = (self._journal.folder / file).stat().st_size
+        return _Encoded(
+            schema, fingerprint, file.encode(), item.table.num_rows, lo, hi, "file", size
+        )
 
     def _encode_journaled(self, run: list[_Append]) -> _Encoded:
         """Small tables as one stored row: their record batch messages as the journal wrote
