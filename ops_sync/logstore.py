@@ -139,8 +139,7 @@ class LogStore:
                     compression_level=1,
                     use_dictionary=_dictionary_columns(part.schema),
                 )
-                with open(tmp, "rb") as handle:
-                    os.fsync(handle.fileno())
+                fsync_path(tmp)
                 fsync_path(tmp.parent)  # the file's name is durable too, before any ack
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
