@@ -12,7 +12,7 @@ and migrations are in `edge.logschema`.
 Write path. `log(table)` writes the table to the journal (`edge.journal`: one `write`, or a
 file of its own) and puts it on a bounded queue; the server's `submit` gathers the small tables
 of one turn of the event loop and logs them as one (one encode and one write for all the
-requests in flight, ~5 at concurrency 8; each waits one turn for it). From then on
+requests in flight, 3-5 at concurrency 8; each waits one turn for it). From then on
 the rows survive a crash of the process, and of the machine once the journal is fsynced (every
 `fsync_interval`, or before the answer when that is 0). A single writer thread owns the SQLite
 connection (WAL, `synchronous=NORMAL`: the journal is the durable record): it lingers up to
