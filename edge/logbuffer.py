@@ -470,11 +470,8 @@ class LogBuffer:
         self, group: list[tuple[pa.Table, asyncio.Future[SeqRange]]], joined: pa.Table
     ) -> None:
         try:
-            first = self.log(joined).first
+            first = self._offer_or_raise(joined, wait=False, requests=len(group))[0].first
         except Exception as exc:  # each caller answers with the error
-            if isinstance(exc, LogBufferFull):  # counted once per refused request
-                with self._lock:
-                    self._counters["rejected"] += len(group) - 1
             for _, fut in group:
                 if not fut.done():
                     fut.set_exception(exc)
@@ -531,12 +528,14 @@ class LogBuffer:
             ) from None
 
     def _offer_or_raise(
-        self, table: pa.Table, wait: bool
+        self, table: pa.Table, wait: bool, requests: int = 1
     ) -> tuple[SeqRange, concurrent.futures.Future[SeqRange] | None]:
+        """`_offer`, raising `LogBufferFull` when there is no room; `requests`: how many
+        callers the table answers (the `rejected` counter counts them)."""
         offered = self._offer(table, wait)
         if offered is None:
             with self._lock:
-                self._counters["rejected"] += 1
+                self._counters["rejected"] += requests
             raise LogBufferFull(
                 f"log buffer {self.path}: the writer queue is full ({len(self._queue)} tables "
                 "waiting); the rows were not stored, retry shortly"
