@@ -1,0 +1,172 @@
+"""The result table: what a pipeline returns, the log buffer keeps and the sync ships.
+
+One row per input row; the columns, in this order:
+
+    time                     TIME_TYPE, when the request was answered (one value per request)
+    in.<col>                 every input column as received
+    out.<name>               the last step's outputs (lists for tensors)
+    out_<model>.<name>       shadow challengers' outputs (only with a shadow step)
+    out._model_split         the A/B split's chosen model (only with a split)
+    anomaly.count            how many validations flagged the row
+    anomaly.<validation>     bool, one per validation
+    metadata.last_model      JSON {"model_name", "model_sha"}
+    metadata.pipeline_version
+    metadata.elapsed         list<int64> nanoseconds [input parse, step 1, ...]
+    metadata.dropped         list<string>, never null: columns the log buffer dropped
+    metadata.partition       the edge's name
+
+Every module that needs a column's name, kind or type asks this one: the pipeline (which
+builds the table), the codecs (which shape it for clients), the log buffer (which trims it at
+its cap), the log queries, and the ops center (which stores it per edge).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+TIME = "time"
+TIME_TYPE = pa.timestamp("ms", tz="UTC")
+IN = "in."
+OUT = "out."
+SHADOW = "out_"  # out_<model>.<output>
+ANOMALY = "anomaly."
+METADATA = "metadata."
+
+ANOMALY_COUNT = "anomaly.count"
+ANOMALY_COUNT_TYPE = pa.uint32()
+MODEL_SPLIT = "out._model_split"
+LAST_MODEL = "metadata.last_model"
+PIPELINE_VERSION = "metadata.pipeline_version"
+ELAPSED = "metadata.elapsed"
+ELAPSED_TYPE = pa.list_(pa.int64())
+DROPPED = "metadata.dropped"
+DROPPED_TYPE = pa.list_(pa.string())
+PARTITION = "metadata.partition"
+
+# the seed's `dataset` names, in column order
+DATASETS = ("time", "in", "out", "anomaly", "metadata")
+
+
+def dataset_of(name: str) -> str | None:
+    """Which of `DATASETS` a column belongs to (shadow outputs belong to `out`)."""
+    if name == TIME:
+        return "time"
+    if name.startswith(SHADOW):
+        return "out"
+    head, dot, _ = name.partition(".")
+    return head if dot and head in DATASETS else None
+
+
+def is_input(name: str) -> bool:
+    return name.startswith(IN)
+
+
+def is_output(name: str) -> bool:
+    """`out.*` and shadow `out_<model>.*` columns."""
+    return name.startswith((OUT, SHADOW))
+
+
+def is_per_request(name: str) -> bool:
+    """Columns that usually hold one value for all the rows of a request."""
+    return name == TIME or name.startswith((ANOMALY, METADATA))
+
+
+def output_columns(names: list[str]) -> list[str]:
+    """The last step's outputs, as the seed's `outputs` field lists them."""
+    return [n for n in names if n.startswith(OUT) and n != MODEL_SPLIT]
+
+
+def shadow_model(name: str) -> str | None:
+    """The challenger an `out_<model>.<output>` column belongs to."""
+    if name.startswith(SHADOW) and "." in name:
+        return name[len(SHADOW) :].split(".", 1)[0]
+    return None
+
+
+# ---------------------------------------------------------------------- time
+
+
+def time_ms(table: pa.Table) -> pa.ChunkedArray | None:
+    """The `time` column as int64 epoch milliseconds, or None when there is none."""
+    if TIME not in table.column_names:
+        return None
+    column = table.column(TIME)
+    if pa.types.is_timestamp(column.type):
+        if column.type.unit != "ms":
+            column = column.cast(pa.timestamp("ms", tz=column.type.tz), safe=False)
+        return column.cast(pa.int64())
+    if pa.types.is_integer(column.type):
+        return column.cast(pa.int64())
+    return None
+
+
+def time_bounds(rows: pa.RecordBatch | pa.Table) -> tuple[int | None, int | None]:
+    """Earliest and latest `time` in epoch ms; (None, None) without one."""
+    index = rows.schema.get_field_index(TIME)
+    if index < 0:
+        return None, None
+    column = rows.column(index)
+    if column.null_count == 0 and column.type.equals(TIME_TYPE) and len(column):
+        # the common case, straight from a pipeline: a compute kernel call costs more
+        chunk = column if isinstance(column, pa.Array) else _single(column)
+        v = np.frombuffer(chunk.buffers()[1], np.int64, count=len(chunk), offset=chunk.offset * 8)
+        return int(v.min()), int(v.max())
+    times = time_ms(pa.table(rows) if isinstance(rows, pa.RecordBatch) else rows)
+    if times is None or times.null_count == len(times):
+        return None, None
+    bounds = pc.min_max(times)
+    return bounds["min"].as_py(), bounds["max"].as_py()
+
+
+# ---------------------------------------------------------------------- metadata.dropped
+
+
+def repeated_list(names: list[str], rows: int) -> pa.Array:
+    """`rows` copies of the list `names`, as list<string>."""
+    width = len(names)
+    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * width)
+    values = pa.array(names, pa.string()).take(pa.array(np.tile(np.arange(width), rows)))
+    return pa.ListArray.from_arrays(offsets, values)
+
+
+def drop_columns(table: pa.Table, names: list[str]) -> pa.Table:
+    """`table` without `names`, each row's `metadata.dropped` extended by them."""
+    kept = table.drop_columns(names)
+    rows = kept.num_rows
+    if DROPPED not in kept.column_names:
+        return kept.append_column(pa.field(DROPPED, DROPPED_TYPE), repeated_list(names, rows))
+    index = kept.column_names.index(DROPPED)
+    old = kept.column(index).combine_chunks()
+    # The rows of a stored table were all trimmed alike: one list for all, built in bulk
+    # (a per-row Python loop holds the GIL for milliseconds on large tables, stalling requests).
+    first = (old[0].as_py() or []) if rows else []
+    if rows and _all_equal_to(old, first):
+        values = repeated_list(first + names, rows)
+    else:
+        values = pa.array([(row or []) + names for row in old.to_pylist()], DROPPED_TYPE)
+    return kept.set_column(index, pa.field(DROPPED, DROPPED_TYPE), values)
+
+
+def dropped_names(table: pa.Table) -> list[str]:
+    """Every column name any row's `metadata.dropped` lists, sorted."""
+    if DROPPED not in table.column_names or not table.num_rows:
+        return []
+    column = table.column(DROPPED).combine_chunks()
+    return sorted({name for names in column.to_pylist() if names for name in names})
+
+
+def _all_equal_to(lists: pa.Array, first: list[str]) -> bool:
+    """Whether every row of a list<string> array is `first` (a null row counts as [])."""
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
+    if not (lengths == len(first)).all():
+        return False
+    if not first:
+        return True
+    flat = lists.flatten()
+    return bool(pc.all(pc.equal(flat, repeated_list(first, len(lists)).flatten())).as_py())
+
+
+def _single(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
