@@ -38,10 +38,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edge.logbuffer import LogBuffer  # noqa: E402
-from ops_sync import bundle  # noqa: E402
-from ops_sync.agent import SyncAgent, encode_batch  # noqa: E402
+from ops_sync import protocol as bundle  # noqa: E402
+from ops_sync.agent import SyncAgent  # noqa: E402
 from ops_sync.client import AdminClient  # noqa: E402
 from ops_sync.identity import build_ssl_context, key_pem, make_csr, new_key  # noqa: E402
+from ops_sync.protocol import encode_batch  # noqa: E402
 from tests.test_ops_support import ADMIN, PIPELINE_URL, OpsServer  # noqa: E402
 
 TARGET = 100_000

@@ -7,13 +7,11 @@ import json
 import logging
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
-from edge.config import Settings, load_settings
+from edge.config import load_settings
 from edge.errors import ConfigError, EdgeError
-from ops_sync.errors import SyncError
 
 log = logging.getLogger("edge")
 
@@ -26,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (EdgeError, SyncError) as exc:
+    except EdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -117,38 +115,20 @@ def _setup_logging(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
-def _say(text: str) -> None:
-    print(text, flush=True)
-
-
 def _serve(args: argparse.Namespace) -> int:
-    import anyio
     import uvicorn
 
-    from edge.server import AppState, create_app
+    from edge.appliance import Appliance
+    from edge.server import create_app
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
     settings = load_settings(flags)
     _setup_logging(settings.debug)
-    bundle = _read_bundle(settings)
-    if bundle:
-        settings = _with(settings, partition=bundle["EDGE_NAME"])
-        if not settings.pipeline_url:
-            settings = _with(settings, pipeline_url=bundle.get("PIPELINE_URL"))
-    if not settings.pipeline_url:
-        raise ConfigError(
-            "PIPELINE_URL is not set: give the pipeline's URL from `edge publish` "
-            "(HOST/REPOSITORY/pipelines/NAME:VERSION or oci-layout:DIR[:TAG])"
-        )
+    appliance = Appliance.from_settings(settings)
     if settings.debug:
-        log.debug("settings %s", settings.redacted())
-    settings.persist_dir.mkdir(parents=True, exist_ok=True)
-    state = AppState(
-        max_body_bytes=settings.max_body_bytes,
-        limiter=anyio.CapacityLimiter(settings.cpus),  # model runs at once, off the loop
-    )
+        log.debug("settings %s", appliance.settings.redacted())
     config = uvicorn.Config(
-        create_app(state),
+        create_app(appliance),
         host=settings.host,
         port=settings.port,
         log_level="debug" if settings.debug else "warning",
@@ -158,125 +138,13 @@ def _serve(args: argparse.Namespace) -> int:
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    failure: list[str] = []
 
-    def fail(exc: Exception) -> None:
-        """A start-up failure ends the process (exit code 2) with its reason."""
-        state.status, state.error = "Error", str(exc)
-        failure.append(str(exc))
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        if not isinstance(exc, EdgeError | SyncError):
-            log.exception("start-up failed")
+    def stop(exc: Exception) -> None:
         server.should_exit = True
 
-    def load() -> None:
-        try:
-            state.pipeline = _load_pipeline(settings)
-            state.status = "Running"
-            _say(f"Engine ready: pipeline {state.pipeline.name} on port {settings.port}")
-        except Exception as exc:  # any failure to load ends the process with its reason
-            fail(exc)
-
-    loader = threading.Thread(target=load, name="pipeline-loader", daemon=True)
-
-    def start_loading() -> None:
-        if not failure:  # the sync may have refused the bundle already
-            loader.start()
-
-    if settings.logging_enabled:
-        from edge.logbuffer import LogBuffer
-
-        state.buffer = LogBuffer(
-            settings.persist_dir / "logbuffer.db",
-            max_bytes=settings.log_buffer_bytes,
-            keep_synced_bytes=settings.log_buffer_bytes // 4,  # for `GET /logs` after a sync
-            fsync_interval=settings.log_fsync_interval,
-        )
-        state.buffer.start()
-        state.on_shutdown.append(state.buffer.close)
-    if bundle:
-        if state.buffer is None:
-            raise ConfigError("EDGE_BUNDLE needs inference logging on (EDGE_LOGGING=true)")
-
-        async def start_sync() -> None:
-            try:  # joins once (redeems the token), then syncs in the background
-                await _start_agent(state, bundle, settings)
-            except Exception as exc:  # refused token, removed edge, unwritable key: say why
-                fail(exc)
-
-        state.on_startup.append(start_sync)
-    state.on_startup.append(start_loading)
-    state.on_shutdown.append(lambda: state.pipeline.close() if state.pipeline else None)
+    appliance.on_fatal = stop
     server.run()
-    if loader.is_alive():  # exiting while native code loads a model can abort the process
-        loader.join(timeout=60)
-    return 2 if failure else 0
-
-
-def _start_agent(state: Any, bundle: dict[str, str], settings: Settings) -> Any:
-    from edge.server import health_report
-    from ops_sync.agent import SyncAgent
-
-    state.agent = SyncAgent(
-        bundle, settings.persist_dir, state.buffer, lambda: health_report(state)
-    )
-    state.on_shutdown.insert(0, state.agent.stop)
-    return state.agent.start()
-
-
-def _load_pipeline(settings: Settings) -> Any:
-    from edge.cache import fetch_pipeline
-    from edge.pipeline import Pipeline
-    from edge.runtimes import RuntimeContext, load_runtime
-
-    assert settings.pipeline_url
-    local = fetch_pipeline(
-        settings.pipeline_url,
-        settings.persist_dir,
-        settings.oci_username,
-        settings.oci_password,
-        settings.oci_insecure,
-        echo=_say,
-    )
-    definition = local.definition
-    _say("Starting engine")
-    context = RuntimeContext(
-        threads=settings.cpus,
-        gpus=definition.deployment.gpus,
-        work_dir=_empty_dir(local.directory / "work"),  # last start's unzipped models go
-    )
-    runtimes = {
-        name: load_runtime(definition.models[name], path, context)
-        for name, path in local.model_paths.items()
-    }
-    validator = None
-    if definition.validations:
-        from edge.validations import load_validations
-
-        validator = load_validations(definition.validations, definition.polars_version)
-    return Pipeline(definition, runtimes, settings.partition, validator)
-
-
-def _empty_dir(path: Path) -> Path:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
-
-
-def _read_bundle(settings: Settings) -> dict[str, str] | None:
-    if not settings.edge_bundle:
-        return None
-    from ops_sync.bundle import decode
-
-    return decode(settings.edge_bundle)
-
-
-def _with(settings: Settings, **changes: Any) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, **changes)
+    return 2 if appliance.failed else 0
 
 
 def _has(module: str) -> bool:
@@ -300,9 +168,12 @@ def _publish(args: argparse.Namespace) -> int:
     if args.registry and not args.no_chart:
         published.extra.update(_push_chart(args, published, definition))
     if args.opscenter:
-        from ops_sync.cli import register_publish
+        from edge.appliance import sync_plugin
 
-        register_publish(args.opscenter, published.as_dict())
+        plugin = sync_plugin()
+        if plugin is None:
+            raise ConfigError("--opscenter needs the ops center package (ops_sync) installed")
+        plugin.register_publish(args.opscenter, published.as_dict())
     if args.json:
         print(json.dumps(published.as_dict(), indent=1))
     else:
@@ -342,6 +213,7 @@ def _push_chart(args: argparse.Namespace, published: Any, definition: Any) -> di
 
 
 def _pull(args: argparse.Namespace) -> int:
+    from edge.appliance import say
     from edge.cache import fetch_pipeline
 
     local = fetch_pipeline(
@@ -349,7 +221,7 @@ def _pull(args: argparse.Namespace) -> int:
         Path(args.persist_dir),
         os.environ.get("OCI_USERNAME") or None,
         os.environ.get("OCI_PASSWORD") or None,
-        echo=_say,
+        echo=say,
     )
     print(json.dumps({"directory": str(local.directory), "version": local.definition.version}))
     return 0

@@ -1,4 +1,4 @@
-"""The appliance's exceptions, one tree. Status codes live only in `edge.server`.
+"""The appliance's exceptions, one tree. Status codes live only in the servers' mapping tables.
 
 EdgeError
 ├── ConfigError            bad settings or bundle at start-up (names the variable and the fix)
@@ -14,6 +14,7 @@ EdgeError
 │   ├── UnsupportedMediaType
 │   ├── NotAcceptable
 │   ├── PayloadTooLarge
+│   ├── RequestTimeout     the body took too long to arrive
 │   └── NotFound           unknown pipeline or route
 ├── PipelineError          a step failed on valid input (names the step): a 5xx
 ├── NotReady               the pipeline is not loaded yet (the only 503)
@@ -77,6 +78,10 @@ class NotAcceptable(RequestError):
 
 class PayloadTooLarge(RequestError):
     """The request body exceeds the configured limit."""
+
+
+class RequestTimeout(RequestError):
+    """The client took too long to send the request body."""
 
 
 class NotFound(RequestError):

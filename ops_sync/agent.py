@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pyarrow as pa
 
 from edge.errors import LogBufferError
 from edge.logbuffer import Batch, LogBuffer
-from ops_sync import bundle as bundle_format
+from ops_sync import protocol
 from ops_sync.client import check
 from ops_sync.credentials import CredentialFiles, Credentials
 from ops_sync.errors import (
@@ -44,17 +43,7 @@ from ops_sync.identity import build_ssl_context, make_csr
 
 log = logging.getLogger("ops_sync.agent")
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 _BUFFER_FACTS = ("epoch", "rows", "bytes", "unsynced_rows", "oldest_unsynced", "dropped")
-
-
-def encode_batch(table: pa.Table) -> bytes:
-    """A batch on the wire: an Arrow IPC stream with zstd-compressed buffers, one record
-    batch (the buffer hands out many small chunks; compressing each alone is ~10x slower)."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
-        writer.write_table(table.combine_chunks())
-    return sink.getvalue().to_pybytes()
 
 
 def backoff(failures: int, base: float, cap: float) -> float:
@@ -81,13 +70,13 @@ class SyncAgent:
         timeout: httpx.Timeout = TIMEOUT,
         join_timeout: float = 15.0,
     ) -> None:
-        missing = [k for k in bundle_format.REQUIRED_KEYS if not bundle.get(k)]
+        missing = [k for k in protocol.REQUIRED_KEYS if not bundle.get(k)]
         if missing:
             raise BundleError(f"EDGE_BUNDLE lacks {', '.join(missing)}")
         self._secret = bundle["JOIN_TOKEN"]
         self._name = bundle["EDGE_NAME"]
         self._host = bundle["OPSCENTER_HOST"]
-        self._pin = bundle_format.ca_pem(bundle)
+        self._pin = protocol.ca_pem(bundle)
         self._files = CredentialFiles(persist_dir)
         self._rows = batch_rows  # rows per batch now: halved while batches are too large
         self._buffer, self._health, self._clock = buffer, health, clock
@@ -114,7 +103,7 @@ class SyncAgent:
         the join token (expired, used, unknown, edge removed) raises that `Refused` error: its
         message says to mint a new bundle."""
         creds = self._files.load()
-        if creds is not None and creds.token_sha256 == bundle_format.token_digest(self._secret):
+        if creds is not None and creds.token_sha256 == protocol.token_digest(self._secret):
             self._adopt(creds)
         else:
             try:
@@ -245,8 +234,8 @@ class SyncAgent:
     async def _join(self) -> None:
         key = self._files.device_key()
         csr = make_csr(key, self._name).decode()
-        joined = await self._post("/v1/edge/join", json={"token": self._secret, "csr": csr})
-        self._adopt(self._files.save_join(joined, bundle_format.token_digest(self._secret)))
+        joined = await self._post(protocol.JOIN_PATH, json={"token": self._secret, "csr": csr})
+        self._adopt(self._files.save_join(joined, protocol.token_digest(self._secret)))
         await self._reset_client()
         log.info(
             "Node attestation was successful edge=%s edge_id=%s spiffe_id=%s",
@@ -263,7 +252,7 @@ class SyncAgent:
 
     async def _renew(self) -> None:
         csr = make_csr(self._files.device_key(), self._name).decode()
-        renewed = await self._post("/v1/edge/renew", json={"csr": csr})
+        renewed = await self._post(protocol.RENEW_PATH, json={"csr": csr})
         self._files.save_cert(renewed["certificate"].encode())
         creds = self._files.load()
         assert creds is not None
@@ -282,7 +271,7 @@ class SyncAgent:
             "buffer": {k: stats.get(k) for k in _BUFFER_FACTS},
             "agent": self.status(),
         }
-        await self._post("/v1/edge/heartbeat", json=report)
+        await self._post(protocol.HEARTBEAT_PATH, json=report)
         self._next_heartbeat = self._clock() + self._heartbeat_interval
 
     async def _ship(self) -> int:
@@ -306,14 +295,9 @@ class SyncAgent:
         return shipped
 
     async def _send(self, batch: Batch) -> None:
-        body = await asyncio.to_thread(encode_batch, batch.table)
-        headers = {
-            "content-type": "application/vnd.apache.arrow.stream",
-            "x-sync-epoch": batch.epoch,
-            "x-sync-first-seq": str(batch.first_seq),
-            "x-sync-last-seq": str(batch.last_seq),
-        }
-        reply = await self._post("/v1/edge/logs", content=body, headers=headers)
+        body = await asyncio.to_thread(protocol.encode_batch, batch.table)
+        headers = protocol.BatchRange(batch.epoch, batch.first_seq, batch.last_seq).headers()
+        reply = await self._post(protocol.LOGS_PATH, content=body, headers=headers)
         if (reply.get("epoch"), reply.get("last_seq")) != (batch.epoch, batch.last_seq):
             raise SyncError(f"the ops center acknowledged {reply}, not batch {batch.first_seq}")
         log.debug(

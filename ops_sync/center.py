@@ -19,10 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
-from ops_sync import bundle
-from ops_sync.bundle import token_digest
+from ops_sync import protocol
 from ops_sync.errors import (
     AdminAuthRequired,
     BadRequest,
@@ -45,12 +42,12 @@ from ops_sync.identity import (
     spiffe_id,
 )
 from ops_sync.logstore import LogStore
+from ops_sync.protocol import token_digest
 from ops_sync.store import Store
 
 SILENCE_LIMIT = 7 * 24 * 3600.0
 EDGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 PIPELINE_REF = re.compile(r"/pipelines/(?P<name>[a-z0-9][a-z0-9-]*):(?P<version>[\w.-]+)$")
-EPOCH = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class OpsCenter:
@@ -134,11 +131,11 @@ class OpsCenter:
             "OPSCENTER_HOST": self.public_host,
             "PIPELINE_URL": publish["pipeline_url"],
             "WORKSPACE_ID": publish["workspace_id"],
-            bundle.CA_KEY: _b64(self.ca.pem),
+            protocol.CA_KEY: _b64(self.ca.pem),
         }
         return {
             **_publish_record(publish),
-            "docker_run_variables": {"EDGE_BUNDLE": bundle.encode(values)},
+            "docker_run_variables": {"EDGE_BUNDLE": protocol.encode(values)},
             "edge": self._edge_view(edge),
         }
 
@@ -241,18 +238,14 @@ class OpsCenter:
         return {"ok": True, "edge_id": edge["id"], "server_time": now}
 
     def upload(
-        self, edge: dict[str, Any], epoch: str, first: int, last: int, body: bytes
+        self, edge: dict[str, Any], batch: protocol.BatchRange, body: bytes
     ) -> dict[str, Any]:
         """Store one compressed Arrow IPC batch exactly once; the reply is the ack."""
-        if not EPOCH.match(epoch) or first < 1 or last < first:
-            raise BadRequest("batch headers need an epoch id and 1 <= first_seq <= last_seq")
-        try:
-            table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise BadRequest(f"the batch is not an Arrow IPC stream: {exc}") from exc
-        result = self.logs.ingest(edge, epoch, first, last, table, self.clock())
+        table = protocol.decode_batch(body)
+        first, last = batch.first_seq, batch.last_seq
+        result = self.logs.ingest(edge, batch.epoch, first, last, table, self.clock())
         return {
-            "epoch": epoch,
+            "epoch": batch.epoch,
             "first_seq": first,
             "last_seq": last,
             "stored": result.stored,

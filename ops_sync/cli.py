@@ -212,25 +212,6 @@ def _logs(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def register_publish(
-    opscenter: str,
-    record: dict[str, Any],
-    admin_token: str | None = None,
-    ca: Path | None = None,
-) -> dict[str, Any]:
-    """Register a publish (e.g. `edge publish --opscenter URL`'s record) with the ops center.
-    The admin token and CA come from the arguments or `OPS_ADMIN_TOKEN` / `OPS_CA`."""
-    from ops_sync.client import AdminClient
-    from ops_sync.errors import AdminAuthRequired
-
-    token = admin_token or os.environ.get("OPS_ADMIN_TOKEN")
-    ca_file = ca or (Path(os.environ["OPS_CA"]) if os.environ.get("OPS_CA") else None)
-    if not token:
-        raise AdminAuthRequired("set OPS_ADMIN_TOKEN to register a publish with the ops center")
-    with AdminClient(opscenter, token, ca_file) as client:
-        return client.register_publish(**record)
-
-
 def _edge_lines(edges: list[dict[str, Any]]) -> list[str]:
     columns = ("id", "name", "tags", "pipeline_version", "spiffe_id", "last_seen", "credentials")
     lines = ["\t".join(c.upper() for c in columns) + "\tHEALTH"]

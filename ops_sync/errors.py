@@ -1,7 +1,8 @@
-"""The ops center's and the sync agent's exceptions, one tree. Status codes live only in
-`ops_sync.server` (and the client maps them back by `reason`, the class name).
+"""The ops center's and the sync agent's exceptions, one tree under the appliance's
+`edge.errors.EdgeError` (ops_sync builds on edge; edge never imports ops_sync). Status codes live
+only in `ops_sync.server`'s mapping (and the client maps them back by `reason`, a class name).
 
-    SyncError
+    SyncError                  (an edge.errors.EdgeError)
     ├── BundleError            EDGE_BUNDLE cannot be read (also an `edge.errors.ConfigError`)
     ├── IdentityError          a key, certificate or CSR is unusable
     ├── Refused                the ops center said no; retrying will not help
@@ -12,9 +13,9 @@
     │   ├── TokenExpired       the join token is older than 24 h (the attempt consumed it)
     │   ├── EdgeRemoved        the edge was removed: its token and certificates are revoked
     │   └── CredentialsExpired the edge was silent for more than 7 days, or its cert expired
-    ├── BadRequest             the request body or a parameter is wrong (names which)
-    │   └── PayloadTooLarge
-    ├── NotFound               no such publish, edge or pipeline
+    ├── BadRequest             the request body or a parameter is wrong (an edge BadInput)
+    │   └── PayloadTooLarge    (an edge PayloadTooLarge)
+    ├── NotFound               no such publish, edge or pipeline (an edge NotFound)
     ├── Conflict               the name is taken
     ├── StoreError             metadata or log files cannot be written
     └── Unreachable            the ops center did not answer (retryable)
@@ -22,10 +23,11 @@
 
 from __future__ import annotations
 
-from edge.errors import ConfigError
+from edge import errors as edge_errors
+from edge.errors import ConfigError, EdgeError
 
 
-class SyncError(Exception):
+class SyncError(EdgeError):
     """Base of every error the ops center or the sync agent raises on purpose."""
 
 
@@ -69,15 +71,15 @@ class CredentialsExpired(Refused):
     """The edge's credentials expired (silent more than 7 days); a new bundle is needed."""
 
 
-class BadRequest(SyncError):
+class BadRequest(SyncError, edge_errors.BadInput):
     """The request body or a parameter is wrong; the message names which."""
 
 
-class PayloadTooLarge(BadRequest):
+class PayloadTooLarge(BadRequest, edge_errors.PayloadTooLarge):
     """The request body is larger than the server accepts."""
 
 
-class NotFound(SyncError):
+class NotFound(SyncError, edge_errors.NotFound):
     """No such publish, edge or pipeline."""
 
 
@@ -93,6 +95,10 @@ class Unreachable(SyncError):
     """The ops center did not answer (refused, reset, timed out); retry later."""
 
 
+class RequestTimeout(BadRequest, edge_errors.RequestTimeout):
+    """The client took too long to send the request body."""
+
+
 REFUSALS: dict[str, type[SyncError]] = {
     cls.__name__: cls
     for cls in (
@@ -105,8 +111,20 @@ REFUSALS: dict[str, type[SyncError]] = {
         CredentialsExpired,
         BadRequest,
         PayloadTooLarge,
+        RequestTimeout,
         NotFound,
         Conflict,
         StoreError,
     )
 }
+
+
+def reason(exc: BaseException) -> str:
+    """The `reason` an error reply names: the most specific class of `exc` the client knows
+    (an appliance error raised inside the ops center names its ops_sync counterpart)."""
+    for kind in type(exc).__mro__:
+        if kind.__name__ in REFUSALS:
+            return kind.__name__
+        if kind is edge_errors.RequestError:  # BadInput and the like: the client's BadRequest
+            return BadRequest.__name__
+    return "InternalError"

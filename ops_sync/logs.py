@@ -1,9 +1,9 @@
 """The seed's `pipeline.logs` / `export_logs` semantics over the log store. No HTTP here.
 
-- `limit` (default 100); `start_datetime` and `end_datetime` both or neither; with them rows
-  come oldest first, without them newest first; ties in insertion order.
-- `dataset` / `dataset_exclude` select columns as the appliance does (`edge.codecs`);
-  `partition` keeps one edge's rows (`metadata.partition`).
+- The parameters are read by the appliance's own parser (`edge.logquery.parse_log_query`):
+  `limit` (default 100); `start_datetime` and `end_datetime` both or neither; with them rows
+  come oldest first, without them newest first; ties in insertion order; `dataset` /
+  `dataset_exclude` as the appliance's; `partition` keeps one edge's rows.
 - `time` goes out as int64 epoch milliseconds; `metadata.dropped` is a list<string>, never null.
 - Warnings are the seed's sentences, word for word.
 """
@@ -12,89 +12,22 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
 
-from edge import logquery
-from edge.codecs import encode_arrow, encode_records, select_datasets
-from edge.logquery import MORE_LOGS, log_warnings
+from edge.codecs import encode_arrow, encode_records, shape
+from edge.logquery import MAX_LIMIT, MORE_LOGS, LogQuery, log_warnings
 from ops_sync.errors import BadRequest
 from ops_sync.logstore import LogStore
 
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 100_000
+__all__ = ["MAX_LIMIT", "LogQuery", "export", "fetch", "parse_size", "to_arrow", "to_records"]
 DEFAULT_EXPORT_LIMIT = "100MiB"
 MORE_EXPORT = (
     "Warning: There are more logs available. Please set a larger limit to export more data."
 )
-TOO_LARGE = (
-    "Log requests are limited to around 100k in size. For requests greater than 100k in size, "
-    "use the Pipeline export_logs() method."
-)
 _UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
 _UNITS |= {"KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4}
-
-
-@dataclass(frozen=True)
-class LogQuery:
-    pipeline: str
-    limit: int = DEFAULT_LIMIT
-    start_ms: int | None = None
-    end_ms: int | None = None
-    dataset: list[str] | None = None
-    exclude: list[str] | None = None
-    separator: str | None = None
-    partition: str | None = None
-
-
-def parse_query(pipeline: str, params: Mapping[str, Sequence[str]]) -> LogQuery:
-    """Read the query parameters (the seed's names, and the SDK's wire names)."""
-
-    def many(*names: str) -> list[str] | None:
-        values = [v for name in names for item in params.get(name, []) for v in item.split(",")]
-        return [v.strip() for v in values if v.strip()] or None
-
-    def one(*names: str) -> str | None:
-        for name in names:
-            if params.get(name):
-                return params[name][-1]
-        return None
-
-    limit_text = one("limit")
-    try:
-        limit = int(limit_text) if limit_text is not None else DEFAULT_LIMIT
-    except ValueError:
-        raise BadRequest(f"limit must be a whole number, not {limit_text!r}") from None
-    if limit < 1:
-        raise BadRequest("limit must be at least 1")
-    start, end = one("start_datetime", "start"), one("end_datetime", "end")
-    if (start is None) != (end is None):
-        raise BadRequest("start_datetime and end_datetime must be given together, or neither")
-    start_ms = parse_time(start, "start_datetime") if start is not None else None
-    end_ms = parse_time(end, "end_datetime") if end is not None else None
-    if start_ms is not None and end_ms is not None and start_ms > end_ms:
-        raise BadRequest("start_datetime is after end_datetime")
-    return LogQuery(
-        pipeline=pipeline,
-        limit=limit,
-        start_ms=start_ms,
-        end_ms=end_ms,
-        dataset=many("dataset", "dataset[]"),
-        exclude=many("dataset_exclude", "dataset.exclude", "dataset.exclude[]"),
-        separator=one("dataset_separator", "dataset.separator"),
-        partition=one("partition", "metadata.partition"),
-    )
-
-
-def parse_time(text: str, name: str) -> int:
-    """ISO 8601 (naive means UTC) or integer epoch milliseconds, to epoch milliseconds."""
-    try:
-        return logquery.parse_time(text, name)
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
 
 
 def parse_size(text: str) -> int:
@@ -106,17 +39,11 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
-def fetch(
-    store: LogStore, query: LogQuery, limit_cap: int = MAX_LIMIT
-) -> tuple[pa.Table, list[str]]:
+def fetch(store: LogStore, pipeline: str, query: LogQuery) -> tuple[pa.Table, list[str]]:
     """Rows for `query`, shaped by its datasets, `time` as int64 ms, and the warnings."""
-    if query.limit > limit_cap:
-        raise BadRequest(TOO_LARGE)
-    raw, more = store.read(
-        query.pipeline, query.partition, query.start_ms, query.end_ms, query.limit
-    )
+    raw, more = store.read(pipeline, query.partition, query.start_ms, query.end_ms, query.limit)
     warnings = log_warnings(raw, more)
-    table = select_datasets(raw, query.dataset, query.exclude)
+    table = shape(raw, query.shape)
     if "time" in table.column_names:
         index = table.schema.get_field_index("time")
         table = table.set_column(index, "time", table.column("time").cast(pa.int64()))
@@ -139,10 +66,10 @@ def to_ndjson(table: pa.Table) -> bytes:
 
 
 def export(
-    store: LogStore, query: LogQuery, arrow: bool, size_limit: int
+    store: LogStore, pipeline: str, query: LogQuery, arrow: bool, size_limit: int
 ) -> tuple[bytes, list[str]]:
     """An NDJSON or Arrow file of the query's rows, cut to about `size_limit` bytes."""
-    table, warnings = fetch(store, query, limit_cap=1 << 62)
+    table, warnings = fetch(store, pipeline, query)
     warnings = [MORE_EXPORT if w == MORE_LOGS else w for w in warnings]
     encode = to_arrow if arrow else to_ndjson
     body = encode(table)

@@ -31,13 +31,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from edge.journal import fsync_path
-from edge.pipeline import TIME_TYPE
+from edge.result import DROPPED, PARTITION, TIME_TYPE
+from edge.result import DROPPED_TYPE as _DROPPED_TYPE
 from ops_sync.errors import BadRequest, StoreError
 from ops_sync.store import Store
-
-DROPPED = "metadata.dropped"
-PARTITION = "metadata.partition"
-_DROPPED_TYPE = pa.list_(pa.string())
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,11 @@ Routes (an explicit list, see `create_app`):
 
 The edge's certificate arrives in the ASGI TLS extension (`scope["extensions"]["tls"]
 ["client_cert_chain"]`), which `ops_sync.serve` fills from the TLS socket because uvicorn does
-not. This module is the only one that knows HTTP status codes (`STATUS`).
+not. This module is the only one that knows the ops center's HTTP status codes (`STATUS`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -31,30 +30,37 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edge.httpio import header_text, read_body
-from ops_sync import errors, logs
+from edge import codecs
+from edge import errors as edge_errors
+from edge.httpio import ErrorMapping, header_text, log_unexpected, parse_json, read_body
+from edge.logquery import parse_log_query
+from ops_sync import errors, logs, protocol
 from ops_sync.center import OpsCenter
 
 T = TypeVar("T")
 log = logging.getLogger("ops_sync.server")
 MAX_BODY = 64 << 20
 JSON_LIMIT = 1 << 20
-ARROW_FILE = "application/vnd.apache.arrow.file"
-RECORDS = "application/json; format=pandas-records"
 NDJSON = "application/x-ndjson"
-WARNING_HEADER = "x-ops-warning"
-STATUS: dict[type[Exception], int] = {
-    errors.AdminAuthRequired: 401,
-    errors.CertificateRequired: 401,
-    errors.Refused: 403,
-    errors.PayloadTooLarge: 413,
-    errors.BadRequest: 400,
-    errors.IdentityError: 400,
-    errors.NotFound: 404,
-    errors.Conflict: 409,
-    errors.StoreError: 507,
-    errors.SyncError: 500,
-}
+PLATFORM = "platform"
+# The one place that knows the ops center's status codes (walked along each error's MRO).
+STATUS = ErrorMapping(
+    {
+        errors.AdminAuthRequired: (401, PLATFORM),
+        errors.CertificateRequired: (401, PLATFORM),
+        errors.Refused: (403, PLATFORM),
+        edge_errors.PayloadTooLarge: (413, PLATFORM),
+        edge_errors.RequestTimeout: (408, PLATFORM),
+        edge_errors.UnsupportedMediaType: (415, PLATFORM),
+        edge_errors.NotAcceptable: (406, PLATFORM),
+        edge_errors.RequestError: (400, PLATFORM),  # BadRequest is an edge BadInput
+        errors.IdentityError: (400, PLATFORM),
+        edge_errors.NotFound: (404, PLATFORM),
+        errors.Conflict: (409, PLATFORM),
+        errors.StoreError: (507, PLATFORM),
+        edge_errors.EdgeError: (500, PLATFORM),
+    }
+)
 
 
 def peer_certificate(request: Request) -> str | None:
@@ -103,19 +109,22 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
 
     async def pipeline_logs(request: Request) -> Response:
         await admin(request)
-        query = await call(_log_query, center, request)
-        table, warnings = await call(logs.fetch, center.logs, query)
-        if _wants_arrow(request):
-            return _file(await call(logs.to_arrow, table), ARROW_FILE, warnings)
-        return _file(await call(logs.to_records, table, query.separator), RECORDS, warnings)
+        pipeline, query = await call(_log_query, center, request, logs.MAX_LIMIT)
+        arrow = _wants_arrow(request)
+        table, warnings = await call(logs.fetch, center.logs, pipeline, query)
+        if arrow:
+            return _file(await call(logs.to_arrow, table), codecs.ARROW_FILE_TYPE, warnings)
+        body = await call(logs.to_records, table, query.shape.separator)
+        return _file(body, codecs.JSON_TYPE, warnings)
 
     async def export_logs(request: Request) -> Response:
         await admin(request)
-        query = await call(_log_query, center, request)
+        pipeline, query = await call(_log_query, center, request, None)
         limit = request.query_params.get("data_size_limit", logs.DEFAULT_EXPORT_LIMIT)
         arrow = _wants_arrow(request)
-        body, warnings = await call(logs.export, center.logs, query, arrow, logs.parse_size(limit))
-        return _file(body, ARROW_FILE if arrow else NDJSON, warnings)
+        size = logs.parse_size(limit)
+        body, warnings = await call(logs.export, center.logs, pipeline, query, arrow, size)
+        return _file(body, codecs.ARROW_FILE_TYPE if arrow else NDJSON, warnings)
 
     async def join(request: Request) -> Response:
         body = await _json(request)
@@ -137,16 +146,9 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
 
     async def upload(request: Request) -> Response:
         who = await edge(request)
-        headers = request.headers
-        try:
-            first, last = int(headers["x-sync-first-seq"]), int(headers["x-sync-last-seq"])
-            epoch = headers["x-sync-epoch"]
-        except (KeyError, ValueError):
-            raise errors.BadRequest(
-                "a batch needs headers x-sync-epoch, x-sync-first-seq, x-sync-last-seq"
-            ) from None
-        body = await read_body(request, max_body, errors.PayloadTooLarge)
-        return JSONResponse(await call(center.upload, who, epoch, first, last, body))
+        batch = protocol.read_batch_range(request.headers)
+        body = await read_body(request, max_body, errors.PayloadTooLarge, errors.RequestTimeout)
+        return JSONResponse(await call(center.upload, who, batch, body))
 
     routes = [
         Route("/healthz", health, methods=["GET"]),
@@ -157,13 +159,13 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
         Route("/v1/edges/{name}", remove_edge, methods=["DELETE"]),
         Route("/v1/pipelines/{pipeline}/logs", pipeline_logs, methods=["GET"]),
         Route("/v1/pipelines/{pipeline}/logs/export", export_logs, methods=["GET"]),
-        Route("/v1/edge/join", join, methods=["POST"]),
-        Route("/v1/edge/renew", renew, methods=["POST"]),
-        Route("/v1/edge/heartbeat", heartbeat, methods=["POST"]),
-        Route("/v1/edge/logs", upload, methods=["POST"]),
+        Route(protocol.JOIN_PATH, join, methods=["POST"]),
+        Route(protocol.RENEW_PATH, renew, methods=["POST"]),
+        Route(protocol.HEARTBEAT_PATH, heartbeat, methods=["POST"]),
+        Route(protocol.LOGS_PATH, upload, methods=["POST"]),
     ]
     handlers: dict[Any, Callable[[Request, Any], Awaitable[Response]]] = {
-        errors.SyncError: _sync_error,
+        edge_errors.EdgeError: _our_error,
         HTTPException: _http_error,
         Exception: _unexpected,
     }
@@ -175,54 +177,59 @@ def error_body(message: str, status: int, reason: str) -> dict[str, Any]:
         "error": message,
         "code": status,
         "status": "error",
-        "source": "platform",
+        "source": PLATFORM,
         "reason": reason,
     }
 
 
-async def _sync_error(request: Request, exc: errors.SyncError) -> Response:
-    status = next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
-    return JSONResponse(error_body(str(exc), status, type(exc).__name__), status)
+async def _our_error(request: Request, exc: edge_errors.EdgeError) -> Response:
+    status = STATUS.status(exc)
+    if status >= 500:
+        log.error("path=%s error=%s", request.url.path, exc)
+    return JSONResponse(error_body(str(exc), status, errors.reason(exc)), status)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
-    reason = "PayloadTooLarge" if exc.status_code == 413 else "HTTPError"
+    reason = "NotFound" if exc.status_code in (404, 405) else "BadRequest"
     message = f"{exc.detail} ({request.method} {request.url.path})"
     return JSONResponse(error_body(message, exc.status_code, reason), exc.status_code)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unexpected error method=%s path=%s", request.method, request.url.path, exc_info=exc)
+    log_unexpected(request, exc)
     return JSONResponse(error_body("internal error", 500, "InternalError"), 500)
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await read_body(request, JSON_LIMIT, errors.PayloadTooLarge) or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise errors.BadRequest(f"the body is not JSON: {exc}") from None
+    raw = await read_body(request, JSON_LIMIT, errors.PayloadTooLarge, errors.RequestTimeout)
+    body = parse_json(raw or b"{}", errors.BadRequest)
     if not isinstance(body, dict):
         raise errors.BadRequest("the body must be a JSON object")
     return body
 
 
-def _log_query(center: OpsCenter, request: Request) -> logs.LogQuery:
+def _log_query(
+    center: OpsCenter, request: Request, max_limit: int | None
+) -> tuple[str, logs.LogQuery]:
     pipeline = request.path_params["pipeline"]
     if not any(p["pipeline_name"] == pipeline for p in center.store.publishes()):
         raise errors.NotFound(f"no publish of pipeline {pipeline!r} is registered")
     params = request.query_params
-    return logs.parse_query(pipeline, {key: params.getlist(key) for key in params.keys()})
+    query = parse_log_query({key: params.getlist(key) for key in params.keys()}, max_limit)
+    return pipeline, query
 
 
 def _wants_arrow(request: Request) -> bool:
+    """The appliance's negotiation (`Accept`, `format: arrow`), plus `?arrow=true`."""
     if request.query_params.get("arrow", "").lower() in ("1", "true", "yes"):
         return True
-    return "arrow" in request.headers.get("accept", "") or request.headers.get("format") == "arrow"
+    headers = request.headers
+    return codecs.wants_arrow(headers.get("accept", ""), headers.get("format", ""))
 
 
 def _file(body: bytes, media_type: str, warnings: list[str]) -> Response:
     """A body with one `x-ops-warning` header per warning (the seed's sentences)."""
     response = Response(body, media_type=media_type)
     for warning in warnings:  # column names may be any Unicode; headers are latin-1, one line
-        response.headers.append(WARNING_HEADER, header_text(warning))
+        response.headers.append(protocol.WARNING_HEADER, header_text(warning))
     return response

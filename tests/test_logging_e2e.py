@@ -204,15 +204,16 @@ def test_journal_errors_answer_every_request_of_the_turn_and_lose_nothing_accept
     import asyncio
     import errno
 
-    from edge.cli import _load_pipeline
+    from edge.appliance import Appliance, LoadState, load_pipeline
     from edge.config import load_settings
-    from edge.server import AppState, create_app
+    from edge.server import create_app
 
     url = publish(tagged_spec, layout=tmp_path / "layout")["pipeline_url"]
     settings = load_settings({"pipeline_url": url, "persist_dir": tmp_path / "persist"})
     buffer = LogBuffer(tmp_path / "persist" / "logbuffer.db")
     buffer.start()
-    state = AppState(pipeline=_load_pipeline(settings), status="Running", buffer=buffer)
+    pipeline = load_pipeline(settings)
+    state = Appliance(settings, buffer=buffer, pipeline=pipeline, state=LoadState.RUNNING)
     app = create_app(state)
     journal_write = buffer._journal.write
 
@@ -250,4 +251,4 @@ def test_journal_errors_answer_every_request_of_the_turn_and_lose_nothing_accept
         assert sorted(logged.column("in.request_id").to_pylist()) == [20, 21, 22, 23]
     finally:
         buffer.close()
-        state.pipeline.close()
+        pipeline.close()

@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from edge.logbuffer import LogBuffer
-from ops_sync import bundle
+from ops_sync import protocol as bundle
 from ops_sync.agent import SyncAgent, backoff
 from ops_sync.errors import BundleError, TokenExpired, TokenUsed
 from tests.test_ops_support import DAY, Ops, cert_transport, result_table

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from edge.logbuffer import LogBuffer
-from ops_sync import bundle
-from ops_sync.agent import SyncAgent, encode_batch
+from ops_sync import protocol as bundle
+from ops_sync.agent import SyncAgent
 from ops_sync.identity import (
     CertificateAuthority,
     build_ssl_context,
@@ -30,6 +30,7 @@ from ops_sync.identity import (
     make_csr,
     new_key,
 )
+from ops_sync.protocol import encode_batch
 from tests.test_ops_support import ADMIN, DAY, PIPELINE_URL, REPO, OpsServer, result_table
 
 T0 = 1_790_000_000_000

@@ -13,9 +13,12 @@ import pyarrow as pa
 import pytest
 
 from edge import logquery
-from ops_sync import bundle, logs
-from ops_sync.agent import encode_batch
+from edge.codecs import Shape
+from edge.logquery import TOO_LARGE
+from ops_sync import logs
+from ops_sync import protocol as bundle
 from ops_sync.identity import CertificateAuthority, cert_pem, load_cert, make_csr, new_key
+from ops_sync.protocol import encode_batch
 from ops_sync.server import create_app
 from tests.test_ops_support import ADMIN, DAY, PIPELINE_URL, Ops, result_table
 
@@ -99,7 +102,7 @@ def test_add_edge_returns_the_publish_record_with_a_bundle(ops: Ops) -> None:
 
 def test_bad_admin_input_is_a_clear_4xx(ops: Ops) -> None:
     reply = run(admin(ops, "POST", "/v1/edges", content=b"{not json"))
-    assert reply.status_code == 400 and "not JSON" in reply.json()["error"]
+    assert reply.status_code == 400 and "not valid JSON" in reply.json()["error"]
     reply = run(admin(ops, "POST", "/v1/edges", json={"name": "a/b", "pipeline_url": "x"}))
     assert reply.status_code == 400
     reply = run(admin(ops, "DELETE", "/v1/edges/nobody"))
@@ -157,10 +160,10 @@ def test_an_edge_cannot_write_another_edges_logs(ops: Ops) -> None:
     joined_edge(ops, "edge-b")
     forged_rows = result_table(5, T0, partition="edge-b")  # payload claims edge-b
     assert upload(ops, cert_a, 1, forged_rows).json()["stored"] == 5
-    table, _ = logs.fetch(ops.center.logs, logs.LogQuery("ccfraud", partition="edge-b"))
+    table, _ = logs.fetch(ops.center.logs, "ccfraud", logs.LogQuery(partition="edge-b"))
     assert table.num_rows == 0
-    query = logs.LogQuery("ccfraud", dataset=["time", "metadata"], partition="edge-a")
-    table, _ = logs.fetch(ops.center.logs, query)
+    query = logs.LogQuery(shape=Shape(dataset=("time", "metadata")), partition="edge-a")
+    table, _ = logs.fetch(ops.center.logs, "ccfraud", query)
     assert table.num_rows == 5
     assert set(table.column("metadata.partition").to_pylist()) == {"edge-a"}
 
@@ -296,7 +299,7 @@ def test_logs_flat_keys_with_a_separator_and_excludes(loaded: Ops) -> None:
 def test_logs_refusals(loaded: Ops) -> None:
     assert logs_call(loaded, limit=0).status_code == 400
     reply = logs_call(loaded, limit=100_001)
-    assert reply.status_code == 400 and reply.json()["error"] == logs.TOO_LARGE
+    assert reply.status_code == 400 and reply.json()["error"] == TOO_LARGE
     reply = run(admin(loaded, "GET", "/v1/pipelines/nope/logs"))
     assert reply.status_code == 404
     reply = logs_call(loaded, start_datetime="yesterday", end_datetime="today")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ops_sync.bundle import token_digest
 from ops_sync.errors import Conflict, EdgeRemoved, TokenExpired, TokenUnknown, TokenUsed
 from ops_sync.identity import fingerprint, make_csr, new_key
+from ops_sync.protocol import token_digest
 from ops_sync.store import MIGRATIONS, Store
 from tests.test_ops_support import DAY, PIPELINE_URL, Ops
 
@@ -42,7 +42,7 @@ def test_register_publish_is_idempotent_per_url(tmp_path: Path) -> None:
 def test_only_token_hashes_are_stored(tmp_path: Path) -> None:
     ops = Ops(tmp_path)
     record = ops.add_edge("edge-a")
-    from ops_sync import bundle
+    from ops_sync import protocol as bundle
 
     token = bundle.decode(record["docker_run_variables"]["EDGE_BUNDLE"])["JOIN_TOKEN"]
     ops.center.close()
@@ -115,7 +115,7 @@ def test_a_failed_issue_does_not_consume_the_token(tmp_path: Path) -> None:
 
 def test_fifty_concurrent_redemptions_give_exactly_one_success(tmp_path: Path) -> None:
     ops = Ops(tmp_path)
-    from ops_sync import bundle
+    from ops_sync import protocol as bundle
 
     record = ops.add_edge("edge-race")
     token = bundle.decode(record["docker_run_variables"]["EDGE_BUNDLE"])["JOIN_TOKEN"]

@@ -346,10 +346,10 @@ def test_onnx_only_appliance_never_imports_tensorflow(
         """
         import sys
         import pyarrow as pa
-        from edge.cli import _load_pipeline
+        from edge.appliance import load_pipeline
         from edge.config import load_settings
 
-        pipeline = _load_pipeline(load_settings())
+        pipeline = load_pipeline(load_settings())
         flowers = {"sepal_length": [5.1], "sepal_width": [3.5], "petal_length": [1.4],
                    "petal_width": [0.2]}
         result = pipeline.run(pa.table(flowers)).table

@@ -7,7 +7,7 @@ import base64
 import pytest
 
 from edge.errors import ConfigError
-from ops_sync import bundle
+from ops_sync import protocol as bundle
 from ops_sync.errors import BundleError
 
 # The seed's "Edge Bundle Token TTL" sample and its docker run sample, verbatim.

@@ -1,0 +1,264 @@
+"""The appliance's composition root: its parts built from the settings, started and stopped in
+one explicit order.
+
+Start (`start`, run by the HTTP server's lifespan before it accepts requests):
+1. the log buffer opens its file and stores what the journal holds from a crash;
+2. the sync companion (when an EDGE_BUNDLE is set) redeems its join token once and starts
+   shipping in the background;
+3. the pipeline loader thread pulls, verifies and loads the pipeline: `/pipelines` says
+   `Loading`, then `Running` (or `Error` with the reason).
+Stop (`stop`, after the server stopped accepting): the sync companion, the loader (given time
+to finish a native load), the pipeline's runtimes, then the log buffer (journal synced last).
+
+The sync companion comes from the ops center package through the `edge_appliance.sync` entry
+point (`SyncPlugin`): ops_sync builds on edge, and edge never imports ops_sync.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+
+from edge.config import Settings
+from edge.errors import ConfigError, EdgeError, NotFound, NotReady
+from edge.logbuffer import LogBuffer
+from edge.pipeline import Pipeline
+
+log = logging.getLogger("edge")
+SYNC_ENTRY_POINTS = "edge_appliance.sync"
+
+
+class LoadState(enum.StrEnum):
+    """What `/pipelines` says of the pipeline."""
+
+    LOADING = "Loading"
+    RUNNING = "Running"
+    ERROR = "Error"
+
+
+class SyncCompanion(Protocol):
+    """What the appliance needs of the sync agent: start (join), stop, a status for health."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class SyncPlugin(Protocol):
+    """How the appliance reaches an ops center (provided by the `ops_sync` package)."""
+
+    def read_bundle(self, text: str) -> dict[str, str]:
+        """EDGE_BUNDLE's keys (EDGE_NAME, PIPELINE_URL, ...); a ConfigError if malformed."""
+        ...
+
+    def companion(
+        self,
+        bundle: dict[str, str],
+        persist_dir: Path,
+        buffer: LogBuffer,
+        health: Callable[[], dict[str, Any]],
+    ) -> SyncCompanion: ...
+
+    def register_publish(self, opscenter: str, record: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def sync_plugin() -> SyncPlugin | None:
+    """The installed sync plugin, or None when the ops center package is not installed."""
+    for entry in entry_points(group=SYNC_ENTRY_POINTS):
+        plugin: SyncPlugin = entry.load()
+        return plugin
+    return None
+
+
+def say(text: str) -> None:
+    """A start-up line in the seed's words, on stdout."""
+    print(text, flush=True)
+
+
+@dataclass
+class Appliance:
+    """Every part of a running appliance; the routes read it, `start` / `stop` run it."""
+
+    settings: Settings
+    buffer: LogBuffer | None = None
+    sync: SyncCompanion | None = None
+    pipeline: Pipeline | None = None
+    state: LoadState = LoadState.LOADING
+    error: str | None = None
+    # model runs at once, off the event loop (CONFIG_CPUS)
+    limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
+    started: float = field(default_factory=time.time)
+    # called once when a part cannot start: the CLI stops the server (exit status 2)
+    on_fatal: Callable[[Exception], None] | None = None
+    _bundle: dict[str, str] | None = None
+    _loader: threading.Thread | None = None
+    _failed: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Appliance:
+        """The parts the settings ask for (nothing started yet): the bundle read, the log
+        buffer made, the sync companion built."""
+        bundle = None
+        plugin = sync_plugin() if settings.edge_bundle else None
+        if settings.edge_bundle:
+            if plugin is None:
+                raise ConfigError(
+                    "EDGE_BUNDLE is set but this installation has no ops center sync (the "
+                    "ops_sync package); install the full appliance"
+                )
+            bundle = plugin.read_bundle(settings.edge_bundle)
+            settings = replace(settings, partition=bundle["EDGE_NAME"])
+            if not settings.pipeline_url:
+                settings = replace(settings, pipeline_url=bundle.get("PIPELINE_URL"))
+        if not settings.pipeline_url:
+            raise ConfigError(
+                "PIPELINE_URL is not set: give the pipeline's URL from `edge publish` "
+                "(HOST/REPOSITORY/pipelines/NAME:VERSION or oci-layout:DIR[:TAG])"
+            )
+        settings.persist_dir.mkdir(parents=True, exist_ok=True)
+        appliance = cls(settings, limiter=anyio.CapacityLimiter(settings.cpus))
+        if settings.logging_enabled:
+            appliance.buffer = LogBuffer(
+                settings.persist_dir / "logbuffer.db",
+                max_bytes=settings.log_buffer_bytes,
+                keep_synced_bytes=settings.log_buffer_bytes // 4,  # for `GET /logs` after a sync
+                fsync_interval=settings.log_fsync_interval,
+            )
+        if bundle is not None:
+            if appliance.buffer is None:
+                raise ConfigError("EDGE_BUNDLE needs inference logging on (EDGE_LOGGING=true)")
+            assert plugin is not None
+            appliance.sync = plugin.companion(
+                bundle, settings.persist_dir, appliance.buffer, appliance.health_report
+            )
+        return appliance
+
+    # ---------------------------------------------------------------- the parts, in order
+
+    async def start(self) -> None:
+        if self.buffer is not None:
+            self.buffer.start()
+        if self.sync is not None:
+            try:  # joins once (redeems the token), then syncs in the background
+                await self.sync.start()
+            except Exception as exc:  # refused token, removed edge, unwritable key: say why
+                self._fail(exc)
+                return
+        if self.pipeline is None:
+            self._loader = threading.Thread(target=self._load, name="pipeline-loader", daemon=True)
+            self._loader.start()
+        else:
+            self.state = LoadState.RUNNING
+
+    async def stop(self) -> None:
+        if self.sync is not None:
+            await self.sync.stop()
+        if self._loader is not None and self._loader.is_alive():
+            # exiting while native code loads a model can abort the process
+            await anyio.to_thread.run_sync(self._loader.join, 60.0)
+        if self.pipeline is not None:
+            self.pipeline.close()
+        if self.buffer is not None:
+            self.buffer.close()
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    def _load(self) -> None:
+        try:
+            self.pipeline = load_pipeline(self.settings)
+            self.state = LoadState.RUNNING
+            say(f"Engine ready: pipeline {self.pipeline.name} on port {self.settings.port}")
+        except Exception as exc:  # any failure to load ends the process with its reason
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        """A part could not start: the appliance says why and stops (exit status 2)."""
+        self.state, self.error, self._failed = LoadState.ERROR, str(exc), True
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if not isinstance(exc, EdgeError):
+            log.exception("start-up failed")
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+
+    # ---------------------------------------------------------------- what the routes ask
+
+    def serving(self, name: str | None = None) -> Pipeline:
+        """The loaded pipeline (named `name`, when given), else NotReady / NotFound."""
+        pipeline = self.pipeline
+        if pipeline is None:
+            if self.state is LoadState.ERROR:
+                raise NotReady(f"the pipeline failed to load: {self.error}")
+            raise NotReady("the pipeline is still loading; retry shortly")
+        if name is not None and name != pipeline.name:
+            raise NotFound(f"no pipeline named {name!r}; this appliance serves {pipeline.name!r}")
+        return pipeline
+
+    def health_report(self) -> dict[str, Any]:
+        """`/health`: status, pipeline, log buffer and sync figures (reads SQLite: a thread)."""
+        pipeline = self.pipeline
+        report: dict[str, Any] = {
+            "status": str(self.state),
+            "pipeline": pipeline.name if pipeline else None,
+            "pipeline_version": pipeline.definition.version if pipeline else None,
+            "error": self.error,
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+        if self.buffer is not None:
+            report["log_buffer"] = self.buffer.stats()
+        if self.sync is not None:
+            report["sync"] = self.sync.status()
+        return report
+
+
+def load_pipeline(settings: Settings, echo: Callable[[str], None] = say) -> Pipeline:
+    """Pull (or read from the cache), verify and load the pipeline `settings` name."""
+    from edge.cache import fetch_pipeline
+    from edge.runtimes import RuntimeContext, load_runtime
+
+    assert settings.pipeline_url
+    local = fetch_pipeline(
+        settings.pipeline_url,
+        settings.persist_dir,
+        settings.oci_username,
+        settings.oci_password,
+        settings.oci_insecure,
+        echo=echo,
+    )
+    definition = local.definition
+    echo("Starting engine")
+    context = RuntimeContext(
+        threads=settings.cpus,
+        gpus=definition.deployment.gpus,
+        work_dir=_empty_dir(local.directory / "work"),  # last start's unzipped models go
+    )
+    runtimes = {
+        name: load_runtime(definition.models[name], path, context)
+        for name, path in local.model_paths.items()
+    }
+    validator = None
+    if definition.validations:
+        from edge.validations import load_validations
+
+        validator = load_validations(definition.validations, definition.polars_version)
+    return Pipeline(definition, runtimes, settings.partition, validator)
+
+
+def _empty_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path

@@ -1,0 +1,197 @@
+"""The sync protocol, as both ends speak it: the agent on the edge and the ops center.
+
+- The bundle: `EDGE_BUNDLE` is base64 of `export KEY=VALUE` lines, the seed's format. The seed's
+  system writes BUNDLE_VERSION, EDGE_NAME, JOIN_TOKEN, OPSCENTER_HOST, PIPELINE_URL and
+  WORKSPACE_ID, one per line, in that order, without a trailing newline. We add OPSCENTER_CA
+  (the ops center's CA certificate, base64 of its PEM) as one more line of the same shape, so a
+  bundle of ours stays readable by anything that reads the seed's. Errors never quote the token.
+- The edge API's paths, and a log batch on the wire: an Arrow IPC stream of result-table rows
+  (`edge.result`), zstd-compressed buffers, with its (epoch, first_seq, last_seq) in headers.
+- Refusal reasons: an error reply's `reason` names an `ops_sync.errors` class, which the other
+  end raises again (`errors.REFUSALS`).
+- The seed's `pipeline.logs` query rules are the appliance's own (`edge.logquery`): one parser
+  for the device's `/logs` and the ops center's.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from ops_sync.errors import BadRequest, BundleError
+
+STANDARD_KEYS = (
+    "BUNDLE_VERSION",
+    "EDGE_NAME",
+    "JOIN_TOKEN",
+    "OPSCENTER_HOST",
+    "PIPELINE_URL",
+    "WORKSPACE_ID",
+)
+REQUIRED_KEYS = ("BUNDLE_VERSION", "EDGE_NAME", "JOIN_TOKEN", "OPSCENTER_HOST")
+CA_KEY = "OPSCENTER_CA"
+MAX_BUNDLE_CHARS = 64 << 10
+_LINE = re.compile(r"^(?:export\s+)?([A-Z][A-Z0-9_]*)=(.*)$")
+_SAFE_VALUE = re.compile(r"^[^\s'\"`$\\]*$")
+
+
+def decode(text: str) -> dict[str, str]:
+    """Read an EDGE_BUNDLE into {KEY: VALUE}; raise `BundleError` saying what is wrong."""
+    text = "".join(text.split())
+    if not text:
+        raise BundleError("EDGE_BUNDLE is empty; pass the value add-edge printed")
+    if len(text) > MAX_BUNDLE_CHARS:
+        raise BundleError(f"EDGE_BUNDLE is {len(text)} characters; a bundle is under 64 KiB")
+    try:
+        padded = text + "=" * (-len(text) % 4)
+        raw = base64.b64decode(padded, altchars=_altchars(text), validate=True)
+        lines = raw.decode("utf-8").splitlines()
+    except (binascii.Error, ValueError):
+        raise BundleError(
+            "EDGE_BUNDLE is not base64 of text; copy the whole value add-edge printed"
+        ) from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _LINE.match(line)
+        if match is None:
+            raise BundleError(f"EDGE_BUNDLE line {number} is not `export KEY=VALUE`")
+        key, value = match.group(1), _unquote(match.group(2).strip())
+        if key in values:
+            raise BundleError(f"EDGE_BUNDLE sets {key} twice (line {number})")
+        values[key] = value
+    missing = [key for key in REQUIRED_KEYS if not values.get(key)]
+    if missing:
+        raise BundleError(
+            f"EDGE_BUNDLE lacks {', '.join(missing)}; mint a new bundle with `ops-sync add-edge`"
+        )
+    return values
+
+
+def encode(values: dict[str, str]) -> str:
+    """Write {KEY: VALUE} as an EDGE_BUNDLE: the seed's keys first, in the seed's order."""
+    missing = [key for key in REQUIRED_KEYS if not values.get(key)]
+    if missing:
+        raise BundleError(f"cannot encode a bundle without {', '.join(missing)}")
+    keys = [k for k in STANDARD_KEYS if k in values]
+    keys += sorted(k for k in values if k not in STANDARD_KEYS)
+    lines = []
+    for key in keys:
+        value = str(values[key])
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", key):
+            raise BundleError(f"bundle key {key!r} is not an upper-case shell name")
+        if not _SAFE_VALUE.match(value):
+            raise BundleError(f"bundle value of {key} has spaces, quotes or shell characters")
+        lines.append(f"export {key}={value}")
+    return base64.b64encode("\n".join(lines).encode()).decode("ascii")
+
+
+def ca_pem(values: dict[str, str]) -> bytes | None:
+    """The pinned ops center CA certificate (PEM) a bundle of ours carries, else None."""
+    pinned = values.get(CA_KEY)
+    if not pinned:
+        return None
+    try:
+        pem = base64.b64decode(pinned, validate=True)
+    except binascii.Error:
+        raise BundleError(f"EDGE_BUNDLE {CA_KEY} is not base64 of a PEM certificate") from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise BundleError(f"EDGE_BUNDLE {CA_KEY} is not a PEM certificate")
+    return pem
+
+
+def _altchars(text: str) -> bytes | None:
+    return b"-_" if ("-" in text or "_" in text) else None
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+def token_digest(token: str) -> str:
+    """What is kept of a join token, at the ops center and on the edge: its sha256."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------- the edge API
+
+JOIN_PATH = "/v1/edge/join"
+RENEW_PATH = "/v1/edge/renew"
+HEARTBEAT_PATH = "/v1/edge/heartbeat"
+LOGS_PATH = "/v1/edge/logs"
+EPOCH_HEADER = "x-sync-epoch"
+FIRST_SEQ_HEADER = "x-sync-first-seq"
+LAST_SEQ_HEADER = "x-sync-last-seq"
+BATCH_TYPE = "application/vnd.apache.arrow.stream"
+WARNING_HEADER = "x-ops-warning"
+MAX_SEQ = 2**63 - 1  # sequence numbers are SQLite / Arrow int64
+EPOCH = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    """Which rows of which buffer epoch a batch holds: `first_seq..last_seq`, inclusive."""
+
+    epoch: str
+    first_seq: int
+    last_seq: int
+
+    @property
+    def rows(self) -> int:
+        return self.last_seq - self.first_seq + 1
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "content-type": BATCH_TYPE,
+            EPOCH_HEADER: self.epoch,
+            FIRST_SEQ_HEADER: str(self.first_seq),
+            LAST_SEQ_HEADER: str(self.last_seq),
+        }
+
+
+def read_batch_range(headers: Mapping[str, str]) -> BatchRange:
+    """A batch's range from its headers; `BadRequest` unless 1 <= first <= last <= 2**63-1."""
+    epoch = headers.get(EPOCH_HEADER, "")
+    first, last = headers.get(FIRST_SEQ_HEADER, ""), headers.get(LAST_SEQ_HEADER, "")
+    if not EPOCH.fullmatch(epoch) or not _SEQ.fullmatch(first) or not _SEQ.fullmatch(last):
+        raise BadRequest(
+            f"a batch needs headers {EPOCH_HEADER} (1-64 letters, digits, '-', '_'), "
+            f"{FIRST_SEQ_HEADER} and {LAST_SEQ_HEADER} (whole numbers)"
+        )
+    batch = BatchRange(epoch, int(first), int(last))
+    if not 1 <= batch.first_seq <= batch.last_seq <= MAX_SEQ:
+        raise BadRequest(f"batch sequence numbers need 1 <= first_seq <= last_seq <= {MAX_SEQ}")
+    return batch
+
+
+_SEQ = re.compile(r"[0-9]{1,19}")
+
+
+def encode_batch(table: pa.Table) -> bytes:
+    """A batch on the wire: an Arrow IPC stream with zstd-compressed buffers, one record
+    batch (the buffer hands out many small chunks; compressing each alone is ~10x slower)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+        writer.write_table(table.combine_chunks())
+    return sink.getvalue().to_pybytes()
+
+
+def decode_batch(body: bytes) -> pa.Table:
+    """A batch from the wire, checked in full (a damaged body is a `BadRequest`)."""
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+        table.validate(full=True)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise BadRequest(f"the batch is not a valid Arrow IPC stream: {exc}") from exc
+    return table
