@@ -24,7 +24,7 @@ import zstandard
 from edge.codecs import Shape, parse_shape
 from edge.errors import BadInput, LogBufferError
 from edge.journal import read_table
-from edge.pipeline import TIME_TYPE
+from edge.result import TIME_TYPE
 from edge.tensors import single_array
 
 _EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)

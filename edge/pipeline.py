@@ -1,8 +1,7 @@
 """Run an Arrow table through a pipeline's steps and build the flat result table.
 
-Steps run in order; a step's output table is the next step's input. The result follows
-docs/CONTRACTS.md: `time`, `in.*` (the request as received), `out.*` (the last step),
-`out_<model>.*` (shadow challengers), `out._model_split`, `anomaly.*`, `metadata.*`.
+Steps run in order; a step's output table is the next step's input. The result is the
+table `edge.result` describes (and `edge.result.ResultBuilder` builds).
 """
 
 from __future__ import annotations
@@ -20,12 +19,10 @@ import pyarrow as pa
 
 from edge.artifact import Definition, ModelInfo, ModelStep, RandomSplitStep, ShadowStep, Step
 from edge.errors import BadInput, EdgeError, PipelineError
+from edge.result import ANOMALY, ANOMALY_COUNT, MODEL_SPLIT, SHADOW, ResultBuilder
 from edge.runtimes import Runtime
-from edge.tensors import ndarray_to_column
 
 log = logging.getLogger(__name__)
-TIME_TYPE = pa.timestamp("ms", tz="UTC")  # the result table's `time` (docs/CONTRACTS.md)
-ELAPSED_TYPE = pa.list_(pa.int64())
 
 
 @dataclass
@@ -54,8 +51,7 @@ class Pipeline:
         self.partition = partition
         self.validator = validator
         self._single = {n for n, m in definition.models.items() if m.batch_config == "single"}
-        self._constants: dict[tuple[str, int], pa.Array] = {}
-        self._schemas: dict[tuple[Any, ...], pa.Schema] = {}
+        self._builder = ResultBuilder(definition.version, partition)
         # Small requests may run on the event loop: only ONNX steps, which take microseconds
         # on small inputs (user code and TensorFlow can take any time, so they never do).
         self.quick = all(m.runtime == "onnx" for m in definition.models.values())
@@ -81,7 +77,7 @@ class Pipeline:
             started = time.perf_counter_ns()
             current, last = self._run_step(step, current, rows, extra, shadow_data)
             elapsed.append(time.perf_counter_ns() - started)
-        result = self._result(table, current, extra, elapsed, last)
+        result = self._builder.build(table, current, extra, elapsed, last.name, last.sha256)
         check_failures: list[Any] = []
         if self.validator is not None:
             result, check_failures = self._validate(result)
@@ -102,7 +98,7 @@ class Pipeline:
             info = self.definition.models[chosen]
             output = self._predict(chosen, table, rows)
             split = json.dumps({"name": info.name, "version": info.version, "sha": info.sha256})
-            extra["out._model_split"] = pa.array([split] * rows, pa.string())
+            extra[MODEL_SPLIT] = pa.array([split] * rows, pa.string())
             return output, info
         assert isinstance(step, ShadowStep)
         output = self._predict(step.champion, table, rows)
@@ -114,12 +110,12 @@ class Pipeline:
                 if not isinstance(exc, EdgeError):
                     message = f"step {challenger!r}: {type(exc).__name__}: {exc}"
                 log.warning("shadow model=%s failed: %s", challenger, message)
-                extra[f"out_{challenger}.error"] = pa.array([message] * rows, pa.string())
+                extra[f"{SHADOW}{challenger}.error"] = pa.array([message] * rows, pa.string())
                 shadow_data[challenger] = {"error": message}
                 continue
             # the JSON writer takes each row's shadow_data from these columns
             for name in shadow.column_names:
-                extra[f"out_{challenger}.{name}"] = shadow.column(name).combine_chunks()
+                extra[f"{SHADOW}{challenger}.{name}"] = shadow.column(name).combine_chunks()
         return output, self.definition.models[step.champion]
 
     def _predict(self, model: str, table: pa.Table, rows: int) -> pa.Table:
@@ -153,90 +149,17 @@ class Pipeline:
                 return choice.model
         return step.models[-1].model
 
-    def _result(
-        self,
-        request: pa.Table,
-        output: pa.Table,
-        extra: dict[str, pa.Array],
-        elapsed: list[int],
-        last: ModelInfo,
-    ) -> pa.Table:
-        rows = request.num_rows
-        now = np.full(rows, time.time_ns() // 1_000_000, dtype=np.int64)
-        names = ["time"]
-        columns: list[pa.Array | pa.ChunkedArray] = [
-            pa.Array.from_buffers(TIME_TYPE, rows, [None, pa.py_buffer(now)])
-        ]
-        for name in request.column_names:
-            names.append(f"in.{name}")
-            columns.append(request.column(name))
-        for name in output.column_names:
-            names.append(f"out.{name}")
-            columns.append(output.column(name))
-        for name, array in extra.items():
-            names.append(name)
-            columns.append(array)
-        last_model = json.dumps({"model_name": last.name, "model_sha": last.sha256})
-        names += [
-            "anomaly.count",
-            "metadata.last_model",
-            "metadata.pipeline_version",
-            "metadata.elapsed",
-            "metadata.dropped",
-            "metadata.partition",
-        ]
-        columns += [
-            self._constant("count", 0, pa.uint32(), rows),
-            self._constant(last_model, last_model, pa.string(), rows),
-            self._constant("version", self.definition.version, pa.string(), rows),
-            self._elapsed(elapsed, rows),
-            self._constant("dropped", [], pa.list_(pa.string()), rows),
-            self._constant("partition", self.partition, pa.string(), rows),
-        ]
-        return pa.Table.from_arrays(columns, schema=self._schema(names, columns))
-
-    def _schema(self, names: list[str], columns: list[Any]) -> pa.Schema:
-        """The result schema, cached: naming columns costs more than building them."""
-        key = (tuple(names), tuple(c.type for c in columns))
-        schema = self._schemas.get(key)
-        if schema is None:
-            schema = pa.schema(list(zip(names, key[1], strict=True)))
-            if len(self._schemas) < 64:
-                self._schemas[key] = schema
-        return schema
-
-    @staticmethod
-    def _elapsed(elapsed: list[int], rows: int) -> pa.Array:
-        if rows <= 64:  # cheaper from Python for a few rows, from numpy for many
-            return pa.array([elapsed] * rows, ELAPSED_TYPE)
-        return ndarray_to_column(np.tile(np.asarray(elapsed, np.int64), (rows, 1)))
-
-    def _constant(self, key: str, value: Any, kind: pa.DataType, rows: int) -> pa.Array:
-        """`rows` copies of a per-pipeline constant, cached (building a fresh Arrow array per
-        request costs more than the model run on small inputs): one array per row count up
-        to 64 (a slice would carry the whole buffer: the log buffer's queue counts bytes),
-        slices of one cached array above."""
-        exact = rows <= 64
-        cache_key = (key, rows) if exact else (key, 0)
-        cached = self._constants.get(cache_key)
-        if cached is None or len(cached) < rows:
-            cached = pa.array([value] * (rows if exact else max(rows, 256)), kind)
-            if rows > 65536:
-                return cached
-            self._constants[cache_key] = cached
-        return cached if exact else cached.slice(0, rows)
-
     def _validate(self, result: pa.Table) -> tuple[pa.Table, list[Any]]:
         flags: dict[str, pa.Array] = self.validator.evaluate(result)
         count = np.zeros(result.num_rows, np.uint32)
         failures: list[Any] = []
-        position = result.column_names.index("anomaly.count")
+        position = result.column_names.index(ANOMALY_COUNT)
         for offset, (name, array) in enumerate(flags.items(), start=1):
             values = array.to_numpy(zero_copy_only=False).astype(bool)
             count += values
-            result = result.add_column(position + offset, f"anomaly.{name}", array)
+            result = result.add_column(position + offset, f"{ANOMALY}{name}", array)
             if values.any():
                 source = self.definition.validations[name].source
                 failures.append({"True": {"expr": source, "name": name}})
-        result = result.set_column(position, "anomaly.count", pa.array(count))
+        result = result.set_column(position, ANOMALY_COUNT, pa.array(count))
         return result, failures

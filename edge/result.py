@@ -22,9 +22,15 @@ its cap), the log queries, and the ops center (which stores it per edge).
 
 from __future__ import annotations
 
+import json
+import time
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from edge.tensors import ndarray_to_column
 
 TIME = "time"
 TIME_TYPE = pa.timestamp("ms", tz="UTC")
@@ -83,6 +89,89 @@ def shadow_model(name: str) -> str | None:
     if name.startswith(SHADOW) and "." in name:
         return name[len(SHADOW) :].split(".", 1)[0]
     return None
+
+
+# ---------------------------------------------------------------------- the builder
+
+
+class ResultBuilder:
+    """Builds one pipeline version's result tables; the per-pipeline constant columns and
+    the schemas are cached (building them afresh per request costs more than the model run
+    on small inputs)."""
+
+    def __init__(self, pipeline_version: str, partition: str) -> None:
+        self.pipeline_version = pipeline_version
+        self.partition = partition
+        self._constants: dict[tuple[str, int], pa.Array] = {}
+        self._schemas: dict[tuple[Any, ...], pa.Schema] = {}
+
+    def build(
+        self,
+        request: pa.Table,
+        output: pa.Table,
+        extra: dict[str, pa.Array],
+        elapsed: list[int],
+        last_model: str,
+        last_sha: str,
+    ) -> pa.Table:
+        """`time`, `in.*` (the request), `out.*` (the last step's output), `extra` (shadow
+        outputs, the split), `anomaly.count` (0: the validations fill it) and `metadata.*`."""
+        rows = request.num_rows
+        now = np.full(rows, time.time_ns() // 1_000_000, dtype=np.int64)
+        names = [TIME]
+        columns: list[pa.Array | pa.ChunkedArray] = [
+            pa.Array.from_buffers(TIME_TYPE, rows, [None, pa.py_buffer(now)])
+        ]
+        for name in request.column_names:
+            names.append(IN + name)
+            columns.append(request.column(name))
+        for name in output.column_names:
+            names.append(OUT + name)
+            columns.append(output.column(name))
+        for name, array in extra.items():
+            names.append(name)
+            columns.append(array)
+        last = json.dumps({"model_name": last_model, "model_sha": last_sha})
+        names += [ANOMALY_COUNT, LAST_MODEL, PIPELINE_VERSION, ELAPSED, DROPPED, PARTITION]
+        columns += [
+            self._constant("count", 0, ANOMALY_COUNT_TYPE, rows),
+            self._constant(last, last, pa.string(), rows),
+            self._constant("version", self.pipeline_version, pa.string(), rows),
+            _elapsed(elapsed, rows),
+            self._constant("dropped", [], DROPPED_TYPE, rows),
+            self._constant("partition", self.partition, pa.string(), rows),
+        ]
+        return pa.Table.from_arrays(columns, schema=self._schema(names, columns))
+
+    def _schema(self, names: list[str], columns: list[Any]) -> pa.Schema:
+        """The result schema, cached: naming columns costs more than building them."""
+        key = (tuple(names), tuple(c.type for c in columns))
+        schema = self._schemas.get(key)
+        if schema is None:
+            schema = pa.schema(list(zip(names, key[1], strict=True)))
+            if len(self._schemas) < 64:
+                self._schemas[key] = schema
+        return schema
+
+    def _constant(self, key: str, value: Any, kind: pa.DataType, rows: int) -> pa.Array:
+        """`rows` copies of a per-pipeline constant, cached: one array per row count up to 64
+        (a slice would carry the whole buffer: the log buffer's queue counts bytes), slices
+        of one cached array above."""
+        exact = rows <= 64
+        cache_key = (key, rows) if exact else (key, 0)
+        cached = self._constants.get(cache_key)
+        if cached is None or len(cached) < rows:
+            cached = pa.array([value] * (rows if exact else max(rows, 256)), kind)
+            if rows > 65536:
+                return cached
+            self._constants[cache_key] = cached
+        return cached if exact else cached.slice(0, rows)
+
+
+def _elapsed(elapsed: list[int], rows: int) -> pa.Array:
+    if rows <= 64:  # cheaper from Python for a few rows, from numpy for many
+        return pa.array([elapsed] * rows, ELAPSED_TYPE)
+    return ndarray_to_column(np.tile(np.asarray(elapsed, np.int64), (rows, 1)))
 
 
 # ---------------------------------------------------------------------- time
