@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="env PORT (default 8080)")
     serve.add_argument("--host", help="env HOST (default 0.0.0.0)")
     serve.add_argument("--max-body-bytes", type=int, help="env MAX_BODY_BYTES")
+    serve.add_argument("--max-connections", type=int, help="env MAX_CONNECTIONS (default 256)")
     serve.add_argument("--log-buffer-bytes", type=int, help="env LOG_BUFFER_BYTES")
     serve.add_argument(
         "--log-fsync-interval",
@@ -136,6 +137,8 @@ def _serve(args: argparse.Namespace) -> int:
         loop="uvloop" if _has("uvloop") else "asyncio",
         http="httptools" if _has("httptools") else "h11",
         lifespan="on",
+        limit_concurrency=settings.max_connections,  # past it, 503 (the SDK retries)
+        timeout_keep_alive=30,
     )
     server = uvicorn.Server(config)
 

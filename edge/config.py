@@ -16,7 +16,8 @@ Precedence: command-line flag > environment variable > default. Secrets are kept
 | PERSIST_DIR | --persist-dir | /persist | cache, log buffer, credentials |
 | PORT | --port | 8080 | HTTP port |
 | HOST | --host | 0.0.0.0 | address to listen on |
-| MAX_BODY_BYTES | --max-body-bytes | 64 MiB | largest request body accepted |
+| MAX_BODY_BYTES | --max-body-bytes | 64 MiB | largest request body accepted (30 s to send it) |
+| MAX_CONNECTIONS | --max-connections | 256 | open connections at once; past it, 503 |
 | LOG_BUFFER_BYTES | --log-buffer-bytes | 256 MiB | cap of the inference log buffer |
 | LOG_FSYNC_INTERVAL | --log-fsync-interval | 0.1 | s between log fsyncs (0: before each answer) |
 | EDGE_LOGGING | --no-logging | true | log every inference (`false`: benchmarks only) |
@@ -49,6 +50,7 @@ class Settings:
     port: int = 8080
     host: str = "0.0.0.0"
     max_body_bytes: int = 64 << 20
+    max_connections: int = 256
     log_buffer_bytes: int = 256 << 20
     log_fsync_interval: float = 0.1
     logging_enabled: bool = True
@@ -75,6 +77,7 @@ _ENV = {
     "port": "PORT",
     "host": "HOST",
     "max_body_bytes": "MAX_BODY_BYTES",
+    "max_connections": "MAX_CONNECTIONS",
     "log_buffer_bytes": "LOG_BUFFER_BYTES",
     "log_fsync_interval": "LOG_FSYNC_INTERVAL",
     "logging_enabled": "EDGE_LOGGING",
@@ -110,7 +113,7 @@ def _cast(name: str, raw: Any) -> Any:
         if text in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{variable} must be true or false, not {raw!r}")
-    if name in ("cpus", "port", "max_body_bytes", "log_buffer_bytes"):
+    if name in ("cpus", "port", "max_body_bytes", "max_connections", "log_buffer_bytes"):
         try:
             number = int(float(raw))
         except (TypeError, ValueError):

@@ -6,7 +6,9 @@
 - `guarded`: a route whose every exception is answered once by the server's error body (an
   exception that is not ours is a bug: a 500, logged once with its traceback).
 - `read_body`: a request body, bounded in size and in the time the client takes to send it.
-- `parse_json`: JSON from the network that can only fail with the caller's own 4xx error.
+- `parse_json`, `Fields`: JSON from the network, read by code that can only fail with the
+  caller's own 4xx error (bounded depth, sizes and integers; strings free of control
+  characters; names matched whole).
 - `header_text`: a safe header value.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -116,6 +119,77 @@ def parse_json(body: bytes, bad: Callable[[str], Exception] = BadInput, what: st
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise bad(f"the {what} is not valid JSON: {exc.msg} at byte {exc.pos}") from None
+
+
+INT64_MAX = 2**63 - 1
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class Fields:
+    """Typed reads of a JSON object from the network; each failure is `bad` naming the field.
+    Strings are bounded in length and free of control characters (multi-line ones may hold
+    line breaks), integers bounded (int64 by default), patterns matched whole."""
+
+    def __init__(self, body: Any, what: str, bad: Callable[[str], Exception] = BadInput) -> None:
+        if not isinstance(body, dict):
+            raise bad(f"the {what} must be a JSON object")
+        self.body, self.what, self.bad = body, what, bad
+
+    def text(
+        self,
+        key: str,
+        *,
+        required: bool = True,
+        max_len: int = 1024,
+        pattern: re.Pattern[str] | None = None,
+        hint: str = "",
+        multiline: bool = False,
+    ) -> str | None:
+        value = self.body.get(key)
+        if value is None or value == "":
+            if required:
+                raise self.bad(f"{self.what}: {key} is required (a non-empty string)")
+            return None
+        if not isinstance(value, str):
+            raise self.bad(f"{self.what}: {key} must be a string, not {type(value).__name__}")
+        if len(value) > max_len:
+            raise self.bad(f"{self.what}: {key} is longer than {max_len} characters")
+        control = _CONTROL_BUT_LINES if multiline else _CONTROL
+        if control.search(value) or (pattern is not None and not pattern.fullmatch(value)):
+            raise self.bad(f"{self.what}: {key} {value[:80]!r} is not valid{hint}")
+        return value
+
+    def integer(self, key: str, lo: int = 0, hi: int = INT64_MAX) -> int | None:
+        value = self.body.get(key)
+        if value is None:
+            return None
+        return bounded_int(value, f"{self.what}: {key}", lo, hi, self.bad)
+
+    def strings(self, key: str, max_items: int = 64, max_len: int = 128) -> list[str]:
+        values = self.body.get(key)
+        if values is None:
+            return []
+        if not isinstance(values, list) or len(values) > max_items:
+            raise self.bad(f"{self.what}: {key} must be a list of at most {max_items} strings")
+        return [
+            str(Fields({key: v}, self.what, self.bad).text(key, max_len=max_len)) for v in values
+        ]
+
+    def mapping(self, key: str) -> dict[str, Any] | None:
+        value = self.body.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise self.bad(f"{self.what}: {key} must be a JSON object")
+        return value
+
+
+def bounded_int(
+    value: Any, what: str, lo: int, hi: int, bad: Callable[[str], Exception] = BadInput
+) -> int:
+    """`value` as an int within [lo, hi] (bools and floats refused), else `bad`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise bad(f"{what} must be a whole number from {lo} to {hi}")
+    return value
 
 
 def header_text(text: str) -> str:

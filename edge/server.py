@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from edge import codecs
+from edge import codecs, openapi
 from edge.appliance import Appliance
 from edge.errors import (
     EdgeError,
@@ -232,7 +232,13 @@ def create_app(appliance: Appliance) -> Starlette:
         finally:
             await appliance.stop()
 
+    spec = orjson.dumps(openapi.document())
+
+    async def openapi_route(request: Request) -> Response:
+        return Response(spec, media_type="application/json")
+
     endpoints = [
+        ("/openapi.json", openapi_route, "GET"),
         ("/pipelines", list_pipelines, "GET"),
         ("/pipelines/{name}", infer, "POST"),
         ("/models", list_models, "GET"),

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge.httpio import Fields, bounded_int
 from ops_sync import protocol
 from ops_sync.errors import (
     AdminAuthRequired,
@@ -46,8 +47,14 @@ from ops_sync.protocol import token_digest
 from ops_sync.store import Store
 
 SILENCE_LIMIT = 7 * 24 * 3600.0
-EDGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-PIPELINE_REF = re.compile(r"/pipelines/(?P<name>[a-z0-9][a-z0-9-]*):(?P<version>[\w.-]+)$")
+# Names are matched whole (`fullmatch`: `$` would let a trailing newline through).
+EDGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+PIPELINE_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # DNS-style, as edge.spec
+PIPELINE_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# a pipeline URL goes into the EDGE_BUNDLE's shell lines: no spaces, quotes or shell syntax
+PIPELINE_URL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,1023}")
+PIPELINE_REF = re.compile(r"/pipelines/(?P<name>[a-z0-9][a-z0-9-]*):(?P<version>[\w.-]+)\Z")
+DROP_COUNT_MAX = 2**62  # drop counters are int64 in the store (summed over epochs)
 
 
 class OpsCenter:
@@ -94,36 +101,49 @@ class OpsCenter:
             raise AdminAuthRequired("admin calls need `Authorization: Bearer <admin token>`")
 
     def register_publish(self, body: dict[str, Any]) -> dict[str, Any]:
-        url = _text(body, "pipeline_url")
+        """Register a publish record (`edge publish`'s); every field is checked here."""
+        fields = Fields(body, "publish", BadRequest)
+        url = fields.text("pipeline_url", pattern=PIPELINE_URL, hint=_URL_HINT)
+        assert url is not None
         match = PIPELINE_REF.search(url)
-        record = dict(body)
-        if record.get("helm") is None and record.get("helm_chart_url"):
-            record["helm"] = {
-                "url": record.get("helm_chart_url"),
-                "reference": record.get("helm_chart_reference"),
-                "version": record.get("helm_chart_version"),
-            }
-        record.setdefault("pipeline_name", match.group("name") if match else None)
-        record.setdefault("pipeline_version", match.group("version") if match else None)
-        if not record["pipeline_name"] or not record["pipeline_version"]:
+        name = fields.text("pipeline_name", required=False, pattern=PIPELINE_NAME, hint=_DNS)
+        version = fields.text("pipeline_version", required=False, pattern=PIPELINE_VERSION)
+        name = name or (match.group("name") if match else None)
+        version = version or (match.group("version") if match else None)
+        if not name or not version:
             raise BadRequest(
                 "pipeline_name and pipeline_version are needed when pipeline_url is not "
                 "<registry>/<repo>/pipelines/<name>:<version>"
             )
+        if not PIPELINE_NAME.fullmatch(name):
+            raise BadRequest(f"publish: pipeline name {name!r} is not valid{_DNS}")
+        helm = fields.mapping("helm")
+        if helm is None and fields.text("helm_chart_url", required=False):
+            helm = {
+                "url": fields.text("helm_chart_url", required=False),
+                "reference": fields.text("helm_chart_reference", required=False),
+                "version": fields.text("helm_chart_version", required=False),
+            }
+        record = {
+            "pipeline_url": url,
+            "pipeline_name": name,
+            "pipeline_version": version,
+            "engine_url": fields.text("engine_url", required=False),
+            "helm": helm,
+            "engine_config": fields.mapping("engine_config"),
+            "workspace_id": fields.text("workspace_id", required=False, max_len=64),
+        }
         return self.store.register_publish(record, self.clock())
 
     def add_edge(self, name: str, pipeline_url: str, tags: list[str]) -> dict[str, Any]:
         """Enrol an edge on a publish; return the publish record with its EDGE_BUNDLE."""
-        if not EDGE_NAME.match(name):
+        if not EDGE_NAME.fullmatch(name):
             raise BadRequest(f"edge name {name!r}: use letters, digits, '.', '_', '-' (max 63)")
         try:
             publish = self.store.publish_by_url(pipeline_url)
         except NotFound:
             publish = self.register_publish({"pipeline_url": pipeline_url})
         token = secrets.token_urlsafe(32)
-        edge = self.store.add_edge(
-            name, publish["id"], list(tags), token_digest(token), self.clock()
-        )
         values = {
             "BUNDLE_VERSION": "1",
             "EDGE_NAME": name,
@@ -133,9 +153,13 @@ class OpsCenter:
             "WORKSPACE_ID": publish["workspace_id"],
             protocol.CA_KEY: _b64(self.ca.pem),
         }
+        edge_bundle = protocol.encode(values)  # before the edge is stored: a bad value stores none
+        edge = self.store.add_edge(
+            name, publish["id"], list(tags), token_digest(token), self.clock()
+        )
         return {
             **_publish_record(publish),
-            "docker_run_variables": {"EDGE_BUNDLE": protocol.encode(values)},
+            "docker_run_variables": {"EDGE_BUNDLE": edge_bundle},
             "edge": self._edge_view(edge),
         }
 
@@ -231,9 +255,16 @@ class OpsCenter:
         buffer = report.get("buffer")
         buffer = buffer if isinstance(buffer, dict) else {}
         dropped = buffer.get("dropped")
-        if isinstance(dropped, dict) and buffer.get("epoch"):
-            counts = {str(k): int(v) for k, v in dropped.items() if isinstance(v, int)}
-            self.store.record_drops(edge["id"], str(buffer["epoch"]), counts, now)
+        epoch = buffer.get("epoch")
+        if isinstance(dropped, dict) and isinstance(epoch, str) and protocol.EPOCH.fullmatch(epoch):
+            counts = {
+                reason: bounded_int(
+                    count, f"heartbeat: dropped {reason!r}", 0, DROP_COUNT_MAX, BadRequest
+                )
+                for reason, count in dropped.items()
+                if isinstance(reason, str) and len(reason) <= 64
+            }
+            self.store.record_drops(edge["id"], epoch, counts, now)
         self.store.touch(edge["id"], now, health=report)
         return {"ok": True, "edge_id": edge["id"], "server_time": now}
 
@@ -253,11 +284,8 @@ class OpsCenter:
         }
 
 
-def _text(body: dict[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"{key} is required (a non-empty string)")
-    return value
+_DNS = " (lower-case letters, digits and '-', at most 63)"
+_URL_HINT = " (a pipeline URL: no spaces, quotes or shell characters)"
 
 
 def _b64(data: bytes) -> str:

@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--bind", default=_env("OPS_BIND"), help="listen address")
     serve.add_argument("--trust-domain", default=_env("OPS_TRUST_DOMAIN", "ops-sync.local"))
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(_env("OPS_MAX_CONNECTIONS", "10000") or 10000),
+        help="open connections at once (every edge keeps one); past it, 503",
+    )
     serve.add_argument("--ca-cert", type=Path, help="use this CA certificate (with --ca-key)")
     serve.add_argument("--ca-key", type=Path, help="the CA's private key file")
     serve.add_argument(
@@ -131,6 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
         trust_domain=args.trust_domain,
         clock_offset=args.clock_offset,
         ca_files=(args.ca_cert, args.ca_key) if args.ca_cert else None,
+        max_connections=args.max_connections,
     )
     return 0
 

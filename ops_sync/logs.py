@@ -41,8 +41,10 @@ def parse_size(text: str) -> int:
 
 def fetch(store: LogStore, pipeline: str, query: LogQuery) -> tuple[pa.Table, list[str]]:
     """Rows for `query`, shaped by its datasets, `time` as int64 ms, and the warnings."""
-    raw, more = store.read(pipeline, query.partition, query.start_ms, query.end_ms, query.limit)
-    warnings = log_warnings(raw, more)
+    raw, more, notes = store.read(
+        pipeline, query.partition, query.start_ms, query.end_ms, query.limit
+    )
+    warnings = log_warnings(raw, more) + notes
     table = shape(raw, query.shape)
     if "time" in table.column_names:
         index = table.schema.get_field_index("time")

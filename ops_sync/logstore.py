@@ -9,6 +9,13 @@ Each file holds the edge's result-table columns (docs/CONTRACTS.md) with `metada
 set from the edge's certificate, `metadata.dropped` never null, and two audit columns `_epoch`
 and `_seq` (the edge's buffer epoch and sequence number of the row).
 
+What an edge may write (checked before anything is stored, each refusal a `BadRequest` naming
+the column): result-table columns only (`ops_sync.protocol.check_rows`); `metadata.pipeline_version`
+a version published for the edge's pipeline; and per pipeline version one schema, fixed by the
+first batch stored and evolving only by new columns: a column keeps its type, so no batch can
+make the version's logs unreadable. Versions may differ: a logs read that spans versions whose
+types conflict returns the rows of the first-ranked versions that agree, and says so.
+
 Exactly once: under a per-edge lock, the rows whose sequence numbers are already recorded in
 `synced_ranges` are dropped, the rest are written to `<data>/tmp/`, their ranges and files are
 committed in one SQLite transaction, and only then are the files renamed into the dataset. A
@@ -31,9 +38,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from edge.journal import fsync_path
-from edge.result import DROPPED, PARTITION, TIME_TYPE
+from edge.result import DROPPED, PARTITION, PIPELINE_VERSION, TIME_TYPE
 from edge.result import DROPPED_TYPE as _DROPPED_TYPE
 from ops_sync.errors import BadRequest, StoreError
+from ops_sync.protocol import check_rows
 from ops_sync.store import Store
 
 
@@ -86,6 +94,8 @@ class LogStore:
                 f"{table.num_rows} rows"
             )
         partition, pipeline = edge["name"], edge["pipeline_name"]
+        table = check_rows(table)
+        versions = self._versions(table, pipeline)
         with self._lock(partition):
             covered = np.zeros(table.num_rows, dtype=bool)
             for a, b in self.store.synced_overlaps(partition, epoch, first, last):
@@ -98,6 +108,8 @@ class LogStore:
             if fresh < table.num_rows:
                 table, seqs = table.filter(pa.array(keep)), seqs[keep]
             table = _normalize(table, partition, epoch, seqs)
+            for version in versions:
+                table = self._agree(pipeline, version, table, now)
             written = self._write(table, pipeline, partition, epoch)
             try:
                 self.store.commit_batch(
@@ -112,6 +124,37 @@ class LogStore:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, final)
         return Ingested(fresh, last - first + 1 - fresh)
+
+    def _versions(self, table: pa.Table, pipeline: str) -> list[str]:
+        """The batch's pipeline versions, each one published for `pipeline`."""
+        if PIPELINE_VERSION not in table.column_names:
+            raise BadRequest(f"the batch has no {PIPELINE_VERSION} column")
+        column = table.column(PIPELINE_VERSION)
+        if not pa.types.is_string(column.type) or column.null_count:
+            raise BadRequest(f"the batch's {PIPELINE_VERSION} must be text, never null")
+        versions = sorted(pc.unique(column).to_pylist())
+        known = self.store.pipeline_versions(pipeline)
+        unknown = [v for v in versions if v not in known]
+        if unknown:
+            raise BadRequest(
+                f"the batch's {PIPELINE_VERSION} {unknown[0][:80]!r} is not a published version "
+                f"of pipeline {pipeline!r}; register the publish first"
+            )
+        return versions
+
+    def _agree(self, pipeline: str, version: str, table: pa.Table, now: float) -> pa.Table:
+        """`table` with its columns in the types `version` logs them as (see `evolve`)."""
+        columns = pa.schema([f for f in table.schema if not f.name.startswith("_")])
+        agreed: list[pa.Schema] = []
+
+        def agree(stored: bytes | None) -> bytes | None:
+            old = None if stored is None else pa.ipc.read_schema(pa.py_buffer(stored))
+            merged = evolve(old, columns, version)
+            agreed.append(merged or old or columns)
+            return None if merged is None else merged.serialize().to_pybytes()
+
+        self.store.agree_log_schema(pipeline, version, agree, now)
+        return _conform(table, agreed[0])
 
     def _write(
         self, table: pa.Table, pipeline: str, partition: str, epoch: str
@@ -158,12 +201,13 @@ class LogStore:
         start_ms: int | None,
         end_ms: int | None,
         limit: int,
-    ) -> tuple[pa.Table, bool]:
-        """Up to `limit` rows and whether more exist: newest first, or, with a time range,
-        oldest first; ties in insertion order. `time` stays timestamp[ms, UTC]."""
+    ) -> tuple[pa.Table, bool, list[str]]:
+        """Up to `limit` rows, whether more exist, and warnings: newest first, or, with a time
+        range, oldest first; ties in insertion order. `time` stays timestamp[ms, UTC]."""
         files = self.store.log_files(pipeline, partition, start_ms, end_ms)
         chronological = start_ms is not None
         files = _covering(files, limit + 1, start_ms, end_ms)
+        files.sort(key=(lambda f: f["min_time"]) if chronological else (lambda f: -f["max_time"]))
         tables = []
         for f in files:
             try:
@@ -181,12 +225,90 @@ class LogStore:
                 ).append_column("_row", pa.array(np.arange(part.num_rows)))
             )
         if not tables:
-            return pa.table({"time": pa.array([], TIME_TYPE)}), False
+            return pa.table({"time": pa.array([], TIME_TYPE)}), False, []
+        tables, left_out = _agreeing(tables)
         table = pa.concat_tables(tables, promote_options="permissive")
         order = "ascending" if chronological else "descending"
         keys = [("time", order), ("_file", order), ("_row", order)]
         table = table.take(pc.sort_indices(table, sort_keys=keys)[: limit + 1])
-        return table.drop_columns(["_file", "_row"]).slice(0, limit), table.num_rows > limit
+        warnings = []
+        if left_out:
+            warnings.append(
+                "Warning: rows of pipeline version(s) "
+                f"{', '.join(sorted(left_out))} were left out: their column types differ from "
+                "the newer rows'. Read them with start_datetime and end_datetime of their own."
+            )
+        rows = table.drop_columns(["_file", "_row"]).slice(0, limit)
+        return rows, table.num_rows > limit, warnings
+
+
+def _agreeing(tables: list[pa.Table]) -> tuple[list[pa.Table], set[str]]:
+    """The tables, best-ranked first, whose schemas unify with those before them, and the
+    pipeline versions of the others."""
+    kept: list[pa.Table] = []
+    schema: pa.Schema | None = None
+    left_out: set[str] = set()
+    for table in tables:
+        try:
+            merged = table.schema if schema is None else _unify(schema, table.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            if PIPELINE_VERSION in table.column_names:
+                left_out.update(map(str, pc.unique(table.column(PIPELINE_VERSION)).to_pylist()))
+            continue
+        schema = merged
+        kept.append(table)
+    return kept, left_out
+
+
+def _unify(a: pa.Schema, b: pa.Schema) -> pa.Schema:
+    merged = pa.unify_schemas([a, b], promote_options="permissive")
+    for field in a:  # unify_schemas promotes across kinds (e.g. list to string): not for us
+        other = b.field(field.name) if field.name in b.names else None
+        if other is not None and not _same_kind(field.type, other.type):
+            raise pa.ArrowTypeError(f"column {field.name}: {field.type} vs {other.type}")
+    return merged
+
+
+def _same_kind(a: pa.DataType, b: pa.DataType) -> bool:
+    if a.equals(b) or pa.types.is_null(a) or pa.types.is_null(b):
+        return True
+    if pa.types.is_list(a) and pa.types.is_list(b):
+        return _same_kind(a.value_type, b.value_type)
+    groups = (pa.types.is_integer, pa.types.is_floating, pa.types.is_string, pa.types.is_timestamp)
+    return any(g(a) and g(b) for g in groups)
+
+
+def evolve(stored: pa.Schema | None, batch: pa.Schema, version: str) -> pa.Schema | None:
+    """A pipeline version's log schema after `batch` (None: unchanged). The first batch fixes
+    it; later ones may add columns, and may send a column as another type of the same kind
+    (integers, floats, text, timestamps; lists of them), which is stored as the version's
+    type; any other change of type is a `BadRequest` naming the column."""
+    if stored is None:
+        return batch
+    added = []
+    for field in batch:
+        index = stored.get_field_index(field.name)
+        if index < 0:
+            added.append(field)
+        elif not _same_kind(stored.field(index).type, field.type):
+            raise BadRequest(
+                f"batch column {field.name!r} is {field.type}; pipeline version {version} logs "
+                f"it as {stored.field(index).type}"
+            )
+    return pa.schema([*stored, *added]) if added else None
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table`'s columns cast to `schema`'s types (same kind; values that do not fit refuse)."""
+    for index, field in enumerate(table.schema):
+        want = schema.field(field.name).type if field.name in schema.names else field.type
+        if not want.equals(field.type):
+            try:
+                column = table.column(index).cast(want)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise BadRequest(f"batch column {field.name!r} does not fit {want}: {exc}") from exc
+            table = table.set_column(index, pa.field(field.name, want), column)
+    return table
 
 
 def _normalize(table: pa.Table, partition: str, epoch: str, seqs: np.ndarray) -> pa.Table:

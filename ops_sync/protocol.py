@@ -23,7 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from edge import result
 from ops_sync.errors import BadRequest, BundleError
 
 STANDARD_KEYS = (
@@ -134,7 +136,7 @@ FIRST_SEQ_HEADER = "x-sync-first-seq"
 LAST_SEQ_HEADER = "x-sync-last-seq"
 BATCH_TYPE = "application/vnd.apache.arrow.stream"
 WARNING_HEADER = "x-ops-warning"
-MAX_SEQ = 2**63 - 1  # sequence numbers are SQLite / Arrow int64
+MAX_SEQ = 2**63 - 2  # int64 (SQLite, Arrow), with room for the store's `last + 1`
 EPOCH = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 
@@ -195,3 +197,91 @@ def decode_batch(body: bytes) -> pa.Table:
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise BadRequest(f"the batch is not a valid Arrow IPC stream: {exc}") from exc
     return table
+
+
+# ---------------------------------------------------------------------- the log row schema
+
+MAX_COLUMNS = 1024
+MAX_NAME = 256
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def check_rows(table: pa.Table) -> pa.Table:
+    """A batch's rows as result-table rows (`edge.result`), or `BadRequest` naming the column:
+    every column is `time` or an `in.` / `out.` / `out_<model>.` / `anomaly.` / `metadata.`
+    column (so none can clash with the store's own columns), named once, of a plain data type
+    (numbers, bools, text, binary, timestamps, and lists or structs of them); `time` is there,
+    never null and within years 1970-9999. Returned with dictionary columns decoded, large
+    offsets and fixed-size lists made plain, so equal data always has equal types."""
+    names = table.column_names
+    if len(names) > MAX_COLUMNS:
+        raise BadRequest(f"the batch has {len(names)} columns; at most {MAX_COLUMNS}")
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})[:5]
+        raise BadRequest(f"the batch names column(s) {twice} more than once")
+    fields = []
+    for field in table.schema:
+        name = field.name
+        if len(name) > MAX_NAME or _BAD_NAME.search(name) or result.dataset_of(name) is None:
+            raise BadRequest(
+                f"batch column {name[:80]!r} is not a result column (time, in.*, out.*, "
+                f"out_<model>.*, anomaly.*, metadata.*; at most {MAX_NAME} characters)"
+            )
+        plain = _plain_type(field.type)
+        if plain is None:
+            raise BadRequest(f"batch column {name!r} has type {field.type}, which logs cannot hold")
+        fields.append(pa.field(name, plain))
+    schema = pa.schema(fields)
+    if schema != table.schema:
+        try:
+            table = table.cast(schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise BadRequest(f"the batch's columns cannot be read: {exc}") from exc
+    _check_time(table)
+    return table
+
+
+def _check_time(table: pa.Table) -> None:
+    millis = result.time_ms(table)
+    if millis is None:
+        raise BadRequest("the batch has no `time` column of integers or timestamps")
+    if millis.null_count:
+        raise BadRequest("the batch's `time` column has nulls")
+    if len(millis):
+        bounds = pc.min_max(millis).as_py()
+        if bounds["min"] < 0 or bounds["max"] > MAX_TIME_MS:
+            raise BadRequest("the batch's `time` values lie outside the years 1970-9999")
+
+
+def _plain_type(kind: pa.DataType) -> pa.DataType | None:
+    """`kind` with dictionaries decoded and large offsets made plain; None if not allowed."""
+    if pa.types.is_dictionary(kind):
+        return _plain_type(kind.value_type)
+    if pa.types.is_large_string(kind):
+        return pa.string()
+    if pa.types.is_large_binary(kind):
+        return pa.binary()
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        inner = _plain_type(kind.value_type)
+        return None if inner is None else pa.list_(inner)
+    if pa.types.is_fixed_size_list(kind):  # as JSON clients' lists: one type for one tensor
+        inner = _plain_type(kind.value_type)
+        return None if inner is None else pa.list_(inner)
+    if pa.types.is_struct(kind):
+        members = [kind.field(i) for i in range(kind.num_fields)]
+        plain = [_plain_type(m.type) for m in members]
+        if any(p is None for p in plain) or len({m.name for m in members}) != len(members):
+            return None
+        return pa.struct([m.with_type(p) for m, p in zip(members, plain, strict=True)])
+    simple = (
+        pa.types.is_boolean(kind)
+        or pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_timestamp(kind)
+        or pa.types.is_date(kind)
+        or pa.types.is_null(kind)
+    )
+    return kind if simple else None

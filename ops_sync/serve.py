@@ -78,8 +78,10 @@ def run(
     trust_domain: str,
     clock_offset: float = 0.0,
     ca_files: tuple[Path, Path] | None = None,
+    max_connections: int = 10_000,
 ) -> None:
-    """Serve until interrupted (blocking)."""
+    """Serve until interrupted (blocking). Request bodies have 30 s to arrive
+    (`edge.httpio.read_body`); past `max_connections` open connections, new ones get 503."""
 
     def clock() -> float:
         return time.time() + clock_offset
@@ -103,6 +105,7 @@ def run(
         log_level="info",
         access_log=False,
         timeout_keep_alive=30,
+        limit_concurrency=max_connections,
     )
     log.info(
         "ops center starting data=%s listen=%s:%d opscenter_host=%s:%d ca=%s",

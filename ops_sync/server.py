@@ -2,7 +2,7 @@
 
 Routes (an explicit list, see `create_app`):
 
-    GET    /healthz                                  no auth
+    GET    /healthz, /openapi.json                   no auth
     GET    /v1/publishes          POST /v1/publishes  admin token
     GET    /v1/edges              POST /v1/edges      admin token
     DELETE /v1/edges/{name}                           admin token
@@ -18,6 +18,7 @@ not. This module is the only one that knows the ops center's HTTP status codes (
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -32,15 +33,23 @@ from starlette.routing import Route
 
 from edge import codecs
 from edge import errors as edge_errors
-from edge.httpio import ErrorMapping, header_text, log_unexpected, parse_json, read_body
+from edge.httpio import (
+    ErrorMapping,
+    Fields,
+    header_text,
+    log_unexpected,
+    parse_json,
+    read_body,
+)
 from edge.logquery import parse_log_query
-from ops_sync import errors, logs, protocol
+from ops_sync import errors, logs, openapi, protocol
 from ops_sync.center import OpsCenter
 
 T = TypeVar("T")
 log = logging.getLogger("ops_sync.server")
 MAX_BODY = 64 << 20
 JSON_LIMIT = 1 << 20
+MAX_PEM = 16 << 10  # a CSR's PEM
 NDJSON = "application/x-ndjson"
 PLATFORM = "platform"
 # The one place that knows the ops center's status codes (walked along each error's MRO).
@@ -83,6 +92,11 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    spec = json.dumps(openapi.document()).encode()
+
+    async def openapi_route(request: Request) -> Response:
+        return Response(spec, media_type="application/json")
+
     async def list_publishes(request: Request) -> Response:
         await admin(request)
         return JSONResponse({"publishes": await call(center.publishes)})
@@ -97,11 +111,10 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
 
     async def add_edge(request: Request) -> Response:
         await admin(request)
-        body = await _json(request)
-        name, url, tags = body.get("name"), body.get("pipeline_url"), body.get("tags") or []
-        if not isinstance(name, str) or not isinstance(url, str) or not isinstance(tags, list):
-            raise errors.BadRequest("add_edge needs name, pipeline_url (strings), tags (a list)")
-        return JSONResponse(await call(center.add_edge, name, url, [str(t) for t in tags]), 201)
+        body = Fields(await _json(request), "add_edge", errors.BadRequest)
+        name, url = body.text("name", max_len=63), body.text("pipeline_url")
+        tags = body.strings("tags")
+        return JSONResponse(await call(center.add_edge, name, url, tags), 201)
 
     async def remove_edge(request: Request) -> Response:
         await admin(request)
@@ -127,17 +140,18 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
         return _file(body, codecs.ARROW_FILE_TYPE if arrow else NDJSON, warnings)
 
     async def join(request: Request) -> Response:
-        body = await _json(request)
-        token, csr = body.get("token"), body.get("csr")
-        if not isinstance(token, str) or not isinstance(csr, str):
-            raise errors.BadRequest("join needs token and csr (PEM) as strings")
+        body = Fields(await _json(request), "join", errors.BadRequest)
+        token = body.text("token", max_len=256)
+        csr = body.text("csr", max_len=MAX_PEM, multiline=True)
+        assert token is not None and csr is not None
         return JSONResponse(await call(center.join, token, csr.encode()))
 
     async def renew(request: Request) -> Response:
         who = await edge(request)
-        csr = (await _json(request)).get("csr")
-        if not isinstance(csr, str):
-            raise errors.BadRequest("renew needs csr (PEM) as a string")
+        csr = Fields(await _json(request), "renew", errors.BadRequest).text(
+            "csr", max_len=MAX_PEM, multiline=True
+        )
+        assert csr is not None
         return JSONResponse(await call(center.renew, who, csr.encode()))
 
     async def heartbeat(request: Request) -> Response:
@@ -152,6 +166,7 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
 
     routes = [
         Route("/healthz", health, methods=["GET"]),
+        Route("/openapi.json", openapi_route, methods=["GET"]),
         Route("/v1/publishes", list_publishes, methods=["GET"]),
         Route("/v1/publishes", register_publish, methods=["POST"]),
         Route("/v1/edges", list_edges, methods=["GET"]),

@@ -74,6 +74,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             PRIMARY KEY (edge_id, epoch, reason));
         """,
     ),
+    (
+        2,
+        "log schema per pipeline version",
+        """
+        CREATE TABLE log_schemas (
+            pipeline TEXT NOT NULL, pipeline_version TEXT NOT NULL, schema BLOB NOT NULL,
+            updated_at REAL NOT NULL, PRIMARY KEY (pipeline, pipeline_version)) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 
@@ -400,6 +409,36 @@ class Store:
             args += [start_ms, end_ms]
         rows = self._reader().execute(sql + " ORDER BY id", args).fetchall()
         return [dict(row) for row in rows]
+
+    def pipeline_versions(self, pipeline: str) -> set[str]:
+        """Every version of `pipeline` a publish was registered for."""
+        rows = self._reader().execute(
+            "SELECT pipeline_version FROM publishes WHERE pipeline_name = ?", (pipeline,)
+        )
+        return {row[0] for row in rows}
+
+    def agree_log_schema(
+        self,
+        pipeline: str,
+        version: str,
+        agree: Callable[[bytes | None], bytes | None],
+        now: float,
+    ) -> None:
+        """Run `agree(stored schema or None)` in one write transaction; store what it returns
+        (None: unchanged). `agree` raises to refuse the batch."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT schema FROM log_schemas WHERE pipeline = ? AND pipeline_version = ?",
+                (pipeline, version),
+            ).fetchone()
+            new = agree(bytes(row[0]) if row else None)
+            if new is not None:
+                db.execute(
+                    "INSERT INTO log_schemas VALUES (?, ?, ?, ?) ON CONFLICT"
+                    " (pipeline, pipeline_version) DO UPDATE SET schema = excluded.schema,"
+                    " updated_at = excluded.updated_at",
+                    (pipeline, version, new, now),
+                )
 
     def file_paths(self) -> set[str]:
         return {row[0] for row in self._reader().execute("SELECT path FROM log_files")}

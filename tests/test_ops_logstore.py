@@ -78,7 +78,7 @@ def test_partition_comes_from_the_edge_record_and_drops_are_never_null(ops: Ops)
         pa.array([None, ["in.tensor"], None, []], pa.list_(pa.string())),
     )
     ops.center.logs.ingest(edge, "e1", 1, 4, table, ops.clock())
-    got, _ = ops.center.logs.read("ccfraud", None, None, None, 10)
+    got, _, _ = ops.center.logs.read("ccfraud", None, None, None, 10)
     assert set(got.column("metadata.partition").to_pylist()) == {"edge-a"}
     assert got.column("metadata.dropped").null_count == 0
     assert sorted(map(len, got.column("metadata.dropped").to_pylist())) == [0, 0, 0, 1]
@@ -103,13 +103,13 @@ def test_reads_are_newest_first_or_chronological_with_a_range(ops: Ops) -> None:
     edge, logs = edge_record(ops), ops.center.logs
     for first in range(1, 1000, 100):  # ten files, times T0+1 .. T0+1000
         logs.ingest(edge, "e1", first, first + 99, batch(first, first + 99), ops.clock())
-    newest, more = logs.read("ccfraud", None, None, None, 150)
+    newest, more, _ = logs.read("ccfraud", None, None, None, 150)
     assert more and newest.column("_seq").to_pylist() == list(range(1000, 850, -1))
-    window, more = logs.read("ccfraud", None, T0 + 250, T0 + 260, 100)
+    window, more, _ = logs.read("ccfraud", None, T0 + 250, T0 + 260, 100)
     assert not more and window.column("_seq").to_pylist() == list(range(250, 261))
-    first_page, more = logs.read("ccfraud", None, T0, T0 + 10_000, 5)
+    first_page, more, _ = logs.read("ccfraud", None, T0, T0 + 10_000, 5)
     assert more and first_page.column("_seq").to_pylist() == [1, 2, 3, 4, 5]
-    everything, more = logs.read("ccfraud", None, None, None, 5000)
+    everything, more, _ = logs.read("ccfraud", None, None, None, 5000)
     assert not more and everything.num_rows == 1000
 
 

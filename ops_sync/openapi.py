@@ -1,0 +1,147 @@
+"""`GET /openapi.json`: the ops center's routes described (OpenAPI 3.1), for clients and for the
+fuzz tests, which call every route listed here with generated and mutated input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge.openapi import LOG_PARAMETERS, json_ok, table_ok
+from ops_sync import protocol
+
+ERROR = {
+    "type": "object",
+    "required": ["error", "code", "status", "source", "reason"],
+    "properties": {
+        "error": {"type": "string"},
+        "code": {"type": "integer"},
+        "status": {"const": "error"},
+        "source": {"const": "platform"},
+        "reason": {"type": "string", "description": "the ops_sync.errors class"},
+    },
+}
+ADMIN: list[dict[str, list[str]]] = [{"admin": []}]
+EDGE: list[dict[str, list[str]]] = [{"edge": []}]
+_TEXT = {"type": "string"}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {str(code): {"description": "error", "content": body} for code in codes}
+
+
+def _json_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties, "required": required}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def document() -> dict[str, Any]:
+    pipeline = {"name": "pipeline", "in": "path", "required": True, "schema": _TEXT}
+    publish = {
+        "pipeline_url": _TEXT,
+        "pipeline_name": _TEXT,
+        "pipeline_version": _TEXT,
+        "engine_url": _TEXT,
+        "engine_config": {"type": "object"},
+        "helm": {"type": "object"},
+        "workspace_id": _TEXT,
+    }
+    tags = {"type": "array", "items": _TEXT}
+    seq = {"type": "string", "pattern": "^[0-9]+$"}
+    batch_headers = [
+        {"name": protocol.EPOCH_HEADER, "in": "header", "required": True, "schema": _TEXT},
+        {"name": protocol.FIRST_SEQ_HEADER, "in": "header", "required": True, "schema": seq},
+        {"name": protocol.LAST_SEQ_HEADER, "in": "header", "required": True, "schema": seq},
+    ]
+    binary = {"type": "string", "format": "binary"}
+    paths = {
+        "/healthz": {"get": {"summary": "the process answers", "responses": json_ok()}},
+        "/openapi.json": {"get": {"summary": "this document", "responses": json_ok()}},
+        "/v1/publishes": {
+            "get": {"security": ADMIN, "responses": {**json_ok(), **_errors(401)}},
+            "post": {
+                "security": ADMIN,
+                "requestBody": _json_body(publish, ["pipeline_url"]),
+                "responses": {"201": {"description": "registered"}, **_errors(400, 401, 413)},
+            },
+        },
+        "/v1/edges": {
+            "get": {"security": ADMIN, "responses": {**json_ok(), **_errors(401)}},
+            "post": {
+                "security": ADMIN,
+                "requestBody": _json_body(
+                    {"name": _TEXT, "pipeline_url": _TEXT, "tags": tags}, ["name", "pipeline_url"]
+                ),
+                "responses": {"201": {"description": "added"}, **_errors(400, 401, 409, 413)},
+            },
+        },
+        "/v1/edges/{name}": {
+            "delete": {
+                "security": ADMIN,
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": _TEXT}],
+                "responses": {**json_ok(), **_errors(401, 404)},
+            }
+        },
+        "/v1/pipelines/{pipeline}/logs": {
+            "get": {
+                "security": ADMIN,
+                "parameters": [pipeline, *LOG_PARAMETERS],
+                "responses": {**table_ok(), **_errors(400, 401, 404, 406)},
+            }
+        },
+        "/v1/pipelines/{pipeline}/logs/export": {
+            "get": {
+                "security": ADMIN,
+                "parameters": [
+                    pipeline,
+                    *LOG_PARAMETERS,
+                    {"name": "data_size_limit", "in": "query", "schema": _TEXT},
+                ],
+                "responses": {"200": {"description": "NDJSON or Arrow"}, **_errors(400, 401, 404)},
+            }
+        },
+        protocol.JOIN_PATH: {
+            "post": {
+                "summary": "redeem a one-time join token for a certificate",
+                "requestBody": _json_body({"token": _TEXT, "csr": _TEXT}, ["token", "csr"]),
+                "responses": {**json_ok(), **_errors(400, 403, 413)},
+            }
+        },
+        protocol.RENEW_PATH: {
+            "post": {
+                "security": EDGE,
+                "requestBody": _json_body({"csr": _TEXT}, ["csr"]),
+                "responses": {**json_ok(), **_errors(400, 401, 403)},
+            }
+        },
+        protocol.HEARTBEAT_PATH: {
+            "post": {
+                "security": EDGE,
+                "requestBody": _json_body({"health": {"type": "object"}, "buffer": {}}, []),
+                "responses": {**json_ok(), **_errors(400, 401, 403)},
+            }
+        },
+        protocol.LOGS_PATH: {
+            "post": {
+                "security": EDGE,
+                "summary": "one log batch, stored exactly once; the reply is the ack",
+                "parameters": batch_headers,
+                "requestBody": {
+                    "required": True,
+                    "content": {protocol.BATCH_TYPE: {"schema": binary}},
+                },
+                "responses": {**json_ok(), **_errors(400, 401, 403, 408, 413, 507)},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Ops center", "version": "1"},
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": ERROR},
+            "securitySchemes": {
+                "admin": {"type": "http", "scheme": "bearer"},
+                "edge": {"type": "mutualTLS", "description": "the certificate from the join"},
+            },
+        },
+    }
