@@ -71,6 +71,20 @@ def column_to_ndarray(
     return tensor
 
 
+def array_to_tensor(
+    array: np.ndarray,
+    dtype: np.dtype,
+    expected_shape: Sequence[int | str | None] | None,
+    where: str,
+) -> np.ndarray:
+    """`column_to_ndarray` for a numeric numpy array shaped (rows, *dims) already (the small
+    requests' path, which never builds Arrow columns): the same casts and shape checks."""
+    tensor = _safe_cast(array.reshape(-1), dtype, where).reshape(array.shape)
+    if expected_shape is not None:
+        tensor = _fit_shape(tensor, expected_shape, where)
+    return tensor
+
+
 def single_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     """A column as one contiguous array (no copy for the usual single chunk)."""
     if isinstance(column, pa.Array):

@@ -11,6 +11,8 @@ import pyarrow as pa
 import pytest
 
 from edge import codecs
+from edge.codecs import records
+from edge.codecs.records_large import records_large
 from edge.errors import BadInput
 from edge.tensors import column_to_ndarray, ndarray_to_column
 
@@ -39,8 +41,8 @@ INFO = codecs.RecordInfo("p", "m", "v1", [10, 20])
 @pytest.mark.parametrize("separator", [None, "."])
 def test_small_and_large_writers_agree(separator: str | None) -> None:
     table = result_table(codecs.SMALL + 6)
-    large = orjson.loads(codecs._records_large(table, INFO, separator))
-    small = orjson.loads(codecs._records_small(table, INFO, separator))
+    large = orjson.loads(records_large(table, INFO, separator))
+    small = orjson.loads(records._records_small(table, INFO, separator))
     assert len(large) == len(small) == table.num_rows
     for a, b in zip(large, small, strict=True):
         assert list(a) == list(b)

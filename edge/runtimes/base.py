@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from edge.artifact import ModelInfo
 from edge.errors import ArtifactError, BadInput, PipelineError
-from edge.tensors import column_to_ndarray, ndarray_to_column
+from edge.tensors import array_to_tensor, column_to_ndarray, ndarray_to_column
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,14 @@ class Runtime(ABC):
         """Extra facts for `/models` (for example the execution provider)."""
         return {}
 
+    # Runtimes that work on numpy arrays say so: small requests then reach them without Arrow
+    # tables (`edge.fastpath`), and `predict` is `predict_arrays` between Arrow and numpy.
+    arrays = False
+
+    def predict_arrays(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on columns shaped (rows, *dims); return one array per output."""
+        raise NotImplementedError(f"runtime {self.info.runtime!r} takes Arrow tables only")
+
 
 TensorInput = tuple[str, np.dtype, Sequence[int | str | None] | None]  # name, dtype, shape
 
@@ -64,7 +72,8 @@ def tensor_feed(
     table: pa.Table, inputs: Sequence[TensorInput], tensor_fields: list[str] | None, step: str
 ) -> dict[str, np.ndarray]:
     """The model's inputs as numpy tensors, mapped and checked by the seed's input rules."""
-    mapping = map_inputs(table, [name for name, _, _ in inputs], tensor_fields, step)
+    names = [name for name, _, _ in inputs]
+    mapping = map_inputs(table.column_names, names, tensor_fields, step)
     return {
         name: column_to_ndarray(
             table.column(mapping[name]),
@@ -76,9 +85,29 @@ def tensor_feed(
     }
 
 
-def output_table(outputs: dict[str, Any], rows: int, step: str) -> pa.Table:
-    """A model's outputs (name -> array, one row per input row) as an Arrow table."""
-    columns = {}
+def array_feed(
+    columns: dict[str, np.ndarray],
+    inputs: Sequence[TensorInput],
+    tensor_fields: list[str] | None,
+    step: str,
+) -> dict[str, np.ndarray]:
+    """`tensor_feed` for numeric numpy columns shaped (rows, *dims)."""
+    names = [name for name, _, _ in inputs]
+    mapping = map_inputs(list(columns), names, tensor_fields, step)
+    return {
+        name: array_to_tensor(
+            columns[mapping[name]],
+            dtype,
+            shape,
+            f"column {mapping[name]!r} (model {step!r} input {name!r})",
+        )
+        for name, dtype, shape in inputs
+    }
+
+
+def check_outputs(outputs: dict[str, Any], rows: int, step: str) -> dict[str, np.ndarray]:
+    """A model's outputs as arrays of `rows` rows each (else `PipelineError`)."""
+    checked = {}
     for name, raw in outputs.items():
         value = np.asarray(raw)
         if value.ndim == 0 or value.shape[0] != rows:
@@ -87,19 +116,24 @@ def output_table(outputs: dict[str, Any], rows: int, step: str) -> pa.Table:
                 f"{rows} input rows",
                 step=step,
             )
-        columns[name] = ndarray_to_column(value)
-    return pa.table(columns)
+        checked[name] = value
+    return checked
+
+
+def output_table(outputs: dict[str, Any], rows: int, step: str) -> pa.Table:
+    """A model's outputs (name -> array, one row per input row) as an Arrow table."""
+    checked = check_outputs(outputs, rows, step)
+    return pa.table({name: ndarray_to_column(value) for name, value in checked.items()})
 
 
 def map_inputs(
-    table: pa.Table, input_names: list[str], tensor_fields: list[str] | None, step: str
+    columns: list[str], input_names: list[str], tensor_fields: list[str] | None, step: str
 ) -> dict[str, str]:
     """Decide which column feeds which model input: {input name: column name}.
 
     The seed's rules: `tensor_fields` names the columns, in input order; a lone column feeds
     a lone input whatever its name; otherwise columns map to inputs by name.
     """
-    columns = table.column_names
     if tensor_fields:
         missing = [c for c in tensor_fields if c not in columns]
         if missing:

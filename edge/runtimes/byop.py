@@ -127,7 +127,9 @@ class ByopRuntime(Runtime):
             if missing:
                 raise BadInput(f"step {step!r}: tensor_fields column(s) {missing} not in the input")
             return {n: _to_numpy(table.column(n), f"column {n!r} of step {step!r}") for n in names}
-        mapping = map_inputs(table, self.input_schema.names, self.info.tensor_fields, step)
+        mapping = map_inputs(
+            table.column_names, self.input_schema.names, self.info.tensor_fields, step
+        )
         data = {}
         for field in self.input_schema:
             column = table.column(mapping[field.name])

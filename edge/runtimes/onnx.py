@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pyarrow as pa
 
 from edge.errors import ArtifactError, PipelineError
-from edge.runtimes.base import Runtime, output_table, tensor_feed
+from edge.runtimes.base import Runtime, array_feed, check_outputs, output_table, tensor_feed
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +64,23 @@ class OnnxRuntime(Runtime):
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.provider = self.session.get_providers()[0]
 
+    arrays = True
+
     def predict(self, table: pa.Table) -> pa.Table:
-        step = self.info.name
-        feed = tensor_feed(table, self.inputs, self.info.tensor_fields, step)
+        feed = tensor_feed(table, self.inputs, self.info.tensor_fields, self.info.name)
+        return output_table(self._run(feed), table.num_rows, self.info.name)
+
+    def predict_arrays(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = array_feed(columns, self.inputs, self.info.tensor_fields, self.info.name)
+        rows = len(next(iter(columns.values()))) if columns else 0
+        return check_outputs(self._run(feed), rows, self.info.name)
+
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, Any]:
         try:
             results = self.session.run(self.output_names, feed)
         except Exception as exc:
-            raise PipelineError(f"onnxruntime failed: {exc}", step=step) from exc
-        return output_table(
-            dict(zip(self.output_names, results, strict=True)), table.num_rows, step
-        )
+            raise PipelineError(f"onnxruntime failed: {exc}", step=self.info.name) from exc
+        return dict(zip(self.output_names, results, strict=True))
 
     def describe(self) -> dict[str, Any]:
         return {"provider": self.provider}

@@ -1,0 +1,120 @@
+"""Request bodies to Arrow tables: pandas-records JSON (a list of row objects) or an Arrow IPC
+file (or stream), checked by the seed's input rules (a bad body is a `BadInput` naming where)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from edge.errors import BadInput
+from edge.tensors import ndarray_to_column
+
+
+def decode_records(body: bytes) -> pa.Table:
+    """pandas-records JSON (`DataFrame.to_json(orient="records")`) to an Arrow table."""
+    head = body.lstrip()[:1]
+    if head != b"[":
+        raise BadInput(
+            "body is not pandas-records JSON: expected a JSON list of row objects, like "
+            '[{"tensor": [1.0, 2.0]}]'
+        )
+    if len(body) < 4096:  # small bodies: orjson and pyarrow beat polars' fixed cost
+        try:
+            rows = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadInput(f"malformed JSON at byte {exc.pos}: {exc.msg}") from exc
+        return _rows_to_table(rows)
+    import polars as pl  # imported on first large body: it costs ~50 MB resident
+
+    try:
+        # every row decides the column types (polars' default looks at the first 100 only)
+        table = pl.read_json(io.BytesIO(body), infer_schema_length=None).to_arrow()
+    except Exception as exc:  # polars raises ComputeError/SchemaError with a text
+        raise BadInput(f"malformed pandas-records JSON: {str(exc).splitlines()[0]}") from exc
+    if table.num_rows == 0 or table.num_columns == 0:
+        raise BadInput("the request holds no rows (an empty list)")
+    return _plain_offsets(table)
+
+
+def _rows_to_table(rows: Any) -> pa.Table:
+    if not isinstance(rows, list) or not rows:
+        raise BadInput("the request holds no rows (expected a non-empty JSON list of objects)")
+    columns: dict[str, list[Any]] = {}
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise BadInput(f"row {index} is not a JSON object")
+        for key in row:
+            if key not in columns:
+                columns[key] = [None] * index
+        for key, values in columns.items():
+            values.append(row.get(key))
+    return pa.table({name: _column(name, values) for name, values in columns.items()})
+
+
+def _column(name: str, values: list[Any]) -> pa.Array:
+    """One JSON column as Arrow; numeric tensors go through numpy (much faster than
+    pyarrow's inference on nested Python lists), everything else through `pa.array`."""
+    first = values[0]
+    if isinstance(first, list | int | float) and not isinstance(first, bool):
+        try:
+            tensor = np.asarray(values)
+        except ValueError as exc:  # numpy refuses inhomogeneous shapes
+            raise BadInput(
+                f"column {name!r}: ragged tensor (rows or nested lists differ in length); "
+                f"every row must have the same shape"
+            ) from exc
+        if tensor.dtype.kind in "iuf":
+            return ndarray_to_column(tensor)
+        if tensor.dtype.kind in "US" and tensor.ndim > 1:
+            raise BadInput(f"column {name!r}: mixed element types (numbers and text) in a tensor")
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise BadInput(f"column {name!r}: mixed element types or ragged nesting ({exc})") from exc
+
+
+def _plain_offsets(table: pa.Table) -> pa.Table:
+    """large_list/large_string (what polars writes) to list/string, so every request's
+    columns have one type whichever decoder read them."""
+    fields = []
+    for f in table.schema:
+        kind = f.type
+        if pa.types.is_large_list(kind) or pa.types.is_large_string(kind):
+            fields.append(pa.field(f.name, _plain_type(kind)))
+        else:
+            fields.append(f)
+    schema = pa.schema(fields)
+    return table if schema == table.schema else table.cast(schema)
+
+
+def _plain_type(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_list(kind) or pa.types.is_list(kind):
+        return pa.list_(_plain_type(kind.value_type))
+    if pa.types.is_large_string(kind):
+        return pa.string()
+    return kind
+
+
+def decode_arrow(body: bytes) -> pa.Table:
+    """An Arrow IPC file (or stream) to a table, checked in full: a damaged body is a 400."""
+    buffer = pa.py_buffer(body)
+    table = None
+    problem: Exception | None = None
+    for opener in (pa.ipc.open_file, pa.ipc.open_stream):
+        try:
+            table = opener(buffer).read_all()
+            table.validate(full=True)
+            break
+        except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
+            table, problem = None, exc
+    if table is None:
+        raise BadInput(f"body is not a valid Arrow IPC file or stream: {problem}")
+    names = table.column_names
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise BadInput(f"the Arrow table names column(s) {twice} more than once")
+    return table

@@ -1,0 +1,164 @@
+"""Result tables to pandas-records JSON, the seed's response and `pipeline.logs` shape.
+
+JSON records carry the seed's edge fields (`check_failures`, `elapsed`, `model_name`,
+`model_version`, `original_data`, `outputs`, `pipeline_name`, `shadow_data`, `time`) plus
+`in`/`out`/`anomaly`/`metadata`, nested, or flat keys joined by `separator` when the client
+asks (Wallaroo's SDK does). Two writers produce the same records: a per-row one with orjson
+for small results (polars' fixed cost is about a millisecond) and a columnar one with polars
+for large ones (`edge.codecs.records_large`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from edge import result
+from edge.errors import BadInput
+from edge.tensors import column_to_ndarray, single_array
+
+SMALL = 64  # rows; below this the per-row JSON writer is faster
+
+
+@dataclass
+class RecordInfo:
+    """Per-request facts every JSON record repeats (the seed's edge fields)."""
+
+    pipeline_name: str
+    model_name: str
+    model_version: str
+    elapsed: list[int]
+    check_failures: list[Any] = field(default_factory=list)
+    shadow_data: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_records(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
+    """The result table as pandas-records JSON (see module docstring)."""
+    if table.num_rows < SMALL:
+        return _records_small(table, info, separator)
+    from edge.codecs.records_large import records_large
+
+    return records_large(table, info, separator)
+
+
+def _type_name(arrow_type: pa.DataType) -> str:
+    while (
+        pa.types.is_list(arrow_type)
+        or pa.types.is_large_list(arrow_type)
+        or (pa.types.is_fixed_size_list(arrow_type))
+    ):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_floating(arrow_type):
+        return "Float" if arrow_type.bit_width <= 32 else "Double"
+    if pa.types.is_integer(arrow_type):
+        return f"{'U' if pa.types.is_unsigned_integer(arrow_type) else ''}Int{arrow_type.bit_width}"
+    if pa.types.is_boolean(arrow_type):
+        return "Bool"
+    return "String"
+
+
+def _group(column: str, separator: str | None) -> tuple[str, str] | None:
+    """'in.tensor' -> ('in', 'tensor') for nesting; None for top-level or flat output."""
+    if separator is not None:
+        return None
+    head, dot, rest = column.partition(".")
+    if dot and head in ("in", "out", "anomaly", "metadata"):
+        return head, rest
+    return None
+
+
+def _output_columns(table: pa.Table) -> list[str]:
+    return result.output_columns(table.column_names)
+
+
+def _shadow_columns(table: pa.Table, info: RecordInfo) -> dict[str, list[str]]:
+    """Shadow challengers' `out_<model>.<output>` columns by model, for `shadow_data` (the
+    seed: "in the same format as outputs"); a failed challenger's error is already there."""
+    shadow: dict[str, list[str]] = {}
+    for name in table.column_names:
+        model = result.shadow_model(name)
+        if model is not None and model not in info.shadow_data:
+            shadow.setdefault(model, []).append(name)
+    return shadow
+
+
+def _records_small(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
+    columns = {name: _row_values(table.column(name)) for name in table.column_names}
+
+    def kinds(names: list[str]) -> list[tuple[str, str]]:
+        return [(c, _type_name(table.schema.field(c).type)) for c in names]
+
+    outputs = kinds(_output_columns(table))
+    shadow = {m: kinds(c) for m, c in _shadow_columns(table, info).items()} if info else {}
+    records = []
+    for row in range(table.num_rows):
+        record: dict[str, Any] = {}
+        if info is not None:
+            shadow_data = info.shadow_data
+            if shadow:
+                shadow_data = {
+                    **shadow_data,
+                    **{
+                        m: [{kind: _tensor_entry(columns[c][row])} for c, kind in cols]
+                        for m, cols in shadow.items()
+                    },
+                }
+            record.update(
+                check_failures=info.check_failures,
+                elapsed=info.elapsed,
+                model_name=info.model_name,
+                model_version=info.model_version,
+                original_data=None,
+                outputs=[{kind: _tensor_entry(columns[c][row])} for c, kind in outputs],
+                pipeline_name=info.pipeline_name,
+                shadow_data=shadow_data,
+            )
+        for name, values in columns.items():
+            value = values[row]
+            if separator is not None and separator != "." and "." in name:
+                name = name.replace(".", separator, 1)
+            group = _group(name, separator)
+            if group is None:
+                record[name] = value
+            else:
+                record.setdefault(group[0], {})[group[1]] = value
+        records.append(record)
+    return orjson.dumps(records, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _row_values(column: pa.ChunkedArray) -> Any:
+    """Per-row values for orjson: numeric tensors as one numpy array (orjson writes them
+    natively, in their own precision), timestamps as epoch ms, the rest as Python objects."""
+    array = single_array(column)
+    kind = array.type
+    if pa.types.is_timestamp(kind):
+        return array.view(pa.int64()).to_numpy(zero_copy_only=False).tolist()
+    inner = kind
+    while pa.types.is_list(inner) or pa.types.is_fixed_size_list(inner):
+        inner = inner.value_type
+    if inner is not kind and (pa.types.is_integer(inner) or pa.types.is_floating(inner)):
+        try:
+            return column_to_ndarray(array, inner.to_pandas_dtype(), None, "")
+        except BadInput:  # ragged or nulls: fall back to Python lists
+            pass
+    return array.to_pylist()
+
+
+def _tensor_entry(value: Any) -> dict[str, Any]:
+    if isinstance(value, np.ndarray):
+        return {"data": value.reshape(-1), "dim": [1, *value.shape], "v": 1}
+    if isinstance(value, list):
+        dims = [1]
+        probe: Any = value
+        while isinstance(probe, list):
+            dims.append(len(probe))
+            probe = probe[0] if probe else None
+        data = value
+        while data and isinstance(data[0], list):
+            data = [x for part in data for x in part]
+        return {"data": data, "dim": dims, "v": 1}
+    return {"data": [value], "dim": [1], "v": 1}
