@@ -18,7 +18,9 @@ import numpy as np
 import pyarrow as pa
 
 from edge.artifact import Definition, ModelInfo, ModelStep, RandomSplitStep, ShadowStep, Step
+from edge.codecs.records import RecordInfo
 from edge.errors import BadInput, EdgeError, PipelineError
+from edge.fastpath import FastPath
 from edge.result import ANOMALY, ANOMALY_COUNT, MODEL_SPLIT, SHADOW, ResultBuilder
 from edge.runtimes import Runtime
 
@@ -37,6 +39,18 @@ class Inference:
     # challenger outputs from the `out_<model>.*` columns
     shadow_data: dict[str, Any] = field(default_factory=dict)
 
+    def record_info(self, pipeline_name: str) -> RecordInfo:
+        """What each of its JSON records repeats."""
+        last = self.last_model
+        return RecordInfo(
+            pipeline_name,
+            last.name,
+            last.version,
+            self.elapsed,
+            self.check_failures,
+            self.shadow_data,
+        )
+
 
 class Pipeline:
     def __init__(
@@ -52,6 +66,15 @@ class Pipeline:
         self.validator = validator
         self._single = {n for n, m in definition.models.items() if m.batch_config == "single"}
         self._builder = ResultBuilder(definition.version, partition)
+        # small numeric requests without Arrow tables (None: the pipeline needs this class)
+        self.fast = FastPath.compile(
+            definition.name,
+            definition.steps,
+            definition.models,
+            runtimes,
+            bool(definition.validations),
+            self._builder,
+        )
         # Small requests may run on the event loop: only ONNX steps, which take microseconds
         # on small inputs (user code and TensorFlow can take any time, so they never do).
         self.quick = all(m.runtime == "onnx" for m in definition.models.values())

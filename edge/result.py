@@ -105,6 +105,10 @@ class ResultBuilder:
         self._constants: dict[tuple[str, int], pa.Array] = {}
         self._schemas: dict[tuple[Any, ...], pa.Schema] = {}
 
+    @staticmethod
+    def now_ms() -> int:
+        return time.time_ns() // 1_000_000
+
     def build(
         self,
         request: pa.Table,
@@ -117,11 +121,9 @@ class ResultBuilder:
         """`time`, `in.*` (the request), `out.*` (the last step's output), `extra` (shadow
         outputs, the split), `anomaly.count` (0: the validations fill it) and `metadata.*`."""
         rows = request.num_rows
-        now = np.full(rows, time.time_ns() // 1_000_000, dtype=np.int64)
+        now = np.full(rows, self.now_ms(), dtype=np.int64)
         names = [TIME]
-        columns: list[pa.Array | pa.ChunkedArray] = [
-            pa.Array.from_buffers(TIME_TYPE, rows, [None, pa.py_buffer(now)])
-        ]
+        columns: list[pa.Array | pa.ChunkedArray] = [_times(now)]
         for name in request.column_names:
             names.append(IN + name)
             columns.append(request.column(name))
@@ -131,16 +133,23 @@ class ResultBuilder:
         for name, array in extra.items():
             names.append(name)
             columns.append(array)
-        last = json.dumps({"model_name": last_model, "model_sha": last_sha})
-        names += [ANOMALY_COUNT, LAST_MODEL, PIPELINE_VERSION, ELAPSED, DROPPED, PARTITION]
-        columns += [
+        names += _TAIL
+        columns += self._tail(last_model, last_sha, _elapsed(elapsed, rows), rows)
+        return self._table(names, columns)
+
+    def _tail(self, model: str, sha: str, elapsed: pa.Array, rows: int) -> list[pa.Array]:
+        """`anomaly.count` and the `metadata.*` columns."""
+        last = json.dumps({"model_name": model, "model_sha": sha})
+        return [
             self._constant("count", 0, ANOMALY_COUNT_TYPE, rows),
             self._constant(last, last, pa.string(), rows),
             self._constant("version", self.pipeline_version, pa.string(), rows),
-            _elapsed(elapsed, rows),
+            elapsed,
             self._constant("dropped", [], DROPPED_TYPE, rows),
             self._constant("partition", self.partition, pa.string(), rows),
         ]
+
+    def _table(self, names: list[str], columns: list[Any]) -> pa.Table:
         return pa.Table.from_arrays(columns, schema=self._schema(names, columns))
 
     def _schema(self, names: list[str], columns: list[Any]) -> pa.Schema:
@@ -166,6 +175,102 @@ class ResultBuilder:
                 return cached
             self._constants[cache_key] = cached
         return cached if exact else cached.slice(0, rows)
+
+
+_TAIL = [ANOMALY_COUNT, LAST_MODEL, PIPELINE_VERSION, ELAPSED, DROPPED, PARTITION]
+
+
+class ResultRows:
+    """One request's result as numpy columns (small requests, `edge.fastpath`): what its
+    JSON records are written from, and what the journal joins with the other requests of its
+    loop turn into one Arrow table (`table`), equal to what `ResultBuilder.build` makes."""
+
+    __slots__ = ("builder", "inputs", "outputs", "time_ms", "elapsed", "model", "sha", "rows")
+
+    def __init__(
+        self,
+        builder: ResultBuilder,
+        inputs: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        time_ms: int,
+        elapsed: list[int],
+        model: str,
+        sha: str,
+    ) -> None:
+        self.builder, self.inputs, self.outputs = builder, inputs, outputs
+        self.time_ms, self.elapsed, self.model, self.sha = time_ms, elapsed, model, sha
+        self.rows = len(next(iter(inputs.values())))
+
+    def key(self) -> tuple[Any, ...]:
+        """Requests of one key join into one table: same builder, columns, types, shapes."""
+        layout = tuple(
+            (name, a.dtype.str, a.shape[1:])
+            for part in (self.inputs, self.outputs)
+            for name, a in part.items()
+        )
+        return (id(self.builder), self.model, self.sha, len(self.elapsed), layout)
+
+    def record_columns(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """Per-row values of every result column, as the records writer reads a table's
+        (numeric tensors as arrays, the rest as Python values), and the outputs' type names."""
+        rows = self.rows
+        values: dict[str, Any] = {TIME: [self.time_ms] * rows}
+        kinds: dict[str, str] = {}
+        for prefix, part in ((IN, self.inputs), (OUT, self.outputs)):
+            for name, array in part.items():
+                shown = array if array.ndim > 1 and array.dtype.kind in "iuf" else array.tolist()
+                values[prefix + name] = shown
+                kinds[prefix + name] = type_name(array.dtype)
+        last = json.dumps({"model_name": self.model, "model_sha": self.sha})
+        builder = self.builder
+        values[ANOMALY_COUNT] = [0] * rows
+        values[LAST_MODEL] = [last] * rows
+        values[PIPELINE_VERSION] = [builder.pipeline_version] * rows
+        values[ELAPSED] = [self.elapsed] * rows
+        values[DROPPED] = [[] for _ in range(rows)]
+        values[PARTITION] = [builder.partition] * rows
+        return values, kinds
+
+    @staticmethod
+    def table(group: list[ResultRows]) -> pa.Table:
+        """The rows of `group` (one `key`) as one result table, in order."""
+        first = group[0]
+        builder = first.builder
+        counts = [r.rows for r in group]
+        total = sum(counts)
+        times = np.repeat(np.array([r.time_ms for r in group], np.int64), counts)
+        names = [TIME]
+        columns: list[Any] = [_times(times)]
+        for prefix, part in ((IN, "inputs"), (OUT, "outputs")):
+            for name in getattr(first, part):
+                joined = [getattr(r, part)[name] for r in group]
+                array = joined[0] if len(joined) == 1 else np.concatenate(joined)
+                names.append(prefix + name)
+                columns.append(ndarray_to_column(array))
+        elapsed = np.repeat(np.array([r.elapsed for r in group], np.int64), counts, axis=0)
+        names += _TAIL
+        columns += builder._tail(first.model, first.sha, _elapsed_rows(elapsed), total)
+        return builder._table(names, columns)
+
+
+def type_name(dtype: np.dtype) -> str:
+    """The seed's type name of a tensor's elements (the records' `outputs` keys)."""
+    if dtype.kind == "f":
+        return "Float" if dtype.itemsize <= 4 else "Double"
+    if dtype.kind in "iu":
+        return f"{'U' if dtype.kind == 'u' else ''}Int{dtype.itemsize * 8}"
+    return "Bool" if dtype.kind == "b" else "String"
+
+
+def _times(millis: np.ndarray) -> pa.Array:
+    return pa.Array.from_buffers(TIME_TYPE, len(millis), [None, pa.py_buffer(millis)])
+
+
+def _elapsed_rows(elapsed: np.ndarray) -> pa.Array:
+    """An (rows, steps) int64 array as `metadata.elapsed`."""
+    if len(elapsed) <= 64:
+        return pa.array(elapsed.tolist(), ELAPSED_TYPE)
+    return ndarray_to_column(elapsed)
 
 
 def _elapsed(elapsed: list[int], rows: int) -> pa.Array:

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from edge import codecs, openapi
+from edge import codecs, fastpath, openapi
 from edge.appliance import Appliance
 from edge.errors import (
     EdgeError,
@@ -35,11 +35,13 @@ from edge.errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from edge.fastpath import FastInference
 from edge.httpio import ErrorMapping, guarded, header_text, log_unexpected, read_body
 from edge.logbuffer import LogBufferDiskFull, LogBufferFull
 from edge.logquery import log_warnings, parse_log_query
 from edge.metrics import Metrics
 from edge.pipeline import Inference
+from edge.result import ResultRows
 
 log = logging.getLogger("edge.server")
 
@@ -131,6 +133,10 @@ def create_app(appliance: Appliance) -> Starlette:
         want_arrow = codecs.wants_arrow(headers.get("accept", ""), headers.get("format", ""))
         shape = codecs.parse_shape(_params(request))  # a bad dataset is refused before the run
         body = await read_body(request, appliance.settings.max_body_bytes)
+        if pipeline.fast is not None and decode is codecs.decode_records and not want_arrow:
+            fast = pipeline.fast.run(body)
+            if fast is not None:
+                return await _answer_fast(name, fast, shape)
 
         def work() -> Inference:
             parse_started = time.perf_counter_ns()
@@ -151,15 +157,9 @@ def create_app(appliance: Appliance) -> Starlette:
         def encode() -> bytes:
             if want_arrow:
                 return codecs.encode_arrow(shown)
-            info = codecs.RecordInfo(
-                pipeline_name=pipeline.name,
-                model_name=inference.last_model.name,
-                model_version=inference.last_model.version,
-                elapsed=inference.elapsed,
-                check_failures=inference.check_failures,
-                shadow_data=inference.shadow_data,
+            return codecs.encode_records(
+                shown, inference.record_info(pipeline.name), shape.separator
             )
-            return codecs.encode_records(shown, info, shape.separator)
 
         if result.num_rows < codecs.SMALL:
             payload = encode()
@@ -169,6 +169,16 @@ def create_app(appliance: Appliance) -> Starlette:
             await logged
         metrics.count_rows(name, result.num_rows)
         return Response(payload, 200, media_type=codecs.media_type(want_arrow))
+
+    async def _answer_fast(name: str, inference: FastInference, shape: codecs.Shape) -> Response:
+        buffer = appliance.buffer
+        rows = inference.rows
+        logged = buffer.submit(ResultRows.table([rows])) if buffer is not None else None
+        payload = fastpath.encode(inference, shape)
+        if logged is not None:
+            await logged
+        metrics.count_rows(name, rows.rows)
+        return Response(payload, 200, media_type=codecs.JSON_TYPE)
 
     async def live(request: Request) -> Response:
         return json_response({"status": "alive"})

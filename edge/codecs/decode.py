@@ -13,6 +13,8 @@ import pyarrow as pa
 from edge.errors import BadInput
 from edge.tensors import ndarray_to_column
 
+ORJSON_BODY = 4096  # bodies below this are parsed with orjson, larger ones with polars
+
 
 def decode_records(body: bytes) -> pa.Table:
     """pandas-records JSON (`DataFrame.to_json(orient="records")`) to an Arrow table."""
@@ -22,7 +24,7 @@ def decode_records(body: bytes) -> pa.Table:
             "body is not pandas-records JSON: expected a JSON list of row objects, like "
             '[{"tensor": [1.0, 2.0]}]'
         )
-    if len(body) < 4096:  # small bodies: orjson and pyarrow beat polars' fixed cost
+    if len(body) < ORJSON_BODY:  # small bodies: orjson and pyarrow beat polars' fixed cost
         try:
             rows = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -59,7 +61,7 @@ def _column(name: str, values: list[Any]) -> pa.Array:
     """One JSON column as Arrow; numeric tensors go through numpy (much faster than
     pyarrow's inference on nested Python lists), everything else through `pa.array`."""
     first = values[0]
-    if isinstance(first, list | int | float) and not isinstance(first, bool):
+    if _numeric_start(first):
         try:
             tensor = np.asarray(values)
         except ValueError as exc:  # numpy refuses inhomogeneous shapes
@@ -75,6 +77,22 @@ def _column(name: str, values: list[Any]) -> pa.Array:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise BadInput(f"column {name!r}: mixed element types or ragged nesting ({exc})") from exc
+
+
+def numeric_tensor(values: list[Any]) -> np.ndarray | None:
+    """A JSON column as the numeric tensor the decoder makes of it (`_column`), shaped
+    (rows, *dims), or None when the decoder would not (text, bools, nulls, ragged rows)."""
+    if not _numeric_start(values[0]):
+        return None
+    try:
+        tensor = np.asarray(values)
+    except ValueError:
+        return None
+    return tensor if tensor.dtype.kind in "iuf" else None
+
+
+def _numeric_start(first: Any) -> bool:
+    return isinstance(first, list | int | float) and not isinstance(first, bool)
 
 
 def _plain_offsets(table: pa.Table) -> pa.Table:

@@ -76,10 +76,14 @@ def _output_columns(table: pa.Table) -> list[str]:
 
 
 def _shadow_columns(table: pa.Table, info: RecordInfo) -> dict[str, list[str]]:
+    return _shadow_of(table.column_names, info)
+
+
+def _shadow_of(names: list[str], info: RecordInfo) -> dict[str, list[str]]:
     """Shadow challengers' `out_<model>.<output>` columns by model, for `shadow_data` (the
     seed: "in the same format as outputs"); a failed challenger's error is already there."""
     shadow: dict[str, list[str]] = {}
-    for name in table.column_names:
+    for name in names:
         model = result.shadow_model(name)
         if model is not None and model not in info.shadow_data:
             shadow.setdefault(model, []).append(name)
@@ -88,14 +92,26 @@ def _shadow_columns(table: pa.Table, info: RecordInfo) -> dict[str, list[str]]:
 
 def _records_small(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
     columns = {name: _row_values(table.column(name)) for name in table.column_names}
+    kinds = {field.name: _type_name(field.type) for field in table.schema}
+    return records_of(columns, kinds, table.num_rows, info, separator)
 
-    def kinds(names: list[str]) -> list[tuple[str, str]]:
-        return [(c, _type_name(table.schema.field(c).type)) for c in names]
 
-    outputs = kinds(_output_columns(table))
-    shadow = {m: kinds(c) for m, c in _shadow_columns(table, info).items()} if info else {}
+def records_of(
+    columns: dict[str, Any],
+    kinds: dict[str, str],
+    rows: int,
+    info: RecordInfo | None,
+    separator: str | None,
+) -> bytes:
+    """Records from per-row values (`columns[name][row]`: what `_row_values` makes of a column)
+    and the seed's type names (`kinds`, for `outputs`): the one record layout of both paths."""
+    names = list(columns)
+    outputs = [(c, kinds[c]) for c in result.output_columns(names)]
+    shadow = {}
+    if info is not None:
+        shadow = {m: [(c, kinds[c]) for c in cs] for m, cs in _shadow_of(names, info).items()}
     records = []
-    for row in range(table.num_rows):
+    for row in range(rows):
         record: dict[str, Any] = {}
         if info is not None:
             shadow_data = info.shadow_data

@@ -75,6 +75,11 @@ def shape(table: pa.Table, how: Shape) -> pa.Table:
     return select_datasets(table, how.dataset, how.exclude)
 
 
+def selected(columns: tuple[str, ...], how: Shape) -> tuple[str, ...]:
+    """The names `shape` keeps of `columns`, in their order."""
+    return _selected(columns, tuple(how.dataset or ("*",)), tuple(how.exclude or ()))
+
+
 @functools.lru_cache(maxsize=256)
 def _selected(
     columns: tuple[str, ...], dataset: tuple[str, ...], exclude: tuple[str, ...]
