@@ -11,7 +11,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -71,7 +70,8 @@ SPECS = {
         "        - {weight: 1, model: b, file: models/logistic.onnx}\n"
     ),
     "shadow": (
-        "name: shadow\nsteps:\n  - shadow:\n      champion: {model: a, file: models/logistic.onnx}\n"
+        "name: shadow\nsteps:\n  - shadow:\n"
+        "      champion: {model: a, file: models/logistic.onnx}\n"
         "      challengers:\n        - {model: b, file: models/logistic.onnx}\n"
     ),
     "python": (
