@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import orjson
@@ -72,15 +72,9 @@ def guarded(endpoint: Endpoint, answer: Callable[[Request, Exception], Response]
     return route
 
 
-def log_unexpected(request: Request, exc: BaseException) -> None:
+def log_unexpected(path: str, exc: BaseException) -> None:
     """An exception that is not ours reached a route: a bug. Logged once, with its traceback."""
-    log.error(
-        "unexpected error method=%s path=%s error=%s",
-        request.method,
-        request.url.path,
-        type(exc).__name__,
-        exc_info=exc,
-    )
+    log.error("unexpected error path=%s error=%s", path, type(exc).__name__, exc_info=exc)
 
 
 async def read_body(
@@ -93,22 +87,40 @@ async def read_body(
     """The request body, refused with `too_large` past `limit` bytes (before reading any of it
     when Content-Length says so), and with `too_slow` when it takes over `timeout` seconds."""
     declared = request.headers.get("content-length", "")
+    return await read_asgi_body(request.receive, declared, limit, too_large, too_slow, timeout)
+
+
+async def read_asgi_body(
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+    declared: str,
+    limit: int,
+    too_large: Callable[[str], Exception] = PayloadTooLarge,
+    too_slow: Callable[[str], Exception] = RequestTimeout,
+    timeout: float = BODY_TIMEOUT,
+) -> bytes:
+    """`read_body` on the ASGI `receive` callable (`declared`: the Content-Length header)."""
     if declared.isdigit() and int(declared) > limit:
         raise too_large(f"request body of {declared} bytes exceeds the limit of {limit}")
-    chunks = []
+    chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break  # the client went away
+                chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
                     raise too_large(f"request body exceeds the limit of {limit} bytes")
                 chunks.append(chunk)
+                more = message.get("more_body", False)
     except TimeoutError:
         raise too_slow(
             f"the request body took more than {timeout:.0f} s to arrive ({size} bytes read)"
         ) from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_json(body: bytes, bad: Callable[[str], Exception] = BadInput, what: str = "body") -> Any:

@@ -8,8 +8,7 @@ crash of the process once written, and from power loss once fsynced, every
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from edge import codecs, fastpath, openapi
+from edge import codecs, openapi
 from edge.appliance import Appliance
 from edge.errors import (
     EdgeError,
@@ -35,13 +34,11 @@ from edge.errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
-from edge.fastpath import FastInference
-from edge.httpio import ErrorMapping, guarded, header_text, log_unexpected, read_body
+from edge.httpio import ErrorMapping, guarded, header_text, log_unexpected
+from edge.inference_route import InferenceEndpoint
 from edge.logbuffer import LogBufferDiskFull, LogBufferFull
 from edge.logquery import log_warnings, parse_log_query
 from edge.metrics import Metrics
-from edge.pipeline import Inference
-from edge.result import ResultRows
 
 log = logging.getLogger("edge.server")
 
@@ -63,7 +60,7 @@ STATUS = ErrorMapping(
         EdgeError: (500, ENGINE),
     }
 )
-INLINE_BYTES = 64 << 10  # smaller bodies run on the event loop: a thread hop costs more
+PIPELINES = "/pipelines/"
 
 
 def error_body(exc: BaseException) -> tuple[int, bytes]:
@@ -81,7 +78,7 @@ def json_response(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status, media_type="application/json")
 
 
-def create_app(appliance: Appliance) -> Starlette:
+def create_app(appliance: Appliance) -> Callable[..., Awaitable[None]]:
     metrics = Metrics()
 
     async def list_pipelines(request: Request) -> Response:
@@ -109,76 +106,6 @@ def create_app(appliance: Appliance) -> Starlette:
                     }
                 )
         return json_response({"models": models})
-
-    async def infer(request: Request) -> Response:
-        name = request.path_params["name"]
-        started = time.perf_counter()
-        code = 500
-        try:
-            response = await _infer(request, name)
-            code = 200
-            return response
-        except Exception as exc:
-            code = STATUS.status(exc)
-            raise
-        finally:
-            # an unknown name is labelled as such: clients must not grow the label set
-            known = appliance.pipeline is not None and name == appliance.pipeline.name
-            metrics.observe(name if known else "unknown", code, time.perf_counter() - started)
-
-    async def _infer(request: Request, name: str) -> Response:
-        pipeline = appliance.serving(name)
-        headers = request.headers
-        decode = codecs.request_decoder(headers.get("content-type", ""))
-        want_arrow = codecs.wants_arrow(headers.get("accept", ""), headers.get("format", ""))
-        shape = codecs.parse_shape(_params(request))  # a bad dataset is refused before the run
-        body = await read_body(request, appliance.settings.max_body_bytes)
-        if pipeline.fast is not None and decode is codecs.decode_records and not want_arrow:
-            fast = pipeline.fast.run(body)
-            if fast is not None:
-                return await _answer_fast(name, fast, shape)
-
-        def work() -> Inference:
-            parse_started = time.perf_counter_ns()
-            table = decode(body)
-            return pipeline.run(table, time.perf_counter_ns() - parse_started)
-
-        if len(body) <= INLINE_BYTES and pipeline.quick:
-            inference = work()
-        else:
-            inference = await anyio.to_thread.run_sync(work, limiter=appliance.limiter)
-        result = inference.table
-        shown = codecs.shape(result, shape)
-        # Journal the rows (large tables on a thread, while the answer is encoded); answer
-        # only once they are written (LogBufferFull / LogBufferDiskFull become 503 / 507).
-        buffer = appliance.buffer
-        logged = buffer.submit(result) if buffer is not None else None
-
-        def encode() -> bytes:
-            if want_arrow:
-                return codecs.encode_arrow(shown)
-            return codecs.encode_records(
-                shown, inference.record_info(pipeline.name), shape.separator
-            )
-
-        if result.num_rows < codecs.SMALL:
-            payload = encode()
-        else:
-            payload = await anyio.to_thread.run_sync(encode)
-        if logged is not None:
-            await logged
-        metrics.count_rows(name, result.num_rows)
-        return Response(payload, 200, media_type=codecs.media_type(want_arrow))
-
-    async def _answer_fast(name: str, inference: FastInference, shape: codecs.Shape) -> Response:
-        buffer = appliance.buffer
-        rows = inference.rows
-        logged = buffer.submit(ResultRows.table([rows])) if buffer is not None else None
-        payload = fastpath.encode(inference, shape)
-        if logged is not None:
-            await logged
-        metrics.count_rows(name, rows.rows)
-        return Response(payload, 200, media_type=codecs.JSON_TYPE)
 
     async def live(request: Request) -> Response:
         return json_response({"status": "alive"})
@@ -223,12 +150,16 @@ def create_app(appliance: Appliance) -> Starlette:
         return response
 
     def answer(request: Request, exc: Exception) -> Response:
+        code, body = error_for(request.url.path, exc)
+        return Response(body, code, media_type="application/json")
+
+    def error_for(path: str, exc: Exception) -> tuple[int, bytes]:
         code, body = error_body(exc)
         if STATUS.lookup(exc) is None:
-            log_unexpected(request, exc)
+            log_unexpected(path, exc)
         elif code >= 500:
-            log.error("path=%s error=%s", request.url.path, exc)
-        return Response(body, code, media_type="application/json")
+            log.error("path=%s error=%s", path, exc)
+        return code, body
 
     async def no_route(request: Request, exc: Exception) -> Response:
         code, body = error_body(NotFound(f"no route {request.method} {request.url.path}"))
@@ -250,7 +181,6 @@ def create_app(appliance: Appliance) -> Starlette:
     endpoints = [
         ("/openapi.json", openapi_route, "GET"),
         ("/pipelines", list_pipelines, "GET"),
-        ("/pipelines/{name}", infer, "POST"),
         ("/models", list_models, "GET"),
         ("/logs", logs, "GET"),
         ("/health", health, "GET"),
@@ -259,9 +189,23 @@ def create_app(appliance: Appliance) -> Starlette:
         ("/metrics", metrics_route, "GET"),
     ]
     routes = [Route(path, guarded(fn, answer), methods=[verb]) for path, fn, verb in endpoints]
-    return Starlette(
+    # answered by `infer` first; GET and the like get Starlette's 405, as JSON
+    routes.append(Route("/pipelines/{name}", no_route, methods=["POST"]))
+    router = Starlette(
         routes=routes, exception_handlers={404: no_route, 405: no_route}, lifespan=lifespan
     )
+    infer = InferenceEndpoint(appliance, metrics, error_for)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """`POST /pipelines/{name}` straight to the inference endpoint, the rest to Starlette."""
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path.startswith(PIPELINES) and "/" not in path[len(PIPELINES) :]:
+                await infer(scope, receive, send, path[len(PIPELINES) :])
+                return
+        await router(scope, receive, send)
+
+    return app
 
 
 def _params(request: Request) -> dict[str, list[str]]:

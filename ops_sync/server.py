@@ -211,7 +211,7 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log_unexpected(request, exc)
+    log_unexpected(request.url.path, exc)
     return JSONResponse(error_body("internal error", 500, "InternalError"), 500)
 
 

@@ -1,0 +1,133 @@
+"""`POST /pipelines/{name}`: the inference route, a plain ASGI endpoint in front of Starlette's
+router (`edge.server` sends every other request to Starlette). Starlette's request, routing and
+response machinery costs more than a small model run; this reads the headers, query and body
+straight from the ASGI scope and answers with two `send`s.
+
+A request runs on the small requests' path (`edge.fastpath`) when the pipeline has one and
+the body is a few rows of numeric pandas-records; otherwise on the general path: decode into
+Arrow, `Pipeline.run`, shape, encode. Either way it is answered only once its rows are in the
+log journal (`edge.logbuffer`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+import anyio.to_thread
+
+from edge import codecs, fastpath
+from edge.appliance import Appliance
+from edge.httpio import read_asgi_body
+from edge.metrics import Metrics
+from edge.pipeline import Inference, Pipeline
+from edge.result import ResultRows
+
+INLINE_BYTES = 64 << 10  # smaller bodies run on the event loop: a thread hop costs more
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ErrorAnswer = Callable[[str, Exception], tuple[int, bytes]]
+_JSON = codecs.JSON_TYPE.encode()
+_ARROW = codecs.ARROW_FILE_TYPE.encode()
+_ERROR = b"application/json"
+
+
+class InferenceEndpoint:
+    def __init__(self, appliance: Appliance, metrics: Metrics, error: ErrorAnswer) -> None:
+        self.appliance = appliance
+        self.metrics = metrics
+        self.error = error  # the server's error body for an exception (and its logging)
+
+    async def __call__(
+        self, scope: dict[str, Any], receive: Receive, send: Send, name: str
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            media, payload = await self._infer(scope, receive, name)
+            code = 200
+        except Exception as exc:
+            code, payload = self.error(scope["path"], exc)
+            media = _ERROR
+        headers = [(b"content-type", media), (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": code, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+        # an unknown name is labelled as such: clients must not grow the label set
+        pipeline = self.appliance.pipeline
+        known = pipeline is not None and name == pipeline.name
+        self.metrics.observe(name if known else "unknown", code, time.perf_counter() - started)
+
+    async def _infer(
+        self, scope: dict[str, Any], receive: Receive, name: str
+    ) -> tuple[bytes, bytes]:
+        appliance = self.appliance
+        pipeline = appliance.serving(name)
+        headers = {
+            key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]
+        }
+        decode = codecs.request_decoder(headers.get("content-type", ""))
+        want_arrow = codecs.wants_arrow(headers.get("accept", ""), headers.get("format", ""))
+        query = scope.get("query_string", b"")
+        params = parse_qs(query.decode("latin-1"), keep_blank_values=True) if query else {}
+        shape = codecs.parse_shape(params)  # a bad dataset is refused before the run
+        declared = headers.get("content-length", "")
+        body = await read_asgi_body(receive, declared, appliance.settings.max_body_bytes)
+        if pipeline.fast is not None and decode is codecs.decode_records and not want_arrow:
+            fast = pipeline.fast.run(body)
+            if fast is not None:
+                return _JSON, await self._answer_fast(name, fast, shape)
+        return await self._answer(pipeline, name, decode, body, shape, want_arrow)
+
+    async def _answer_fast(
+        self, name: str, inference: fastpath.FastInference, shape: codecs.Shape
+    ) -> bytes:
+        buffer = self.appliance.buffer
+        rows = inference.rows
+        logged = buffer.submit(ResultRows.table([rows])) if buffer is not None else None
+        payload = fastpath.encode(inference, shape)
+        if logged is not None:
+            await logged
+        self.metrics.count_rows(name, rows.rows)
+        return payload
+
+    async def _answer(
+        self,
+        pipeline: Pipeline,
+        name: str,
+        decode: Callable[[bytes], Any],
+        body: bytes,
+        shape: codecs.Shape,
+        want_arrow: bool,
+    ) -> tuple[bytes, bytes]:
+        def work() -> Inference:
+            parse_started = time.perf_counter_ns()
+            table = decode(body)
+            return pipeline.run(table, time.perf_counter_ns() - parse_started)
+
+        if len(body) <= INLINE_BYTES and pipeline.quick:
+            inference = work()
+        else:
+            inference = await anyio.to_thread.run_sync(work, limiter=self.appliance.limiter)
+        result = inference.table
+        shown = codecs.shape(result, shape)
+        # Journal the rows (large tables on a thread, while the answer is encoded); answer
+        # only once they are written (LogBufferFull / LogBufferDiskFull become 503 / 507).
+        buffer = self.appliance.buffer
+        logged = buffer.submit(result) if buffer is not None else None
+
+        def encode() -> bytes:
+            if want_arrow:
+                return codecs.encode_arrow(shown)
+            info = inference.record_info(pipeline.name)
+            return codecs.encode_records(shown, info, shape.separator)
+
+        if result.num_rows < codecs.SMALL:
+            payload = encode()
+        else:
+            payload = await anyio.to_thread.run_sync(encode)
+        if logged is not None:
+            await logged
+        self.metrics.count_rows(name, result.num_rows)
+        return (_ARROW if want_arrow else _JSON), payload
