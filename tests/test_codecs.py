@@ -38,20 +38,42 @@ def result_table(n: int) -> pa.Table:
 INFO = codecs.RecordInfo("p", "m", "v1", [10, 20])
 
 
-@pytest.mark.parametrize("separator", [None, "."])
-def test_small_and_large_writers_agree(separator: str | None) -> None:
-    table = result_table(codecs.SMALL + 6)
-    large = orjson.loads(records_large(table, INFO, separator))
-    small = orjson.loads(records._records_small(table, INFO, separator))
-    assert len(large) == len(small) == table.num_rows
-    for a, b in zip(large, small, strict=True):
-        assert list(a) == list(b)
-        assert pd.json_normalize(a).columns.tolist() == pd.json_normalize(b).columns.tolist()
-        np.testing.assert_allclose(
-            np.array(pd.json_normalize(a)["outputs"][0][1]["Float"]["data"]),
-            np.array(pd.json_normalize(b)["outputs"][0][1]["Float"]["data"]),
-            rtol=1e-6,
-        )
+def varied_table(n: int) -> pa.Table:
+    """A result table with every kind of column the writers meet: tensors of 1 to 3
+    dimensions in several precisions, text, bools, nulls, ragged lists, shadow outputs,
+    per-request constants."""
+    rng = np.random.default_rng(2)
+    table = result_table(n)
+    extra = {
+        "in.name": pa.array([f'row {i} \u00e9"' for i in range(n)]),
+        "in.flag": pa.array([i % 3 == 0 for i in range(n)]),
+        "in.maybe": pa.array([None if i % 5 == 0 else i * 1.5 for i in range(n)]),
+        "in.ragged": pa.array([[1] * (i % 3) for i in range(n)], pa.list_(pa.int64())),
+        "in.cube": ndarray_to_column(rng.integers(-9, 9, (n, 2, 3))),
+        "out.score": pa.array(rng.random(n).astype(np.float32)),
+        "out.small": pa.array(rng.integers(0, 9, n).astype(np.uint8)),
+        "out.mask": ndarray_to_column(rng.random((n, 2)) > 0.5),
+        "out_challenger.label": pa.array(np.arange(n, dtype=np.int32)),
+        "metadata.partition": pa.array(["edge-1"] * n),
+        "metadata.last_model": pa.array(['{"model_name": "m", "model_sha": "s"}'] * n),
+    }
+    for name, column in extra.items():
+        table = table.append_column(name, column)
+    return table
+
+
+@pytest.mark.parametrize("separator", [None, ".", "_"])
+@pytest.mark.parametrize(
+    "info", [INFO, None, codecs.RecordInfo("p", "m", "v", [1], [{"x": 1}], {"c": {"error": "e"}})]
+)
+def test_small_and_large_writers_write_the_same_bytes(
+    separator: str | None, info: codecs.RecordInfo | None
+) -> None:
+    table = varied_table(codecs.SMALL + 6)
+    large = records_large(table, info, separator)
+    small = records._records_small(table, info, separator)
+    assert large == small
+    assert len(orjson.loads(large)) == table.num_rows
 
 
 def test_records_normalize_to_seed_columns() -> None:

@@ -1,105 +1,211 @@
-"""The columnar pandas-records writer for large results: one polars expression per record
-piece, no Python object per cell (imported on the first large result: polars costs ~50 MB)."""
+"""The columnar pandas-records writer for large results: the same bytes as the per-row writer
+(`records.records_of`), without a Python object per cell.
+
+Each column becomes one JSON fragment per row in one pass: a numeric tensor column is written
+by one `orjson.dumps` of its whole numpy array, then cut at the row boundaries (numbers hold
+no brackets or commas, so the cut is exact); a column holding one value in every row (the
+per-request `metadata.*`) is written once. A record is then constant text and fragments,
+joined. Anything else (text, nulls, ragged lists, tensors of three or more dimensions) is
+written row by row with orjson, as the per-row writer does.
+"""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
 import orjson
-import polars as pl
 import pyarrow as pa
 
+from edge import result
 from edge.codecs.records import (
     RecordInfo,
     _group,
-    _output_columns,
-    _shadow_columns,
+    _row_values,
+    _shadow_of,
+    _tensor_entry,
     _type_name,
 )
+from edge.tensors import single_array
+
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+Fragments = list[bytes] | bytes  # one per row, or one for every row
+Pieces = list[Fragments]  # in order; constant text between per-row fragments
 
 
 def records_large(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    pieces: list[pl.Expr] = []
+    rows = table.num_rows
+    values = {field.name: _Column(table.column(field.name), rows) for field in table.schema}
+    pieces: list[Fragments] = []
+    text: list[bytes] = [b"{"]  # constant text gathered until the next per-row piece
 
-    def key(name: str) -> pl.Expr:
-        return pl.lit(orjson.dumps(name).decode() + ":")
+    def put(*parts: Fragments) -> None:
+        for piece in parts:
+            if isinstance(piece, bytes):
+                text.append(piece)
+            else:
+                pieces.append(b"".join(text))
+                text.clear()
+                pieces.append(piece)
 
     if info is not None:
-        fixed = orjson.dumps(
-            {
-                "check_failures": info.check_failures,
-                "elapsed": info.elapsed,
-                "model_name": info.model_name,
-                "model_version": info.model_version,
-                "original_data": None,
-            }
-        ).decode()[1:-1]
-        pieces.append(pl.lit(fixed + ',"outputs":['))
-
-        def entries(names: list[str]) -> list[pl.Expr]:
-            encoded = []
-            for name in names:
-                kind = _type_name(table.schema.field(name).type)
-                dtype = frame.schema[name]
-                if isinstance(dtype, pl.List):
-                    data = pl.col(name)
-                    while isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.List):
-                        data = data.list.eval(pl.element().explode())  # flatten nested lists
-                        dtype = dtype.inner
-                    dim = pl.concat_list(
-                        pl.lit(1, pl.Int64), pl.col(name).list.len().cast(pl.Int64)
-                    )
-                else:
-                    data = pl.concat_list(pl.col(name))
-                    dim = pl.lit([1], dtype=pl.List(pl.Int64))
-                entry = pl.struct(data.alias("data"), dim.alias("dim"), pl.lit(1).alias("v"))
-                encoded.append(
-                    pl.concat_str(
-                        [pl.lit('{"' + kind + '":'), entry.struct.json_encode(), pl.lit("}")]
-                    )
-                )
-            return encoded
-
-        outputs = entries(_output_columns(table))
-        if outputs:
-            pieces.append(pl.concat_str(outputs, separator=","))
-        shadow = _shadow_columns(table, info)
-        tail = orjson.dumps(
-            {"pipeline_name": info.pipeline_name, "shadow_data": info.shadow_data}
-        ).decode()[1:-1]
+        put(_key_value("check_failures", info.check_failures) + b",")
+        put(_key_value("elapsed", info.elapsed) + b",")
+        put(_key_value("model_name", info.model_name) + b",")
+        put(_key_value("model_version", info.model_version) + b",")
+        put(b'"original_data":null,"outputs":[')
+        kinds = {field.name: _type_name(field.type) for field in table.schema}
+        _entries(put, [(n, kinds[n]) for n in result.output_columns(table.column_names)], values)
+        put(b"]," + _key_value("pipeline_name", info.pipeline_name) + b',"shadow_data":')
+        shadow = _shadow_of(table.column_names, info)
         if not shadow:
-            pieces.append(pl.lit("]," + tail))
-        else:  # per-row challenger outputs after the recorded errors
-            pieces.append(pl.lit("]," + tail[:-1] + ("," if info.shadow_data else "")))
+            put(orjson.dumps(info.shadow_data))
+        else:
+            put(orjson.dumps(info.shadow_data)[:-1] + (b"," if info.shadow_data else b""))
             for i, (model, names) in enumerate(shadow.items()):
-                pieces.append(pl.lit(("," if i else "") + orjson.dumps(model).decode() + ":["))
-                pieces.append(pl.concat_str(entries(names), separator=","))
-                pieces.append(pl.lit("]"))
-            pieces.append(pl.lit("}"))
-    groups: dict[str, list[tuple[str, str]]] = {}
-    order: list[str] = []
-    for name in table.column_names:
+                put((b"," if i else b"") + orjson.dumps(model) + b":[")
+                _entries(put, [(n, kinds[n]) for n in names], values)
+                put(b"]")
+            put(b"}")
+        put(b",")
+    _columns(put, table.column_names, values, separator)
+    put(b"}")
+    pieces.append(b"".join(text))
+    return b"[" + b",".join(_assemble(pieces, rows)) + b"]"
+
+
+def _columns(put: Any, names: list[str], values: dict[str, _Column], separator: str | None) -> None:
+    """The columns as the per-row writer keys them: grouped into `in`/`out`/... objects in
+    order of first appearance, or flat keys joined by `separator`."""
+    groups: dict[str, list[tuple[str, str | None]]] = {}
+    for name in names:
         shown = name
         if separator is not None and separator != "." and "." in name:
             shown = name.replace(".", separator, 1)
-        group = _group(name, separator)
-        top, sub = group if group else (shown, "")
-        if top not in groups:
-            groups[top] = []
-            order.append(top)
-        groups[top].append((name, sub))
-    for top in order:
-        sep = "," if pieces else ""
-        members = groups[top]
-        if len(members) == 1 and members[0][1] == "":
-            name = members[0][0]
-            value = pl.col(name)
-            if name == "time":
-                value = value.cast(pl.Int64)
-            encoded = pl.struct(value.alias("v")).struct.json_encode().str.slice(5).str.head(-1)
+        group = _group(shown, separator)
+        key, sub = (shown, None) if group is None else group
+        groups.setdefault(key, []).append((name, sub))
+    for i, (key, members) in enumerate(groups.items()):
+        put((b"," if i else b"") + orjson.dumps(key) + b":")
+        if members[0][1] is None:
+            put(*values[members[0][0]].json())
+            continue
+        put(b"{")
+        for j, (name, sub) in enumerate(members):
+            put((b"," if j else b"") + orjson.dumps(sub) + b":")
+            put(*values[name].json())
+        put(b"}")
+
+
+def _entries(put: Any, outputs: list[tuple[str, str]], values: dict[str, _Column]) -> None:
+    """`outputs` entries: {"<Type>": {"data": [...], "dim": [1, ...], "v": 1}} per column."""
+    for i, (name, kind) in enumerate(outputs):
+        put((b"," if i else b"") + b'{"' + kind.encode() + b'":')
+        column = values[name]
+        entry = column.entry()
+        if entry is None:
+            put(column.entries_per_row())
         else:
-            encoded = pl.struct([pl.col(n).alias(s) for n, s in members]).struct.json_encode()
-        pieces.append(pl.concat_str([pl.lit(sep), key(top), encoded]))
-    record = pl.concat_str([pl.lit("{"), *pieces, pl.lit("}")])
-    lines = frame.select(record.alias("r")).to_series()
-    return b"[" + ",".join(lines.to_list()).encode() + b"]"
+            data, dim = entry
+            put(b'{"data":[', data, b'],"dim":' + dim + b',"v":1}')
+        put(b"}")
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    return orjson.dumps(key) + b":" + orjson.dumps(value)
+
+
+def _assemble(pieces: list[Fragments], rows: int) -> Iterator[bytes]:
+    """Record per row: the pieces in order, constants repeated."""
+    streams: list[Iterable[bytes]] = [
+        itertools.repeat(p, rows) if isinstance(p, bytes) else p for p in pieces
+    ]
+    return map(b"".join, zip(*streams, strict=False))
+
+
+class _Column:
+    """One column's JSON fragments, made once, as the per-row writer writes its values."""
+
+    def __init__(self, column: pa.ChunkedArray, rows: int) -> None:
+        self.array = single_array(column)
+        self.rows = rows
+        self._json: Pieces | None = None
+        self._tensor: np.ndarray | None = None
+        self._tensor_done = False
+
+    def json(self) -> Pieces:
+        if self._json is None:
+            self._json = self._fragments()
+        return self._json
+
+    def _fragments(self) -> Pieces:
+        array, rows = self.array, self.rows
+        if rows > 1 and array.null_count == 0 and _one_value(array):
+            return [orjson.dumps(_row_values(array.slice(0, 1))[0], option=_NUMPY)]
+        tensor = self.tensor()
+        if tensor is not None and tensor.ndim == 1:
+            return [_cut_1d(tensor)]
+        if tensor is not None and tensor.ndim == 2:
+            return [b"[", _cut_2d(tensor), b"]"]  # the brackets join the constant text
+        values = tensor if tensor is not None else _row_values(array)
+        return [[orjson.dumps(v, option=_NUMPY) for v in values]]
+
+    def tensor(self) -> np.ndarray | None:
+        """The column's numbers as the per-row writer writes them, shaped (rows, *dims), when
+        they make one array (numeric, no nulls, every row of one shape)."""
+        if not self._tensor_done:
+            self._tensor_done = True
+            self._tensor = _tensor(self.array)
+        return self._tensor
+
+    def entry(self) -> tuple[Fragments, bytes] | None:
+        """The `outputs` entry's data (without its brackets) and dim, when they can be
+        written column by column (from the column's own fragments, made once)."""
+        tensor = self.tensor()
+        if tensor is None:
+            return None
+        dim = orjson.dumps([1, *tensor.shape[1:]])
+        pieces = self.json()
+        if tensor.ndim == 1:  # bare values, or the one value of every row
+            return pieces[0], dim
+        if tensor.ndim == 2:
+            bare = pieces[1] if len(pieces) == 3 else pieces[0]
+            return (bare[1:-1] if isinstance(bare, bytes) else bare), dim
+        return _cut_2d(tensor.reshape(len(tensor), -1)), dim
+
+    def entries_per_row(self) -> list[bytes]:
+        return [orjson.dumps(_tensor_entry(v), option=_NUMPY) for v in _row_values(self.array)]
+
+
+def _tensor(array: pa.Array) -> np.ndarray | None:
+    if array.null_count:
+        return None
+    kind = array.type
+    if pa.types.is_integer(kind):
+        return array.to_numpy()
+    if pa.types.is_floating(kind):  # the per-row writer has them as Python floats
+        return array.to_numpy().astype(np.float64)
+    if pa.types.is_timestamp(kind):
+        return np.asarray(_row_values(array), np.int64)
+    values = _row_values(array)  # numeric lists: one array, in their own precision
+    return values if isinstance(values, np.ndarray) and values.dtype.kind in "iuf" else None
+
+
+def _one_value(array: pa.Array) -> bool:
+    """Whether every row holds the same value (comparing two slices is one pass in C)."""
+    rows = len(array)
+    return rows > 1 and array.slice(1).equals(array.slice(0, rows - 1))
+
+
+def _cut_1d(tensor: np.ndarray) -> list[bytes]:
+    text = orjson.dumps(tensor, option=_NUMPY)
+    return text[1:-1].split(b",") if len(tensor) else []
+
+
+def _cut_2d(tensor: np.ndarray) -> list[bytes]:
+    """The rows of a 2-D tensor as JSON, without their brackets."""
+    if tensor.shape[1] == 0:
+        return [b""] * len(tensor)
+    return orjson.dumps(tensor, option=_NUMPY)[2:-2].split(b"],[")
