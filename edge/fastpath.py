@@ -84,8 +84,15 @@ class FastPath:
         columns = self._parse(body)
         if columns is None:
             return None
+        return self.run_columns(columns, time.perf_counter_ns() - started)
+
+    def run_columns(self, columns: dict[str, np.ndarray], parse_ns: int) -> FastInference | None:
+        """The inference of numeric columns shaped (rows, *dims) (of a decoded pandas-records
+        body, or of another protocol's tensors), or None: the general path answers it."""
         rows = len(next(iter(columns.values())))
-        elapsed = [time.perf_counter_ns() - started]
+        if not 0 < rows <= MAX_ROWS:
+            return None
+        elapsed = [parse_ns]
         current = columns
         last = self.steps[0].info
         for step in self.steps:
