@@ -170,7 +170,7 @@ class ResultBuilder:
         cache_key = (key, rows) if exact else (key, 0)
         cached = self._constants.get(cache_key)
         if cached is None or len(cached) < rows:
-            cached = pa.array([value] * (rows if exact else max(rows, 256)), kind)
+            cached = repeated(value, kind, rows if exact else max(rows, 256))
             if rows > 65536:
                 return cached
             self._constants[cache_key] = cached
@@ -268,15 +268,30 @@ def _times(millis: np.ndarray) -> pa.Array:
 
 def _elapsed_rows(elapsed: np.ndarray) -> pa.Array:
     """An (rows, steps) int64 array as `metadata.elapsed`."""
-    if len(elapsed) <= 64:
-        return pa.array(elapsed.tolist(), ELAPSED_TYPE)
     return ndarray_to_column(elapsed)
 
 
 def _elapsed(elapsed: list[int], rows: int) -> pa.Array:
-    if rows <= 64:  # cheaper from Python for a few rows, from numpy for many
-        return pa.array([elapsed] * rows, ELAPSED_TYPE)
     return ndarray_to_column(np.tile(np.asarray(elapsed, np.int64), (rows, 1)))
+
+
+def repeated(value: Any, kind: pa.DataType, rows: int) -> pa.Array:
+    """`rows` copies of `value`, built from buffers for the result table's constant kinds
+    (text, empty lists, integers): `pa.array` would import pandas on the first request."""
+    if pa.types.is_string(kind) and isinstance(value, str):
+        data = value.encode()
+        offsets = np.arange(rows + 1, dtype=np.int32) * np.int32(len(data))
+        return pa.Array.from_buffers(
+            kind, rows, [None, pa.py_buffer(offsets), pa.py_buffer(data * rows)]
+        )
+    if pa.types.is_list(kind) and value == []:
+        empty = repeated("", kind.value_type, 0) if pa.types.is_string(kind.value_type) else None
+        if empty is not None:
+            offsets = pa.py_buffer(np.zeros(rows + 1, np.int32))
+            return pa.Array.from_buffers(kind, rows, [None, offsets], children=[empty])
+    if pa.types.is_integer(kind) and isinstance(value, int):
+        return ndarray_to_column(np.full(rows, value, kind.to_pandas_dtype()))
+    return pa.array([value] * rows, kind)
 
 
 # ---------------------------------------------------------------------- time

@@ -64,7 +64,7 @@ def column_to_ndarray(
                 f"{dtype.name} numbers"
             )
         raise BadInput(f"{where}: element type {kind} cannot feed a {dtype.name} input")
-    flat = values.to_numpy(zero_copy_only=False)
+    flat = numbers(values)
     tensor = _safe_cast(flat, dtype, where).reshape((rows, *dims))
     if expected_shape is not None:
         tensor = _fit_shape(tensor, expected_shape, where)
@@ -83,6 +83,19 @@ def array_to_tensor(
     if expected_shape is not None:
         tensor = _fit_shape(tensor, expected_shape, where)
     return tensor
+
+
+def numbers(values: pa.Array) -> np.ndarray:
+    """A numeric or bool array without nulls as numpy, read off its buffers (pyarrow's own
+    `to_numpy` would import pandas, ~40 MB resident, on the first request)."""
+    if pa.types.is_boolean(values.type):
+        bits = np.frombuffer(values.buffers()[1], np.uint8)
+        unpacked = np.unpackbits(bits, bitorder="little", count=values.offset + len(values))
+        return unpacked[values.offset :].astype(bool)
+    dtype = np.dtype(values.type.to_pandas_dtype())
+    if dtype.kind not in "iuf" or values.null_count:
+        return values.to_numpy(zero_copy_only=False)
+    return np.frombuffer(values.buffers()[1], dtype, len(values), values.offset * dtype.itemsize)
 
 
 def single_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -159,8 +172,9 @@ def ndarray_to_column(tensor: np.ndarray) -> pa.Array:
     if tensor.ndim == 0:
         tensor = tensor.reshape(1)
     flat = np.ascontiguousarray(tensor).reshape(-1)
-    if flat.dtype == np.bool_:
-        column: pa.Array = pa.array(flat)
+    if flat.dtype == np.bool_:  # Arrow packs bools into bits
+        bits = pa.py_buffer(np.packbits(flat, bitorder="little"))
+        column: pa.Array = pa.Array.from_buffers(pa.bool_(), len(flat), [None, bits])
     else:
         column = pa.Array.from_buffers(
             _arrow_type(flat.dtype), len(flat), [None, pa.py_buffer(flat)]

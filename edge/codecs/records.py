@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from edge import result
 from edge.errors import BadInput
-from edge.tensors import column_to_ndarray, single_array
+from edge.tensors import column_to_ndarray, numbers, single_array
 
 SMALL = 64  # rows; below this the per-row JSON writer is faster
 
@@ -152,7 +152,7 @@ def _row_values(column: pa.ChunkedArray) -> Any:
     array = single_array(column)
     kind = array.type
     if pa.types.is_timestamp(kind):
-        return array.view(pa.int64()).to_numpy(zero_copy_only=False).tolist()
+        return numbers(array.view(pa.int64())).tolist()
     inner = kind
     while pa.types.is_list(inner) or pa.types.is_fixed_size_list(inner):
         inner = inner.value_type

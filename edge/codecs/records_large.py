@@ -28,7 +28,7 @@ from edge.codecs.records import (
     _tensor_entry,
     _type_name,
 )
-from edge.tensors import single_array
+from edge.tensors import numbers, single_array
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 Fragments = list[bytes] | bytes  # one per row, or one for every row
@@ -184,9 +184,9 @@ def _tensor(array: pa.Array) -> np.ndarray | None:
         return None
     kind = array.type
     if pa.types.is_integer(kind):
-        return array.to_numpy()
+        return numbers(array)
     if pa.types.is_floating(kind):  # the per-row writer has them as Python floats
-        return array.to_numpy().astype(np.float64)
+        return numbers(array).astype(np.float64)
     if pa.types.is_timestamp(kind):
         return np.asarray(_row_values(array), np.int64)
     values = _row_values(array)  # numeric lists: one array, in their own precision
