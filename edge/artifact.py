@@ -26,12 +26,20 @@ LAYER_MEDIA_TYPES = {
     "tensorflow": "application/vnd.edge.model.tensorflow.v1+zip",
     "python": "application/vnd.edge.model.python.v1+text",
     "byop": "application/vnd.edge.model.byop.v1+zip",
+    # native runtimes of the frameworks publish could not (or was told not to) convert to ONNX
+    "sklearn": "application/vnd.edge.model.sklearn.v1+pickle",
+    "xgboost": "application/vnd.edge.model.xgboost.v1+pickle",
+    "pytorch": "application/vnd.edge.model.pytorch.v1+torchscript",
+    "keras": "application/vnd.edge.model.keras.v1",
+    "hugging-face": "application/vnd.edge.model.hugging-face.v1+zip",
 }
 RUNTIMES = tuple(LAYER_MEDIA_TYPES)
 ANNOTATION_PREFIX = "ai.edge.model."
 TITLE_ANNOTATION = "org.opencontainers.image.title"
 
-Runtime = Literal["onnx", "tensorflow", "python", "byop"]
+Runtime = Literal[
+    "onnx", "tensorflow", "python", "byop", "sklearn", "xgboost", "pytorch", "keras", "hugging-face"
+]
 DNS_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -49,6 +57,10 @@ class ModelInfo:
     batch_config: str | None = None  # "single" or None
     input_schema: str | None = None  # base64 of an Arrow IPC-serialized schema
     output_schema: str | None = None
+    # the framework the person published (`sklearn`, `hugging-face-text-classification`, ...)
+    # when it is not the runtime's own, and what publish did with it ("skl2onnx 1.20.0 ...")
+    framework: str | None = None
+    conversion: str | None = None
 
     @property
     def digest(self) -> str:
@@ -68,6 +80,10 @@ class ModelInfo:
             ANNOTATION_PREFIX + "batch_config": self.batch_config or "",
             ANNOTATION_PREFIX + "tensor_fields": json.dumps(self.tensor_fields),
         }
+        if self.framework:
+            notes[ANNOTATION_PREFIX + "framework"] = self.framework
+        if self.conversion:
+            notes[ANNOTATION_PREFIX + "conversion"] = self.conversion
         return notes
 
     def arrow_schema(self, which: Literal["input", "output"]) -> pa.Schema | None:
@@ -147,7 +163,12 @@ class Definition:
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=1).encode()  # keeps spec order
+        doc = asdict(self)
+        for model in doc["models"].values():  # absent, not null: older appliances read it too
+            for key in _OPTIONAL_MODEL_KEYS:
+                if model[key] is None:
+                    del model[key]
+        return json.dumps(doc, indent=1).encode()  # keeps spec order
 
     @classmethod
     def from_json(cls, raw: bytes) -> Definition:
@@ -182,6 +203,9 @@ class Definition:
 
     def engine_config(self) -> dict[str, Any]:
         return asdict(self.deployment)
+
+
+_OPTIONAL_MODEL_KEYS = ("framework", "conversion")
 
 
 def _step_from_dict(doc: dict[str, Any]) -> Step:

@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         "--insecure", action="store_const", const=True, help="plain http to the registry"
     )
     publish.add_argument("--no-chart", action="store_true", help="do not push a Helm chart")
+    publish.add_argument(
+        "--no-convert",
+        action="store_true",
+        help="publish scikit-learn, XGBoost, PyTorch and Keras models for their own runtimes "
+        "instead of converting them to ONNX",
+    )
     publish.add_argument("--opscenter", help="register the publish with this ops center URL")
     publish.add_argument("--json", action="store_true", help="print one JSON object")
     publish.set_defaults(run=_publish)
@@ -167,6 +173,7 @@ def _publish(args: argparse.Namespace) -> int:
         username=os.environ.get("OCI_USERNAME") or None,
         password=os.environ.get("OCI_PASSWORD") or None,
         insecure=args.insecure,
+        convert=not args.no_convert,
     )
     if args.registry and not args.no_chart:
         published.extra.update(_push_chart(args, published, definition))
@@ -189,7 +196,7 @@ def _push_chart(args: argparse.Namespace, published: Any, definition: Any) -> di
 
     from edge import chart
 
-    tensorflow = any(m.runtime == "tensorflow" for m in definition.models.values())
+    tensorflow = any(m.runtime in ("tensorflow", "keras") for m in definition.models.values())
     with tempfile.TemporaryDirectory() as scratch:
         tgz = chart.build_chart(
             definition.name,

@@ -75,9 +75,9 @@ class Pipeline:
             bool(definition.validations),
             self._builder,
         )
-        # Small requests may run on the event loop: only ONNX steps, which take microseconds
-        # on small inputs (user code and TensorFlow can take any time, so they never do).
-        self.quick = all(m.runtime == "onnx" for m in definition.models.values())
+        # Small requests may run on the event loop only when every runtime says it may
+        # (`Runtime.inline`: ONNX; user code and other frameworks can take any time).
+        self.quick = all(runtime.inline for runtime in runtimes.values())
 
     @property
     def name(self) -> str:

@@ -11,9 +11,10 @@ import json
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.artifact import (
     ARTIFACT_TYPE,
@@ -27,6 +28,9 @@ from edge.artifact import (
 from edge.errors import SpecError
 from edge.registry import LAYOUT_SCHEME, Progress, Reference, open_store, sha256_file
 from edge.spec import PipelineSpec, load_spec
+
+if TYPE_CHECKING:
+    from edge.convert import Packed
 
 LARGE = 8 << 20  # show progress for files above this
 
@@ -91,22 +95,43 @@ def engine_config(definition: Definition) -> dict[str, Any]:
     }
 
 
-def build_definition(spec: PipelineSpec) -> Definition:
-    """Hash and version every model file; compile validations to polars JSON."""
+def pack_models(
+    spec: PipelineSpec, scratch: Path, convert: bool = True, say: Callable[[str], None] = print
+) -> dict[str, Packed]:
+    """Convert (or pack for their own runtime) the models of other frameworks (edge.convert),
+    saying what was done with each; the converters are imported only when a spec needs one."""
+    framed = [entry for entry in spec.models.values() if entry.framework]
+    if not framed:
+        return {}
+    from edge.convert import pack
+
+    packed = {}
+    for entry in framed:
+        packed[entry.name] = pack(entry, scratch, convert)
+        say(packed[entry.name].message)
+    return packed
+
+
+def build_definition(spec: PipelineSpec, packed: Mapping[str, Packed] | None = None) -> Definition:
+    """Hash and version every model file (the packed one, for models `pack_models` converted
+    or packed); compile validations to polars JSON."""
     models = {}
     for entry in spec.models.values():
-        sha = sha256_file(entry.file)
+        done = (packed or {}).get(entry.name)
+        file = done.file if done else entry.file
         models[entry.name] = ModelInfo(
             name=entry.name,
             version=str(uuid.uuid4()),
-            sha256=sha,
-            runtime=entry.runtime,
-            filename=f"{entry.name}{entry.file.suffix}",
-            size=entry.file.stat().st_size,
+            sha256=sha256_file(file),
+            runtime=done.runtime if done else entry.runtime,
+            filename=f"{entry.name}{file.suffix}",
+            size=file.stat().st_size,
             tensor_fields=entry.tensor_fields,
             batch_config=entry.batch_config,
             input_schema=encode_schema(entry.input_schema) if entry.input_schema else None,
             output_schema=encode_schema(entry.output_schema) if entry.output_schema else None,
+            framework=entry.framework,
+            conversion=done.conversion if done else None,
         )
     validations: dict[str, Validation] = {}
     polars_version = None
@@ -141,23 +166,63 @@ def publish(
     password: str | None = None,
     insecure: bool | None = None,
     progress: bool = True,
+    convert: bool = True,
 ) -> tuple[Published, Definition]:
     if (layout is None) == (registry is None):
         raise SpecError("give either --layout DIR or --registry HOST[:PORT] (with --repository)")
     spec = load_spec(spec_path)
-    definition = build_definition(spec)
+    with tempfile.TemporaryDirectory(prefix="edge-publish-") as scratch:
+        say = _stderr if progress else _quiet
+        packed = pack_models(spec, Path(scratch), convert, say)
+        definition = build_definition(spec, packed)
+        files = {name: entry.file for name, entry in spec.models.items()}
+        files.update({name: done.file for name, done in packed.items()})
+        published = _push(
+            definition,
+            files,
+            registry=registry,
+            repository=repository,
+            layout=layout,
+            username=username,
+            password=password,
+            insecure=insecure,
+            progress=progress,
+        )
+    if packed:  # what publish made of each framework's model
+        published.extra["models"] = [
+            {"name": m.name, "framework": m.framework, "runtime": m.runtime,
+             "conversion": m.conversion}
+            for m in definition.models.values()
+            if m.framework
+        ]  # fmt: skip
+    return published, definition
+
+
+def _push(
+    definition: Definition,
+    files: dict[str, Path],
+    *,
+    registry: str | None,
+    repository: str | None,
+    layout: Path | None,
+    username: str | None,
+    password: str | None,
+    insecure: bool | None,
+    progress: bool,
+) -> Published:
     if layout is not None:
         layout = layout.resolve()
         layout.mkdir(parents=True, exist_ok=True)
         ref = Reference(registry=str(layout), repository="", tag=definition.version, layout=True)
         url = f"{LAYOUT_SCHEME}{layout}:{definition.version}"
     else:
-        repo = "/".join(p for p in [(repository or "").strip("/"), "pipelines", spec.name] if p)
+        repo = "/".join(
+            p for p in [(repository or "").strip("/"), "pipelines", definition.name] if p
+        )
         ref = Reference(registry=str(registry), repository=repo, tag=definition.version)
         url = str(ref)
     store = open_store(ref, username, password, insecure)
     try:
-        files = {m.name: spec.models[m.name].file for m in definition.models.values()}
         with tempfile.TemporaryDirectory() as scratch:
             config_path = Path(scratch) / "config.json"
             config_path.write_bytes(definition.to_json())
@@ -194,7 +259,7 @@ def publish(
             digest = store.put_manifest(ref, body, {"ai.edge.pipeline.name": definition.name})
     finally:
         store.close()
-    published = Published(
+    return Published(
         id=definition.version,
         pipeline_name=definition.name,
         pipeline_version=definition.version,
@@ -203,7 +268,14 @@ def publish(
         engine_config=engine_config(definition),
         created_at=definition.created or "",
     )
-    return published, definition
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _quiet(line: str) -> None:
+    pass
 
 
 def _progress_printer(name: str) -> Progress:

@@ -7,6 +7,11 @@ steps:
     file: models/ccfraud.onnx
     tensor_fields: [tensor]        # optional
     batch_config: single           # optional
+  - model: iris                    # another framework (edge/frameworks.py): converted to ONNX
+    file: models/iris.pkl          # at publish when it can be, else run by its own runtime
+    framework: sklearn             # (`runtime: onnx` insists on converting, `runtime: sklearn`
+    input_schema: schemas/in.arrow #  skips it); sklearn, xgboost, pytorch and keras need
+    output_schema: schemas/out.arrow #  both schemas, hugging-face-<task> has the seed's
   - python: postprocess            # a Python step: the file defines wallaroo_json(data)
     file: steps/post.py
   - byop: clustering               # a BYOP zip
@@ -42,6 +47,7 @@ from edge.artifact import (
     Step,
 )
 from edge.errors import SpecError
+from edge.frameworks import FRAMEWORKS, check_schemas, find_framework
 
 _EXTENSIONS = {".onnx": "onnx", ".zip": "tensorflow", ".py": "python"}
 _MODEL_KEYS = {
@@ -50,6 +56,7 @@ _MODEL_KEYS = {
     "byop",
     "file",
     "runtime",
+    "framework",
     "tensor_fields",
     "batch_config",
     "input_schema",
@@ -63,12 +70,14 @@ class ModelEntry:
     """One model file named in the spec, before it is hashed and versioned."""
 
     name: str
-    file: Path
-    runtime: str
+    file: Path  # a Hugging Face model may be a folder: publish packs it
+    runtime: str  # where the original file runs when it is not converted
     tensor_fields: list[str] | None = None
     batch_config: str | None = None
     input_schema: pa.Schema | None = None
     output_schema: pa.Schema | None = None
+    framework: str | None = None  # the framework named, when it is not the runtime's own
+    convert: str = "no"  # "try" (fall back to `runtime`), "required" (runtime: onnx), "no"
 
 
 @dataclass
@@ -182,14 +191,47 @@ def _model_entry(raw: Any, base: Path, models: dict[str, ModelEntry], where: str
     if not isinstance(file_text, str):
         raise SpecError(f"{where}.file is required (path relative to the spec file)")
     file = (base / file_text).resolve()
-    if not file.is_file():
-        raise SpecError(f"{where}.file: model file {file_text!r} not found (looked at {file})")
-    runtime = raw.get("runtime") or (kind if kind != "model" else _EXTENSIONS.get(file.suffix))
-    if runtime not in RUNTIMES:
+    requested = raw.get("runtime")
+    framework_name = raw.get("framework")
+    if framework_name is None:
+        framework_name = requested or (kind if kind != "model" else _EXTENSIONS.get(file.suffix))
+        if framework_name not in RUNTIMES:
+            raise SpecError(
+                f"{where}.runtime: {framework_name!r} is not one of {list(RUNTIMES)} (set "
+                f"runtime: or framework: for a file ending {file.suffix!r})"
+            )
+        at = f"{where}.runtime"
+    else:
+        at = f"{where}.framework"
+    if not isinstance(framework_name, str):
+        raise SpecError(f"{at} must be a name, not {framework_name!r}")
+    framework = find_framework(framework_name, at)
+    if kind != "model" and framework.name != kind:
+        raise SpecError(f"{at}: a {kind}: step is framework {kind!r}, not {framework.name!r}")
+    allowed = {framework.native, "onnx"} if framework.converter else {framework.native}
+    if requested is not None and requested not in allowed:
         raise SpecError(
-            f"{where}.runtime: {runtime!r} is not one of {list(RUNTIMES)} (set runtime: for "
-            f"a file ending {file.suffix!r})"
+            f"{where}.runtime: a {framework.name} model runs on {sorted(allowed)}, not "
+            f"{requested!r}"
         )
+    folder_ok = "/" in framework.suffixes
+    if not (file.is_file() or (folder_ok and file.is_dir())):
+        raise SpecError(f"{where}.file: model file {file_text!r} not found (looked at {file})")
+    checked = framework.converter or folder_ok
+    if checked and not (file.suffix in framework.suffixes or (folder_ok and file.is_dir())):
+        endings = " or ".join(s if s != "/" else "a folder" for s in framework.suffixes)
+        raise SpecError(f"{where}.file: a {framework.name} model is {endings}, not {file_text!r}")
+    runtime = requested or framework.native
+    convert = "no"
+    if framework.converter:
+        convert = {None: "try", "onnx": "required"}.get(requested, "no")
+        runtime = framework.native
+    input_schema, output_schema = check_schemas(
+        framework,
+        _schema(raw.get("input_schema"), base, f"{where}.input_schema"),
+        _schema(raw.get("output_schema"), base, f"{where}.output_schema"),
+        where,
+    )
     tensor_fields = raw.get("tensor_fields")
     if tensor_fields is not None and (
         not isinstance(tensor_fields, list) or not all(isinstance(t, str) for t in tensor_fields)
@@ -204,8 +246,12 @@ def _model_entry(raw: Any, base: Path, models: dict[str, ModelEntry], where: str
         runtime=runtime,
         tensor_fields=tensor_fields,
         batch_config=batch_config,
-        input_schema=_schema(raw.get("input_schema"), base, f"{where}.input_schema"),
-        output_schema=_schema(raw.get("output_schema"), base, f"{where}.output_schema"),
+        input_schema=input_schema,
+        output_schema=output_schema,
+        framework=None
+        if framework.name in FRAMEWORKS and not framework.converter
+        else framework.name,
+        convert=convert,
     )
     models[name] = entry
     return entry

@@ -209,3 +209,18 @@ def _arrow_type(dtype: np.dtype) -> pa.DataType:
 @functools.cache
 def _list_of(kind: pa.DataType) -> pa.DataType:
     return pa.list_(kind)
+
+
+def tensor_type(kind: pa.DataType) -> tuple[np.dtype, list[int | None]]:
+    """The tensor an Arrow type describes: its element dtype and the shape of one row (a
+    `None` for a list without a fixed size). Strings are object tensors. Raises `TypeError`
+    for types that are not tensors (structs, maps, timestamps, ...)."""
+    dims: list[int | None] = []
+    while isinstance(kind, _LIST_TYPES):
+        dims.append(kind.list_size if isinstance(kind, pa.FixedSizeListType) else None)
+        kind = kind.value_type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return np.dtype(object), dims
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        return np.dtype(kind.to_pandas_dtype()), dims
+    raise TypeError(f"{kind} is not a tensor element type (numbers, booleans or strings)")

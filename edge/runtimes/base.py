@@ -9,6 +9,7 @@ caller's data raise `BadInput` naming the column; errors inside the model raise
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -20,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from edge.artifact import ModelInfo
-from edge.errors import ArtifactError, BadInput, PipelineError
-from edge.tensors import array_to_tensor, column_to_ndarray, ndarray_to_column
+from edge.errors import ArtifactError, BadInput, DigestMismatch, PipelineError
+from edge.tensors import array_to_tensor, column_to_ndarray, ndarray_to_column, tensor_type
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class RuntimeContext:
 
 class Runtime(ABC):
     """One loaded model behind `load` / `predict` / `close`."""
+
+    # May small requests run on the event loop? Only for runtimes that take microseconds on
+    # small inputs and run no user code (ONNX); the rest run on a worker thread.
+    inline: bool = False
 
     def __init__(self, info: ModelInfo, path: Path, context: RuntimeContext) -> None:
         self.info = info
@@ -66,6 +71,63 @@ class Runtime(ABC):
 
 
 TensorInput = tuple[str, np.dtype, Sequence[int | str | None] | None]  # name, dtype, shape
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+
+
+def schema_inputs(schema: pa.Schema | None, what: str) -> list[TensorInput]:
+    """A model's inputs as its input schema describes them, one per field, in order: the
+    element type and the row shape (batch axis first, `None` where a list has no fixed size)."""
+    if schema is None or not len(schema):
+        raise ArtifactError(f"{what}: the definition carries no input schema")
+    inputs: list[TensorInput] = []
+    for field in schema:
+        try:
+            dtype, dims = tensor_type(field.type)
+        except TypeError as exc:
+            raise ArtifactError(f"{what}: input schema field {field.name!r}: {exc}") from None
+        inputs.append((field.name, dtype, [None, *dims]))
+    return inputs
+
+
+def conform(table: pa.Table, schema: pa.Schema | None, step: str) -> pa.Table:
+    """A model's outputs as its output schema says: the schema's fields, in its order, cast to
+    its types (without loss); a field the model did not give, or cannot give in that type, is
+    a `PipelineError` naming it."""
+    if schema is None:
+        return table
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            raise PipelineError(
+                f"output schema field {field.name!r} is missing from the model's outputs "
+                f"{table.column_names}",
+                step=step,
+            )
+        column = table.column(field.name)
+        if not column.type.equals(field.type):
+            try:
+                column = column.cast(field.type, safe=True)
+            except _ARROW_ERRORS as exc:
+                raise PipelineError(
+                    f"output {field.name!r} ({column.type}) does not fit the output schema's "
+                    f"{field.type}: {exc}",
+                    step=step,
+                ) from exc
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def verified_bytes(path: Path, info: ModelInfo, what: str) -> bytes:
+    """The model file's bytes, only when their sha256 is the layer digest the definition names:
+    a runtime that unpickles a file unpickles exactly the bytes the artifact's digests cover."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != info.sha256:
+        raise DigestMismatch(
+            f"{what}: {path.name} has sha256 {digest}, not the layer digest {info.digest}; "
+            f"refusing to load it"
+        )
+    return data
 
 
 def tensor_feed(

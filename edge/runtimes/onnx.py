@@ -10,7 +10,14 @@ import onnxruntime as ort
 import pyarrow as pa
 
 from edge.errors import ArtifactError, PipelineError
-from edge.runtimes.base import Runtime, array_feed, check_outputs, output_table, tensor_feed
+from edge.runtimes.base import (
+    Runtime,
+    array_feed,
+    check_outputs,
+    conform,
+    output_table,
+    tensor_feed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,7 @@ def choose_providers(gpus: int, available: list[str]) -> tuple[list[str], str | 
 
 class OnnxRuntime(Runtime):
     session: ort.InferenceSession
+    inline = True  # microseconds on small inputs, no user code: may run on the event loop
 
     def load(self) -> None:
         options = ort.SessionOptions()
@@ -63,12 +71,17 @@ class OnnxRuntime(Runtime):
         self.inputs = [(i.name, _dtype(i.type), i.shape) for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.provider = self.session.get_providers()[0]
+        self.output_schema = self.info.arrow_schema("output")
+        # outputs cast to an output schema (a converted model's) exist only as Arrow columns:
+        # such a model takes the general path, whose answers and logged tables are Arrow's
+        self.arrays = self.output_schema is None
 
     arrays = True
 
     def predict(self, table: pa.Table) -> pa.Table:
         feed = tensor_feed(table, self.inputs, self.info.tensor_fields, self.info.name)
-        return output_table(self._run(feed), table.num_rows, self.info.name)
+        outputs = output_table(self._run(feed), table.num_rows, self.info.name)
+        return conform(outputs, self.output_schema, self.info.name)
 
     def predict_arrays(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = array_feed(columns, self.inputs, self.info.tensor_fields, self.info.name)
@@ -83,7 +96,10 @@ class OnnxRuntime(Runtime):
         return dict(zip(self.output_names, results, strict=True))
 
     def describe(self) -> dict[str, Any]:
-        return {"provider": self.provider}
+        facts: dict[str, Any] = {"provider": self.provider}
+        if self.info.framework:  # converted at publish
+            facts.update(framework=self.info.framework, conversion=self.info.conversion)
+        return facts
 
 
 def _dtype(onnx_type: str) -> np.dtype:
