@@ -5,6 +5,7 @@ saved with joblib), Python step files and Arrow schema files."""
 from __future__ import annotations
 
 import textwrap
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,110 @@ def byop_zip(tmp_path: Path, kmeans: Any, name: str = "clustering", **files: str
     contents.update(files)
     write_files(folder, contents)
     return zip_folder(folder, tmp_path / f"{name}.zip")
+
+
+# ---------------------------------------------------------------------------- other frameworks
+# Each trained (or, for Hugging Face, initialised at random) at test time; none fetched.
+
+
+def iris_estimator(kind: str, path: Path) -> Any:
+    """A classifier on iris (float64 features), pickled with joblib as a person would."""
+    import joblib
+
+    features, labels, _ = iris()
+    if kind == "sklearn":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+    else:
+        import xgboost
+
+        model = xgboost.XGBClassifier(n_estimators=8, max_depth=3, n_jobs=1, random_state=0)
+    model.fit(features.astype(np.float64), labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, path)
+    return model
+
+
+def torchscript_model(path: Path) -> Any:
+    """A small scripted network (4 -> 3 class scores and their softmax), saved as TorchScript."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hidden = torch.nn.Linear(4, 8)
+            self.out = torch.nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            scores = self.out(torch.relu(self.hidden(x)))
+            return scores, torch.softmax(scores, dim=1)
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # TorchScript is deprecated upstream; it is the seed's format
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(Net().eval())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scripted.save(str(path))
+    return scripted
+
+
+def keras_model(folder: Path, name: str, kind: str) -> tuple[Any, Path]:
+    """A small Keras model (4 -> 3 softmax) as an HDF5 file (`kind` "h5") or as the seed's
+    SavedModel zip (`kind` "zip"). Imports TensorFlow."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "h5":
+        model.save(str(folder / f"{name}.h5"))
+        return model, folder / f"{name}.h5"
+    model.export(str(folder / name), verbose=False)
+    return model, zip_folder(folder / name, folder / f"{name}.zip")
+
+
+VOCABULARY = "the a good bad movie film great awful plot actor was is not very".split()
+
+
+def hugging_face_folder(folder: Path, task: str) -> Path:
+    """A tiny BERT with random weights and a tokenizer made from `VOCABULARY`, saved as a
+    Hugging Face pipeline folder for `task` (text-classification or feature-extraction)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    import transformers
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *VOCABULARY]
+    tokenizer = transformers.BertTokenizer(vocab={t: i for i, t in enumerate(tokens)})
+    config = transformers.BertConfig(
+        vocab_size=len(tokens),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        initializer_range=0.5,  # random weights far enough apart to tell texts apart
+        num_labels=3,
+        id2label={0: "negative", 1: "neutral", 2: "positive"},
+        label2id={"negative": 0, "neutral": 1, "positive": 2},
+    )
+    torch.manual_seed(0)
+    if task == "text-classification":
+        model = transformers.BertForSequenceClassification(config)
+    else:
+        model = transformers.BertModel(config)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.pipeline(task, model=model.eval(), tokenizer=tokenizer).save_pretrained(
+        str(folder)
+    )
+    return folder

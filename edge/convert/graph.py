@@ -10,10 +10,15 @@ from onnx import helper
 
 from edge.tensors import tensor_type
 
+DEFAULT_OPSET = 15
+
 
 def expose(model: onnx.ModelProto, picks: list[tuple[str, pa.Field]]) -> onnx.ModelProto:
     """`picks` is [(converter's output name, schema field)]. Returns the checked model."""
     graph = model.graph
+    if not any(opset.domain in ("", "ai.onnx") for opset in model.opset_import):
+        # an all-ML-operator graph (tree ensembles) imports no standard opset; Reshape needs one
+        model.opset_import.append(helper.make_opsetid("", DEFAULT_OPSET))
     produced = {output.name: output for output in graph.output}
     missing = [source for source, _ in picks if source not in produced]
     if missing:

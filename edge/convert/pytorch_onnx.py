@@ -32,7 +32,7 @@ def convert(source: Path, inputs: pa.Schema, outputs: pa.Schema, target: Path) -
     module = torch.jit.load(str(source), map_location="cpu").eval()
     sample = sample_table(inputs, rows=2)
     examples = tuple(
-        torch.from_numpy(
+        torch.tensor(
             column_to_ndarray(sample.column(f.name), tensor_type(f.type)[0], None, f.name)
         )
         for f in inputs
