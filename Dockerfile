@@ -8,6 +8,9 @@
 #   cpu         (default) onnxruntime on python:3.11-slim
 #   tensorflow  adds the `tensorflow` extra (tensorflow-cpu on x86-64, tensorflow on arm64)
 #   gpu         onnxruntime-gpu (the `gpu` extra) on an NVIDIA CUDA + cuDNN runtime base, amd64
+#   frameworks  adds the native runtimes of scikit-learn, XGBoost, PyTorch and Hugging Face (the
+#               `sklearn`, `xgboost`, `pytorch`, `huggingface` extras) for models publish did
+#               not convert to ONNX; the cpu image is unchanged (README: Frameworks)
 #
 # Run it with the seed's variables (EDGE_BUNDLE and DEBUG optional):
 #   docker run -p 8080:8080 -v edge-data:/persist \
@@ -27,6 +30,9 @@ FROM ${UV_IMAGE} AS uv
 FROM ${PYTHON_IMAGE} AS base-cpu
 
 FROM base-cpu AS base-tensorflow
+
+# ---- frameworks variant (issue 18): the cpu base; only its extras differ (see the build stage)
+FROM base-cpu AS base-frameworks
 
 FROM ${CUDA_IMAGE} AS base-gpu
 # CUDA images carry no Python 3.11: install a standalone CPython at a fixed path.
@@ -58,7 +64,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
         cpu) extra="" ;; \
         tensorflow) extra="[tensorflow]" ;; \
         gpu) extra="[gpu]" ;; \
-        *) echo "VARIANT must be cpu, tensorflow or gpu, not '$VARIANT'" >&2; exit 1 ;; \
+        frameworks) extra="[sklearn,xgboost,pytorch,huggingface]" ;; \
+        *) echo "VARIANT must be cpu, tensorflow, gpu or frameworks, not '$VARIANT'" >&2; exit 1 ;; \
     esac; \
     pip install --only-binary=:all: "/src${extra}"; \
     if [ "$VARIANT" = gpu ]; then \

@@ -7,11 +7,11 @@ steps:
     file: models/ccfraud.onnx
     tensor_fields: [tensor]        # optional
     batch_config: single           # optional
-  - model: iris                    # another framework (edge/frameworks.py): converted to ONNX
-    file: models/iris.pkl          # at publish when it can be, else run by its own runtime
-    framework: sklearn             # (`runtime: onnx` insists on converting, `runtime: sklearn`
-    input_schema: schemas/in.arrow #  skips it); sklearn, xgboost, pytorch and keras need
-    output_schema: schemas/out.arrow #  both schemas, hugging-face-<task> has the seed's
+  - model: iris                    # another framework (edge/frameworks.py): converted to
+    file: models/iris.pkl          # ONNX at publish when it can be, else run by its own
+    framework: sklearn             # runtime; `runtime: onnx` insists, `runtime: sklearn` skips
+    input_schema: schemas/in.arrow # sklearn, xgboost, pytorch, keras: both schemas required
+    output_schema: schemas/out.arrow
   - python: postprocess            # a Python step: the file defines wallaroo_json(data)
     file: steps/post.py
   - byop: clustering               # a BYOP zip

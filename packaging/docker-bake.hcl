@@ -54,3 +54,13 @@ target "gpu" {
   platforms = ["linux/amd64"]
   tags      = ["${IMAGE}:${VERSION}-gpu"]
 }
+
+# Adds the native runtimes of scikit-learn, XGBoost, PyTorch and Hugging Face for pipelines with
+# a model publish did not convert to ONNX (issue 18). Not in the default group: build it by name
+# (`docker buildx bake -f packaging/docker-bake.hcl frameworks`).
+target "frameworks" {
+  inherits  = ["_common"]
+  args      = { VARIANT = "frameworks" }
+  platforms = ["linux/amd64", "linux/arm64"]
+  tags      = ["${IMAGE}:${VERSION}-frameworks"]
+}

@@ -368,3 +368,32 @@ def test_keras_savedmodel_zip_native_equals_keras(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, model(features).numpy(), rtol=1e-6)
     runtime.close()
     assert not any((tmp_path / "work").iterdir())  # the unzipped SavedModel is gone
+
+
+def test_only_inline_runtimes_run_on_the_event_loop(tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from edge.artifact import Definition, ModelStep
+    from edge.convert.check import model_info
+    from edge.pipeline import Pipeline
+    from edge.runtimes import RuntimeContext, load_runtime
+    from tests.models import onnx_classifier
+
+    features, labels, _ = iris()
+    onnx_classifier(LogisticRegression(max_iter=500), features, labels, tmp_path / "lr.onnx")
+    iris_estimator("sklearn", tmp_path / "iris.pkl")
+    context = RuntimeContext(work_dir=tmp_path / "work")
+    onnx = load_runtime(
+        model_info("a", tmp_path / "lr.onnx", "onnx", None, None, None),
+        tmp_path / "lr.onnx",
+        context,
+    )
+    native = load_runtime(
+        info_for(tmp_path / "iris.pkl", "sklearn"), tmp_path / "iris.pkl", context
+    )
+    definition = Definition("p", "v", [ModelStep("a")], {"a": onnx.info})
+    assert Pipeline(definition, {"a": onnx}, "edge").quick is True
+    both = Definition(
+        "p", "v", [ModelStep("a"), ModelStep("m")], {"a": onnx.info, "m": native.info}
+    )
+    assert Pipeline(both, {"a": onnx, "m": native}, "edge").quick is False
