@@ -33,21 +33,21 @@ def expose(model: onnx.ModelProto, picks: list[tuple[str, pa.Field]]) -> onnx.Mo
     for source, field in picks:
         _, dims = tensor_type(field.type)
         if all(d is not None for d in dims):  # fixed row shape: [rows, *dims]
-            shape = helper.make_tensor(
+            new_shape = helper.make_tensor(
                 f"{field.name}__shape",
                 onnx.TensorProto.INT64,
                 [len(dims) + 1],
                 [-1, *(int(d or 0) for d in dims)],
             )
-            graph.initializer.append(shape)
+            graph.initializer.append(new_shape)
             graph.node.append(
-                helper.make_node("Reshape", [renamed[source], shape.name], [field.name])
+                helper.make_node("Reshape", [renamed[source], new_shape.name], [field.name])
             )
         else:
             graph.node.append(helper.make_node("Identity", [renamed[source]], [field.name]))
         element = produced[source].type.tensor_type.elem_type
-        shape = ["rows", *(d if d is not None else f"{field.name}_{i}" for i, d in enumerate(dims))]
-        outputs.append(helper.make_tensor_value_info(field.name, element, shape))
+        rows = ["rows", *(d if d is not None else f"{field.name}_{i}" for i, d in enumerate(dims))]
+        outputs.append(helper.make_tensor_value_info(field.name, element, rows))
     del graph.output[:]
     graph.output.extend(outputs)
     onnx.checker.check_model(model)

@@ -31,12 +31,11 @@ def convert(source: Path, inputs: pa.Schema, outputs: pa.Schema, target: Path) -
             )
     module = torch.jit.load(str(source), map_location="cpu").eval()
     sample = sample_table(inputs, rows=2)
-    examples = tuple(
-        torch.tensor(
-            column_to_ndarray(sample.column(f.name), tensor_type(f.type)[0], None, f.name)
-        )
-        for f in inputs
-    )
+    examples = []
+    for field in inputs:
+        dtype, _ = tensor_type(field.type)
+        values = column_to_ndarray(sample.column(field.name), dtype, None, field.name)
+        examples.append(torch.tensor(values))
     axes = {}
     for field in (*inputs, *outputs):
         _, dims = tensor_type(field.type)
@@ -48,7 +47,7 @@ def convert(source: Path, inputs: pa.Schema, outputs: pa.Schema, target: Path) -
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         raw = Path(scratch) / "raw.onnx"
         torch.onnx.export(
-            module, examples, str(raw), input_names=inputs.names, output_names=outputs.names,
+            module, tuple(examples), str(raw), input_names=inputs.names, output_names=outputs.names,
             dynamic_axes=axes, opset_version=OPSET, dynamo=False,
         )  # fmt: skip
         onnx_model = onnx.load(str(raw))

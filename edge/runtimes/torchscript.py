@@ -47,7 +47,10 @@ class TorchScriptRuntime(Runtime):
         try:
             with torch.inference_mode():
                 result = self.module(
-                    *(torch.from_numpy(np.require(v, requirements="CW")) for v in feed.values())
+                    *(
+                        torch.from_numpy(np.require(v, requirements=["C", "W"]))
+                        for v in feed.values()
+                    )
                 )
         except Exception as exc:
             message = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
