@@ -6,6 +6,7 @@ that names the field."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -70,6 +71,8 @@ class Case:
     schemas: tuple[str, str] | None = None
     errors: list[tuple[list[dict[str, Any]], list[str]]] = field(default_factory=list)
     types: dict[str, pa.DataType] = field(default_factory=dict)  # out.* column types
+    # further requests and the framework's own answers (per-row options, ...)
+    more: list[tuple[list[dict[str, Any]], dict[str, Any]]] = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +128,8 @@ def hugging_face_cases(models: Path) -> dict[str, Case]:
     classify = hugging_face_folder(models / "sentiment", "text-classification")
     reference = transformers.pipeline("text-classification", model=str(classify))
     answers = reference(TEXTS, top_k=None)  # every label, best first
+    top = reference(TEXTS[:2], top_k=1, function_to_apply="none")  # raw scores, one label
+    options = [{"inputs": t, "top_k": 1, "function_to_apply": "none"} for t in TEXTS[:2]]
     extract = hugging_face_folder(models / "embedding", "feature-extraction")
     vectors = transformers.pipeline("feature-extraction", model=str(extract))(TEXTS)
     return {
@@ -139,6 +144,8 @@ def hugging_face_cases(models: Path) -> dict[str, Case]:
                 ([{"text": "good", "top_k": 1}], ["'inputs'"]),
             ],
             types={"label": pa.list_(pa.string()), "score": pa.list_(pa.float64())},
+            more=[(options, {"label": [[a["label"] for a in answer] for answer in top],
+                             "score": [[a["score"] for a in answer] for answer in top]})],
         ),
         "feature-extraction": Case(
             "hugging-face-feature-extraction", "embedding", "hugging-face", text_rows,
@@ -252,6 +259,12 @@ def test_framework_served_as_its_own_predict(
     assert [{k: r["out"][k] for k in case.expected} for r in logged] == [
         {k: r["out"][k] for k in case.expected} for r in records
     ]
+
+    for rows, expected in case.more:
+        reply = infer(edge, name, rows)
+        assert reply.status_code == 200, reply.text
+        answers = {key: [r["out"][key] for r in reply.json()] for key in expected}
+        assert_answers(dataclasses.replace(case, expected=expected), answers, converted)
 
     for rows, words in case.errors:
         refused = infer(edge, name, rows)

@@ -87,10 +87,9 @@ class KerasRuntime(Runtime):
             ) from exc
         names = self.output_schema.names
         if isinstance(result, Mapping):
-            keys = list(result)
-            values = (
-                [result[n] for n in names] if set(names) <= set(keys) else list(result.values())
-            )
+            # by name, else in the order tf2onnx flattens a dict (sorted keys)
+            keys = names if set(names) <= set(result) else sorted(result)
+            values = [result[key] for key in keys]
         elif isinstance(result, list | tuple):
             values = list(result)
         else:
