@@ -29,6 +29,7 @@ from ops_sync.errors import (
     EdgeRemoved,
     IdentityError,
     NotFound,
+    StoreError,
 )
 from ops_sync.identity import (
     DEFAULT_TRUST_DOMAIN,
@@ -43,6 +44,7 @@ from ops_sync.identity import (
     spiffe_id,
 )
 from ops_sync.logstore import LogStore
+from ops_sync.metrics import Metrics
 from ops_sync.protocol import token_digest
 from ops_sync.store import Store
 
@@ -55,6 +57,7 @@ PIPELINE_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 PIPELINE_URL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,1023}")
 PIPELINE_REF = re.compile(r"/pipelines/(?P<name>[a-z0-9][a-z0-9-]*):(?P<version>[\w.-]+)\Z")
 DROP_COUNT_MAX = 2**62  # drop counters are int64 in the store (summed over epochs)
+UPKEEP_LEASE = 600.0  # seconds a replica holds the compaction lease for
 
 
 class OpsCenter:
@@ -69,14 +72,23 @@ class OpsCenter:
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
         clock: Callable[[], float] = time.time,
         ca_files: tuple[Path, Path] | None = None,
+        metadata_url: str | None = None,
+        logs_url: str | None = None,
+        commit_interval: float = 0.25,
     ) -> None:
         if not admin_token:
             raise AdminAuthRequired("the ops center needs an admin token to start")
         self.clock = clock
         self.public_host = public_host
         self._admin = hashlib.sha256(admin_token.encode()).digest()
-        self.store = Store(data_dir / "ops.db")
-        self.logs = LogStore(data_dir / "logs", data_dir / "tmp", self.store)
+        self.metrics = Metrics()
+        self.store = Store(metadata_url or data_dir / "ops.db")
+        self.logs = LogStore(
+            logs_url or data_dir / "tables",
+            self.store,
+            metrics=self.metrics,
+            commit_interval=commit_interval,
+        )
         cert_file, key_file = ca_files or (data_dir / "ca.crt", data_dir / "ca.key")
         # The CA's validity is a TLS matter: real time, whatever the (test) clock says.
         self.ca = CertificateAuthority.load_or_create(
@@ -86,7 +98,28 @@ class OpsCenter:
             (data_dir / "ca.crt").write_bytes(self.ca.pem)
 
     def close(self) -> None:
+        self.logs.close()
         self.store.close()
+
+    def readiness(self) -> dict[str, str]:
+        """ "ok" or what is wrong, for the metadata database and the log store."""
+        checks: dict[str, str] = {}
+        for name, check in (("metadata", self.store.ping), ("logs", self.logs.check)):
+            try:
+                check()
+                checks[name] = "ok"
+            except StoreError as exc:
+                checks[name] = str(exc)
+        return checks
+
+    def upkeep(self, owner: str, retention_days: int | None) -> dict[str, int]:
+        """One round of compaction and retention, by the replica holding the upkeep lease."""
+        now = self.clock()
+        if not self.store.take_lease("upkeep", owner, now, UPKEEP_LEASE):
+            return {}
+        compacted = self.logs.compact()
+        deleted = self.logs.expire(retention_days, now)
+        return {"compacted": compacted, "deleted": deleted}
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 (one center per process, kept till exit)
     def _verified(self, peer_cert: str) -> EdgeIdentity:

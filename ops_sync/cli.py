@@ -1,6 +1,7 @@
 """`ops-sync`: run the ops center and administer it.
 
     ops-sync serve --data DIR --port N --admin-token TOKEN [--host NAME]
+                   [--metadata postgresql://...] [--logs DIR | s3://bucket/prefix]
     ops-sync add-edge NAME --publish PIPELINE_URL [--tag T ...] [--json]
     ops-sync remove-edge NAME [--json]
     ops-sync list-edges [--json]
@@ -50,6 +51,34 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=int(_env("OPS_MAX_CONNECTIONS", "10000") or 10000),
         help="open connections at once (every edge keeps one); past it, 503",
+    )
+    serve.add_argument(
+        "--metadata",
+        default=_env("OPS_METADATA_URL"),
+        help="metadata database: postgresql://user@host/db (default: SQLite in --data)",
+    )
+    serve.add_argument(
+        "--logs",
+        default=_env("OPS_LOGS_URL"),
+        help="log tables: a directory or s3://bucket/prefix (default: --data/tables)",
+    )
+    serve.add_argument(
+        "--retention-days",
+        type=int,
+        default=int(_env("OPS_RETENTION_DAYS", "0") or 0),
+        help="delete log partitions older than this many days (0: keep)",
+    )
+    serve.add_argument(
+        "--commit-interval",
+        type=float,
+        default=float(_env("OPS_COMMIT_INTERVAL", "0.25") or 0.25),
+        help="seconds between log commits of one replica (uploads wait for theirs)",
+    )
+    serve.add_argument(
+        "--upkeep-interval",
+        type=float,
+        default=float(_env("OPS_UPKEEP_INTERVAL", "60") or 60),
+        help="seconds between compaction rounds",
     )
     serve.add_argument("--ca-cert", type=Path, help="use this CA certificate (with --ca-key)")
     serve.add_argument("--ca-key", type=Path, help="the CA's private key file")
@@ -138,6 +167,11 @@ def _serve(args: argparse.Namespace) -> int:
         clock_offset=args.clock_offset,
         ca_files=(args.ca_cert, args.ca_key) if args.ca_cert else None,
         max_connections=args.max_connections,
+        metadata_url=args.metadata,
+        logs_url=args.logs,
+        commit_interval=args.commit_interval,
+        retention_days=args.retention_days or None,
+        upkeep_interval=args.upkeep_interval,
     )
     return 0
 

@@ -1,33 +1,42 @@
-"""The Parquet log store: edge batches in, exactly once; time-ordered reads out.
+"""The log store: edge batches in, exactly once, as Delta tables; time-ordered reads out.
 
-Layout (hive-style, so `pyarrow.dataset.dataset(root, partitioning="hive")` and DuckDB's
-`read_parquet('<root>/**/*.parquet', hive_partitioning=true)` read it as is):
+Layout: one Delta table per pipeline at `<logs URL>/<pipeline>` (a local directory by default,
+or `s3://bucket/prefix` with the standard AWS variables), partitioned by `pipeline`,
+`partition` (the edge's name, from its certificate) and `date` (UTC, of `time`). Its columns
+are the result table's (`edge.result`) plus two audit columns, `_epoch` and `_seq` (the edge's
+buffer epoch and sequence number of the row). A pipeline version whose column types conflict
+with the table's writes to the pipeline's next table, `<pipeline>.g2`, and so on
+(`ops_sync.logschema` says why). Any engine reads a table through `deltalake`:
+`DeltaTable(url).to_pyarrow_dataset()` into DuckDB, `polars.read_delta(url)`,
+`DeltaTable(url).to_pandas()`.
 
-    <root>/pipeline=<p>/partition=<edge>/date=<YYYY-MM-DD>/<epoch>-<first>-<last>-<rand>.parquet
+What an edge may write is checked before anything is stored, each refusal a `BadRequest`
+naming the column: result-table columns only (`ops_sync.protocol.check_rows`),
+`metadata.pipeline_version` a version published for the edge's pipeline, and the version's
+schema rules (`ops_sync.logschema`).
 
-Each file holds the edge's result-table columns (docs/CONTRACTS.md) with `metadata.partition`
-set from the edge's certificate, `metadata.dropped` never null, and two audit columns `_epoch`
-and `_seq` (the edge's buffer epoch and sequence number of the row).
+Many edges per commit: an upload's rows wait in its table's queue; one committer thread per
+table and process takes everything queued (up to `max_group_rows`) into one Delta commit at
+most every `commit_interval` seconds, and each upload is answered only after the commit that
+holds it. Under load commits follow each other back to back, each carrying more uploads, so
+the commit rate does not cap ingest. Exactly once across replicas: see `ops_sync.deltatable`
+(the dedup mark per edge and epoch is in the same commit as the rows). The agent ships each
+epoch in sequence order and acks by high-water mark, so a batch reaching below the mark
+stores only its rows above it.
 
-What an edge may write (checked before anything is stored, each refusal a `BadRequest` naming
-the column): result-table columns only (`ops_sync.protocol.check_rows`); `metadata.pipeline_version`
-a version published for the edge's pipeline; and per pipeline version one schema, fixed by the
-first batch stored and evolving only by new columns: a column keeps its type, so no batch can
-make the version's logs unreadable. Versions may differ: a logs read that spans versions whose
-types conflict returns the rows of the first-ranked versions that agree, and says so.
-
-Exactly once: under a per-edge lock, the rows whose sequence numbers are already recorded in
-`synced_ranges` are dropped, the rest are written to `<data>/tmp/`, their ranges and files are
-committed in one SQLite transaction, and only then are the files renamed into the dataset. A
-crash before the commit leaves only tmp files (deleted at the next start); a crash after it
-leaves committed tmp files (renamed at the next start). Readers never see uncommitted rows.
+The read interface (for the logs API, and the dashboard and assays to come):
+`read(pipeline, partition, start_ms, end_ms, limit)` (newest first, or chronological in a
+range, with the seed's warnings) and `tables(pipeline)` (the Delta table URLs, for pushdown
+by time, partition and column in any engine).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import os
-import secrets
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,14 +44,26 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from edge.journal import fsync_path
-from edge.result import DROPPED, PARTITION, PIPELINE_VERSION, TIME_TYPE
-from edge.result import DROPPED_TYPE as _DROPPED_TYPE
+from edge.result import PIPELINE_VERSION, TIME_TYPE
+from ops_sync import logschema as ls
+from ops_sync.deltatable import (
+    Pending,
+    TableReader,
+    TableWriter,
+    app_id,
+    compact,
+    expire,
+    probe,
+)
 from ops_sync.errors import BadRequest, StoreError
+from ops_sync.metrics import Metrics
 from ops_sync.protocol import check_rows
 from ops_sync.store import Store
+
+log = logging.getLogger("ops_sync.logstore")
+S3_OPTIONS = {"timeout": "30s", "connect_timeout": "5s"}
+WAIT_LIMIT = 120.0  # seconds an upload waits for its commit before it is answered 507
 
 
 @dataclass(frozen=True)
@@ -51,43 +72,65 @@ class Ingested:
     duplicates: int
 
 
+def storage_options(url: str) -> dict[str, str]:
+    """delta-rs options for `url`: finite timeouts; credentials come from the environment."""
+    if url.startswith(("s3://", "s3a://")):
+        options = dict(S3_OPTIONS)
+        if os.environ.get("AWS_ALLOW_HTTP"):
+            options["allow_http"] = os.environ["AWS_ALLOW_HTTP"]
+        return options
+    return {}
+
+
 class LogStore:
-    """Writes edge batches as Parquet exactly once and reads them back in time order."""
+    """Writes edge batches into the pipelines' Delta tables exactly once; reads them back."""
 
-    def __init__(self, root: Path, tmp: Path, store: Store) -> None:
-        self.root = root
-        self.tmp = tmp
-        self.store = store
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-        root.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir(parents=True, exist_ok=True)
-        self._recover()
-
-    def _recover(self) -> None:
-        committed = {Path(p).name: Path(p) for p in self.store.file_paths()}
-        for leftover in self.tmp.glob("*.parquet"):
-            final = committed.get(leftover.name)
-            if final is None:
-                leftover.unlink()  # written, never committed: the edge will resend it
-            else:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(leftover, final)
-
-    def _lock(self, partition: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(partition, threading.Lock())
-
-    def ingest(
+    def __init__(
         self,
-        edge: dict[str, Any],
-        epoch: str,
-        first: int,
-        last: int,
-        table: pa.Table,
-        now: float,
+        url: str | Path,
+        store: Store,
+        *,
+        metrics: Metrics | None = None,
+        commit_interval: float = 0.25,
+        max_group_rows: int = 500_000,
+    ) -> None:
+        self.url = str(url).rstrip("/")
+        if "://" not in self.url:
+            Path(self.url).mkdir(parents=True, exist_ok=True)
+            self.url = str(Path(self.url).resolve())
+        self.options = storage_options(self.url)
+        self.store = store
+        self.metrics = metrics or Metrics()
+        self.commit_interval = commit_interval
+        self.max_group_rows = max_group_rows
+        self._schemas: dict[tuple[str, str], tuple[pa.Schema, int, pa.Schema]] = {}
+        self._writers: dict[str, _Committer] = {}
+        self._readers: dict[str, TableReader] = {}
+        self._floors: dict[tuple[str, str], int] = {}
+        self._guard = threading.Lock()
+        self._closed = False
+
+    def table_url(self, pipeline: str, generation: int = 1) -> str:
+        return f"{self.url}/{pipeline}" + ("" if generation == 1 else f".g{generation}")
+
+    def tables(self, pipeline: str) -> list[str]:
+        """The URLs of `pipeline`'s Delta tables, newest generation first."""
+        generations = sorted(self.store.log_tables(pipeline), reverse=True)
+        return [self.table_url(pipeline, g) for g in generations]
+
+    def close(self) -> None:
+        with self._guard:
+            self._closed = True
+            writers = list(self._writers.values())
+        for writer in writers:
+            writer.stop()
+
+    # -- ingest ----------------------------------------------------------------------------
+    def ingest(
+        self, edge: dict[str, Any], epoch: str, first: int, last: int, table: pa.Table, now: float
     ) -> Ingested:
-        """Store the rows of batch (epoch, first..last) not stored before. Blocking."""
+        """Store the rows of batch (epoch, first..last) not stored before. Blocking: returns
+        once the commit holding them is durable."""
         if table.num_rows != last - first + 1:
             raise BadRequest(
                 f"the batch says sequence {first}..{last} ({last - first + 1} rows) but holds "
@@ -96,34 +139,32 @@ class LogStore:
         partition, pipeline = edge["name"], edge["pipeline_name"]
         table = check_rows(table)
         versions = self._versions(table, pipeline)
-        with self._lock(partition):
-            covered = np.zeros(table.num_rows, dtype=bool)
-            for a, b in self.store.synced_overlaps(partition, epoch, first, last):
-                covered[max(a, first) - first : min(b, last) - first + 1] = True
-            keep = ~covered
-            fresh = int(keep.sum())
-            if fresh == 0:
-                return Ingested(0, table.num_rows)
-            seqs = np.arange(first, last + 1, dtype=np.int64)
-            if fresh < table.num_rows:
-                table, seqs = table.filter(pa.array(keep)), seqs[keep]
-            table = _normalize(table, partition, epoch, seqs)
-            for version in versions:
-                table = self._agree(pipeline, version, table, now)
-            written = self._write(table, pipeline, partition, epoch)
-            try:
-                self.store.commit_batch(
-                    edge["id"], partition, epoch, _runs(seqs), [f for f, _ in written], now
-                )
-            except BaseException:
-                for _, tmp in written:
-                    tmp.unlink(missing_ok=True)
-                raise
-            for record, tmp in written:
-                final = Path(record["path"])
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, final)
-        return Ingested(fresh, last - first + 1 - fresh)
+        seqs = np.arange(first, last + 1, dtype=np.int64)
+        table = ls.normalize(table, partition, epoch, seqs)
+        generation = 0
+        for version in versions:
+            table, generation = self._agree(pipeline, version, table, now)
+        # a batch of several versions goes to the table of the last one (sorted); a version
+        # that does not fit that table's schema refuses: edges log one version at a time
+        rows = ls.with_partitions(ls.to_storage(table), pipeline, partition)
+        app = app_id(partition, epoch)
+        item = Pending(app, edge["id"], first, last, rows, floor=self._floor(partition, epoch))
+        url = self.table_url(pipeline, generation)
+        self._committer(url).submit(item)
+        if not item.done.wait(WAIT_LIMIT):
+            raise StoreError("the log commit did not finish in time; the edge will resend")
+        if item.error is not None:
+            raise item.error
+        newest = pc.max(table.column("time")).cast(pa.int64()).as_py()
+        self.metrics.ingested(edge["name"], item.stored, last - first + 1 - item.stored, newest)
+        return Ingested(item.stored, last - first + 1 - item.stored)
+
+    def _floor(self, partition: str, epoch: str) -> int:
+        """The Parquet store's mark for this epoch (0 if it had none), looked up once."""
+        key = (partition, epoch)
+        if key not in self._floors:
+            self._floors[key] = self.store.legacy_high_water(partition, epoch) or 0
+        return self._floors[key]
 
     def _versions(self, table: pa.Table, pipeline: str) -> list[str]:
         """The batch's pipeline versions, each one published for `pipeline`."""
@@ -142,57 +183,57 @@ class LogStore:
             )
         return versions
 
-    def _agree(self, pipeline: str, version: str, table: pa.Table, now: float) -> pa.Table:
-        """`table` with its columns in the types `version` logs them as (see `evolve`)."""
+    def _agree(
+        self, pipeline: str, version: str, table: pa.Table, now: float
+    ) -> tuple[pa.Table, int]:
+        """`table` in `version`'s types, and the generation of the table it goes to."""
         columns = pa.schema([f for f in table.schema if not f.name.startswith("_")])
-        agreed: list[pa.Schema] = []
+        cached = self._schemas.get((pipeline, version))
+        if cached is not None and ls.evolve(cached[0], columns, version) is None:
+            return ls.conform(table, cached[0]), cached[1]
+        agreed: list[tuple[pa.Schema, int, pa.Schema]] = []
 
-        def agree(stored: bytes | None) -> bytes | None:
-            old = None if stored is None else pa.ipc.read_schema(pa.py_buffer(stored))
-            merged = evolve(old, columns, version)
-            agreed.append(merged or old or columns)
-            return None if merged is None else merged.serialize().to_pybytes()
+        def agree(row: dict[str, Any] | None, tables: dict[int, bytes]) -> dict[str, Any] | None:
+            old = None if row is None else ls.schema_of(row["schema"])
+            merged = ls.evolve(old, columns, version)
+            schema = merged or old or columns
+            generation = int(row["generation"]) if row else max(tables, default=1)
+            table_schema = ls.schema_of(tables[generation]) if generation in tables else None
+            if table_schema is not None and not ls.fits(table_schema, schema):
+                generation = max(tables) + 1  # conflicts with the table: the next generation
+                table_schema = None
+            grown = schema if table_schema is None else ls.extend(table_schema, schema)
+            agreed.append((schema, generation, grown or table_schema or schema))
+            if merged is None and row is not None and grown is None:
+                return None
+            return {
+                "schema": ls.schema_bytes(schema),
+                "generation": generation,
+                "table_schema": ls.schema_bytes(grown or table_schema or schema),
+            }
 
         self.store.agree_log_schema(pipeline, version, agree, now)
-        return _conform(table, agreed[0])
+        self._schemas[(pipeline, version)] = agreed[-1]
+        return ls.conform(table, agreed[-1][0]), agreed[-1][1]
 
-    def _write(
-        self, table: pa.Table, pipeline: str, partition: str, epoch: str
-    ) -> list[tuple[dict[str, Any], Path]]:
-        millis = table.column("time").cast(pa.int64()).to_numpy()
-        days = millis // 86_400_000
-        written = []
-        for day in np.unique(days):
-            part = table if len(np.unique(days)) == 1 else table.filter(pa.array(days == day))
-            seq = part.column("_seq")
-            span = f"{pc.min(seq).as_py()}-{pc.max(seq).as_py()}"
-            name = f"{epoch}-{span}-{secrets.token_hex(4)}.parquet"
-            date = np.datetime64(int(day), "D").astype(str)
-            final = self.root / f"pipeline={pipeline}" / f"partition={partition}" / f"date={date}"
-            tmp = self.tmp / name
-            part_ms = millis[days == day]
-            try:
-                pq.write_table(
-                    part,
-                    tmp,
-                    compression="zstd",
-                    compression_level=1,
-                    use_dictionary=_dictionary_columns(part.schema),
+    def _committer(self, url: str) -> _Committer:
+        with self._guard:
+            if self._closed:
+                raise StoreError("the log store is closed")
+            committer = self._writers.get(url)
+            if committer is None:
+                committer = self._writers[url] = _Committer(
+                    TableWriter(url, self.options), self, self.commit_interval
                 )
-                fsync_path(tmp)
-                fsync_path(tmp.parent)  # the file's name is durable too, before any ack
-            except OSError as exc:
-                tmp.unlink(missing_ok=True)
-                raise StoreError(f"cannot write log file {tmp}: {exc}") from exc
-            record = {
-                "pipeline": pipeline,
-                "rows": part.num_rows,
-                "min_time": int(part_ms.min()),
-                "max_time": int(part_ms.max()),
-                "path": str(final / name),
-            }
-            written.append((record, tmp))
-        return written
+            return committer
+
+    # -- reads -----------------------------------------------------------------------------
+    def _reader(self, url: str) -> TableReader:
+        with self._guard:
+            reader = self._readers.get(url)
+            if reader is None:
+                reader = self._readers[url] = TableReader(url, self.options)
+            return reader
 
     def read(
         self,
@@ -203,33 +244,33 @@ class LogStore:
         limit: int,
     ) -> tuple[pa.Table, bool, list[str]]:
         """Up to `limit` rows, whether more exist, and warnings: newest first, or, with a time
-        range, oldest first; ties in insertion order. `time` stays timestamp[ms, UTC]."""
-        files = self.store.log_files(pipeline, partition, start_ms, end_ms)
+        range, oldest first; ties by buffer epoch and sequence. `time` stays timestamp[ms, UTC]."""
         chronological = start_ms is not None
-        files = _covering(files, limit + 1, start_ms, end_ms)
-        files.sort(key=(lambda f: f["min_time"]) if chronological else (lambda f: -f["max_time"]))
-        tables = []
-        for f in files:
-            try:
-                part = pq.ParquetFile(f["path"]).read()
-            except OSError as exc:
-                raise StoreError(f"cannot read log file {f['path']}: {exc}") from exc
-            if chronological:
-                millis = part.column("time").cast(pa.int64())
-                part = part.filter(
-                    pc.and_(pc.greater_equal(millis, start_ms), pc.less_equal(millis, end_ms))
-                )
-            tables.append(
-                part.append_column(
-                    "_file", pa.array(np.full(part.num_rows, f["id"]))
-                ).append_column("_row", pa.array(np.arange(part.num_rows)))
-            )
+        tables: list[pa.Table] = []
+        for generation, raw in sorted(self.store.log_tables(pipeline).items(), reverse=True):
+            reader = self._reader(self.table_url(pipeline, generation))
+            files = reader.files()
+            if files is None or files.num_rows == 0:
+                continue
+            if partition is not None:
+                files = files.filter(pc.equal(files.column("partition"), partition))
+            chosen = _covering(files, limit + 1, start_ms, end_ms)
+            logical = ls.schema_of(raw)
+            for part in reader.read(chosen):
+                part = ls.to_logical(part, logical)
+                if chronological:
+                    millis = part.column("time").cast(pa.int64())
+                    keep = pc.and_(
+                        pc.greater_equal(millis, start_ms), pc.less_equal(millis, end_ms)
+                    )
+                    part = part.filter(keep)
+                tables.append(part)
         if not tables:
             return pa.table({"time": pa.array([], TIME_TYPE)}), False, []
-        tables, left_out = _agreeing(tables)
+        tables, left_out = ls.agreeing(tables, _versions_in)
         table = pa.concat_tables(tables, promote_options="permissive")
         order = "ascending" if chronological else "descending"
-        keys = [("time", order), ("_file", order), ("_row", order)]
+        keys = [("time", order), ("_epoch", order), ("_seq", order)]
         table = table.take(pc.sort_indices(table, sort_keys=keys)[: limit + 1])
         warnings = []
         if left_out:
@@ -238,154 +279,168 @@ class LogStore:
                 f"{', '.join(sorted(left_out))} were left out: their column types differ from "
                 "the newer rows'. Read them with start_datetime and end_datetime of their own."
             )
-        rows = table.drop_columns(["_file", "_row"]).slice(0, limit)
+        rows = table.slice(0, limit)
         return rows, table.num_rows > limit, warnings
 
-
-def _agreeing(tables: list[pa.Table]) -> tuple[list[pa.Table], set[str]]:
-    """The tables, best-ranked first, whose schemas unify with those before them, and the
-    pipeline versions of the others."""
-    kept: list[pa.Table] = []
-    schema: pa.Schema | None = None
-    left_out: set[str] = set()
-    for table in tables:
-        try:
-            merged = table.schema if schema is None else _unify(schema, table.schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            if PIPELINE_VERSION in table.column_names:
-                left_out.update(map(str, pc.unique(table.column(PIPELINE_VERSION)).to_pylist()))
-            continue
-        schema = merged
-        kept.append(table)
-    return kept, left_out
-
-
-def _unify(a: pa.Schema, b: pa.Schema) -> pa.Schema:
-    merged = pa.unify_schemas([a, b], promote_options="permissive")
-    for field in a:  # unify_schemas promotes across kinds (e.g. list to string): not for us
-        other = b.field(field.name) if field.name in b.names else None
-        if other is not None and not _same_kind(field.type, other.type):
-            raise pa.ArrowTypeError(f"column {field.name}: {field.type} vs {other.type}")
-    return merged
-
-
-def _same_kind(a: pa.DataType, b: pa.DataType) -> bool:
-    if a.equals(b) or pa.types.is_null(a) or pa.types.is_null(b):
-        return True
-    if pa.types.is_list(a) and pa.types.is_list(b):
-        return _same_kind(a.value_type, b.value_type)
-    groups = (pa.types.is_integer, pa.types.is_floating, pa.types.is_string, pa.types.is_timestamp)
-    return any(g(a) and g(b) for g in groups)
-
-
-def evolve(stored: pa.Schema | None, batch: pa.Schema, version: str) -> pa.Schema | None:
-    """A pipeline version's log schema after `batch` (None: unchanged). The first batch fixes
-    it; later ones may add columns, and may send a column as another type of the same kind
-    (integers, floats, text, timestamps; lists of them), which is stored as the version's
-    type; any other change of type is a `BadRequest` naming the column."""
-    if stored is None:
-        return batch
-    added = []
-    for field in batch:
-        index = stored.get_field_index(field.name)
-        if index < 0:
-            added.append(field)
-        elif not _same_kind(stored.field(index).type, field.type):
-            raise BadRequest(
-                f"batch column {field.name!r} is {field.type}; pipeline version {version} logs "
-                f"it as {stored.field(index).type}"
+    # -- upkeep ----------------------------------------------------------------------------
+    def compact(self, target_bytes: int = 16 << 20, min_files: int = 8) -> int:
+        """Compact every table's small files per partition and day; files removed."""
+        removed = 0
+        for pipeline, generation in self.store.all_log_tables():
+            removed += compact(
+                self.table_url(pipeline, generation), self.options, target_bytes, min_files
             )
-    return pa.schema([*stored, *added]) if added else None
+        self.metrics.compacted(removed)
+        return removed
+
+    def expire(self, retention_days: int | None, now: float, grace_hours: int = 1) -> int:
+        """Delete partitions older than `retention_days` (if set), vacuum; files deleted."""
+        before = None
+        if retention_days:
+            day = dt.datetime.fromtimestamp(now, dt.UTC).date() - dt.timedelta(days=retention_days)
+            before = day.isoformat()
+        deleted = 0
+        for pipeline, generation in self.store.all_log_tables():
+            deleted += expire(
+                self.table_url(pipeline, generation), self.options, before, grace_hours
+            )
+        return deleted
+
+    def check(self) -> None:
+        """Raise `StoreError` unless the store's location answers now."""
+        try:
+            probe(self.url, self.options)
+        except Exception as exc:
+            raise StoreError(
+                f"the log store {_shown(self.url)} does not answer: {type(exc).__name__}"
+            ) from None
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`table`'s columns cast to `schema`'s types (same kind; values that do not fit refuse)."""
-    for index, field in enumerate(table.schema):
-        want = schema.field(field.name).type if field.name in schema.names else field.type
-        if not want.equals(field.type):
-            try:
-                column = table.column(index).cast(want)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise BadRequest(f"batch column {field.name!r} does not fit {want}: {exc}") from exc
-            table = table.set_column(index, pa.field(field.name, want), column)
-    return table
+def _shown(url: str) -> str:
+    return url.split("?", 1)[0]
 
 
-def _normalize(table: pa.Table, partition: str, epoch: str, seqs: np.ndarray) -> pa.Table:
-    """Partition from the certificate, never null drops, audit columns, time in ms UTC."""
-    if "time" not in table.column_names:
-        raise BadRequest("the batch has no `time` column")
-    time = table.column("time")
-    if pa.types.is_integer(time.type):
-        time = time.cast(pa.int64()).cast(TIME_TYPE)
-    elif pa.types.is_timestamp(time.type):
-        time = time.cast(TIME_TYPE)
-    else:
-        raise BadRequest(f"the batch's `time` column is {time.type}, not a timestamp")
-    table = table.set_column(table.schema.get_field_index("time"), "time", time)
-    n = table.num_rows
-    values = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([partition]))
-    table = _put(table, PARTITION, values.cast(pa.string()))
-    if DROPPED in table.column_names:
-        empty = pa.scalar([], _DROPPED_TYPE)
-        dropped = pc.coalesce(table.column(DROPPED).cast(_DROPPED_TYPE), empty)
-    else:
-        dropped = pa.array([[]] * n, _DROPPED_TYPE)
-    table = _put(table, DROPPED, dropped)
-    epochs = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([epoch]))
-    table = _put(table, "_epoch", epochs)
-    return _put(table, "_seq", pa.array(seqs))
+def _versions_in(table: pa.Table) -> set[str]:
+    if PIPELINE_VERSION not in table.column_names:
+        return set()
+    return set(map(str, pc.unique(table.column(PIPELINE_VERSION)).to_pylist()))
 
 
-def _dictionary_columns(schema: pa.Schema) -> list[str]:
-    """Dictionary-encode the repetitive string columns only: trying it on float tensors costs
-    half the write time and saves nothing."""
-    return [
-        f.name
-        for f in schema
-        if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type) or f.name == "time"
-    ]
+class _Committer:
+    """The group commit of one table in this process (see the module doc)."""
+
+    def __init__(self, writer: TableWriter, owner: LogStore, interval: float) -> None:
+        self.writer, self.owner, self.interval = writer, owner, interval
+        self._queue: list[Pending] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="log-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Pending) -> None:
+        with self._cond:
+            if self._stopping:
+                raise StoreError("the log store is closing; the edge will resend")
+            self._queue.append(item)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    def _take(self) -> list[Pending]:
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            group, rows = [], 0
+            while self._queue and rows < self.owner.max_group_rows:
+                item = self._queue.pop(0)
+                group.append(item)
+                rows += item.rows.num_rows
+            return group
+
+    def _run(self) -> None:
+        last = 0.0
+        while True:
+            wait = last + self.interval - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            group = self._take()
+            if not group:
+                if self._stopping:
+                    return
+                continue
+            last = time.monotonic()
+            self._commit(group)
+
+    def _commit(self, group: list[Pending]) -> None:
+        new_columns = _has_new_columns(self.writer, group)
+        try:
+            seconds = self.writer.commit(group, new_columns)
+            self.owner.metrics.committed(seconds, len(group), sum(i.stored for i in group))
+            _touch(self.owner.store, group)
+        except Exception as exc:
+            if len(group) == 1:
+                group[0].error = (
+                    exc
+                    if isinstance(exc, StoreError | BadRequest)
+                    else StoreError(f"cannot store the log batch: {type(exc).__name__}: {exc}")
+                )
+            else:
+                log.warning(
+                    "group commit failed, retrying %d batches one by one: %s", len(group), exc
+                )
+                for item in group:
+                    self._commit([item])
+                return
+        for item in group:
+            item.done.set()
 
 
-def _put(table: pa.Table, name: str, values: Any) -> pa.Table:
-    index = table.schema.get_field_index(name)
-    if index < 0:
-        return table.append_column(name, values)
-    return table.set_column(index, name, values)
+def _has_new_columns(writer: TableWriter, group: list[Pending]) -> bool:
+    names = writer.column_names()
+    return names is not None and any(not set(i.rows.column_names) <= names for i in group)
 
 
-def _runs(seqs: np.ndarray) -> list[tuple[int, int]]:
-    """Contiguous runs of a sorted array of sequence numbers, as (first, last) pairs."""
-    breaks = np.flatnonzero(np.diff(seqs) != 1)
-    starts = np.concatenate(([0], breaks + 1))
-    ends = np.concatenate((breaks, [len(seqs) - 1]))
-    return [(int(seqs[a]), int(seqs[b])) for a, b in zip(starts, ends, strict=True)]
+def _touch(store: Store, group: list[Pending]) -> None:
+    try:
+        store.touch_many((i.edge_id for i in group), time.time())
+    except StoreError as exc:  # last_seen is informational; the rows are committed
+        log.warning("cannot record last_seen after a commit: %s", exc)
 
 
-def _covering(
-    files: list[dict[str, Any]], need: int, start_ms: int | None, end_ms: int | None
-) -> list[dict[str, Any]]:
+def _covering(files: pa.Table, need: int, start_ms: int | None, end_ms: int | None) -> pa.Table:
     """The files that can hold the first `need` rows in the requested order.
 
     Take files from the front of that order until they surely hold `need` rows (with a time
     range, only files wholly inside it count); every row that can rank in the first `need` then
     lies before the cutoff those files reach, so keep every file reaching past it.
     """
-    chronological = start_ms is not None and end_ms is not None
-    if chronological:
-        ranked = sorted(files, key=lambda f: f["min_time"])
-    else:
-        ranked = sorted(files, key=lambda f: -f["max_time"])
-    total, chosen = 0, 0
-    while chosen < len(ranked) and total < need:
-        f = ranked[chosen]
-        inside = not chronological or (start_ms <= f["min_time"] and f["max_time"] <= end_ms)
-        total += f["rows"] if inside else 0
-        chosen += 1
-    if total < need:
+    mins = files.column("min_time").to_numpy(zero_copy_only=False)
+    maxs = files.column("max_time").to_numpy(zero_copy_only=False)
+    rows = files.column("rows").to_numpy(zero_copy_only=False)
+    if start_ms is not None and end_ms is not None:
+        overlapping = (maxs >= start_ms) & (mins <= end_ms)
+        files, mins, maxs, rows = (
+            files.filter(pa.array(overlapping)),
+            mins[overlapping],
+            maxs[overlapping],
+            rows[overlapping],
+        )
+        ranked = np.argsort(mins, kind="stable")
+        inside = (mins >= start_ms) & (maxs <= end_ms)
+        total = np.cumsum(np.where(inside[ranked], rows[ranked], 0))
+        enough = np.flatnonzero(total >= need)
+        if not len(enough):
+            return files
+        cutoff = maxs[ranked[: enough[0] + 1]].max()
+        return files.filter(pa.array(mins <= cutoff))
+    ranked = np.argsort(-maxs, kind="stable")
+    total = np.cumsum(rows[ranked])
+    enough = np.flatnonzero(total >= need)
+    if not len(enough):
         return files
-    if chronological:
-        cutoff = max(f["max_time"] for f in ranked[:chosen])
-        return [f for f in files if f["min_time"] <= cutoff]
-    cutoff = min(f["min_time"] for f in ranked[:chosen])
-    return [f for f in files if f["max_time"] >= cutoff]
+    cutoff = mins[ranked[: enough[0] + 1]].min()
+    return files.filter(pa.array(maxs >= cutoff))

@@ -56,6 +56,22 @@ def document() -> dict[str, Any]:
     paths = {
         "/healthz": {"get": {"summary": "the process answers", "responses": json_ok()}},
         "/openapi.json": {"get": {"summary": "this document", "responses": json_ok()}},
+        "/readyz": {
+            "get": {
+                "summary": "the metadata database and the log store answer",
+                "responses": {**json_ok(), "503": {"description": "not ready"}},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "security": ADMIN,
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {"description": "metrics", "content": {"text/plain": {}}},
+                    **_errors(401),
+                },
+            }
+        },
         "/v1/publishes": {
             "get": {"security": ADMIN, "responses": {**json_ok(), **_errors(401)}},
             "post": {

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import ssl
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,6 +83,11 @@ def run(
     clock_offset: float = 0.0,
     ca_files: tuple[Path, Path] | None = None,
     max_connections: int = 10_000,
+    metadata_url: str | None = None,
+    logs_url: str | None = None,
+    commit_interval: float = 0.25,
+    retention_days: int | None = None,
+    upkeep_interval: float = 60.0,
 ) -> None:
     """Serve until interrupted (blocking). Request bodies have 30 s to arrive
     (`edge.httpio.read_body`); past `max_connections` open connections, new ones get 503."""
@@ -93,7 +102,15 @@ def run(
         trust_domain=trust_domain,
         clock=clock,
         ca_files=ca_files,
+        metadata_url=metadata_url,
+        logs_url=logs_url,
+        commit_interval=commit_interval,
     )
+    stop = threading.Event()
+    upkeep = threading.Thread(
+        target=_upkeep, args=(center, stop, upkeep_interval, retention_days), daemon=True
+    )
+    upkeep.start()
     context = server_tls(center, data_dir, [host, "localhost", "127.0.0.1"])
     config = uvicorn.Config(
         create_app(center),
@@ -108,8 +125,10 @@ def run(
         limit_concurrency=max_connections,
     )
     log.info(
-        "ops center starting data=%s listen=%s:%d opscenter_host=%s:%d ca=%s",
+        "ops center starting data=%s metadata=%s logs=%s listen=%s:%d opscenter_host=%s:%d ca=%s",
         data_dir,
+        center.store.db.shown,
+        center.logs.url,
         bind,
         port,
         host,
@@ -119,4 +138,17 @@ def run(
     try:
         uvicorn.Server(config).run()
     finally:
+        stop.set()
         center.close()
+
+
+def _upkeep(center: OpsCenter, stop: threading.Event, interval: float, days: int | None) -> None:
+    """Compaction and retention in the background, by whichever replica holds the lease."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    while not stop.wait(interval):
+        try:
+            done = center.upkeep(owner, days)
+            if done:
+                log.info("upkeep compacted_files=%d deleted_files=%d", *done.values())
+        except Exception:  # upkeep must never take the server down; the next round retries
+            log.exception("upkeep round failed")

@@ -2,7 +2,9 @@
 
 Routes (an explicit list, see `create_app`):
 
-    GET    /healthz, /openapi.json                   no auth
+    GET    /healthz, /openapi.json                   no auth (liveness)
+    GET    /readyz                                   no auth (metadata database and store)
+    GET    /metrics                                  admin token (Prometheus)
     GET    /v1/publishes          POST /v1/publishes  admin token
     GET    /v1/edges              POST /v1/edges      admin token
     DELETE /v1/edges/{name}                           admin token
@@ -52,6 +54,7 @@ JSON_LIMIT = 1 << 20
 MAX_PEM = 16 << 10  # a CSR's PEM
 NDJSON = "application/x-ndjson"
 PLATFORM = "platform"
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The one place that knows the ops center's status codes (walked along each error's MRO).
 STATUS = ErrorMapping(
     {
@@ -91,6 +94,18 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        checks = await call(center.readiness)
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", **checks}, 200 if ok else 503
+        )
+
+    async def metrics(request: Request) -> Response:
+        await admin(request)
+        body = await call(center.metrics.render)
+        return Response(body, media_type=METRICS_TYPE)
 
     spec = json.dumps(openapi.document()).encode()
 
@@ -167,6 +182,8 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
     routes = [
         Route("/healthz", health, methods=["GET"]),
         Route("/openapi.json", openapi_route, methods=["GET"]),
+        Route("/readyz", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/publishes", list_publishes, methods=["GET"]),
         Route("/v1/publishes", register_publish, methods=["POST"]),
         Route("/v1/edges", list_edges, methods=["GET"]),

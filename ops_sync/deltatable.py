@@ -1,0 +1,306 @@
+"""One Delta table of logs (delta-rs): grouped appends with exactly-once marks, file reads,
+compaction and vacuum. `ops_sync.logstore` decides what goes in; this module knows Delta.
+
+Exactly once: every (edge name, buffer epoch) is a Delta *application id*
+(`<partition>/<epoch>`), and its *transaction version* is the highest sequence number stored.
+A commit carries the rows and the new version of every application id it advances
+(`CommitProperties(app_transactions=...)`), so the rows and the mark are one atomic commit.
+Before writing, each batch is cut to the rows above its mark as of the snapshot the commit
+is based on; if another writer (a replica) committed the same application id after that
+snapshot, delta-rs refuses the commit (`CommitFailedError`, a concurrent transaction) and the
+group is planned again on the newer snapshot. Commits of other application ids are appends
+that do not conflict, so replicas commit side by side; on object storage, commits are
+conditional puts (no lock service).
+
+The marks of a snapshot: `DeltaTable.transaction_version` costs milliseconds per call, so
+`TableWriter` keeps them in a dict that matches its handle's version: looked up once per
+application id, then advanced by reading the `txn` actions of each new commit file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake.exceptions import CommitFailedError, SchemaMismatchError, TableNotFoundError
+from deltalake.fs import DeltaStorageHandler
+
+from ops_sync.errors import BadRequest, StoreError
+from ops_sync.logschema import PARTITION_COLUMNS
+
+log = logging.getLogger("ops_sync.deltatable")
+COMMIT_ATTEMPTS = 20
+SMALL_WRITES = WriterProperties(compression="SNAPPY")
+LARGE_WRITES = WriterProperties(compression="ZSTD", compression_level=3)
+
+
+@dataclass
+class Pending:
+    """One edge batch waiting for a group commit; `done` is set once it has an outcome."""
+
+    app_id: str
+    edge_id: str
+    first: int
+    last: int
+    rows: pa.Table  # storage types, audit and partition columns; `_seq` ascending
+    floor: int = 0  # a high-water mark from before the Delta tables (legacy store)
+    stored: int = 0
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def app_id(partition: str, epoch: str) -> str:
+    return f"{partition}/{epoch}"
+
+
+class TableWriter:
+    """Appends to one Delta table for one process: a handle, the marks of its snapshot."""
+
+    def __init__(self, uri: str, options: dict[str, str]) -> None:
+        self.uri, self.options = uri, options
+        self._handle: DeltaTable | None = None
+        self._marks: dict[str, int] = {}
+        self._fs: pafs.FileSystem | None = None
+
+    def _open(self) -> DeltaTable | None:
+        if self._handle is None:
+            try:
+                self._handle = DeltaTable(self.uri, storage_options=self.options)
+            except TableNotFoundError:
+                return None
+            self._marks.clear()
+        return self._handle
+
+    def _files(self) -> pafs.FileSystem:
+        if self._fs is None:
+            self._fs = pafs.PyFileSystem(DeltaStorageHandler(self.uri, self.options))
+        return self._fs
+
+    def _refresh(self) -> DeltaTable | None:
+        handle = self._open()
+        if handle is not None:
+            before = handle.version()
+            handle.update_incremental()
+            self._advance(before, handle.version())
+        return handle
+
+    def _advance(self, before: int, after: int) -> None:
+        """Apply the `txn` actions of commits before+1..after to the marks we hold."""
+        for version in range(before + 1, after + 1):
+            with self._files().open_input_stream(f"_delta_log/{version:020d}.json") as f:
+                text = f.read().decode()
+            for line in text.splitlines():
+                if '"txn"' not in line:
+                    continue
+                txn = json.loads(line).get("txn")
+                if txn and txn["appId"] in self._marks:
+                    self._marks[txn["appId"]] = max(self._marks[txn["appId"]], txn["version"])
+
+    def column_names(self) -> set[str] | None:
+        handle = self._open()
+        return None if handle is None else set(pa.schema(handle.schema().to_arrow()).names)
+
+    def _mark(self, handle: DeltaTable | None, app: str) -> int:
+        if app not in self._marks:
+            version = handle.transaction_version(app) if handle is not None else None
+            self._marks[app] = int(version) if version is not None else 0
+        return self._marks[app]
+
+    def commit(self, group: list[Pending], new_columns: bool) -> float:
+        """Store each item's rows above its mark in one commit; seconds the commit took."""
+        for attempt in range(COMMIT_ATTEMPTS):
+            handle = self._refresh()
+            parts: list[pa.Table] = []
+            marks: dict[str, int] = {}
+            for item in sorted(group, key=lambda i: (i.app_id, i.first)):
+                mark = max(marks.get(item.app_id, self._mark(handle, item.app_id)), item.floor)
+                rows = item.rows
+                if item.first <= mark:
+                    rows = rows.filter(pc.greater(rows.column("_seq"), mark))
+                item.stored = rows.num_rows
+                if rows.num_rows:
+                    parts.append(rows)
+                marks[item.app_id] = max(mark, item.last)
+            if not parts:
+                return 0.0
+            data = pa.concat_tables(parts, promote_options="permissive")
+            started = time.perf_counter()
+            before = handle.version() if handle is not None else -1
+            try:
+                write_deltalake(
+                    handle if handle is not None else self.uri,
+                    data,
+                    mode="append",
+                    partition_by=list(PARTITION_COLUMNS),
+                    schema_mode="merge" if new_columns and handle is not None else None,
+                    storage_options=None if handle is not None else self.options,
+                    writer_properties=SMALL_WRITES,
+                    commit_properties=CommitProperties(
+                        app_transactions=[Transaction(a, v) for a, v in marks.items()]
+                    ),
+                )
+            except CommitFailedError as exc:  # another replica's commit of one of our ids
+                log.info("commit conflict table=%s attempt=%d: %s", self.uri, attempt + 1, exc)
+                time.sleep(0.01 * (attempt + 1))
+                continue
+            except (SchemaMismatchError, pa.ArrowException, ValueError, TypeError) as exc:
+                raise BadRequest(f"the batch cannot be stored: {_first_line(exc)}") from None
+            except Exception as exc:
+                if handle is None and self._open() is not None:
+                    continue  # another replica created the table first
+                raise StoreError(f"log table {self.uri}: {_first_line(exc)}") from None
+            if handle is None:
+                self._open()
+            else:
+                self._advance(before, handle.version())
+            for a, v in marks.items():
+                self._marks[a] = max(self._marks.get(a, 0), v)
+            return time.perf_counter() - started
+        raise StoreError(f"log table {self.uri}: {COMMIT_ATTEMPTS} commit conflicts in a row")
+
+
+class TableReader:
+    """Reads one Delta table's files: the newest snapshot's file list, then only the files a
+    query needs (partition pruning and per-file time ranges from the Delta log)."""
+
+    def __init__(self, uri: str, options: dict[str, str]) -> None:
+        self.uri, self.options = uri, options
+        self._lock = threading.Lock()
+        self._handle: DeltaTable | None = None
+        self._files: tuple[int, pa.Table] | None = None
+        self._fs: pafs.FileSystem | None = None
+
+    def files(self) -> pa.Table | None:
+        """path, rows, min_time, max_time (ms), partition, date of every file; None if the
+        table does not exist yet."""
+        with self._lock:
+            if self._handle is None:
+                try:
+                    self._handle = DeltaTable(self.uri, storage_options=self.options)
+                except TableNotFoundError:
+                    return None
+            try:
+                self._handle.update_incremental()
+            except Exception as exc:
+                raise StoreError(f"log table {self.uri}: {_first_line(exc)}") from None
+            version = self._handle.version()
+            if self._files is None or self._files[0] != version:
+                self._files = (version, _file_list(self._handle))
+            return self._files[1]
+
+    def read(self, files: pa.Table, columns: list[str] | None = None) -> list[pa.Table]:
+        """Each file's rows (without the partition columns), in `files` order."""
+        if self._fs is None:
+            self._fs = pafs.PyFileSystem(DeltaStorageHandler(self.uri, self.options))
+        out = []
+        for path in files.column("path").to_pylist():
+            try:
+                out.append(pq.read_table(path, filesystem=self._fs, columns=columns))
+            except OSError as exc:
+                raise StoreError(f"cannot read log file {path}: {exc}") from exc
+        return out
+
+    def schema(self) -> pa.Schema | None:
+        with self._lock:
+            if self._handle is None:
+                return None
+            return pa.schema(self._handle.schema().to_arrow())
+
+
+def _file_list(handle: DeltaTable) -> pa.Table:
+    actions = pa.table(handle.get_add_actions(flatten=True))
+    n = actions.num_rows
+
+    def column(name: str, kind: pa.DataType) -> pa.ChunkedArray | pa.Array:
+        if name in actions.column_names:
+            return actions.column(name).cast(kind)
+        return pa.nulls(n, kind)
+
+    return pa.table(
+        {
+            "path": actions.column("path"),
+            "rows": column("num_records", pa.int64()),
+            "bytes": column("size_bytes", pa.int64()),
+            "min_time": column("min.time", pa.timestamp("ms", tz="UTC")).cast(pa.int64()),
+            "max_time": column("max.time", pa.timestamp("ms", tz="UTC")).cast(pa.int64()),
+            "partition": column("partition.partition", pa.string()),
+            "date": column("partition.date", pa.string()),
+        }
+    )
+
+
+def compact(uri: str, options: dict[str, str], target_bytes: int, min_files: int) -> int:
+    """Merge the small files of each (partition, date) with at least `min_files` of them;
+    files removed. A concurrent append is no conflict (compaction only rewrites what it
+    read, and removes nothing a reader's snapshot still needs until vacuum)."""
+    try:
+        handle = DeltaTable(uri, storage_options=options)
+    except TableNotFoundError:
+        return 0
+    files = _file_list(handle)
+    small = files.filter(pc.less(files.column("bytes"), target_bytes // 2))
+    if small.num_rows == 0:
+        return 0
+    counts = small.group_by(["partition", "date"]).aggregate([("path", "count")])
+    removed = 0
+    for date in sorted(set(counts.column("date").to_pylist())):
+        mine = counts.filter(pc.equal(counts.column("date"), date))
+        edges = [
+            p
+            for p, c in zip(
+                mine.column("partition").to_pylist(),
+                mine.column("path_count").to_pylist(),
+                strict=True,
+            )
+            if c >= min_files
+        ]
+        for start in range(0, len(edges), 200):
+            chunk = edges[start : start + 200]
+            try:
+                metrics = handle.optimize.compact(
+                    partition_filters=[("date", "=", date), ("partition", "in", chunk)],
+                    target_size=target_bytes,
+                    writer_properties=LARGE_WRITES,
+                )
+            except CommitFailedError as exc:  # another compactor, or a delete: next round
+                log.info("compaction conflict table=%s date=%s: %s", uri, date, exc)
+                continue
+            removed += int(metrics.get("numFilesRemoved", 0))
+    return removed
+
+
+def expire(uri: str, options: dict[str, str], before_date: str | None, grace_hours: int) -> int:
+    """Delete the partitions dated before `before_date` (if given), then vacuum files removed
+    more than `grace_hours` ago; files deleted."""
+    try:
+        handle = DeltaTable(uri, storage_options=options)
+    except TableNotFoundError:
+        return 0
+    if before_date is not None:
+        try:
+            handle.delete(f"date < '{before_date}'")
+        except CommitFailedError as exc:
+            log.info("retention delete conflict table=%s: %s", uri, exc)
+    deleted = handle.vacuum(
+        retention_hours=grace_hours, enforce_retention_duration=False, dry_run=False
+    )
+    return len(deleted)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def probe(uri: str, options: dict[str, str]) -> None:
+    """List the store's root once (raises if it does not answer)."""
+    fs = pafs.PyFileSystem(DeltaStorageHandler(uri, options))
+    fs.get_file_info(pafs.FileSelector("", allow_not_found=True))
