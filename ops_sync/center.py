@@ -55,6 +55,7 @@ PIPELINE_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # DNS-style, 
 PIPELINE_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # a pipeline URL goes into the EDGE_BUNDLE's shell lines: no spaces, quotes or shell syntax
 PIPELINE_URL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,1023}")
+WORKSPACE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # goes into the bundle too
 PIPELINE_REF = re.compile(r"/pipelines/(?P<name>[a-z0-9][a-z0-9-]*):(?P<version>[\w.-]+)\Z")
 DROP_COUNT_MAX = 2**62  # drop counters are int64 in the store (summed over epochs)
 UPKEEP_LEASE = 600.0  # seconds a replica holds the compaction lease for
@@ -164,7 +165,9 @@ class OpsCenter:
             "engine_url": fields.text("engine_url", required=False),
             "helm": helm,
             "engine_config": fields.mapping("engine_config"),
-            "workspace_id": fields.text("workspace_id", required=False, max_len=64),
+            "workspace_id": fields.text(
+                "workspace_id", required=False, max_len=64, pattern=WORKSPACE_ID, hint=_WS_HINT
+            ),
         }
         return self.store.register_publish(record, self.clock())
 
@@ -318,6 +321,7 @@ class OpsCenter:
 
 
 _DNS = " (lower-case letters, digits and '-', at most 63)"
+_WS_HINT = " (letters, digits, '.', '_', '-': it goes into the EDGE_BUNDLE)"
 _URL_HINT = " (a pipeline URL: no spaces, quotes or shell characters)"
 
 
