@@ -230,3 +230,23 @@ def start_edge(tmp_path: Path) -> Iterator[Callable[..., Edge]]:
     yield start
     for edge in started:
         edge.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """Debian's PostgreSQL 15 started for the session (fails, never skips, if it cannot)."""
+    from tests.fleet_support import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[object]:
+    """moto's S3 server process with one bucket, for the session."""
+    from tests.fleet_support import MotoServer
+
+    server = MotoServer().start()
+    yield server
+    server.stop()

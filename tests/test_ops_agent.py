@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pyarrow.dataset as ds
 import pytest
 
 from edge.logbuffer import LogBuffer
 from ops_sync import protocol as bundle
 from ops_sync.agent import SyncAgent, backoff
 from ops_sync.errors import BundleError, TokenExpired, TokenUsed
-from tests.test_ops_support import DAY, Ops, cert_transport, result_table
+from tests.test_ops_support import DAY, Ops, cert_transport, result_table, table_rows
 
 T0 = 1_790_000_000_000
 FAST = dict(ship_interval=0.02, heartbeat_interval=0.2, backoff_base=0.02, backoff_cap=0.1)
@@ -69,10 +68,8 @@ async def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def stored_rows(ops: Ops, partition: str) -> list[int]:
-    files = list(ops.center.logs.root.glob(f"pipeline=*/partition={partition}/*/*.parquet"))
-    if not files:
-        return []
-    return sorted(ds.dataset(files).to_table().column("_seq").to_pylist())
+    rows = table_rows(ops.center.logs.table_url("ccfraud"), f"partition = '{partition}'")
+    return [seq for _, _, seq in rows]
 
 
 @pytest.fixture()

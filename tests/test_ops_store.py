@@ -1,7 +1,9 @@
-"""Metadata store: versioned schema, hashed one-time join tokens, refusals, drop counts."""
+"""Metadata store, on SQLite and on a real PostgreSQL (the same tests on both): versioned
+schema, hashed one-time join tokens, refusals, drop counts, races between replicas."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 from pathlib import Path
@@ -15,6 +17,15 @@ from ops_sync.store import MIGRATIONS, Store
 from tests.test_ops_support import DAY, PIPELINE_URL, Ops
 
 T0 = 1_800_000_000.0
+_DATABASES = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "ops.db")
+    server = request.getfixturevalue("postgres")
+    return str(server.fresh_database(f"store_{next(_DATABASES)}"))
 
 
 def publish(store: Store) -> int:
@@ -33,8 +44,8 @@ def test_schema_is_versioned_and_reopening_applies_nothing_twice(tmp_path: Path)
     assert mode == "wal"
 
 
-def test_register_publish_is_idempotent_per_url(tmp_path: Path) -> None:
-    store = Store(tmp_path / "ops.db")
+def test_register_publish_is_idempotent_per_url(db_url: str) -> None:
+    store = Store(db_url)
     assert publish(store) == publish(store)
     assert len(store.publishes()) == 1
 
@@ -51,8 +62,8 @@ def test_only_token_hashes_are_stored(tmp_path: Path) -> None:
     assert token_digest(token).encode() in raw
 
 
-def test_names_are_unique_until_removed(tmp_path: Path) -> None:
-    store = Store(tmp_path / "ops.db")
+def test_names_are_unique_until_removed(db_url: str) -> None:
+    store = Store(db_url)
     pid = publish(store)
     first = store.add_edge("edge-a", pid, ["x"], token_digest("t1"), T0)
     with pytest.raises(Conflict, match="edge-a"):
@@ -67,8 +78,8 @@ def _redeem(store: Store, token: str, now: float, key_fp: str = "fp") -> dict:
     return store.redeem(token_digest(token), key_fp, now, lambda edge: edge)
 
 
-def test_token_refusals_are_distinct(tmp_path: Path) -> None:
-    store = Store(tmp_path / "ops.db")
+def test_token_refusals_are_distinct(db_url: str) -> None:
+    store = Store(db_url)
     pid = publish(store)
     store.add_edge("a", pid, [], token_digest("good"), T0)
     store.add_edge("b", pid, [], token_digest("late"), T0)
@@ -87,22 +98,22 @@ def test_token_refusals_are_distinct(tmp_path: Path) -> None:
     # The expired attempt used the token up: it stays refused as expired, never redeemable.
     with pytest.raises(TokenExpired):
         _redeem(store, "late", T0 + DAY + 2)
-    row = store._db.execute(
+    row = store.db.reader().one(
         "SELECT outcome FROM join_tokens WHERE token_sha256 = ?", (token_digest("late"),)
-    ).fetchone()
-    assert row[0] == "expired"
+    )
+    assert row == {"outcome": "expired"}
 
 
-def test_the_same_device_retrying_a_lost_reply_gets_its_identity_again(tmp_path: Path) -> None:
-    store = Store(tmp_path / "ops.db")
+def test_the_same_device_retrying_a_lost_reply_gets_its_identity_again(db_url: str) -> None:
+    store = Store(db_url)
     store.add_edge("a", publish(store), [], token_digest("tok"), T0)
     first = _redeem(store, "tok", T0, key_fp="device-key")
     again = _redeem(store, "tok", T0 + 5, key_fp="device-key")
     assert first["id"] == again["id"]
 
 
-def test_a_failed_issue_does_not_consume_the_token(tmp_path: Path) -> None:
-    store = Store(tmp_path / "ops.db")
+def test_a_failed_issue_does_not_consume_the_token(db_url: str) -> None:
+    store = Store(db_url)
     store.add_edge("a", publish(store), [], token_digest("tok"), T0)
 
     def broken(edge: dict) -> None:
@@ -143,8 +154,8 @@ def test_fifty_concurrent_redemptions_give_exactly_one_success(tmp_path: Path) -
     assert outcomes.count("used") == 49
 
 
-def test_drop_counters_are_exact_and_idempotent(tmp_path: Path) -> None:
-    store = Store(tmp_path / "ops.db")
+def test_drop_counters_are_exact_and_idempotent(db_url: str) -> None:
+    store = Store(db_url)
     edge = store.add_edge("a", publish(store), [], token_digest("t"), T0)
     store.record_drops(edge["id"], "epoch-1", {"input_values": 7, "rows": 2}, T0)
     store.record_drops(edge["id"], "epoch-1", {"input_values": 7, "rows": 2}, T0 + 1)  # resent
@@ -160,22 +171,46 @@ def test_fingerprint_matches_between_csr_and_key() -> None:
     assert fingerprint(csr_public_key(make_csr(key, "x"))) == fingerprint(key.public_key())
 
 
-def test_group_commit_fails_only_the_bad_batch(tmp_path: Path) -> None:
+def test_replicas_racing_on_one_postgresql_redeem_once_and_enrol_a_name_once(postgres) -> None:
+    url = postgres.fresh_database("store_race")
+    replicas = [Store(url) for _ in range(3)]  # three processes' worth of connections
+    pid = publish(replicas[0])
+    replicas[0].add_edge("edge-race", pid, [], token_digest("race"), T0)
+    barrier = threading.Barrier(30)
+    outcomes: list[str] = []
+
+    def redeem(i: int) -> None:
+        barrier.wait()
+        try:
+            _redeem(replicas[i % 3], "race", T0 + 1, key_fp=f"device-{i}")
+            outcomes.append("ok")
+        except TokenUsed:
+            outcomes.append("used")
+
+    def enrol(i: int) -> None:
+        try:
+            replicas[i % 3].add_edge("twin", pid, [], token_digest(f"t{i}"), T0)
+            outcomes.append("added")
+        except Conflict:
+            outcomes.append("taken")
+
+    threads = [threading.Thread(target=redeem, args=(i,)) for i in range(30)]
+    threads += [threading.Thread(target=enrol, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes).count("ok") == 1 and outcomes.count("used") == 29
+    assert outcomes.count("added") == 1 and outcomes.count("taken") == 11
+    assert sorted(e["name"] for e in replicas[2].edges()) == ["edge-race", "twin"]
+
+
+def test_a_postgresql_password_never_reaches_an_error(postgres) -> None:
     from ops_sync.errors import StoreError
-    from ops_sync.store import _Commit
+    from tests.fleet_support import PG_PASSWORD
 
-    store = Store(tmp_path / "ops.db")
-    edge = store.add_edge("a", publish(store), [], token_digest("t"), T0)
-
-    def item(first: int, path: str) -> _Commit:
-        f = {"pipeline": "p", "rows": 10, "min_time": 0, "max_time": 9, "path": path}
-        return _Commit(edge["id"], "a", "ep", [(first, first + 9)], [f], T0)
-
-    store.commit_batch(edge["id"], "a", "ep", [(1, 10)], [item(1, "/x/1").files[0]], T0)
-    group = [item(11, "/x/2"), item(21, "/x/1"), item(31, "/x/3")]  # the middle reuses a path
-    store._commit_group(group)
-    assert [g.error is None for g in group] == [True, False, True]
-    assert isinstance(group[1].error, StoreError) and all(g.done for g in group)
-    assert store.synced_overlaps("a", "ep", 0, 100) == [(1, 20), (31, 40)]
-    with pytest.raises(StoreError, match="cannot record"):
-        store.commit_batch(edge["id"], "a", "ep", [(50, 59)], [item(50, "/x/3").files[0]], T0)
+    wrong = postgres.url.replace(PG_PASSWORD, PG_PASSWORD + "-wrong")
+    with pytest.raises(StoreError) as raised:
+        Store(wrong)
+    assert PG_PASSWORD not in str(raised.value) and "***" in str(raised.value)
+    assert "password authentication failed" in str(raised.value)

@@ -60,9 +60,19 @@ class Joined:
 class Ops:
     root: Path
     clock: Clock = field(default_factory=Clock)
+    metadata_url: str | None = None
+    logs_url: str | None = None
 
     def __post_init__(self) -> None:
-        self.center = OpsCenter(self.root, ADMIN, "127.0.0.1:8443", clock=self.clock)
+        self.center = OpsCenter(
+            self.root,
+            ADMIN,
+            "127.0.0.1:8443",
+            clock=self.clock,
+            commit_interval=0.0,
+            metadata_url=self.metadata_url,
+            logs_url=self.logs_url,
+        )
         self.app = create_app(self.center)
 
     def admin_client(self, token: str | None = ADMIN) -> httpx.AsyncClient:
@@ -117,6 +127,19 @@ def result_table(
             "metadata.partition": pa.array([partition] * n),
         }
     )
+
+
+def table_rows(url: str, where: str = "true", storage: dict[str, str] | None = None) -> list:
+    """`(partition, _epoch, _seq)` of every stored row of the Delta table at `url`, through
+    DuckDB over `deltalake`'s pyarrow dataset (as README shows readers)."""
+    import duckdb
+    from deltalake import DeltaTable
+
+    if not DeltaTable.is_deltatable(url, storage_options=storage):
+        return []
+    dataset = DeltaTable(url, storage_options=storage).to_pyarrow_dataset()  # noqa: F841
+    sql = f"SELECT partition, _epoch, _seq FROM dataset WHERE {where} ORDER BY 1, 2, 3"
+    return duckdb.sql(sql).fetchall()
 
 
 def free_port() -> int:
