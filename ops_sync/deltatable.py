@@ -104,6 +104,23 @@ class TableWriter:
                 if txn and txn["appId"] in self._marks:
                     self._marks[txn["appId"]] = max(self._marks[txn["appId"]], txn["version"])
 
+    def _create(self, schema: pa.Schema) -> None:
+        """Create the table empty (no rows, no marks); another replica may win the race."""
+        try:
+            DeltaTable.create(
+                self.uri,
+                schema=schema,
+                partition_by=list(PARTITION_COLUMNS),
+                mode="ignore",
+                storage_options=self.options,
+            )
+        except Exception as exc:
+            if self._open() is None:
+                raise StoreError(
+                    f"cannot create log table {self.uri}: {_first_line(exc)}"
+                ) from None
+        self._open()
+
     def column_names(self) -> set[str] | None:
         handle = self._open()
         return None if handle is None else set(pa.schema(handle.schema().to_arrow()).names)
@@ -132,16 +149,18 @@ class TableWriter:
             if not parts:
                 return 0.0
             data = pa.concat_tables(parts, promote_options="permissive")
+            if handle is None:  # a commit needs a snapshot to be checked against: make one
+                self._create(data.schema)
+                continue
             started = time.perf_counter()
-            before = handle.version() if handle is not None else -1
+            before = handle.version()
             try:
                 write_deltalake(
-                    handle if handle is not None else self.uri,
+                    handle,
                     data,
                     mode="append",
                     partition_by=list(PARTITION_COLUMNS),
-                    schema_mode="merge" if new_columns and handle is not None else None,
-                    storage_options=None if handle is not None else self.options,
+                    schema_mode="merge" if new_columns else None,
                     writer_properties=SMALL_WRITES,
                     commit_properties=CommitProperties(
                         app_transactions=[Transaction(a, v) for a, v in marks.items()]
@@ -154,13 +173,8 @@ class TableWriter:
             except (SchemaMismatchError, pa.ArrowException, ValueError, TypeError) as exc:
                 raise BadRequest(f"the batch cannot be stored: {_first_line(exc)}") from None
             except Exception as exc:
-                if handle is None and self._open() is not None:
-                    continue  # another replica created the table first
                 raise StoreError(f"log table {self.uri}: {_first_line(exc)}") from None
-            if handle is None:
-                self._open()
-            else:
-                self._advance(before, handle.version())
+            self._advance(before, handle.version())
             for a, v in marks.items():
                 self._marks[a] = max(self._marks.get(a, 0), v)
             return time.perf_counter() - started

@@ -146,7 +146,7 @@ class LogStore:
             table, generation = self._agree(pipeline, version, table, now)
         # a batch of several versions goes to the table of the last one (sorted); a version
         # that does not fit that table's schema refuses: edges log one version at a time
-        rows = ls.with_partitions(ls.to_storage(table), pipeline, partition)
+        rows = ls.to_storage(ls.with_partitions(table, pipeline, partition))
         app = app_id(partition, epoch)
         item = Pending(app, edge["id"], first, last, rows, floor=self._floor(partition, epoch))
         url = self.table_url(pipeline, generation)

@@ -1,20 +1,23 @@
-"""Parquet log store: exactly once under resends, overlaps, reorders and crashes; readable by
-pyarrow.dataset and DuckDB; time-ordered reads."""
+"""Delta log store: exactly once under resends, overlaps and racing replicas; a failed commit
+stores nothing; compaction during ingest; retention; readable by DuckDB, polars and pandas;
+on moto's S3 server with PostgreSQL metadata too."""
 
 from __future__ import annotations
 
-import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pytest
+from deltalake import DeltaTable
 
 from ops_sync.errors import BadRequest, StoreError
 from ops_sync.logstore import LogStore
-from tests.test_ops_support import Ops, result_table
+from tests.test_ops_support import Ops, result_table, table_rows
 
 T0 = 1_790_000_000_000  # ms
 
@@ -35,25 +38,27 @@ def batch(first: int, last: int) -> pa.Table:
 
 
 def stored_seqs(ops: Ops, partition: str = "edge-a") -> list[int]:
-    if not list(ops.center.logs.root.rglob("*.parquet")):
-        return []
-    table = ds.dataset(ops.center.logs.root, partitioning="hive").to_table(
-        filter=ds.field("partition") == partition
-    )
-    return sorted(table.column("_seq").to_pylist())
+    url = ops.center.logs.table_url("ccfraud")
+    return [s for _, _, s in table_rows(url, f"partition = '{partition}'", _options(ops))]
 
 
-def test_resent_overlapping_reordered_and_partial_batches_store_each_row_once(ops: Ops) -> None:
+def _options(ops: Ops) -> dict[str, str] | None:
+    return ops.center.logs.options or None
+
+
+def test_resent_and_overlapping_batches_store_each_row_once(ops: Ops) -> None:
     edge, logs = edge_record(ops), ops.center.logs
     now = ops.clock()
     assert logs.ingest(edge, "e1", 1, 100, batch(1, 100), now).stored == 100
     assert logs.ingest(edge, "e1", 1, 100, batch(1, 100), now).duplicates == 100  # resent
-    assert logs.ingest(edge, "e1", 301, 400, batch(301, 400), now).stored == 100  # ahead
-    got = logs.ingest(edge, "e1", 51, 350, batch(51, 350), now)  # overlaps both sides
-    assert (got.stored, got.duplicates) == (200, 100)
-    assert logs.ingest(edge, "e1", 401, 401, batch(401, 401), now).stored == 1
-    assert stored_seqs(ops) == list(range(1, 402))
-    assert ops.center.store.synced_overlaps("edge-a", "e1", 0, 10**9) == [(1, 401)]
+    got = logs.ingest(edge, "e1", 51, 150, batch(51, 150), now)  # a larger resend
+    assert (got.stored, got.duplicates) == (50, 50)
+    assert logs.ingest(edge, "e1", 301, 400, batch(301, 400), now).stored == 100  # a gap
+    # below the high-water mark: the agent acks by it, so these rows are duplicates
+    assert logs.ingest(edge, "e1", 151, 300, batch(151, 300), now).duplicates == 150
+    assert stored_seqs(ops) == [*range(1, 151), *range(301, 401)]
+    table = DeltaTable(logs.table_url("ccfraud"))
+    assert table.transaction_version("edge-a/e1") == 400  # the mark, in the table itself
 
 
 def test_a_new_epoch_is_never_mistaken_for_duplicates(ops: Ops) -> None:
@@ -82,26 +87,29 @@ def test_partition_comes_from_the_edge_record_and_drops_are_never_null(ops: Ops)
     assert set(got.column("metadata.partition").to_pylist()) == {"edge-a"}
     assert got.column("metadata.dropped").null_count == 0
     assert sorted(map(len, got.column("metadata.dropped").to_pylist())) == [0, 0, 0, 1]
+    assert got.schema.field("anomaly.count").type == pa.uint32()  # stored as int64, read back
+    assert got.schema.field("time").type == pa.timestamp("ms", tz="UTC")
 
 
-def test_duckdb_and_pyarrow_read_the_files_with_hive_partitions(ops: Ops) -> None:
+def test_duckdb_polars_and_pandas_read_the_table(ops: Ops) -> None:
     a, b = edge_record(ops, "edge-a"), edge_record(ops, "edge-b")
     ops.center.logs.ingest(a, "ea", 1, 30, batch(1, 30), ops.clock())
     ops.center.logs.ingest(b, "eb", 1, 20, batch(1, 20), ops.clock())
-    root = ops.center.logs.root
+    url = ops.center.logs.tables("ccfraud")[0]
+    dataset = DeltaTable(url).to_pyarrow_dataset()  # noqa: F841 (DuckDB reads it by name)
     rows = duckdb.sql(
-        f"SELECT partition, count(*), count(DISTINCT _seq) FROM read_parquet('{root}/**/*.parquet',"
-        " hive_partitioning=true) GROUP BY partition ORDER BY partition"
+        "SELECT partition, count(*), count(DISTINCT _seq) FROM dataset"
+        " GROUP BY partition ORDER BY partition"
     ).fetchall()
     assert rows == [("edge-a", 30, 30), ("edge-b", 20, 20)]
-    dataset = ds.dataset(root, partitioning="hive")
-    assert {"pipeline", "partition", "date", "time", "in.tensor"} <= set(dataset.schema.names)
-    assert dataset.count_rows() == 50
+    frame = pl.read_delta(url).filter(pl.col("partition") == "edge-b")
+    assert frame.height == 20 and {"pipeline", "date", "in.tensor"} <= set(frame.columns)
+    assert len(DeltaTable(url).to_pandas(filters=[("partition", "=", "edge-a")])) == 30
 
 
 def test_reads_are_newest_first_or_chronological_with_a_range(ops: Ops) -> None:
     edge, logs = edge_record(ops), ops.center.logs
-    for first in range(1, 1000, 100):  # ten files, times T0+1 .. T0+1000
+    for first in range(1, 1000, 100):  # ten commits, times T0+1 .. T0+1000
         logs.ingest(edge, "e1", first, first + 99, batch(first, first + 99), ops.clock())
     newest, more, _ = logs.read("ccfraud", None, None, None, 150)
     assert more and newest.column("_seq").to_pylist() == list(range(1000, 850, -1))
@@ -109,29 +117,113 @@ def test_reads_are_newest_first_or_chronological_with_a_range(ops: Ops) -> None:
     assert not more and window.column("_seq").to_pylist() == list(range(250, 261))
     first_page, more, _ = logs.read("ccfraud", None, T0, T0 + 10_000, 5)
     assert more and first_page.column("_seq").to_pylist() == [1, 2, 3, 4, 5]
-    everything, more, _ = logs.read("ccfraud", None, None, None, 5000)
+    everything, more, _ = logs.read("ccfraud", "edge-a", None, None, 5000)
     assert not more and everything.num_rows == 1000
+    assert logs.read("ccfraud", "nobody", None, None, 10)[0].num_rows == 0
 
 
-def test_a_crash_before_commit_leaves_nothing_and_after_commit_loses_nothing(ops: Ops) -> None:
-    edge, logs, store = edge_record(ops), ops.center.logs, ops.center.store
+def test_a_failed_commit_stores_nothing_and_the_resend_stores_once(
+    ops: Ops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ops_sync.deltatable as delta
 
-    def crash(*args: Any, **kwargs: Any) -> None:
-        raise StoreError("power cut")
+    edge, logs = edge_record(ops), ops.center.logs
+    logs.ingest(edge, "e1", 1, 10, batch(1, 10), ops.clock())
+    real = delta.write_deltalake
 
-    real = store.commit_batch
-    store.commit_batch = crash  # type: ignore[method-assign]
-    with pytest.raises(StoreError):
-        logs.ingest(edge, "e1", 1, 10, batch(1, 10), ops.clock())
-    store.commit_batch = real  # type: ignore[method-assign]
-    assert stored_seqs(ops) == [] and not list(logs.tmp.iterdir())
-    assert logs.ingest(edge, "e1", 1, 10, batch(1, 10), ops.clock()).stored == 10
+    def power_cut(*args: Any, **kwargs: Any) -> None:
+        raise OSError("the object store went away mid-commit")
 
-    # Committed but not yet renamed into the dataset (a crash between the two): a restart
-    # finishes the rename; an uncommitted leftover is deleted.
-    final = Path(store.log_files("ccfraud")[0]["path"])
-    os.replace(final, logs.tmp / final.name)
-    (logs.tmp / "orphan.parquet").write_bytes(b"junk")
-    reopened = LogStore(logs.root, logs.tmp, store)
-    assert final.exists() and not list(reopened.tmp.iterdir())
+    monkeypatch.setattr(delta, "write_deltalake", power_cut)
+    with pytest.raises(StoreError, match="went away"):
+        logs.ingest(edge, "e1", 11, 20, batch(11, 20), ops.clock())
+    monkeypatch.setattr(delta, "write_deltalake", real)
     assert stored_seqs(ops) == list(range(1, 11))
+    assert logs.ingest(edge, "e1", 11, 20, batch(11, 20), ops.clock()).stored == 10
+    assert stored_seqs(ops) == list(range(1, 21))
+
+
+def test_two_replicas_racing_the_same_batches_store_each_row_once(tmp_path: Path) -> None:
+    """Two log stores (as two replicas: own handles, own commit threads) on one table and
+    one metadata database, each sent every batch of three edges at the same moment."""
+    first = Ops(tmp_path / "a")
+    edges = [edge_record(first, f"edge-{i}") for i in range(3)]
+    second = LogStore(first.center.logs.url, first.center.store, commit_interval=0.0)
+    barrier = threading.Barrier(6)
+    outcomes: list[int] = []
+
+    def send(store: LogStore, edge: dict[str, Any]) -> None:
+        barrier.wait()
+        for start in range(1, 200, 20):
+            got = store.ingest(edge, "ep", start, start + 19, batch(start, start + 19), 0.0)
+            outcomes.append(got.stored)
+
+    threads = [
+        threading.Thread(target=send, args=(store, edge))
+        for store in (first.center.logs, second)
+        for edge in edges
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    second.close()
+    assert sum(outcomes) == 3 * 200 and len(outcomes) == 60
+    for edge in edges:
+        assert stored_seqs(first, edge["name"]) == list(range(1, 201))
+
+
+def test_compaction_during_ingest_keeps_every_row_once_and_reads_working(ops: Ops) -> None:
+    edges = [edge_record(ops, f"edge-{i}") for i in range(2)]
+    logs, stop = ops.center.logs, threading.Event()
+    removed: list[int] = []
+
+    def compact() -> None:
+        while not stop.is_set():
+            removed.append(logs.compact(min_files=2))
+
+    for edge in edges:
+        logs.ingest(edge, "ep", 1, 5, batch(1, 5), 0.0)
+    compactor = threading.Thread(target=compact)
+    compactor.start()
+    for start in range(6, 400, 5):
+        for edge in edges:
+            assert logs.ingest(edge, "ep", start, start + 4, batch(start, start + 4), 0.0).stored
+        assert logs.read("ccfraud", "edge-0", None, None, 3)[0].num_rows == 3
+    stop.set()
+    compactor.join(60)
+    assert sum(removed) > 0
+    files = DeltaTable(logs.table_url("ccfraud")).file_uris()
+    assert len(files) < 2 * 79  # far fewer than one per upload
+    for edge in edges:
+        assert stored_seqs(ops, edge["name"]) == list(range(1, 401))
+    assert logs.ingest(edges[0], "ep", 391, 400, batch(391, 400), 0.0).duplicates == 10
+
+
+def test_retention_deletes_old_days_and_vacuum_removes_their_files(ops: Ops) -> None:
+    edge, logs = edge_record(ops), ops.center.logs
+    day = 86_400_000
+    logs.ingest(edge, "ep", 1, 3, result_table(3, T0 - 40 * day), 0.0)
+    logs.ingest(edge, "ep", 4, 6, result_table(3, T0), 0.0)
+    logs.expire(30, T0 / 1000, grace_hours=0)  # the old day's rows go from the table
+    assert stored_seqs(ops) == [4, 5, 6]
+    time.sleep(1.1)  # vacuum deletes files removed strictly before its horizon
+    assert logs.expire(30, T0 / 1000, grace_hours=0) == 1
+    assert len(list(Path(logs.table_url("ccfraud")).rglob("*.parquet"))) == 1
+
+
+def test_on_s3_with_postgresql_metadata(
+    tmp_path: Path, postgres: Any, moto_s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in moto_s3.env().items():
+        monkeypatch.setenv(key, value)
+    url = postgres.fresh_database("logstore_s3")
+    ops = Ops(tmp_path, metadata_url=url, logs_url=f"s3://{moto_s3.bucket}/ops/logs")
+    edge = edge_record(ops)
+    assert ops.center.logs.ingest(edge, "e1", 1, 50, batch(1, 50), 0.0).stored == 50
+    assert ops.center.logs.ingest(edge, "e1", 1, 50, batch(1, 50), 0.0).duplicates == 50
+    newest, _, _ = ops.center.logs.read("ccfraud", "edge-a", None, None, 5)
+    assert newest.column("_seq").to_pylist() == [50, 49, 48, 47, 46]
+    assert stored_seqs(ops) == list(range(1, 51))
+    assert ops.center.readiness() == {"metadata": "ok", "logs": "ok"}
+    ops.center.close()
