@@ -157,6 +157,8 @@ class OpsServer:
     clock_offset: float = 0.0
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    extra: list[str] = field(default_factory=list)  # more `serve` flags (--metadata, --logs)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -181,9 +183,11 @@ class OpsServer:
             ADMIN,
             "--clock-offset",
             str(self.clock_offset),
+            *self.extra,
         ]
+        env = {**os.environ, **self.env}
         with open(self.log_path, "ab") as sink:
-            self.process = subprocess.Popen(command, stdout=sink, stderr=sink, cwd=REPO)
+            self.process = subprocess.Popen(command, stdout=sink, stderr=sink, cwd=REPO, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
