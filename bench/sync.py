@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import duckdb
 import httpx
 import numpy as np
 import pyarrow as pa
@@ -43,7 +42,7 @@ from ops_sync.agent import SyncAgent  # noqa: E402
 from ops_sync.client import AdminClient  # noqa: E402
 from ops_sync.identity import build_ssl_context, key_pem, make_csr, new_key  # noqa: E402
 from ops_sync.protocol import encode_batch  # noqa: E402
-from tests.test_ops_support import ADMIN, PIPELINE_URL, OpsServer  # noqa: E402
+from tests.test_ops_support import ADMIN, PIPELINE_URL, OpsServer, table_rows  # noqa: E402
 
 TARGET = 100_000
 
@@ -163,12 +162,8 @@ def main() -> int:
                 f"{args.table_rows}, the agent's default batches of 10,000 rows, TLS)"
             )
             ingest, stored = asyncio.run(fifty_edges(server, admin, work, args))
-        files = f"{server.data}/logs/pipeline=ccfraud/partition=bench-*/*/*.parquet"
-        sql = (
-            "SELECT count(*), count(DISTINCT (partition, _seq)) FROM "
-            f"read_parquet('{files}', hive_partitioning=true) WHERE partition <> 'bench-one'"
-        )
-        ((count, distinct),) = duckdb.sql(sql).fetchall()
+        rows = table_rows(f"{server.data}/tables/ccfraud", "partition <> 'bench-one'")
+        count, distinct = len(rows), len(set(rows))
         shape = f"{args.edges} edges x {args.batches} batches x {args.batch_rows} rows"
         print(f"edges_ingest {ingest:,.0f} rows/s ({shape}, TLS)")
         expected = args.edges * args.batches * args.batch_rows

@@ -30,8 +30,15 @@ from ops_sync.identity import (
     new_key,
 )
 from ops_sync.protocol import encode_batch
-from tests.test_ops_support import ADMIN, DAY, PIPELINE_URL, REPO, OpsServer, result_table
-from tests.test_ops_support import table_rows
+from tests.test_ops_support import (
+    ADMIN,
+    DAY,
+    PIPELINE_URL,
+    REPO,
+    OpsServer,
+    result_table,
+    table_rows,
+)
 
 T0 = 1_790_000_000_000
 
