@@ -11,7 +11,7 @@ In one run this starts `python -m ops_sync serve` as a real process (TLS, fresh 
   (b) fifty edges: `--edges` edges enrolled and joined (each its own key and certificate),
       each sending `--batches` pre-encoded batches of `--batch-rows` rows concurrently (one
       connection per edge, one batch in flight per edge, as the agent does); rows/s = rows
-      stored / wall time; then checks with DuckDB that every row is in the Parquet files
+      stored / wall time; then checks with DuckDB that every row is in the Delta table
       exactly once.
 Prints `name value unit` lines and PASS/MISS against the 100,000 rows/s ingest target.
 Only 127.0.0.1 is contacted; the server is stopped by its PID.
