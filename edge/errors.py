@@ -18,7 +18,10 @@ EdgeError
 │   └── NotFound           unknown pipeline or route
 ├── PipelineError          a step failed on valid input (names the step): a 5xx
 ├── NotReady               the pipeline is not loaded yet (the only 503)
-└── LogBufferError         the inference log buffer cannot take the rows (disk full, ...)
+└── LogBufferError         the inference log buffer cannot take or read rows
+    ├── LogBufferFull      its writer's queue is full: nothing was journaled, retry shortly
+    ├── LogBufferDiskFull  the disk or quota under its journal or SQLite file is full
+    └── NotALogBuffer      the file at its path is something else (set aside at start)
 """
 
 from __future__ import annotations
@@ -102,3 +105,15 @@ class NotReady(EdgeError):
 
 class LogBufferError(EdgeError):
     """The inference log buffer cannot store rows (disk full, corrupt, closed)."""
+
+
+class LogBufferFull(LogBufferError):
+    """The writer's queue is full (backpressure): nothing was stored; retry shortly."""
+
+
+class LogBufferDiskFull(LogBufferError):
+    """The journal or SQLite could not grow its file (disk or quota full)."""
+
+
+class NotALogBuffer(LogBufferError):
+    """The file at the buffer's path is a SQLite file of something else."""
