@@ -81,7 +81,8 @@ async def one_edge(
     buffer.start()
     try:
         for i in range(0, args.edge_rows, args.table_rows):
-            await buffer.append(rows_table(args.table_rows, 1_790_000_000_000 + i, "bench-one"))
+            buffer.log(rows_table(args.table_rows, 1_790_000_000_000 + i, "bench-one"))
+            buffer.flush()  # stored in SQLite before the sync starts
         agent = SyncAgent(values, work / "edge", buffer, dict, ship_interval=0.01)
         await agent.start()
         started = time.perf_counter()

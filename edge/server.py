@@ -24,7 +24,9 @@ from edge import codecs, openapi
 from edge.appliance import Appliance
 from edge.errors import (
     EdgeError,
+    LogBufferDiskFull,
     LogBufferError,
+    LogBufferFull,
     NotAcceptable,
     NotFound,
     NotReady,
@@ -36,7 +38,6 @@ from edge.errors import (
 )
 from edge.httpio import ErrorMapping, guarded, header_text, log_unexpected
 from edge.inference_route import InferenceEndpoint
-from edge.logbuffer import LogBufferDiskFull, LogBufferFull
 from edge.logquery import log_warnings, parse_log_query
 from edge.metrics import Metrics
 

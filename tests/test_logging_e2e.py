@@ -206,6 +206,7 @@ def test_journal_errors_answer_every_request_of_the_turn_and_lose_nothing_accept
 
     from edge.appliance import Appliance, LoadState, load_pipeline
     from edge.config import load_settings
+    from edge.logbuffer import records
     from edge.server import create_app
 
     url = publish(tagged_spec, layout=tmp_path / "layout")["pipeline_url"]
@@ -215,7 +216,6 @@ def test_journal_errors_answer_every_request_of_the_turn_and_lose_nothing_accept
     pipeline = load_pipeline(settings)
     state = Appliance(settings, buffer=buffer, pipeline=pipeline, state=LoadState.RUNNING)
     app = create_app(state)
-    journal_write = buffer._journal.write
 
     async def four(first_id: int) -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
@@ -229,18 +229,18 @@ def test_journal_errors_answer_every_request_of_the_turn_and_lose_nothing_accept
 
     writes: list[int] = []
 
-    def disk_full(first_seq: int, encoded: object) -> None:
-        writes.append(first_seq)
+    def disk_full(fd: int, parts: list, size: int) -> None:  # the journal's one write call
+        writes.append(size)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     try:
-        monkeypatch.setattr(buffer._journal, "write", disk_full)
+        monkeypatch.setattr(records, "write_all", disk_full)
         answers = asyncio.run(four(0))
         assert [a.status_code for a in answers] == [507] * 4
         assert all("disk full" in a.json()["error"] for a in answers)
         assert len(writes) == 1  # one record for the four
-        monkeypatch.setattr(buffer._journal, "write", journal_write)
-        monkeypatch.setattr(buffer._queue, "has_room", lambda nbytes: False)
+        monkeypatch.undo()
+        monkeypatch.setattr(buffer._inbox, "has_room", lambda nbytes: False)
         answers = asyncio.run(four(10))
         assert [a.status_code for a in answers] == [503] * 4
         assert buffer.stats()["rejected"] == 4

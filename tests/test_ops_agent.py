@@ -135,7 +135,8 @@ def test_ships_in_order_and_acks_only_what_the_ops_center_stored(
 
     async def scenario() -> None:
         for i in range(5):
-            await buffer.append(result_table(40, T0 + 100 * i))
+            buffer.log(result_table(40, T0 + 100 * i))
+            await asyncio.to_thread(buffer.flush)  # stored in SQLite
         agent, transport = make_agent(
             ops, persist, buffer, new_bundle(ops, "edge-a"), batch_rows=64
         )
@@ -164,7 +165,8 @@ def test_nothing_is_acked_while_the_ops_center_fails(
     persist = tmp_path / "persist"
 
     async def scenario() -> None:
-        await buffer.append(result_table(10, T0))
+        buffer.log(result_table(10, T0))
+        await asyncio.to_thread(buffer.flush)  # stored in SQLite
         agent, transport = make_agent(ops, persist, buffer, new_bundle(ops, "edge-a"))
 
         async def down(request: httpx.Request, forward: Any) -> httpx.Response:
@@ -254,7 +256,8 @@ def test_renews_at_about_half_life_and_expires_offline_then_a_new_bundle_ships_t
         assert agent.status()["credentials"] == "valid"
 
         # Offline for more than 7 days: stop calling, keep serving and buffering.
-        await buffer.append(result_table(25, T0))
+        buffer.log(result_table(25, T0))
+        await asyncio.to_thread(buffer.flush)  # stored in SQLite
         ops.clock.advance(7 * DAY + 60)
         await wait_until(lambda: agent.status()["credentials"] == "expired")
         assert agent.status()["health"] == "credentials expired"
@@ -333,7 +336,8 @@ def test_batches_over_the_body_limit_shrink_until_they_fit(
 
     async def scenario() -> None:
         for i in range(4):
-            await buffer.append(result_table(50, T0 + 100 * i))
+            buffer.log(result_table(50, T0 + 100 * i))
+            await asyncio.to_thread(buffer.flush)  # stored in SQLite
         agent, transport = make_agent(
             ops, persist, buffer, new_bundle(ops, "edge-a"), batch_rows=200
         )

@@ -222,7 +222,8 @@ def test_agent_over_mtls_survives_an_ops_center_kill_without_loss_or_duplicates(
         await agent.start()
         assert agent.status()["joined"]
         for i in range(20):
-            await buffer.append(result_table(250, T0 + 1000 * i))
+            buffer.log(result_table(250, T0 + 1000 * i))
+            await asyncio.to_thread(buffer.flush)  # stored in SQLite
             if i == 8:
                 server.stop(signal.SIGKILL)  # mid-sync
             if i == 14:
