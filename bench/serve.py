@@ -1215,7 +1215,7 @@ def main() -> int:
     note(f"work dir {work}")
     run_snap = cpu_snapshot()
     try:
-        # can the server log at all? (edge/logbuffer.py is being finished in parallel)
+        # can the server log at all? (edge/logbuffer/ is being finished in parallel)
         if "on" in modes:
             probe = subprocess.run(
                 [sys.executable, "-c", "import edge.logbuffer"],

@@ -67,7 +67,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     # would read only the first message, so it must refuse the file instead.
     (2, "journaled batches", ""),
     # No change of tables: codec "file" rows name a file in `<file>.tables/` (it was the
-    # journal's folder; `Store.open` moves files of version 2 over), and journal segments
+    # journal's folder; `Store.adopt_legacy_tables` links version 2's over), and journal segments
     # hold reference records for them, which an older image would read as a torn tail.
     (3, "table files in their own folder", ""),
 ]

@@ -13,14 +13,20 @@ refer to, and a file goes by a sweep (`garbage`, then `delete_files`):
 
 - A file is garbage when no committed row names it and no journal record a replay could still
   store names it: the replay stores only records past `last_seq` (same epoch), so a file of
-  this epoch numbered past `last_seq` is still on its way and is kept.
+  this epoch numbered past `last_seq` is still on its way and is kept. Another epoch's records
+  (a file set aside) are replayed only at start, before the first sweep, and the journal
+  deletes them once stored: such a file is garbage as soon as no row names it.
 - A row must never name a file that is gone after a power loss: the rows that named a garbage
   file may come back if SQLite's last transactions are lost. So the writer fsyncs the WAL
   between `garbage` and `delete_files`, with no commit between: the state that names none of
   them is then on disk, and so is a `last_seq` past them. An unlink lost to a power loss only
   leaves a file for the next sweep.
-- The other way round, SQLite is made durable (WAL fsync, checkpoint) only after the journal's
-  fsync, so a durable row never names a file that did not reach the disk.
+- The other way round, the writer makes SQLite durable (WAL fsync, checkpoint) only after the
+  journal's fsync, so a row it made durable never names a file that did not reach the disk.
+  (The kernel may write the WAL back earlier on its own; that window is the fsync interval.)
+
+Files of schema version 2 sat in the journal's folder: `adopt_legacy_tables` links them over
+at start, and the journal deletes the old names once the start has stored what they hold.
 """
 
 from __future__ import annotations
