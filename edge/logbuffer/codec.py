@@ -174,4 +174,5 @@ def _packed(array: pa.Array) -> pa.Array | None:
 
 @functools.lru_cache(maxsize=16)
 def _zeros(rows: int) -> pa.Array:
-    return pa.array(np.zeros(rows, np.int8))
+    # from a buffer: `pa.array` of a numpy array imports pandas
+    return pa.Array.from_buffers(pa.int8(), rows, [None, pa.py_buffer(np.zeros(rows, np.int8))])

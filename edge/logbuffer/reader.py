@@ -210,7 +210,8 @@ def concat(tables: list[pa.Table]) -> pa.Table:
 
 
 def _reversed(table: pa.Table) -> pa.Table:
-    return table.take(pa.array(np.arange(table.num_rows - 1, -1, -1)))
+    order = np.arange(table.num_rows - 1, -1, -1, dtype=np.int64)
+    return table.take(pa.Array.from_buffers(pa.int64(), len(order), [None, pa.py_buffer(order)]))
 
 
 def _between(table: pa.Table, lo: int, hi: int) -> pa.Table:
