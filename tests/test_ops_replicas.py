@@ -88,7 +88,8 @@ def test_three_replicas_store_every_acknowledged_row_once(
                 agents.append(agent)
             for step in range(30):
                 for i, buffer in enumerate(buffers):
-                    await buffer.append(result_table(40, T0 + 100_000 * i + 1000 * step))
+                    buffer.log(result_table(40, T0 + 100_000 * i + 1000 * step))
+                    await asyncio.to_thread(buffer.flush)  # stored in SQLite
                 if step == 12:
                     replicas[1].stop(signal.SIGKILL)  # mid-ingest, between commits and acks
                 await asyncio.sleep(0.1)
