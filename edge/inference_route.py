@@ -24,7 +24,6 @@ from edge.appliance import Appliance
 from edge.httpio import read_asgi_body
 from edge.metrics import Metrics
 from edge.pipeline import Inference, Pipeline
-from edge.result import ResultRows
 
 INLINE_BYTES = 64 << 10  # smaller bodies run on the event loop: a thread hop costs more
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -85,7 +84,7 @@ class InferenceEndpoint:
     ) -> bytes:
         buffer = self.appliance.buffer
         rows = inference.rows
-        logged = buffer.submit(ResultRows.table([rows])) if buffer is not None else None
+        logged = buffer.submit(rows) if buffer is not None else None  # one table per turn
         payload = fastpath.encode(inference, shape)
         if logged is not None:
             await logged

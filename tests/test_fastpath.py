@@ -209,3 +209,29 @@ def test_requests_it_does_not_take_go_to_the_general_path(
         assert str(exc)  # the general path's 400, naming what is wrong
     else:
         assert json.loads(records)
+
+
+def test_the_rows_of_one_loop_turn_are_journaled_as_one_table(
+    pipelines: dict[str, Pipeline], tmp_path: Path
+) -> None:
+    import asyncio
+
+    from edge.logbuffer import LogBuffer
+
+    pipeline = pipelines["single"]
+    assert pipeline.fast is not None
+    bodies = [rows(FEATURES[i : i + n].tolist()) for i, n in ((0, 1), (5, 3), (9, 1))]
+    answered = [pipeline.fast.run(body) for body in bodies]
+    with LogBuffer(tmp_path / "logbuffer.db") as buffer:
+
+        async def one_turn() -> list[tuple[int, int]]:
+            logged = [buffer.submit(a.rows) for a in answered if a is not None]
+            return [(r.first, r.last) for r in await asyncio.gather(*logged)]
+
+        assert asyncio.run(one_turn()) == [(1, 1), (2, 4), (5, 5)]
+        buffer.flush()
+        assert buffer.stats()["appends"] == 1  # one journal record, one table, for the turn
+        stored, _ = buffer.query(limit=10)
+    each = [general(pipeline, body, codecs.Shape())[1] for body in bodies]
+    expected = pa.concat_tables(each)
+    assert stored.to_pylist()[::-1] == expected.to_pylist()  # newest first

@@ -1,18 +1,21 @@
-"""The request side of logging: the small tables of one turn of the event loop, journaled as one.
+"""The request side of logging: the small results of one turn of the event loop, journaled as one.
 
 `submit` is `LogBuffer.log` for the event loop. The tables of a few rows submitted during one
 turn of the loop are journaled together, as one record, at the start of the next turn: one
 encode and one write for all the requests the loop is serving (3-5 at concurrency 8), each
-waiting one turn for it. Each caller still gets its own sequence range, and each is answered
-with the error when the record cannot be written. Larger tables go to a worker thread (the
-caller awaits them while its answer is encoded). With `fsync_interval` 0 every result also
-waits for the journal's fsync, one for all the requests in flight.
+waiting one turn for it. A result may come as an Arrow table, or as `Rows` (numpy columns of
+the small requests' path): the rows of one turn are then built into one Arrow table here,
+once, instead of one table per request. Each caller still gets its own sequence range, and
+each is answered with the error when the record cannot be written. Larger tables go to a
+worker thread (the caller awaits them while its answer is encoded). With `fsync_interval` 0
+every result also waits for the journal's fsync, one for all the requests in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
+from typing import Protocol, TypeAlias
 
 import pyarrow as pa
 
@@ -25,6 +28,21 @@ INLINE_ROWS = 64
 Log = Callable[[pa.Table, int], SeqRange]  # log(table, requests it answers)
 
 
+class Rows(Protocol):
+    """A result not yet in Arrow (`edge.result.ResultRows`): rows of one `key` join into one
+    table, in order, with `table`."""
+
+    rows: int
+
+    def key(self) -> Hashable: ...
+
+    @staticmethod
+    def table(group: Sequence[Rows]) -> pa.Table: ...
+
+
+Item: TypeAlias = pa.Table | Rows
+
+
 class TurnBatcher:
     """Gathers `submit`s during one turn of the loop; journals them at the next."""
 
@@ -33,44 +51,52 @@ class TurnBatcher:
         wait for before answering (None: do not wait)."""
         self._log = log
         self._sync = sync
-        self._turn: list[tuple[pa.Table, asyncio.Future[SeqRange]]] = []
+        self._turn: list[tuple[Item, asyncio.Future[SeqRange]]] = []
 
-    def submit(self, table: pa.Table) -> asyncio.Future[SeqRange]:
+    def submit(self, item: Item) -> asyncio.Future[SeqRange]:
         loop = asyncio.get_running_loop()
-        if table.num_rows > INLINE_ROWS:
-            done: asyncio.Future[SeqRange] = loop.run_in_executor(None, self._log, table, 1)
+        if isinstance(item, pa.Table) and item.num_rows > INLINE_ROWS:
+            done: asyncio.Future[SeqRange] = loop.run_in_executor(None, self._log, item, 1)
         else:
             done = loop.create_future()
             if not self._turn:
                 loop.call_soon(self._log_turn)
-            self._turn.append((table, done))
+            self._turn.append((item, done))
         if self._sync is None:
             return done
         return asyncio.ensure_future(self._synced(done))
 
     def _log_turn(self) -> None:
-        """Journal the tables gathered in one turn of the loop: each run of one schema as one
-        table, each caller told its own part of the sequence range."""
+        """Journal what was gathered in one turn of the loop: each run of one schema (tables)
+        or one key (rows) as one table, each caller told its own part of the sequence range."""
         gathered, self._turn = self._turn, []
         start = 0
         while start < len(gathered):
-            schema = gathered[start][0].schema
+            kind = _kind(gathered[start][0])
             end = start + 1
-            while end < len(gathered) and gathered[end][0].schema.equals(schema):
+            while end < len(gathered) and _same(kind, gathered[end][0]):
                 end += 1
             group = gathered[start:end]
             start = end
-            tables = [table for table, _ in group]
             try:
-                joined = tables[0] if len(tables) == 1 else _joined(tables)
+                joined = _join([item for item, _ in group])
             except Exception:  # cannot be joined: one record each
                 for one in group:
-                    self._log_group([one], one[0])
+                    self._log_one(one)
                 continue
             self._log_group(group, joined)
 
+    def _log_one(self, one: tuple[Item, asyncio.Future[SeqRange]]) -> None:
+        try:
+            table = _join([one[0]])
+        except Exception as exc:
+            if not one[1].done():
+                one[1].set_exception(exc)
+            return
+        self._log_group([one], table)
+
     def _log_group(
-        self, group: list[tuple[pa.Table, asyncio.Future[SeqRange]]], joined: pa.Table
+        self, group: list[tuple[Item, asyncio.Future[SeqRange]]], joined: pa.Table
     ) -> None:
         try:
             seqs = self._log(joined, len(group))
@@ -80,8 +106,8 @@ class TurnBatcher:
                     fut.set_exception(exc)
             return
         first = seqs.first
-        for table, fut in group:
-            last = first + table.num_rows - 1
+        for item, fut in group:
+            last = first + _rows(item) - 1
             if not fut.done():  # a caller may be gone
                 fut.set_result(SeqRange(seqs.epoch, first, last))
             first = last + 1
@@ -91,6 +117,29 @@ class TurnBatcher:
         assert self._sync is not None
         await asyncio.get_running_loop().run_in_executor(None, self._sync)
         return seq_range
+
+
+def _kind(item: Item) -> object:
+    return item.schema if isinstance(item, pa.Table) else item.key()
+
+
+def _same(kind: object, item: Item) -> bool:
+    if isinstance(item, pa.Table):
+        return isinstance(kind, pa.Schema) and item.schema.equals(kind)
+    return not isinstance(kind, pa.Schema) and item.key() == kind
+
+
+def _rows(item: Item) -> int:
+    return item.num_rows if isinstance(item, pa.Table) else item.rows
+
+
+def _join(items: list[Item]) -> pa.Table:
+    """Tables of one schema, or rows of one key, as one table of one record batch."""
+    tables = [item for item in items if isinstance(item, pa.Table)]
+    if not tables:
+        rows: list[Rows] = [item for item in items if not isinstance(item, pa.Table)]
+        return type(rows[0]).table(rows)
+    return tables[0] if len(tables) == 1 else _joined(tables)
 
 
 def _joined(tables: list[pa.Table]) -> pa.Table:

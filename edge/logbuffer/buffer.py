@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from edge.errors import LogBufferError, LogBufferFull
 from edge.logbuffer import schema
-from edge.logbuffer.batcher import INLINE_ROWS, TurnBatcher
+from edge.logbuffer.batcher import INLINE_ROWS, Rows, TurnBatcher
 from edge.logbuffer.codec import pack_constants
 from edge.logbuffer.inbox import Append, Inbox
 from edge.logbuffer.journal import Journal, SeqRange, Written
@@ -155,10 +155,10 @@ class LogBuffer:
         `LogBufferDiskFull`, a closed or stopped buffer `LogBufferError`. Thread-safe."""
         return self._log(table, 1)
 
-    def submit(self, table: pa.Table) -> asyncio.Future[SeqRange]:
-        """`log` for the event loop: the small tables of one turn are journaled as one
-        record (`edge.logbuffer.batcher`)."""
-        return self._batcher.submit(table)
+    def submit(self, result: pa.Table | Rows) -> asyncio.Future[SeqRange]:
+        """`log` for the event loop: the small results of one turn (tables, or the small
+        requests' numpy rows) are journaled as one record (`edge.logbuffer.batcher`)."""
+        return self._batcher.submit(result)
 
     def flush(self) -> None:
         """Wait until every row logged so far is in SQLite (for readers that read back at
