@@ -25,7 +25,7 @@ import orjson
 from edge import result
 from edge.artifact import ModelInfo, ModelStep
 from edge.codecs.decode import ORJSON_BODY, numeric_tensor
-from edge.codecs.records import RecordInfo, records_of
+from edge.codecs.records import RecordInfo, _group, _tensor_entry
 from edge.codecs.shape import Shape, selected
 from edge.errors import EdgeError
 from edge.runtimes import Runtime
@@ -144,10 +144,112 @@ class FastPath:
 
 
 def encode(inference: FastInference, shape: Shape) -> bytes:
-    """The response records, as `codecs.encode_records` writes the general path's table."""
+    """The response records, as `codecs.encode_records` writes the general path's table:
+    from a template of the record's constant text made once per layout and shape."""
     rows = inference.rows
-    values, kinds = rows.record_columns()
-    names = selected(tuple(values), shape)
-    return records_of(
-        {name: values[name] for name in names}, kinds, rows.rows, inference.info, shape.separator
-    )
+    key = (rows.key(), shape, inference.info.model_version)
+    template = _TEMPLATES.get(key)
+    if template is None:
+        template = _Template(rows, shape, inference.info)
+        if len(_TEMPLATES) < 256:
+            _TEMPLATES[key] = template
+    return template.render(rows, inference.info)
+
+
+Part = bytes | tuple[str, str]  # constant text, or (what, name): a value filled per record
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_TEMPLATES: dict[tuple[Any, ...], _Template] = {}
+
+
+class _Template:
+    """One record's text for a layout of columns and a shape: the constant text between the
+    values, in the order `codecs.records.records_of` writes a record's keys."""
+
+    def __init__(self, rows: result.ResultRows, shape: Shape, info: RecordInfo) -> None:
+        values, kinds = rows.record_columns()  # the layout's first request
+        names = selected(tuple(values), shape)
+        self.parts: list[Part] = []
+        put = self._put
+        put(b'{"check_failures":' + orjson.dumps(info.check_failures) + b',"elapsed":')
+        put(self._request("elapsed"))
+        put(b',"model_name":' + orjson.dumps(info.model_name))
+        put(b',"model_version":' + orjson.dumps(info.model_version))
+        put(b',"original_data":null,"outputs":[')
+        for i, name in enumerate(result.output_columns(list(names))):
+            put((b"," if i else b"") + b'{"' + kinds[name].encode() + b'":')
+            put(self._entry(name))
+            put(b"}")
+        put(b'],"pipeline_name":' + orjson.dumps(info.pipeline_name))
+        put(b',"shadow_data":' + orjson.dumps(info.shadow_data) + b",")
+        groups: dict[str, list[tuple[str, str | None]]] = {}
+        separator = shape.separator
+        for name in names:
+            shown = name
+            if separator is not None and separator != "." and "." in name:
+                shown = name.replace(".", separator, 1)
+            group = _group(shown, separator)
+            top, sub = (shown, None) if group is None else group
+            groups.setdefault(top, []).append((name, sub))
+        for i, (top, members) in enumerate(groups.items()):
+            put((b"," if i else b"") + orjson.dumps(top) + b":")
+            if members[0][1] is None:
+                put(self._value(members[0][0], values))
+                continue
+            put(b"{")
+            for j, (name, sub) in enumerate(members):
+                put((b"," if j else b"") + orjson.dumps(sub) + b":")
+                put(self._value(name, values))
+            put(b"}")
+        put(b"}")
+
+    def _put(self, part: Part) -> None:
+        if isinstance(part, bytes) and self.parts and isinstance(self.parts[-1], bytes):
+            self.parts[-1] += part
+        else:
+            self.parts.append(part)
+
+    @staticmethod
+    def _request(field: str) -> Part:
+        return ("request", field)
+
+    def _value(self, name: str, values: dict[str, Any]) -> Part:
+        if name in _PER_REQUEST:
+            return self._request(name)
+        if name.startswith((result.IN, result.OUT)):
+            return ("column", name)
+        return orjson.dumps(values[name][0], option=_NUMPY)  # per pipeline: the same for all
+
+    @staticmethod
+    def _entry(name: str) -> Part:
+        return ("entry", name)
+
+    def render(self, rows: result.ResultRows, info: RecordInfo) -> bytes:
+        request = {
+            "elapsed": orjson.dumps(info.elapsed),
+            result.TIME: orjson.dumps(rows.time_ms),
+            result.ELAPSED: orjson.dumps(rows.elapsed),
+        }
+        per_row: dict[tuple[str, str], list[bytes]] = {}
+        for prefix, columns in ((result.IN, rows.inputs), (result.OUT, rows.outputs)):
+            for name, array in columns.items():
+                values = array if array.ndim > 1 and array.dtype.kind in "iuf" else array.tolist()
+                per_row["column", prefix + name] = [orjson.dumps(v, option=_NUMPY) for v in values]
+                if prefix == result.OUT:
+                    per_row["entry", prefix + name] = [
+                        orjson.dumps(_tensor_entry(v), option=_NUMPY) for v in values
+                    ]
+        records = []
+        for row in range(rows.rows):
+            pieces = []
+            for part in self.parts:
+                if isinstance(part, bytes):
+                    pieces.append(part)
+                elif part[0] == "request":
+                    pieces.append(request[part[1]])
+                else:
+                    pieces.append(per_row[part][row])
+            records.append(b"".join(pieces))
+        return b"[" + b",".join(records) + b"]"
+
+
+_PER_REQUEST = {result.TIME, result.ELAPSED}

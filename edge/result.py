@@ -185,7 +185,17 @@ class ResultRows:
     JSON records are written from, and what the journal joins with the other requests of its
     loop turn into one Arrow table (`table`), equal to what `ResultBuilder.build` makes."""
 
-    __slots__ = ("builder", "inputs", "outputs", "time_ms", "elapsed", "model", "sha", "rows")
+    __slots__ = (
+        "builder",
+        "inputs",
+        "outputs",
+        "time_ms",
+        "elapsed",
+        "model",
+        "sha",
+        "rows",
+        "_key",
+    )
 
     def __init__(
         self,
@@ -200,15 +210,18 @@ class ResultRows:
         self.builder, self.inputs, self.outputs = builder, inputs, outputs
         self.time_ms, self.elapsed, self.model, self.sha = time_ms, elapsed, model, sha
         self.rows = len(next(iter(inputs.values())))
+        self._key: tuple[Any, ...] | None = None
 
     def key(self) -> tuple[Any, ...]:
         """Requests of one key join into one table: same builder, columns, types, shapes."""
-        layout = tuple(
-            (name, a.dtype.str, a.shape[1:])
-            for part in (self.inputs, self.outputs)
-            for name, a in part.items()
-        )
-        return (id(self.builder), self.model, self.sha, len(self.elapsed), layout)
+        if self._key is None:
+            layout = tuple(
+                (name, a.dtype.str, a.shape[1:])
+                for part in (self.inputs, self.outputs)
+                for name, a in part.items()
+            )
+            self._key = (id(self.builder), self.model, self.sha, len(self.elapsed), layout)
+        return self._key
 
     def record_columns(self) -> tuple[dict[str, Any], dict[str, str]]:
         """Per-row values of every result column, as the records writer reads a table's
