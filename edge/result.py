@@ -104,6 +104,7 @@ class ResultBuilder:
         self.partition = partition
         self._constants: dict[tuple[str, int], pa.Array] = {}
         self._schemas: dict[tuple[Any, ...], pa.Schema] = {}
+        self._last_models: dict[tuple[str, str], str] = {}
 
     @staticmethod
     def now_ms() -> int:
@@ -137,9 +138,18 @@ class ResultBuilder:
         columns += self._tail(last_model, last_sha, _elapsed(elapsed, rows), rows)
         return self._table(names, columns)
 
+    def last_model(self, model: str, sha: str) -> str:
+        """`metadata.last_model`'s JSON text."""
+        last = self._last_models.get((model, sha))
+        if last is None:
+            last = self._last_models[model, sha] = json.dumps(
+                {"model_name": model, "model_sha": sha}
+            )
+        return last
+
     def _tail(self, model: str, sha: str, elapsed: pa.Array, rows: int) -> list[pa.Array]:
         """`anomaly.count` and the `metadata.*` columns."""
-        last = json.dumps({"model_name": model, "model_sha": sha})
+        last = self.last_model(model, sha)
         return [
             self._constant("count", 0, ANOMALY_COUNT_TYPE, rows),
             self._constant(last, last, pa.string(), rows),
@@ -149,15 +159,16 @@ class ResultBuilder:
             self._constant("partition", self.partition, pa.string(), rows),
         ]
 
-    def _table(self, names: list[str], columns: list[Any]) -> pa.Table:
-        return pa.Table.from_arrays(columns, schema=self._schema(names, columns))
+    def _table(self, names: list[str], columns: list[Any], layout: Any = None) -> pa.Table:
+        return pa.Table.from_arrays(columns, schema=self._schema(names, columns, layout))
 
-    def _schema(self, names: list[str], columns: list[Any]) -> pa.Schema:
-        """The result schema, cached: naming columns costs more than building them."""
-        key = (tuple(names), tuple(c.type for c in columns))
+    def _schema(self, names: list[str], columns: list[Any], layout: Any = None) -> pa.Schema:
+        """The result schema, cached (naming columns costs more than building them) by the
+        columns' names and types, or by a layout that fixes them."""
+        key = layout if layout is not None else (tuple(names), tuple(c.type for c in columns))
         schema = self._schemas.get(key)
         if schema is None:
-            schema = pa.schema(list(zip(names, key[1], strict=True)))
+            schema = pa.schema(list(zip(names, [c.type for c in columns], strict=True)))
             if len(self._schemas) < 64:
                 self._schemas[key] = schema
         return schema
@@ -234,8 +245,8 @@ class ResultRows:
                 shown = array if array.ndim > 1 and array.dtype.kind in "iuf" else array.tolist()
                 values[prefix + name] = shown
                 kinds[prefix + name] = type_name(array.dtype)
-        last = json.dumps({"model_name": self.model, "model_sha": self.sha})
         builder = self.builder
+        last = builder.last_model(self.model, self.sha)
         values[ANOMALY_COUNT] = [0] * rows
         values[LAST_MODEL] = [last] * rows
         values[PIPELINE_VERSION] = [builder.pipeline_version] * rows
@@ -263,7 +274,7 @@ class ResultRows:
         elapsed = np.repeat(np.array([r.elapsed for r in group], np.int64), counts, axis=0)
         names += _TAIL
         columns += builder._tail(first.model, first.sha, _elapsed_rows(elapsed), total)
-        return builder._table(names, columns)
+        return builder._table(names, columns, ("rows", first.key()))
 
 
 def type_name(dtype: np.dtype) -> str:
