@@ -8,7 +8,7 @@ APT    := docker-registry apache2-utils wrk postgresql
 DEMO   := demo
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages demo test lint bench clean
+.PHONY: setup system-packages demo test lint bench proto clean
 
 setup: system-packages $(VENV)/.installed
 
@@ -42,6 +42,12 @@ lint: setup
 
 bench: setup
 	$(PY) bench/serve.py
+
+# the Open Inference Protocol's gRPC messages (edge/v2): regenerated from the proto, committed;
+# their own descriptor pool keeps them apart from other `inference` packages in a process
+proto: setup
+	$(PY) -m grpc_tools.protoc -I edge/v2 --python_out=edge/v2 --pyi_out=edge/v2 edge/v2/grpc_predict_v2.proto
+	sed -i 's/_descriptor_pool.Default()/_descriptor_pool.DescriptorPool()/' edge/v2/grpc_predict_v2_pb2.py
 
 clean:
 	rm -rf $(VENV) $(DEMO)

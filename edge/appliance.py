@@ -3,11 +3,14 @@ one explicit order.
 
 Start (`start`, run by the HTTP server's lifespan before it accepts requests):
 1. the log buffer opens its file and stores what the journal holds from a crash;
-2. the sync companion (when an EDGE_BUNDLE is set) redeems its join token once and starts
+2. the gRPC front end (the Open Inference Protocol, `edge.v2.grpc_server`) binds GRPC_PORT
+   (unless 0) and answers at once (UNAVAILABLE until the pipeline is loaded);
+3. the sync companion (when an EDGE_BUNDLE is set) redeems its join token once and starts
    shipping in the background;
-3. the pipeline loader thread pulls, verifies and loads the pipeline: `/pipelines` says
+4. the pipeline loader thread pulls, verifies and loads the pipeline: `/pipelines` says
    `Loading`, then `Running` (or `Error` with the reason).
-Stop (`stop`, after the server stopped accepting): the sync companion, the loader (given time
+Stop (`stop`, after the server stopped accepting): the gRPC front end (its calls in flight
+given a grace period), the sync companion, the loader (given time
 to finish a native load), the pipeline's runtimes, then the log buffer (journal synced last).
 
 The sync companion comes from the ops center package through the `edge_appliance.sync` entry
@@ -33,6 +36,7 @@ import anyio
 from edge.config import Settings
 from edge.errors import ConfigError, EdgeError, NotFound, NotReady
 from edge.logbuffer import LogBuffer
+from edge.metrics import Metrics
 from edge.pipeline import Pipeline
 
 log = logging.getLogger("edge")
@@ -55,6 +59,14 @@ class SyncCompanion(Protocol):
     async def stop(self) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
+
+
+class GrpcFront(Protocol):
+    """A front end on a port of its own, started after the log buffer, stopped first."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class SyncPlugin(Protocol):
@@ -101,6 +113,9 @@ class Appliance:
     # model runs at once, off the event loop (CONFIG_CPUS)
     limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
     started: float = field(default_factory=time.time)
+    metrics: Metrics = field(default_factory=Metrics)  # every front end's inference figures
+    # the Open Inference Protocol over gRPC (`edge.v2.grpc_server`), when GRPC_PORT is not 0
+    grpc: GrpcFront | None = None
     # called once when a part cannot start: the CLI stops the server (exit status 2)
     on_fatal: Callable[[Exception], None] | None = None
     _bundle: dict[str, str] | None = None
@@ -151,6 +166,16 @@ class Appliance:
     async def start(self) -> None:
         if self.buffer is not None:
             self.buffer.start()
+        if self.settings.grpc_port:
+            from edge.v2.grpc_server import GrpcServer
+
+            self.grpc = GrpcServer(self)
+            try:  # a port in use ends the start, as the HTTP port would
+                await self.grpc.start()
+            except ConfigError as exc:
+                self.grpc = None
+                self._fail(exc)
+                return
         if self.sync is not None:
             try:  # joins once (redeems the token), then syncs in the background
                 await self.sync.start()
@@ -164,6 +189,8 @@ class Appliance:
             self.state = LoadState.RUNNING
 
     async def stop(self) -> None:
+        if self.grpc is not None:  # stops taking calls, lets those running finish
+            await self.grpc.stop()
         if self.sync is not None:
             await self.sync.stop()
         if self._loader is not None and self._loader.is_alive():
@@ -182,7 +209,8 @@ class Appliance:
         try:
             self.pipeline = load_pipeline(self.settings)
             self.state = LoadState.RUNNING
-            say(f"Engine ready: pipeline {self.pipeline.name} on port {self.settings.port}")
+            grpc = f", gRPC on {self.settings.grpc_port}" if self.settings.grpc_port else ""
+            say(f"Engine ready: pipeline {self.pipeline.name} on port {self.settings.port}{grpc}")
         except Exception as exc:  # any failure to load ends the process with its reason
             self._fail(exc)
 

@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--persist-dir", help="env PERSIST_DIR (default /persist)")
     serve.add_argument("--port", type=int, help="env PORT (default 8080)")
     serve.add_argument("--host", help="env HOST (default 0.0.0.0)")
+    serve.add_argument(
+        "--grpc-port",
+        type=int,
+        help="env GRPC_PORT: the Open Inference Protocol over gRPC (default 8081; 0: off)",
+    )
     serve.add_argument("--max-body-bytes", type=int, help="env MAX_BODY_BYTES")
     serve.add_argument("--max-connections", type=int, help="env MAX_CONNECTIONS (default 256)")
     serve.add_argument("--log-buffer-bytes", type=int, help="env LOG_BUFFER_BYTES")

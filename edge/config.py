@@ -15,6 +15,7 @@ Precedence: command-line flag > environment variable > default. Secrets are kept
 | EDGE_BUNDLE | --edge-bundle | | base64 bundle from the ops center (secret: holds a token) |
 | PERSIST_DIR | --persist-dir | /persist | cache, log buffer, credentials |
 | PORT | --port | 8080 | HTTP port |
+| GRPC_PORT | --grpc-port | 8081 | Open Inference Protocol gRPC port (0: off) |
 | HOST | --host | 0.0.0.0 | address to listen on |
 | MAX_BODY_BYTES | --max-body-bytes | 64 MiB | largest request body accepted (30 s to send it) |
 | MAX_CONNECTIONS | --max-connections | 256 | open connections at once; past it, 503 |
@@ -48,6 +49,7 @@ class Settings:
     edge_bundle: str | None = field(default=None, repr=False)
     persist_dir: Path = Path("/persist")
     port: int = 8080
+    grpc_port: int = 8081
     host: str = "0.0.0.0"
     max_body_bytes: int = 64 << 20
     max_connections: int = 256
@@ -75,6 +77,7 @@ _ENV = {
     "edge_bundle": "EDGE_BUNDLE",
     "persist_dir": "PERSIST_DIR",
     "port": "PORT",
+    "grpc_port": "GRPC_PORT",
     "host": "HOST",
     "max_body_bytes": "MAX_BODY_BYTES",
     "max_connections": "MAX_CONNECTIONS",
@@ -120,6 +123,14 @@ def _cast(name: str, raw: Any) -> Any:
             raise ConfigError(f"{variable} must be a number, not {raw!r}") from None
         if number <= 0 or (name == "port" and number > 65535):
             raise ConfigError(f"{variable} is out of range: {raw!r}")
+        return number
+    if name == "grpc_port":
+        try:
+            number = int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{variable} must be a port number (0: off), not {raw!r}") from None
+        if not 0 <= number <= 65535:
+            raise ConfigError(f"{variable} is out of range (0 to 65535, 0: off): {raw!r}")
         return number
     if name == "log_fsync_interval":
         try:

@@ -39,7 +39,8 @@ from edge.errors import (
 from edge.httpio import ErrorMapping, guarded, header_text, log_unexpected
 from edge.inference_route import InferenceEndpoint
 from edge.logquery import log_warnings, parse_log_query
-from edge.metrics import Metrics
+from edge.v2.rest import V2Endpoint
+from edge.v2.service import V2Service
 
 log = logging.getLogger("edge.server")
 
@@ -62,6 +63,7 @@ STATUS = ErrorMapping(
     }
 )
 PIPELINES = "/pipelines/"
+V2 = "/v2"
 
 
 def error_body(exc: BaseException) -> tuple[int, bytes]:
@@ -80,7 +82,7 @@ def json_response(content: Any, status: int = 200) -> Response:
 
 
 def create_app(appliance: Appliance) -> Callable[..., Awaitable[None]]:
-    metrics = Metrics()
+    metrics = appliance.metrics
 
     async def list_pipelines(request: Request) -> Response:
         pipelines = []
@@ -196,13 +198,19 @@ def create_app(appliance: Appliance) -> Callable[..., Awaitable[None]]:
         routes=routes, exception_handlers={404: no_route, 405: no_route}, lifespan=lifespan
     )
     infer = InferenceEndpoint(appliance, metrics, error_for)
+    v2 = V2Endpoint(V2Service(appliance))  # the Open Inference Protocol, every /v2 route
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """`POST /pipelines/{name}` straight to the inference endpoint, the rest to Starlette."""
-        if scope["type"] == "http" and scope["method"] == "POST":
+        """`POST /pipelines/{name}` straight to the inference endpoint, `/v2...` to the Open
+        Inference Protocol's endpoint, the rest to Starlette."""
+        if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith(PIPELINES) and "/" not in path[len(PIPELINES) :]:
-                await infer(scope, receive, send, path[len(PIPELINES) :])
+            if scope["method"] == "POST":
+                if path.startswith(PIPELINES) and "/" not in path[len(PIPELINES) :]:
+                    await infer(scope, receive, send, path[len(PIPELINES) :])
+                    return
+            if path.startswith(V2) and (len(path) == len(V2) or path[len(V2)] == "/"):
+                await v2(scope, receive, send)
                 return
         await router(scope, receive, send)
 

@@ -213,7 +213,8 @@ def start_edge(tmp_path: Path) -> Iterator[Callable[..., Edge]]:
         environment = {
             k: v for k, v in os.environ.items() if not k.startswith("OCI_") and k != "EDGE_BUNDLE"
         }
-        environment.update(PIPELINE_URL=pipeline_url, CONFIG_CPUS="1")
+        # gRPC off unless a test asks for it: test processes run side by side
+        environment.update(PIPELINE_URL=pipeline_url, CONFIG_CPUS="1", GRPC_PORT="0")
         if registry is not None:
             environment.update(
                 OCI_REGISTRY=registry.host,

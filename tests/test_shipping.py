@@ -824,7 +824,7 @@ def test_arm64_parity(tmp_path: Path) -> None:
 
     x86_port, arm_port = _free_port(), _free_port()
     x86_env = {k: v for k, v in os.environ.items() if not k.startswith(("OCI_", "EDGE_BUNDLE"))}
-    x86_env.update(PIPELINE_URL=pipeline_url, CONFIG_CPUS="1")
+    x86_env.update(PIPELINE_URL=pipeline_url, CONFIG_CPUS="1", GRPC_PORT="0")
     x86 = subprocess.Popen(
         [sys.executable, "-m", "edge", "serve", "--host", "127.0.0.1", "--port", str(x86_port)]
         + ["--persist-dir", str(tmp_path / "persist-x86")],

@@ -69,6 +69,12 @@ class Runtime(ABC):
         """Run the model on columns shaped (rows, *dims); return one array per output."""
         raise NotImplementedError(f"runtime {self.info.runtime!r} takes Arrow tables only")
 
+    def signature(self) -> Signature | None:
+        """The model's input and output tensors, when the runtime knows them (the Open
+        Inference Protocol's model metadata, `edge.v2.model`); None for code that takes any
+        table (Python steps, BYOP)."""
+        return None
+
 
 TensorInput = tuple[str, np.dtype, Sequence[int | str | None] | None]  # name, dtype, shape
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
@@ -128,6 +134,7 @@ def verified_bytes(path: Path, info: ModelInfo, what: str) -> bytes:
             f"refusing to load it"
         )
     return data
+Signature = tuple[list[TensorInput], list[TensorInput]]  # inputs, outputs
 
 
 def tensor_feed(

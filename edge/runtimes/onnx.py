@@ -12,6 +12,7 @@ import pyarrow as pa
 from edge.errors import ArtifactError, PipelineError
 from edge.runtimes.base import (
     Runtime,
+    Signature,
     array_feed,
     check_outputs,
     conform,
@@ -100,6 +101,15 @@ class OnnxRuntime(Runtime):
         if self.info.framework:  # converted at publish
             facts.update(framework=self.info.framework, conversion=self.info.conversion)
         return facts
+
+    def signature(self) -> Signature:
+        # outputs that are not tensors (sequences, maps) have no protocol datatype
+        outputs = [
+            (o.name, _DTYPES[o.type], o.shape)
+            for o in self.session.get_outputs()
+            if o.type in _DTYPES
+        ]
+        return list(self.inputs), outputs
 
 
 def _dtype(onnx_type: str) -> np.dtype:

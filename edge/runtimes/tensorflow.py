@@ -15,7 +15,14 @@ import pyarrow as pa
 import tensorflow as tf
 
 from edge.errors import ArtifactError, PipelineError
-from edge.runtimes.base import Runtime, extract_zip, output_table, tensor_feed
+from edge.runtimes.base import (
+    Runtime,
+    Signature,
+    TensorInput,
+    extract_zip,
+    output_table,
+    tensor_feed,
+)
 
 log = logging.getLogger(__name__)
 SIGNATURE = "serving_default"
@@ -73,6 +80,14 @@ class TensorflowRuntime(Runtime):
 
     def describe(self) -> dict[str, Any]:
         return {"signature": SIGNATURE, "tensorflow": tf.__version__}
+
+    def signature(self) -> Signature:
+        specs = self.function.structured_outputs
+        outputs: list[TensorInput] = [
+            (name, np.dtype(specs[name].dtype.as_numpy_dtype), _shape(specs[name]))
+            for name in self.output_names
+        ]
+        return list(self.inputs), outputs
 
 
 def _input_order(function: Any, specs: dict[str, Any]) -> list[str]:

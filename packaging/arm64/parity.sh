@@ -183,7 +183,7 @@ serve() {
     # Not through in_root: a backgrounded function is a subshell, and $! would name it instead
     # of the server (env execs chroot, which execs edge: one process to signal).
     env -i PATH="$chroot_path" HOME=/root LANG=C.UTF-8 \
-        PIPELINE_URL="oci-layout:/srv/parity/layout:$version" CONFIG_CPUS=1 \
+        PIPELINE_URL="oci-layout:/srv/parity/layout:$version" CONFIG_CPUS=1 GRPC_PORT=0 \
         chroot "$root" /opt/venv/bin/edge serve --host 127.0.0.1 --port "$port" \
         --persist-dir /srv/parity/persist &
     child=$!
