@@ -39,6 +39,7 @@ from edge.errors import (
 from edge.httpio import ErrorMapping, guarded, header_text, log_unexpected
 from edge.inference_route import InferenceEndpoint
 from edge.logquery import log_warnings, parse_log_query
+from edge.v2 import openapi as v2_openapi
 from edge.v2.rest import V2Endpoint
 from edge.v2.service import V2Service
 
@@ -176,7 +177,7 @@ def create_app(appliance: Appliance) -> Callable[..., Awaitable[None]]:
         finally:
             await appliance.stop()
 
-    spec = orjson.dumps(openapi.document())
+    spec = orjson.dumps(openapi.document(v2_openapi.PATHS))
 
     async def openapi_route(request: Request) -> Response:
         return Response(spec, media_type="application/json")

@@ -55,6 +55,8 @@ def _appliance() -> Appliance:
 
 
 APPLIANCE = _appliance()
+assert APPLIANCE.pipeline is not None
+VERSION = APPLIANCE.pipeline.definition.version
 SERVER = create_app(APPLIANCE)
 
 
@@ -78,6 +80,10 @@ ROW = np.load(ROOT / "example/data/10k-rows.npy")[0].tolist()
 def test_every_route_answers_generated_input_without_a_5xx(case: Any) -> None:
     if case.path == "/pipelines/{name}" and case.path_parameters:
         case.path_parameters["name"] = "breast-cancer"  # past the name, into the body
+    if case.path.startswith("/v2/models/") and case.path_parameters:
+        case.path_parameters["model_name"] = "breast-cancer"  # the V2 routes too
+        if "model_version" in case.path_parameters:
+            case.path_parameters["model_version"] = VERSION
     response = case.call()
     assert_answered(response, f"{case.method} {case.formatted_path}")
 
@@ -150,6 +156,63 @@ QUERY_NAMES = ["dataset", "dataset[]", "dataset_exclude", "dataset.exclude[]", "
 def test_any_query_parameters_never_a_5xx(params: list[tuple[str, str]]) -> None:
     body = json.dumps([{"tensor": ROW}]).encode()
     assert_answered(infer(body, "application/json", params), "query")
+
+
+def v2_infer(body: bytes, header_length: int | str | None) -> httpx.Response:
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=APP)
+        async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+            headers = {}
+            if header_length is not None:
+                headers["Inference-Header-Content-Length"] = str(header_length)
+            path = "/v2/models/breast-cancer/infer"
+            return await client.post(path, content=body, headers=headers)
+
+    return asyncio.run(call())
+
+
+V2_HEADER = json.dumps(
+    {
+        "inputs": [
+            {"name": "X", "shape": [1, 30], "datatype": "FP32"},
+            {"name": "t", "shape": [1, 2], "datatype": "BYTES"},
+        ],
+        "outputs": [{"name": "label", "parameters": {"binary_data": True}}],
+    }
+).encode()
+V2_RAW = np.asarray([ROW], np.float32).tobytes()
+V2_TEXT = b"\x02\x00\x00\x00ab\x01\x00\x00\x00c"
+
+
+def _binary_body() -> tuple[bytes, int]:
+    header = json.loads(V2_HEADER)
+    header["inputs"][0]["parameters"] = {"binary_data_size": len(V2_RAW)}
+    header["inputs"][1]["parameters"] = {"binary_data_size": len(V2_TEXT)}
+    encoded = json.dumps(header).encode()
+    return encoded + V2_RAW + V2_TEXT, len(encoded)
+
+
+@SETTINGS
+@given(
+    mutated(
+        json.dumps(
+            {"inputs": [{"name": "X", "shape": [1, 30], "datatype": "FP32", "data": ROW}]}
+        ).encode()
+    )
+)
+def test_mutated_v2_json_never_a_5xx(body: bytes) -> None:
+    assert_answered(v2_infer(body, None), "v2 json")
+
+
+@SETTINGS
+@given(
+    mutated(_binary_body()[0]),
+    st.just(_binary_body()[1]) | st.integers(-2, 1200) | st.text("0123456789 +-x", max_size=6),
+)
+def test_mutated_v2_binary_bodies_and_header_lengths_never_a_5xx(
+    body: bytes, header_length: int | str
+) -> None:
+    assert_answered(v2_infer(body, header_length), "v2 binary")
 
 
 def test_afterwards_it_answers_and_logs_and_wrote_only_its_persist_dir() -> None:

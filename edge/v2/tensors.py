@@ -37,6 +37,7 @@ DTYPES: dict[str, np.dtype] = {
 }
 _NAMES = {(dtype.kind, dtype.itemsize): name for name, dtype in DTYPES.items() if name != "BYTES"}
 MAX_DIMS = 16
+_FLOAT_MAX = {size: float(np.finfo(f"<f{size}").max) for size in (2, 4, 8)}
 _LENGTH = struct.Struct("<I")
 
 
@@ -110,11 +111,13 @@ def cast(raw: np.ndarray, dtype: np.dtype, datatype: str, where: str) -> np.ndar
         if raw.min() < info.min or raw.max() > info.max:
             raise BadInput(f"{where}: a value is out of range for {datatype}")
         return raw.astype(dtype)
-    with np.errstate(over="ignore"):
-        narrowed = raw.astype(dtype)
-    if not np.isfinite(narrowed).all() and np.isfinite(raw).all():
-        raise BadInput(f"{where}: a value is out of range for {datatype}")
-    return narrowed
+    if raw.size and (raw.dtype.kind in "iu" or raw.dtype.itemsize > dtype.itemsize):
+        largest = float(np.abs(raw).max())  # np.errstate costs more than this check
+        if largest == math.inf:  # infinities stay infinite; is anything else too large?
+            largest = float(np.abs(raw[np.isfinite(raw)]).max(initial=0))
+        if largest > _FLOAT_MAX[dtype.itemsize]:
+            raise BadInput(f"{where}: a value is out of range for {datatype}")
+    return raw.astype(dtype)
 
 
 def _flat_strings(data: list[Any], where: str) -> list[str]:
