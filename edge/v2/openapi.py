@@ -91,7 +91,11 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}}
 
 
-_EMPTY = {"200": {"description": "true (an empty body)"}}
+_READY = {
+    "type": "object",
+    "properties": {"live": {"const": True}, "ready": {"const": True}, "name": {"type": "string"}},
+}
+_EMPTY = _json(_READY)  # 200: true (the status says it; the body for KServe's client)
 _NAME = {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}}
 _VERSION = {"name": "model_version", "in": "path", "required": True, "schema": {"type": "string"}}
 _HEADER = {

@@ -107,7 +107,7 @@ def _rest_input(
         raise BadInput(
             f"{where}: binary_data_size needs the Inference-Header-Content-Length header"
         )
-    size = bounded_int(size, f"{where}: binary_data_size", 0, len(binary))
+    size = bounded_int(size, f"{where}: binary_data_size", 0, 2**62)
     if offset + size > len(binary):
         raise BadInput(
             f"{where}: binary_data_size {size} runs past the body ({len(binary) - offset} "

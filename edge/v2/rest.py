@@ -3,7 +3,7 @@
 seed's inference route):
 
     GET  /v2                                         server metadata
-    GET  /v2/health/live, /v2/health/ready           200, or 503 while the pipeline loads
+    GET  /v2/health/live, /v2/health/ready           200 ({"live"|"ready": true}), or 503
     GET  /v2/models/{name}[/versions/{v}]            model metadata
     GET  /v2/models/{name}[/versions/{v}]/ready      200, or 404 / 503
     POST /v2/models/{name}[/versions/{v}]/infer      inference (JSON, or the binary extension)
@@ -35,6 +35,8 @@ HEADER_LENGTH = "inference-header-content-length"
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
+# the status says it (Triton's client reads only that); KServe's client reads these bodies
+_LIVE, _READY = b'{"live":true}', b'{"ready":true}'
 
 
 class V2Endpoint:
@@ -76,16 +78,16 @@ class V2Endpoint:
         if not route:
             return 200, orjson.dumps(self.service.server_metadata)
         if route == ["health", "live"]:
-            return 200, b""
+            return 200, _LIVE
         if route == ["health", "ready"]:
             self.appliance.serving()  # NotReady: 503 with the reason
-            return 200, b""
+            return 200, _READY
         raise NotFound(f"no route GET {path[:200]}")
 
     def _model_get(self, name: str, version: str | None, action: str) -> tuple[int, bytes]:
         model = self.service.model(name, version)
         if action == "ready":
-            return 200, b""
+            return 200, orjson.dumps({"name": model.name, "ready": True})
         return 200, orjson.dumps(model.metadata)
 
     async def _infer(
