@@ -109,6 +109,7 @@ LABEL org.opencontainers.image.title="edge-appliance" \
       ai.edge.variant="${VARIANT}"
 VOLUME ["/persist"]
 EXPOSE 8080
+EXPOSE 8081
 USER 10001:10001
 WORKDIR /home/edge
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \

@@ -92,12 +92,16 @@ def test_default_values_render_service_pvc_probes_and_seed_environment() -> None
     service = objects["Service"]
     assert service["metadata"]["name"] == "engine-svc"
     assert service["spec"]["ports"] == [
-        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP"},
     ]
     assert service["spec"]["selector"] == objects["Deployment"]["spec"]["selector"]["matchLabels"]
 
     container = engine(objects)
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8081, "protocol": "TCP"},
+    ]
     assert container["args"] == ["serve"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "http"}
@@ -389,7 +393,7 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
 def test_compose_file_has_engine_port_volume_and_seed_environment() -> None:
     compose = yaml.safe_load((REPO / "packaging" / "compose.yaml").read_text())
     service = compose["services"]["engine"]
-    assert service["ports"] == ["8080:8080"]
+    assert service["ports"] == ["8080:8080", "8081:8081"]
     assert service["volumes"] == ["persist:/persist"]
     assert "persist" in compose["volumes"]
     assert set(SEED_ENV) | {"EDGE_BUNDLE"} <= set(service["environment"])
@@ -444,7 +448,7 @@ def test_dockerfile_runtime_is_non_root_with_port_volume_and_healthcheck(
 
     user = by_cmd["USER"][-1].value[0]
     assert user.split(":")[0] not in ("0", "root")
-    assert by_cmd["EXPOSE"][0].value == ("8080",)
+    assert [e.value for e in by_cmd["EXPOSE"]] == [("8080",), ("8081",)]
     assert by_cmd["VOLUME"][0].value == ("/persist",)
     health = by_cmd["HEALTHCHECK"][0]
     assert health.value[0] == "CMD" and "/health/ready" in " ".join(health.value)
