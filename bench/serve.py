@@ -501,6 +501,7 @@ class Server:
         env = dict(os.environ, PIPELINE_URL=self.url, CONFIG_CPUS=str(self.cpus))
         for k in ("DEBUG", "EDGE_BUNDLE", "EDGE_LOGGING", "PORT", "HOST", "PERSIST_DIR"):
             env.pop(k, None)
+        env["GRPC_PORT"] = "0"  # several servers at once; bench/v2.py gives its own a port
         env.update(self.extra_env)
         t0 = time.perf_counter()
         self._logf = open(self.log_path, "wb")
@@ -1193,6 +1194,16 @@ def main() -> int:
     )
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, persist dirs)")
     ap.add_argument("--raw-child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--v2",
+        action="store_true",
+        help="the Open Inference Protocol phases against MLServer's V2 REST and gRPC instead "
+        "(bench/v2.py; its own options follow --v2)",
+    )
+    if "--v2" in sys.argv[1:]:
+        import v2
+
+        return v2.main([a for a in sys.argv[1:] if a != "--v2"])
     args = ap.parse_args()
     if args.raw_child:
         m, rows, threads, expect = args.raw_child

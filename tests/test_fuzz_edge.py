@@ -215,6 +215,44 @@ def test_mutated_v2_binary_bodies_and_header_lengths_never_a_5xx(
     assert_answered(v2_infer(body, header_length), "v2 binary")
 
 
+def test_every_route_the_document_lists_answers_a_valid_request() -> None:
+    """/openapi.json is a valid OpenAPI document, and each route it lists answers 200."""
+    from openapi_spec_validator import validate
+
+    v2_body = {"inputs": [{"name": "X", "shape": [1, 30], "datatype": "FP32", "data": ROW}]}
+    bodies = {
+        "/pipelines/{name}": (json.dumps([{"tensor": ROW}]).encode(), {}),
+        "/v2/models/{model_name}/infer": (json.dumps(v2_body).encode(), {}),
+        "/v2/models/{model_name}/versions/{model_version}/infer": _binary_body(),
+    }
+
+    async def call() -> list[tuple[str, int]]:
+        transport = httpx.ASGITransport(app=APP)
+        async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+            document = (await client.get("/openapi.json")).json()
+            validate(document)
+            answers = []
+            for path, operations in document["paths"].items():
+                url = path.format(
+                    name="breast-cancer", model_name="breast-cancer", model_version=VERSION
+                )
+                for method in operations:
+                    if method == "get":
+                        reply = await client.get(url)
+                    else:
+                        body, extra = bodies[path]
+                        headers = {}
+                        if isinstance(extra, int):
+                            headers["Inference-Header-Content-Length"] = str(extra)
+                        reply = await client.post(url, content=body, headers=headers)
+                    answers.append((f"{method} {path}", reply.status_code))
+            return answers
+
+    answers = asyncio.run(call())
+    assert len(answers) == 18  # the seed API, logs, health, metrics, this document; V2
+    assert [a for a in answers if a[1] != 200] == []
+
+
 def test_afterwards_it_answers_and_logs_and_wrote_only_its_persist_dir() -> None:
     body = json.dumps([{"tensor": ROW}]).encode()
     assert infer(body, "application/json").status_code == 200
