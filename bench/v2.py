@@ -401,9 +401,10 @@ def measure(
             res[f"{key}_non2xx"] = sum(r["errors_status"] for r in got)
         else:
             res[f"{key}_failed"] = sum(r["failed"] for r in got)
-        for k in ("req_per_s", "cpu_us_per_req", "p50_us", "p99_us"):
+        units = {"req_per_s": "req/s", "cpu_us_per_req": "us", "p50_us": "us", "p99_us": "us"}
+        for k, unit in units.items():
             if f"{key}_{k}" in res:
-                serve.out(f"{name}_{key}_{k}", res[f"{key}_{k}"], k.rsplit("_", 1)[-1])
+                serve.out(f"{name}_{key}_{k}", res[f"{key}_{k}"], unit)
     for (name, kind), got in bigs.items():
         ts = np.concatenate(got)
         med = float(np.median(ts))
