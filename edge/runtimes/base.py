@@ -77,6 +77,7 @@ class Runtime(ABC):
 
 
 TensorInput = tuple[str, np.dtype, Sequence[int | str | None] | None]  # name, dtype, shape
+Signature = tuple[list[TensorInput], list[TensorInput]]  # inputs, outputs
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 
 
@@ -134,7 +135,6 @@ def verified_bytes(path: Path, info: ModelInfo, what: str) -> bytes:
             f"refusing to load it"
         )
     return data
-Signature = tuple[list[TensorInput], list[TensorInput]]  # inputs, outputs
 
 
 def tensor_feed(
