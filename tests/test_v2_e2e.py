@@ -436,3 +436,23 @@ def test_kserve_client_rest_and_grpc(
         assert label == expected[0].tolist(), key
         np.testing.assert_allclose(probabilities, expected[1], rtol=1e-6)
     assert seen["rest_binary_True"][0] == "k"
+
+
+def test_grpc_port_in_use_stops_the_start_and_sigterm_closes_it(
+    example: Path, tmp_path: Path
+) -> None:
+    import signal
+    import socket
+
+    published = publish(example / "pipeline.yaml", layout=tmp_path / "layout")
+    edge, grpc_port = _serve(published["pipeline_url"], tmp_path / "persist")
+    assert tgrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}").is_server_ready()
+    env = dict(edge.env)  # a second appliance asking for the same gRPC port
+    second = Edge(free_port(), tmp_path / "persist-2", env).start(wait_ready=False)
+    assert second.wait_exit(60) == 2
+    assert "GRPC_PORT" in second.output() and f"127.0.0.1:{grpc_port}" in second.output()
+    edge.stop(signal.SIGTERM)
+    # uvicorn re-raises the signal after its graceful shutdown (a hang would be SIGKILLed: -9)
+    assert edge.process is not None and edge.process.returncode == -signal.SIGTERM
+    with socket.socket() as probe:  # the port is free again
+        probe.bind(("127.0.0.1", grpc_port))

@@ -174,3 +174,15 @@ def test_openapi_document_is_valid_and_lists_the_v2_routes() -> None:
         "/v2/models/{model_name}/infer",
         "/v2/models/{model_name}/versions/{model_version}/ready",
     } <= set(document["paths"])
+
+
+def test_grpc_port_setting() -> None:
+    from edge.config import load_settings
+    from edge.errors import ConfigError
+
+    assert load_settings(environ={}).grpc_port == 8081
+    assert load_settings(environ={"GRPC_PORT": "0"}).grpc_port == 0
+    assert load_settings({"grpc_port": 9001}, environ={"GRPC_PORT": "0"}).grpc_port == 9001
+    for bad in ("-1", "70000", "x"):
+        with pytest.raises(ConfigError, match="GRPC_PORT"):
+            load_settings(environ={"GRPC_PORT": bad})

@@ -146,8 +146,8 @@ def _count(where: str, got: int, shape: tuple[int, ...]) -> BadInput:
 
 def to_json_data(array: np.ndarray) -> Any:
     """An output's flat `data`: a numpy array orjson writes itself, or a list (text)."""
-    if array.dtype.kind in "iufb":
-        return np.ascontiguousarray(array).reshape(-1)
+    if array.dtype.kind in "iufb":  # native byte order: what orjson writes
+        return np.ascontiguousarray(array, array.dtype.newbyteorder("=")).reshape(-1)
     return [_text(v) for v in array.reshape(-1).tolist()]
 
 
