@@ -217,6 +217,39 @@ class MLServer:
             self._log.close()
 
 
+class Ceiling:
+    """bench/grpc_ceiling.py: grpc.aio with a canned answer (gRPC phases only)."""
+
+    name = "grpc_ceiling"
+
+    def __init__(self, work: Path) -> None:
+        self.grpc_port = serve.free_port()
+        self.log = work / "grpc_ceiling.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float) -> float:
+        t0 = time.perf_counter()
+        script = Path(__file__).resolve().parent / "grpc_ceiling.py"
+        self._log = open(self.log, "wb")
+        self.proc = subprocess.Popen([sys.executable, str(script), str(self.grpc_port)],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        time.sleep(2.0)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"grpc_ceiling exited:\n{serve.tail(self.log)}")
+        return time.perf_counter() - t0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+            self._log.close()
+
+
 class Edge(serve.Server):
     name = "edge"
 
@@ -337,6 +370,8 @@ def measure(
     runs: dict[tuple[str, str], list[dict[str, float]]] = {}
     bigs: dict[tuple[str, str], list[np.ndarray]] = {}
     for srv in servers:  # warm-up, and the answer checks
+        if srv.name == Ceiling.name:
+            continue
         run_wrk(srv.port, 8, args.warmup, data["one_file"], srv.pid)
         checks = results[srv.name]["checks"]
         status, raw = serve.http_req(
@@ -357,11 +392,13 @@ def measure(
         order = servers if rnd % 2 == 0 else servers[::-1]
         for conns in (1, 8):
             for srv in order:
+                if srv.name == Ceiling.name:
+                    continue
                 w = run_wrk(srv.port, conns, args.duration, data["one_file"], srv.pid)
                 runs.setdefault((srv.name, f"json_c{conns}"), []).append(w)
         for kind in ("json", "binary"):
             for srv in order:
-                if kind == "binary" and srv.name != "edge":
+                if (kind == "binary" and srv.name != "edge") or srv.name == Ceiling.name:
                     continue
                 headers = {"Content-Type": "application/json"}
                 body = data["big_json"]
@@ -483,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = serve.bench_raw(model, work, 1)
         expect = {**raw["expect"], "x32": x32}
         edge, peer = Edge(model["url"], work), MLServer(work, model["onnx"])
-        servers = [edge, peer]
+        servers = [edge, peer, Ceiling(work)]
         for srv in servers:
             serve.out(f"{srv.name}_startup_to_ready", srv.start(60), "s")
         results = measure(servers, data, expect, args)
@@ -502,6 +539,11 @@ def main(argv: list[str] | None = None) -> int:
         for check, ok in res["checks"].items():
             serve.out(f"{name}_check_{check}", "ok" if ok else "MISMATCH", "-")
     verdicts = summary(results)
+    ceiling = results.get(Ceiling.name, {}).get("grpc_c8_req_per_s")
+    mls = results.get("mlserver", {}).get("grpc_c8_req_per_s")
+    if ceiling and mls:
+        print(f"# gRPC ceiling (grpc.aio, canned answer): {ceiling:.0f} req/s at c=8, "
+              f"{ceiling / mls:.2f}x MLServer's", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
