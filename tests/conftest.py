@@ -164,7 +164,8 @@ class Edge:
                 str(self.persist),
                 *self.extra_args,
             ),
-            env=self.env,
+            # gRPC off unless the test gives GRPC_PORT: test processes run side by side
+            env={"GRPC_PORT": "0", **self.env},
             stdout=handle,
             stderr=subprocess.STDOUT,
         )
@@ -213,8 +214,7 @@ def start_edge(tmp_path: Path) -> Iterator[Callable[..., Edge]]:
         environment = {
             k: v for k, v in os.environ.items() if not k.startswith("OCI_") and k != "EDGE_BUNDLE"
         }
-        # gRPC off unless a test asks for it: test processes run side by side
-        environment.update(PIPELINE_URL=pipeline_url, CONFIG_CPUS="1", GRPC_PORT="0")
+        environment.update(PIPELINE_URL=pipeline_url, CONFIG_CPUS="1")
         if registry is not None:
             environment.update(
                 OCI_REGISTRY=registry.host,
