@@ -38,12 +38,12 @@ def _version() -> str:
 def journal(
     buffer: LogBuffer | None, logged: result.ResultRows | pa.Table
 ) -> Awaitable[Any] | None:
-    """Hand the inference's rows to the log buffer, as the seed's route does; the answer
-    waits for the result. (The one call of `LogBuffer.submit` in the protocol's routes.)"""
+    """Hand the inference's rows to the log buffer, as the seed's route does (the fast
+    path's numpy rows as they are: one table per loop turn); the answer waits for the
+    result. (The one call of `LogBuffer.submit` in the protocol's routes.)"""
     if buffer is None:
         return None
-    table = logged if isinstance(logged, pa.Table) else result.ResultRows.table([logged])
-    return buffer.submit(table)
+    return buffer.submit(logged)
 
 
 class V2Service:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from edge.errors import (
     EdgeError,
+    LogBufferDiskFull,
     LogBufferError,
+    LogBufferFull,
     NotFound,
     NotReady,
     PayloadTooLarge,
@@ -18,7 +20,6 @@ from edge.errors import (
     UnsupportedMediaType,
 )
 from edge.httpio import ErrorMapping
-from edge.logbuffer import LogBufferDiskFull, LogBufferFull
 
 
 class MethodNotAllowed(RequestError):
