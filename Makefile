@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-APT    := docker-registry apache2-utils wrk postgresql
+APT    := docker-registry apache2-utils wrk nghttp2-client postgresql
 DEMO   := demo
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
