@@ -118,9 +118,12 @@ def _cast(name: str, raw: Any) -> Any:
         raise ConfigError(f"{variable} must be true or false, not {raw!r}")
     if name in ("cpus", "port", "max_body_bytes", "max_connections", "log_buffer_bytes"):
         try:
-            number = int(float(raw))
+            value = float(raw)  # "1e6" is a whole number too
         except (TypeError, ValueError):
             raise ConfigError(f"{variable} must be a number, not {raw!r}") from None
+        if not value.is_integer():  # fractional, infinite or nan: never silently truncated
+            raise ConfigError(f"{variable} must be a whole number, not {raw!r}")
+        number = int(value)
         if number <= 0 or (name == "port" and number > 65535):
             raise ConfigError(f"{variable} is out of range: {raw!r}")
         return number
