@@ -46,7 +46,7 @@ def column_to_ndarray(
             width = values.type.list_size
             start = values.offset * width
         else:
-            width, start = _uniform_width(values, where)
+            width, start = _uniform_width(values, where, math.prod(dims))
         # the children of this slice of rows; cheaper than `flatten()` (a compute kernel)
         values = values.values.slice(start, count * width)
         if values.null_count:
@@ -105,9 +105,10 @@ def single_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
-def _uniform_width(values: pa.Array, where: str) -> tuple[int, int]:
-    """The common length of every row of a list column, and where its values start in the
-    child array; ragged rows are refused."""
+def _uniform_width(values: pa.Array, where: str, per_row: int = 1) -> tuple[int, int]:
+    """The common length of every list of a list column (`per_row` lists to a request row at
+    this nesting level), and where its values start in the child array; ragged rows are
+    refused, naming the request rows."""
     offset_type = np.int64 if pa.types.is_large_list(values.type) else np.int32
     count = len(values)
     offsets = np.frombuffer(
@@ -123,7 +124,7 @@ def _uniform_width(values: pa.Array, where: str) -> tuple[int, int]:
         bad = int(np.argmax(lengths != width))
         raise BadInput(
             f"{where}: ragged tensor: row lengths differ ({width} in row 0, "
-            f"{int(lengths[bad])} in row {bad}); every row must have the same shape"
+            f"{int(lengths[bad])} in row {bad // per_row}); every row must have the same shape"
         )
     return width, int(offsets[0])
 
