@@ -13,7 +13,7 @@ from edge.errors import ConfigError
 
 # every variable the appliance reads, its settings field, a valid text and its value
 VARIABLES = [
-    ("PIPELINE_URL", "pipeline_url", "reg:5000/team/pipelines/p:v1", "reg:5000/team/pipelines/p:v1"),
+    ("PIPELINE_URL", "pipeline_url", "reg:5000/t/pipelines/p:v1", "reg:5000/t/pipelines/p:v1"),
     ("OCI_REGISTRY", "oci_registry", "reg:5000", "reg:5000"),
     ("OCI_USERNAME", "oci_username", "robot", "robot"),
     ("OCI_PASSWORD", "oci_password", "hunter2", "hunter2"),
@@ -86,9 +86,7 @@ def test_true_words(variable: str, name: str, text: str) -> None:
 
 
 @pytest.mark.parametrize("text", ["0", "false", "False", "no", "off"])
-@pytest.mark.parametrize(
-    "variable,name", [("DEBUG", "debug"), ("EDGE_LOGGING", "logging_enabled")]
-)
+@pytest.mark.parametrize("variable,name", [("DEBUG", "debug"), ("EDGE_LOGGING", "logging_enabled")])
 def test_false_words(variable: str, name: str, text: str) -> None:
     assert getattr(load_settings({}, {variable: text}), name) is False
 
