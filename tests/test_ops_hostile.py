@@ -4,17 +4,13 @@ data directory, and no accepted batch can make a pipeline's logs unreadable."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pyarrow as pa
 import pytest
-from starlette.requests import Request
 
-from edge.errors import RequestTimeout
-from edge.httpio import read_body
 from ops_sync import protocol
 from ops_sync.identity import make_csr, new_key
 from ops_sync.protocol import encode_batch
@@ -166,20 +162,6 @@ def test_a_pipeline_url_with_a_space_is_400_and_leaves_no_edge(ops: Ops) -> None
 def test_bad_logs_query_parameters_are_400(ops: Ops, params: dict[str, str]) -> None:
     joined_edge(ops, "edge-a")
     refused(logs_of(ops, **params))
-
-
-# -- 8. a client dripping its body ----------------------------------------------------------
-def test_a_body_that_takes_too_long_to_arrive_is_refused() -> None:
-    async def drip() -> None:
-        async def receive() -> dict[str, Any]:
-            await asyncio.sleep(0.2)
-            return {"type": "http.request", "body": b"x", "more_body": True}
-
-        request = Request({"type": "http", "method": "POST", "headers": []}, receive)
-        await read_body(request, 1 << 20, timeout=0.5)
-
-    with pytest.raises(RequestTimeout, match="took more than"):
-        asyncio.run(drip())
 
 
 def logs_of(ops: Ops, **params: str) -> httpx.Response:
