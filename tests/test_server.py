@@ -1,0 +1,677 @@
+"""edge.server (with edge.inference_route and edge.appliance): the appliance's HTTP app in process,
+through httpx.ASGITransport. Every route's answer and status; every error as the seed's body
+`{"error", "code", "status", "source"}` with the status of its class; content negotiation; a
+request refused before the model runs (proved by a step that counts its runs); `/pipelines`
+and readiness while loading and after a load failure; the request metrics.
+
+A real server (uvicorn on a socket) is started only by the end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge import appliance as appliance_module
+from edge.appliance import Appliance, LoadState, load_pipeline
+from edge.config import Settings
+from edge.errors import (
+    BadInput,
+    ConfigError,
+    EdgeError,
+    LogBufferDiskFull,
+    LogBufferError,
+    LogBufferFull,
+    NotAcceptable,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    PipelineError,
+    RequestError,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
+from edge.logbuffer import LogBuffer
+from edge.pipeline import Pipeline
+from edge.publish import publish
+from edge.server import create_app
+from tests.models import iris, onnx_classifier, write_files
+
+JSON_TYPE = "application/json; format=pandas-records"
+ARROW_FILE = "application/vnd.apache.arrow.file"
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+JSON = {"content-type": JSON_TYPE}
+FEATURES, LABELS, _ = iris()
+App = Callable[..., Any]
+
+COUNTING_STEP = """
+    import pathlib
+
+    RUNS = pathlib.Path({runs!r})
+
+
+    def wallaroo_json(data):
+        with RUNS.open("a") as runs:  # one line per run of the pipeline's first step
+            runs.write("ran\\n")
+        return data
+"""
+
+
+@dataclass
+class Served:
+    """The module's pipelines, loaded once: `iris` (one ONNX model) and `counted` (a Python
+    step that writes a line to `runs` each time it runs, then the same model)."""
+
+    pipelines: dict[str, Pipeline]
+    urls: dict[str, str]
+    model: Any  # the fitted scikit-learn estimator
+    model_sha: str
+    runs: Path
+
+    def run_count(self) -> int:
+        return len(self.runs.read_text().splitlines()) if self.runs.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    from sklearn.linear_model import LogisticRegression
+
+    folder = tmp_path_factory.mktemp("server")
+    model = onnx_classifier(
+        LogisticRegression(max_iter=300), FEATURES, LABELS, folder / "models/iris.onnx"
+    )
+    runs = folder / "runs.txt"
+    write_files(folder, {"steps/count.py": COUNTING_STEP.format(runs=str(runs))})
+    specs = {
+        "iris": "name: iris\nsteps:\n  - model: logistic\n    file: models/iris.onnx\n",
+        "counted": (
+            "name: counted\nsteps:\n  - python: count\n    file: steps/count.py\n"
+            "  - model: logistic\n    file: models/iris.onnx\n"
+        ),
+    }
+    pipelines, urls = {}, {}
+    for name, text in specs.items():
+        (folder / f"{name}.yaml").write_text(text)
+        published, _ = publish(folder / f"{name}.yaml", layout=folder / name, progress=False)
+        urls[name] = published.pipeline_url
+        settings = Settings(
+            pipeline_url=urls[name], persist_dir=folder / f"persist-{name}", partition="edge-1"
+        )
+        pipelines[name] = load_pipeline(settings, echo=lambda line: None)
+    sha = hashlib.sha256((folder / "models/iris.onnx").read_bytes()).hexdigest()
+    yield Served(pipelines, urls, model, sha, runs)
+    for pipeline in pipelines.values():
+        pipeline.close()
+
+
+@pytest.fixture
+def make_app(served: Served, tmp_path: Path) -> Iterator[Callable[..., tuple[Appliance, App]]]:
+    """An appliance serving one of the module's pipelines (with its own log buffer), and its app."""
+    buffers: list[LogBuffer] = []
+
+    def make(name: str = "iris", logging: bool = True, **settings: Any) -> tuple[Appliance, App]:
+        config = Settings(
+            pipeline_url=served.urls[name], persist_dir=tmp_path, partition="edge-1", **settings
+        )
+        buffer = None
+        if logging:
+            buffer = LogBuffer(tmp_path / f"logbuffer-{len(buffers)}.db")
+            buffer.start()
+            buffers.append(buffer)
+        appliance = Appliance(
+            config, buffer=buffer, pipeline=served.pipelines[name], state=LoadState.RUNNING
+        )
+        return appliance, create_app(appliance)
+
+    yield make
+    for buffer in buffers:
+        buffer.close()
+
+
+async def _request(app: App, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+        return await client.request(method, path, **kwargs)
+
+
+def call(app: App, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    return asyncio.run(_request(app, method, path, **kwargs))
+
+
+def infer(app: App, rows: Any, name: str = "iris", **kwargs: Any) -> httpx.Response:
+    headers = {**JSON, **kwargs.pop("headers", {})}
+    body = rows if isinstance(rows, bytes | str) else json.dumps(rows)
+    return call(app, "POST", f"/pipelines/{name}", content=body, headers=headers, **kwargs)
+
+
+def tensor_rows(features: np.ndarray) -> list[dict[str, Any]]:
+    return [{"tensor": row} for row in features.tolist()]
+
+
+def arrow_file(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def arrow_stream(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def tensor_table(features: np.ndarray) -> pa.Table:
+    flat = pa.array(features.reshape(-1))
+    return pa.table({"tensor": pa.FixedSizeListArray.from_arrays(flat, features.shape[1])})
+
+
+def assert_error(reply: httpx.Response, status: int, source: str, words: str = "") -> None:
+    """The seed's error body, which Wallaroo's SDK reads."""
+    assert reply.status_code == status, reply.text
+    assert reply.headers["content-type"] == "application/json"
+    body = reply.json()
+    assert set(body) == {"error", "code", "status", "source"}
+    assert body["code"] == status and body["status"] == "error" and body["source"] == source
+    assert isinstance(body["error"], str) and body["error"]
+    assert words in body["error"], body["error"]
+
+
+# ---------------------------------------------------------------------------- the routes
+
+
+def test_listing_models_and_health_of_a_running_appliance(make_app: Any, served: Served) -> None:
+    appliance, app = make_app()
+    assert call(app, "GET", "/pipelines").json() == {
+        "pipelines": [{"id": "iris", "status": "Running"}]
+    }
+    (model,) = call(app, "GET", "/models").json()["models"]
+    info = served.pipelines["iris"].definition.models["logistic"]
+    assert model == {
+        "name": "logistic",
+        "sha": served.model_sha,
+        "status": "Running",
+        "version": info.version,
+        "runtime": "onnx",
+        "provider": "CPUExecutionProvider",
+    }
+    assert call(app, "GET", "/health/live").json() == {"status": "alive"}
+    ready = call(app, "GET", "/health/ready")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "pipeline": "iris"}
+    health = call(app, "GET", "/health").json()
+    assert health["status"] == "Running" and health["pipeline"] == "iris"
+    assert health["pipeline_version"] == served.pipelines["iris"].definition.version
+    assert health["error"] is None and health["uptime_s"] >= 0
+    assert health["log_buffer"]["rows"] == 0
+    document = call(app, "GET", "/openapi.json").json()
+    assert {"/pipelines", "/pipelines/{name}", "/logs", "/metrics"} <= set(document["paths"])
+
+
+@pytest.mark.parametrize("count", [1, 3, 100], ids=["one-row", "few-rows", "100-rows"])
+def test_records_in_records_out_match_the_model(make_app: Any, served: Served, count: int) -> None:
+    _, app = make_app()
+    features = FEATURES[np.linspace(0, 149, count).astype(int)]
+    reply = infer(app, tensor_rows(features))
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"] == JSON_TYPE
+    records = reply.json()
+    assert [r["out"]["label"] for r in records] == served.model.predict(features).tolist()
+    np.testing.assert_allclose(
+        [r["out"]["probabilities"] for r in records],
+        served.model.predict_proba(features),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert records[0]["pipeline_name"] == "iris" and records[0]["model_name"] == "logistic"
+    assert isinstance(records[0]["time"], int)
+    assert set(records[0]) >= {"in", "out", "anomaly", "check_failures", "outputs", "elapsed"}
+
+
+@pytest.mark.parametrize("body_type", [ARROW_FILE, ARROW_STREAM])
+@pytest.mark.parametrize("ask", [{"accept": ARROW_FILE}, {"format": "arrow"}], ids=str)
+def test_arrow_in_and_out(
+    make_app: Any, served: Served, body_type: str, ask: dict[str, str]
+) -> None:
+    _, app = make_app()
+    features = FEATURES[:7]
+    pack = arrow_file if body_type == ARROW_FILE else arrow_stream
+    reply = call(
+        app,
+        "POST",
+        "/pipelines/iris",
+        content=pack(tensor_table(features)),
+        headers={"content-type": body_type, **ask},
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"] == ARROW_FILE
+    table = pa.ipc.open_file(pa.py_buffer(reply.content)).read_all()
+    assert table.column_names[:4] == ["time", "in.tensor", "out.label", "out.probabilities"]
+    assert table.column("out.label").to_pylist() == served.model.predict(features).tolist()
+
+
+@pytest.mark.parametrize(
+    "accept", ["", "*/*", "application/json", JSON_TYPE, "text/html, application/*;q=0.5"]
+)
+def test_json_is_answered_to_any_accept_that_takes_it(make_app: Any, accept: str) -> None:
+    _, app = make_app()
+    headers = {"accept": accept} if accept else {}
+    reply = infer(app, tensor_rows(FEATURES[:1]), headers=headers)
+    assert reply.status_code == 200 and reply.headers["content-type"] == JSON_TYPE
+
+
+def test_a_body_without_a_content_type_is_read_as_records(make_app: Any) -> None:
+    _, app = make_app()
+    body = json.dumps(tensor_rows(FEATURES[:2]))
+    reply = call(app, "POST", "/pipelines/iris", content=body, headers={"content-type": ""})
+    assert reply.status_code == 200 and len(reply.json()) == 2
+
+
+def test_content_negotiation_refusals(make_app: Any) -> None:
+    _, app = make_app()
+    rows = tensor_rows(FEATURES[:1])
+    assert_error(infer(app, rows, headers={"accept": "text/html"}), 406, "platform", "text/html")
+    refused = infer(app, "a,b\n1,2\n", headers={"content-type": "text/csv"})
+    assert_error(refused, 415, "platform", "Content-Type 'text/csv' is not supported")
+    logs = call(app, "GET", "/logs", headers={"accept": "text/html"})
+    assert_error(logs, 406, "platform", "Accept 'text/html' is not supported")
+
+
+BAD_INPUTS = [
+    ("ragged", [{"tensor": [1.0] * 4}, {"tensor": [1.0] * 3}], JSON, 400, "ragged"),
+    ("mixed", [{"tensor": [1.0] * 3 + ["a"]}], JSON, 400, "'tensor'"),
+    ("width", [{"tensor": [1.0] * 12}], JSON, 400, "expects 4"),
+    ("malformed", '[{"tensor": [1.0,', JSON, 400, "malformed"),
+    ("not-records", '{"tensor": [1.0]}', JSON, 400, "list of row objects"),
+    ("empty", "[]", JSON, 400, "no rows"),
+    ("null", [{"tensor": None}], JSON, 400, "null"),
+    ("wrong-columns", [{"a": [1.0] * 4, "b": [1.0] * 4}], JSON, 400, "'X'"),
+    ("text", [{"tensor": ["a", "b", "c", "d"]}], JSON, 400, "text"),
+    ("bad-arrow", "not arrow at all", {"content-type": ARROW_FILE}, 400, "Arrow"),
+    ("media-type", "x", {"content-type": "text/csv"}, 415, "text/csv"),
+]
+
+
+@pytest.mark.parametrize(
+    "case,body,headers,status,words", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_input_is_a_clear_4xx(
+    make_app: Any, case: str, body: Any, headers: dict[str, str], status: int, words: str
+) -> None:
+    _, app = make_app()
+    source = "engine" if status == 400 else "platform"
+    assert_error(infer(app, body, headers=headers), status, source, words)
+    assert infer(app, tensor_rows(FEATURES[:1])).status_code == 200  # and it still serves
+
+
+def test_unknown_pipelines_and_routes_are_404(make_app: Any) -> None:
+    _, app = make_app()
+    rows = tensor_rows(FEATURES[:1])
+    assert_error(infer(app, rows, name="nope"), 404, "platform", "no pipeline named 'nope'")
+    assert_error(call(app, "GET", "/nope"), 404, "platform", "no route GET /nope")
+    assert_error(call(app, "GET", "/pipelines/iris"), 404, "platform", "no route GET")
+    assert_error(call(app, "DELETE", "/models"), 404, "platform", "no route DELETE /models")
+    assert_error(infer(app, rows, name="iris/extra"), 404, "platform", "no route POST")
+
+
+# ---------------------------------------------------------------------------- refused early
+
+
+@pytest.mark.parametrize(
+    "params,headers,status,words",
+    [
+        ({"dataset": "bogus"}, {}, 400, "unknown dataset 'bogus'"),
+        ({"dataset[]": "*", "dataset.exclude[]": "inputs"}, {}, 400, "unknown dataset 'inputs'"),
+        ({"dataset_exclude": "../x"}, {}, 400, "unknown dataset"),
+        ({}, {"accept": "text/html"}, 406, "Accept"),
+        ({}, {"content-type": "text/csv"}, 415, "Content-Type"),
+        ({}, {"content-length": "5000000"}, 413, "exceeds the limit"),
+    ],
+    ids=["dataset", "sdk-exclude", "dataset-exclude", "accept", "content-type", "too-large"],
+)
+def test_a_request_refused_never_runs_the_pipeline(
+    make_app: Any,
+    served: Served,
+    params: dict[str, str],
+    headers: dict[str, str],
+    status: int,
+    words: str,
+) -> None:
+    appliance, app = make_app("counted", max_body_bytes=1 << 20)
+    before = served.run_count()
+    body = json.dumps(tensor_rows(FEATURES[:2]))
+    if "content-length" in headers:  # declared past the limit: refused before it is read
+        reply = asyncio.run(raw_post(app, "/pipelines/counted", headers))
+    else:
+        reply = infer(app, body, name="counted", params=params, headers=headers)
+    assert reply.status_code == status, reply.text
+    assert words in reply.json()["error"]
+    assert served.run_count() == before  # the first step never ran
+    assert call(app, "GET", "/logs").json() == []  # and nothing was logged
+    # the same request without the fault runs the step once
+    assert infer(app, body, name="counted").status_code == 200
+    assert served.run_count() == before + 1
+
+
+async def raw_post(app: App, path: str, headers: dict[str, str]) -> httpx.Response:
+    """A POST whose body is never sent: `receive` fails the test if the app reads it."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("the body was read")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(k.encode(), v.encode()) for k, v in {**JSON, **headers}.items()],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("edge", 80),
+        "client": ("127.0.0.1", 1),
+        "root_path": "",
+    }
+    await app(scope, receive, send)
+    start, body = sent
+    return httpx.Response(
+        start["status"],
+        headers=[(k.decode(), v.decode()) for k, v in start["headers"]],
+        content=body["body"],
+    )
+
+
+def test_a_streamed_body_past_the_limit_is_refused(make_app: Any) -> None:
+    _, app = make_app(max_body_bytes=1000)
+    row = b'{"tensor": [1.0, 2.0, 3.0, 4.0]},'
+    chunks = [b"[" + row * 20, row * 20, b'{"tensor": [1, 2, 3, 4]}]']  # 1,400 bytes
+
+    async def stream() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    reply = call(app, "POST", "/pipelines/iris", content=stream(), headers=JSON)
+    assert "content-length" not in reply.request.headers  # chunked: no length to refuse early
+    assert_error(reply, 413, "platform", "request body exceeds the limit of 1000 bytes")
+    assert infer(app, b"[" + row * 20 + b'{"tensor": [1, 2, 3, 4]}]').status_code == 200
+
+
+ERRORS = [
+    (BadInput("column 'x': bad"), 400, "engine"),
+    (RequestError("odd request"), 400, "engine"),
+    (NotFound("no such thing"), 404, "platform"),
+    (UnsupportedMediaType("not this type"), 415, "platform"),
+    (NotAcceptable("not that format"), 406, "platform"),
+    (PayloadTooLarge("too big"), 413, "platform"),
+    (RequestTimeout("too slow"), 408, "platform"),
+    (NotReady("still loading"), 503, "engine"),
+    (LogBufferFull("queue full"), 503, "engine"),  # transient: the SDK retries a 503
+    (LogBufferDiskFull("disk full"), 507, "engine"),
+    (LogBufferError("closed"), 500, "engine"),
+    (PipelineError("model failed", step="m"), 500, "engine"),
+    (ConfigError("bad setting"), 500, "engine"),
+    (EdgeError("ours"), 500, "engine"),
+]
+
+
+@pytest.mark.parametrize("route", ["inference", "starlette"])
+@pytest.mark.parametrize("exc,status,source", ERRORS, ids=[type(e[0]).__name__ for e in ERRORS])
+def test_every_error_class_has_its_status_and_the_seeds_body(
+    make_app: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    route: str,
+    exc: Exception,
+    status: int,
+    source: str,
+) -> None:
+    """Raised inside the inference endpoint (plain ASGI) and inside a Starlette route: one
+    mapping, one body."""
+    appliance, app = make_app()
+
+    def fail(*args: Any) -> Any:
+        raise exc
+
+    if route == "inference":
+        monkeypatch.setattr(appliance, "serving", fail)
+        reply = infer(app, tensor_rows(FEATURES[:1]))
+    else:
+        monkeypatch.setattr(appliance, "health_report", fail)
+        reply = call(app, "GET", "/health")
+    assert_error(reply, status, source)
+    assert reply.json()["error"] == str(exc)
+
+
+@pytest.mark.parametrize("route", ["inference", "starlette"])
+def test_an_unexpected_error_is_a_500_that_tells_nothing_and_is_logged_once(
+    make_app: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    route: str,
+) -> None:
+    appliance, app = make_app()
+
+    def fail(*args: Any) -> Any:
+        raise KeyError("secret internals")
+
+    with caplog.at_level(logging.INFO):
+        if route == "inference":
+            monkeypatch.setattr(appliance, "serving", fail)
+            reply = infer(app, tensor_rows(FEATURES[:1]))
+        else:
+            monkeypatch.setattr(appliance, "health_report", fail)
+            reply = call(app, "GET", "/health")
+    assert_error(reply, 500, "engine", "internal error (KeyError)")
+    assert "secret" not in reply.text
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert "error=KeyError" in errors[0].getMessage()
+
+
+def test_ours_are_logged_once_when_5xx_and_not_at_all_when_4xx(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    appliance, app = make_app()
+    with caplog.at_level(logging.INFO):
+        assert infer(app, "[]").status_code == 400
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+        def fail(*args: Any) -> Any:
+            raise PipelineError("model failed", step="m")
+
+        monkeypatch.setattr(appliance, "serving", fail)
+        assert infer(app, tensor_rows(FEATURES[:1])).status_code == 500
+    (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "step 'm': model failed" in error.getMessage() and error.exc_info is None
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+async def settled(appliance: Appliance) -> None:
+    """Wait for the loader thread to finish, one way or the other."""
+    deadline = time.monotonic() + 60
+    while appliance.state is LoadState.LOADING:
+        assert time.monotonic() < deadline, "the pipeline never finished loading"
+        await asyncio.sleep(0.01)
+
+
+def test_while_loading_then_running(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+
+    def slow_load(settings: Settings) -> Pipeline:
+        assert gate.wait(60)
+        return load_pipeline(settings, echo=lambda line: None)
+
+    monkeypatch.setattr(appliance_module, "load_pipeline", slow_load)
+    appliance = Appliance(Settings(pipeline_url=served.urls["iris"], persist_dir=tmp_path))
+    app = create_app(appliance)
+
+    async def scenario() -> dict[str, httpx.Response]:
+        await appliance.start()
+        try:
+            seen = {
+                "pipelines": await _request(app, "GET", "/pipelines"),
+                "ready": await _request(app, "GET", "/health/ready"),
+                "live": await _request(app, "GET", "/health/live"),
+                "health": await _request(app, "GET", "/health"),
+                "infer": await _request(
+                    app, "POST", "/pipelines/iris", json=tensor_rows(FEATURES[:1])
+                ),
+                "models": await _request(app, "GET", "/models"),
+            }
+            gate.set()
+            await settled(appliance)
+            seen["pipelines after"] = await _request(app, "GET", "/pipelines")
+            seen["ready after"] = await _request(app, "GET", "/health/ready")
+            seen["infer after"] = await _request(
+                app, "POST", "/pipelines/iris", json=tensor_rows(FEATURES[:1])
+            )
+            return seen
+        finally:
+            gate.set()
+            await appliance.stop()
+
+    seen = asyncio.run(scenario())
+    assert seen["pipelines"].json() == {"pipelines": []}  # nothing to name yet
+    assert seen["ready"].status_code == 503
+    assert seen["ready"].json() == {"status": "Loading", "error": None}
+    assert seen["live"].status_code == 200
+    assert seen["health"].json()["status"] == "Loading"
+    assert_error(seen["infer"], 503, "engine", "still loading")  # the SDK retries a 503
+    assert seen["models"].json() == {"models": []}
+    assert seen["pipelines after"].json() == {"pipelines": [{"id": "iris", "status": "Running"}]}
+    assert seen["ready after"].status_code == 200
+    assert seen["infer after"].status_code == 200
+
+
+def test_after_a_load_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fatal: list[Exception] = []
+    missing = f"oci-layout:{tmp_path / 'no-such-layout'}:v1"
+    appliance = Appliance(
+        Settings(pipeline_url=missing, persist_dir=tmp_path), on_fatal=fatal.append
+    )
+    app = create_app(appliance)
+
+    async def scenario() -> dict[str, httpx.Response]:
+        await appliance.start()
+        await settled(appliance)
+        try:
+            return {
+                "pipelines": await _request(app, "GET", "/pipelines"),
+                "ready": await _request(app, "GET", "/health/ready"),
+                "health": await _request(app, "GET", "/health"),
+                "live": await _request(app, "GET", "/health/live"),
+                "infer": await _request(app, "POST", "/pipelines/iris", json=[{"x": 1}]),
+            }
+        finally:
+            await appliance.stop()
+
+    seen = asyncio.run(scenario())
+    assert appliance.state is LoadState.ERROR and appliance.failed
+    (reason,) = fatal  # the CLI stops the server on it (exit status 2)
+    assert appliance.error == str(reason) and "no-such-layout" in str(reason)
+    assert f"error: {reason}" in capsys.readouterr().err
+    assert seen["pipelines"].json() == {"pipelines": [{"id": "unknown", "status": "Error"}]}
+    assert seen["ready"].status_code == 503
+    assert seen["ready"].json() == {"status": "Error", "error": str(reason)}
+    assert seen["health"].json()["error"] == str(reason)
+    assert seen["live"].status_code == 200
+    assert_error(seen["infer"], 503, "engine", f"the pipeline failed to load: {reason}")
+
+
+# ---------------------------------------------------------------------------- metrics and logs
+
+
+def samples(app: App) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    reply = call(app, "GET", "/metrics")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(reply.text)
+        for s in family.samples
+    }
+
+
+def test_metrics_count_requests_by_pipeline_and_status_and_rows(make_app: Any) -> None:
+    _, app = make_app()
+    assert infer(app, tensor_rows(FEATURES[:1])).status_code == 200
+    assert infer(app, tensor_rows(FEATURES[:4])).status_code == 200
+    assert infer(app, "[]").status_code == 400
+    assert infer(app, tensor_rows(FEATURES[:1]), name="nope").status_code == 404
+    assert infer(app, tensor_rows(FEATURES[:1]), name="other").status_code == 404
+    seen = samples(app)
+    requests = "edge_inference_requests_total"
+    assert seen[(requests, (("code", "200"), ("pipeline", "iris")))] == 2
+    assert seen[(requests, (("code", "400"), ("pipeline", "iris")))] == 1
+    # unknown names share one label: clients cannot grow the label set
+    assert seen[(requests, (("code", "404"), ("pipeline", "unknown")))] == 2
+    assert seen[("edge_inference_rows_total", (("pipeline", "iris"),))] == 5
+    assert seen[("edge_inference_seconds_count", (("pipeline", "iris"),))] == 3
+    assert seen[("edge_log_buffer", (("figure", "rows"),))] == 5
+
+
+def test_logs_return_what_was_answered(make_app: Any) -> None:
+    _, app = make_app()
+    for count in (1, 2):
+        assert infer(app, tensor_rows(FEATURES[:count])).status_code == 200
+    logs = call(app, "GET", "/logs")
+    assert logs.status_code == 200 and logs.headers["content-type"] == JSON_TYPE
+    records = logs.json()
+    assert [r["in"]["tensor"] for r in records] == [
+        pytest.approx(row) for row in FEATURES[[1, 0, 0]].tolist()
+    ]  # newest first
+    assert "metadata" not in records[0]  # the seed's default datasets
+    dropped = json.loads(logs.headers["x-edge-dropped"])  # counters by reason, since created
+    assert dropped == {"input_values": 0, "output_values": 0, "rows": 0}
+    assert "x-edge-warning" not in logs.headers
+    one = call(app, "GET", "/logs", params={"limit": "1", "dataset": "metadata"})
+    assert one.headers["x-edge-warning"] == (
+        "Warning: There are more logs available. Please set a larger limit or request a file "
+        "using export_logs."
+    )
+    assert one.json()[0]["metadata"]["partition"] == "edge-1"
+    arrow = call(app, "GET", "/logs", params={"dataset": "out"}, headers={"accept": ARROW_FILE})
+    table = pa.ipc.open_file(pa.py_buffer(arrow.content)).read_all()
+    assert table.num_rows == 3 and table.column_names == ["out.label", "out.probabilities"]
+    assert call(app, "GET", "/logs", params={"partition": "edge-1"}).json() == records
+    assert call(app, "GET", "/logs", params={"partition": "edge-2"}).json() == []
+
+
+@pytest.mark.parametrize(
+    "params,words",
+    [
+        ({"limit": "0"}, "limit must be at least 1"),
+        ({"limit": "100001"}, "Log requests are limited to around 100k in size."),
+        ({"start_datetime": "2024-01-01T00:00:00"}, "give both, or neither"),
+        ({"dataset": "bogus"}, "unknown dataset 'bogus'"),
+    ],
+)
+def test_bad_log_queries_are_400(make_app: Any, params: dict[str, str], words: str) -> None:
+    _, app = make_app()
+    assert_error(call(app, "GET", "/logs", params=params), 400, "engine", words)
+
+
+def test_logs_when_logging_is_off(make_app: Any) -> None:
+    _, app = make_app(logging=False)
+    assert infer(app, tensor_rows(FEATURES[:1])).status_code == 200  # still answers
+    assert_error(call(app, "GET", "/logs"), 404, "platform", "EDGE_LOGGING=false")
+    assert call(app, "GET", "/metrics").status_code == 200
