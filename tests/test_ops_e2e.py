@@ -358,8 +358,7 @@ def test_two_appliances_ship_their_logs_through_outages_restarts_and_refusals(
     server.stop()
     sent["edge-1"] += infer(edges["edge-1"], features[100:130])
     sent["edge-2"] += infer(edges["edge-2"], features[130:150])
-    time.sleep(2)
-    assert sync_status(edges["edge-1"])["last_error"]
+    wait_for(lambda: sync_status(edges["edge-1"])["last_error"], 30, "the sync to see it gone")
     restart(server, offset_days=3)
     for name in edges:
         wait_for(lambda n=name: sorted(ops_rows(server, n)) == sorted(sent[n]), 60, name)
