@@ -285,6 +285,27 @@ def test_a_bad_spec_is_one_line_on_stderr_and_exit_status_2(
     assert not (tmp_path / "l" / "index.json").exists()
 
 
+@pytest.mark.parametrize(
+    "name,source,words",
+    [
+        ("sneaky", 'pl.col("in.x").map_elements(lambda v: v.bit_length())', "AnonymousFunction"),
+        ("count", 'pl.col("in.x") > 1', "reserved"),
+    ],
+)
+def test_an_unsafe_validation_is_refused_at_publish(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, source: str, words: str
+) -> None:
+    (tmp_path / "m.onnx").write_bytes(b"model")
+    (tmp_path / "p.yaml").write_text(
+        "name: unsafe\nsteps:\n  - model: m\n    file: m.onnx\n"
+        f"validations:\n  {name}: '{source}'\n"
+    )
+    assert cli.main(["publish", str(tmp_path / "p.yaml"), "--layout", str(tmp_path / "l")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and words in captured.err and f"'{name}'" in captured.err
+    assert not (tmp_path / "l" / "index.json").exists()
+
+
 def test_published_lines_include_the_chart_fields_when_there_are_some() -> None:
     published = Published("v", "p", "v", "reg/p:v", "sha256:0", {}, "now")
     published.extra.update(helm_chart_url="oci://reg/charts/p", engine_url="img:1")
