@@ -7,8 +7,9 @@ Start (`start`, run by the HTTP server's lifespan before it accepts requests):
    (unless 0) and answers at once (UNAVAILABLE until the pipeline is loaded);
 3. the sync companion (when an EDGE_BUNDLE is set) redeems its join token once and starts
    shipping in the background;
-4. the pipeline loader thread pulls, verifies and loads the pipeline: `/pipelines` says
-   `Loading`, then `Running` (or `Error` with the reason).
+4. the pipeline loader thread pulls, verifies and loads the pipeline: `/health/ready` says
+   `Loading` (and `/pipelines` lists nothing: the name is not known yet), then `/pipelines`
+   says `Running` (or `Error` with the reason).
 Stop (`stop`, after the server stopped accepting): the gRPC front end (its calls in flight
 given a grace period), the sync companion, the loader (given time
 to finish a native load), the pipeline's runtimes, then the log buffer (journal synced last).
@@ -44,7 +45,7 @@ SYNC_ENTRY_POINTS = "edge_appliance.sync"
 
 
 class LoadState(enum.StrEnum):
-    """What `/pipelines` says of the pipeline."""
+    """What `/health` says of the pipeline (and `/pipelines`, once it is `Running` or `Error`)."""
 
     LOADING = "Loading"
     RUNNING = "Running"
