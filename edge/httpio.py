@@ -99,8 +99,10 @@ async def read_asgi_body(
     timeout: float = BODY_TIMEOUT,
 ) -> bytes:
     """`read_body` on the ASGI `receive` callable (`declared`: the Content-Length header)."""
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(f"request body of {declared} bytes exceeds the limit of {limit}")
+    digits = declared.lstrip("0") or "0"
+    if declared.isascii() and declared.isdigit() and (len(digits) > 18 or int(digits) > limit):
+        shown = digits if len(digits) <= 18 else f"{digits[:18]}..."  # never a huge int
+        raise too_large(f"request body of {shown} bytes exceeds the limit of {limit}")
     chunks: list[bytes] = []
     size = 0
     try:
