@@ -149,6 +149,17 @@ def test_a_declared_length_over_the_limit_is_refused_before_reading() -> None:
     assert calls[0] == 0
 
 
+def test_any_content_length_header_is_read_as_the_callers_own() -> None:
+    """A header of 5,000 digits or of non-ASCII digits ('\xb2' is latin-1) is never a 500."""
+    receive, calls = messages(b"x")
+    with pytest.raises(PayloadTooLarge, match="exceeds the limit of 100"):
+        read(receive, "9" * 5000, limit=100)
+    assert calls[0] == 0
+    for odd in ("\xb2", "\u0661", "12abc", "-1", " 5"):  # not a length: read the body as sent
+        assert read(messages(b"hello")[0], odd, limit=100) == b"hello"
+    assert read(messages(b"hello")[0], "0" * 30 + "5", limit=100) == b"hello"
+
+
 def test_a_body_longer_than_declared_or_undeclared_is_cut_off_at_the_limit() -> None:
     receive, calls = messages(*([b"x" * 40] * 10))
     with pytest.raises(PayloadTooLarge, match="request body exceeds the limit of 100 bytes"):
