@@ -107,7 +107,11 @@ def test_a_guarded_route_answers_every_exception_once() -> None:
 
     route = guarded(broken, answer)
     assert route.__name__ == "broken" and route.__doc__ == "Broken on purpose."
-    response = asyncio.run(route(Request({"type": "http", "method": "GET", "headers": []})))
+
+    async def get() -> Response:
+        return await route(Request({"type": "http", "method": "GET", "headers": []}))
+
+    response = asyncio.run(get())
     assert response.status_code == 404 and response.body == b"nothing here"
     assert len(answered) == 1 and isinstance(answered[0], NotFound)
 
@@ -257,7 +261,8 @@ def test_a_json_error_is_the_callers_class_naming_what() -> None:
 
 
 def test_fields_must_come_from_an_object() -> None:
-    for body in ([], "x", 1, None):
+    bodies: tuple[Any, ...] = ([], "x", 1, None)
+    for body in bodies:
         with pytest.raises(BadInput, match="^the join must be a JSON object$"):
             Fields(body, "join")
 

@@ -28,15 +28,15 @@ SEED_DROPPED = (
 )
 
 
-def query(max_limit: int | None = 100_000, **params: str | list[str]) -> LogQuery:
+def query(*, max_limit: int | None = 100_000, **params: str | list[str]) -> LogQuery:
     return parse_log_query(
         {k: [v] if isinstance(v, str) else v for k, v in params.items()}, max_limit
     )
 
 
-def refused(max_limit: int | None = 100_000, **params: str | list[str]) -> str:
+def refused(*, max_limit: int | None = 100_000, **params: str | list[str]) -> str:
     with pytest.raises(BadInput) as error:
-        query(max_limit, **params)
+        query(max_limit=max_limit, **params)
     return str(error.value)
 
 
@@ -150,14 +150,16 @@ def test_the_seeds_and_the_sdks_dataset_names() -> None:
 )
 def test_an_unknown_dataset_is_refused_by_the_parser(params: dict[str, str]) -> None:
     """Refused while the query is read, so nothing is read from a log store for it."""
-    message = refused(**params)
+    with pytest.raises(BadInput) as error:
+        parse_log_query({name: [value] for name, value in params.items()})
+    message = str(error.value)
     assert message.startswith("unknown dataset ")
     assert "use *, time, in, out, anomaly, metadata" in message
 
 
 def test_the_partition() -> None:
     assert query(partition="store-17").partition == "store-17"
-    assert query(**{"metadata.partition": "store-17"}).partition == "store-17"
+    assert parse_log_query({"metadata.partition": ["store-17"]}).partition == "store-17"
 
 
 # ---------------------------------------------------------------------------- warnings
