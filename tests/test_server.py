@@ -618,6 +618,7 @@ def test_metrics_count_requests_by_pipeline_and_status_and_rows(make_app: Any) -
     assert infer(app, "[]").status_code == 400
     assert infer(app, tensor_rows(FEATURES[:1]), name="nope").status_code == 404
     assert infer(app, tensor_rows(FEATURES[:1]), name="other").status_code == 404
+    assert len(call(app, "GET", "/logs").json()) == 5  # and the buffer has stored the rows
     seen = samples(app)
     requests = "edge_inference_requests_total"
     assert seen[(requests, (("code", "200"), ("pipeline", "iris")))] == 2
