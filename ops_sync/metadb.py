@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from edge import migrations
 from edge.errors import ConfigError
 from ops_sync.errors import StoreError
 
@@ -237,26 +237,15 @@ class Database:
         """Raise `StoreError` unless the database answers a query now."""
         self.reader().one("SELECT 1 AS ok")
 
-    def migrate(self, migrations: list[tuple[int, str, str]]) -> None:
-        """Apply the steps of `migrations` not yet applied, in one transaction (concurrent
+    def migrate(self, steps: list[migrations.Migration]) -> None:
+        """Apply the migrations of `steps` not yet applied, in one transaction (concurrent
         replicas starting at once wait for each other)."""
         with self.tx() as db:
             db.lock("ops_sync.migrations")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS _migrations"
-                " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-            )
+            db.execute(migrations.CREATE_TABLE)
             done = {row["version"] for row in db.all("SELECT version FROM _migrations")}
-            for version, name, script in migrations:
-                if version in done:
-                    continue
-                for statement in script.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(
-                    "INSERT INTO _migrations VALUES (?, ?, ?)",
-                    (version, name, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())),
-                )
+            for migration in migrations.pending(steps, done):
+                migrations.apply(db.execute, migration)
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from edge import migrations
 from edge.errors import LogBufferError, NotALogBuffer
 
 log = logging.getLogger(__name__)
@@ -123,39 +124,27 @@ def migrate(conn: sqlite3.Connection) -> None:
     }
     if tables and "_migrations" not in tables:
         raise NotALogBuffer(f"not a log buffer (tables {sorted(tables)})")
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS _migrations"
-        " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-    )
+    conn.execute(migrations.CREATE_TABLE)
     applied = {v for (v,) in conn.execute("SELECT version FROM _migrations")}
     if applied and max(applied) > SCHEMA_VERSION:
         raise LogBufferError(
             f"log buffer schema version {max(applied)} is newer than this appliance knows "
             f"({SCHEMA_VERSION}); run a newer image or move the file aside"
         )
-    for version, name, sql in MIGRATIONS:
-        if version in applied:
-            continue
+    for migration in migrations.pending(MIGRATIONS, applied):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in sql.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            now = datetime.now(UTC).isoformat()
-            if version == 1:
+            migrations.apply(conn.execute, migration)
+            if migration[0] == 1:
                 conn.executemany(
                     "INSERT INTO meta (key, value) VALUES (?, ?)",
                     [
                         ("epoch", str(uuid.uuid4())),
-                        ("created_at", now),
+                        ("created_at", datetime.now(UTC).isoformat()),
                         ("last_seq", "0"),
                         ("acked_through", "0"),
                     ],
                 )
-            conn.execute(
-                "INSERT INTO _migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (version, name, now),
-            )
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
