@@ -211,6 +211,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def tree_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment with this tree's root first on PYTHONPATH, so `python -m edge` runs the
+    edge package next to this script, whichever interpreter (and editable install) runs it."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
 def tail(path: Path, n: int = 40) -> str:
     try:
         return b"".join(path.read_bytes().splitlines(True)[-n:]).decode(errors="replace")
@@ -244,6 +252,7 @@ def build_model(work: Path) -> dict[str, Any]:
         capture_output=True,
         text=True,
         cwd=REPO,
+        env=tree_env(),
         timeout=120,
     )
     published = json.loads(pub.stdout[pub.stdout.index("{") :])
@@ -498,7 +507,7 @@ class Server:
         ]
         if not self.logging_on:
             cmd.append("--no-logging")
-        env = dict(os.environ, PIPELINE_URL=self.url, CONFIG_CPUS=str(self.cpus))
+        env = tree_env(dict(os.environ, PIPELINE_URL=self.url, CONFIG_CPUS=str(self.cpus)))
         for k in ("DEBUG", "EDGE_BUNDLE", "EDGE_LOGGING", "PORT", "HOST", "PERSIST_DIR"):
             env.pop(k, None)
         env["GRPC_PORT"] = "0"  # several servers at once; bench/v2.py gives its own a port
@@ -1231,6 +1240,7 @@ def main() -> int:
             probe = subprocess.run(
                 [sys.executable, "-c", "import edge.logbuffer"],
                 cwd=REPO,
+                env=tree_env(),
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -1241,6 +1251,17 @@ def main() -> int:
                     + probe.stderr.strip().splitlines()[-1]
                 )
                 modes = [m for m in modes if m != "on"] or ["off"]
+        where = subprocess.run(
+            [sys.executable, "-c", "import edge; print(edge.__file__)"],
+            cwd=REPO,
+            env=tree_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.strip()
+        out("edge_package", str(Path(where).parent) if where else "?", "-")
+        if not where or not Path(where).resolve().is_relative_to(REPO):
+            raise SystemExit(f"python -m edge would not run this tree's edge ({REPO}): {where}")
         fs_med, fs_p90 = fsync_probe(work)
         out("host_fsync_4k_median", fs_med, "us")
         out("host_fsync_4k_p90", fs_p90, "us")
