@@ -15,14 +15,19 @@ In one run, on the example pipeline (examples/breast-cancer: scaler + logistic r
       with 20 timed 10,000-row requests over keep-alive (Arrow IPC file in and out;
       pandas-records JSON in and out), and reads the VmRSS summed over each server's process
       tree idle after load and after the bench;
+  (b') unless --no-bare, starts bench/bare_starlette.py (a bare Starlette handler around the
+      same ONNX file, no logging) as one more server on its own port, checks its 1-row answer
+      against raw onnxruntime, and drives it in the same interleaved single-row wrk phases
+      (c=1 and c=8; it has no 10,000-row phases and no logging), the calibration of issue 14's
+      "c=8 req/s >= 0.85x the bare handler's";
   (c) runs the MLServer peer bench (../shared/peers/mlserver, config pw0) so the ratios are
       measured in the same run, or falls back to its published figures, labelled as such;
   (d) prints `name value unit` lines, then a summary: every figure as a ratio to raw
-      onnxruntime and to MLServer, the cost of logging in %, and PASS/MISS against each aim
-      and floor; writes the summary as JSON to --out.
+      onnxruntime and to MLServer, the cost of logging in %, and PASS/MISS/N/A against issue
+      14's targets; writes the summary as JSON to --out.
 
 Only 127.0.0.1 is contacted. Every process started here is stopped by its PID.
-Run: /work/venv/bin/python bench/serve.py [--out FILE] [--cpus 1,2] [--no-mlserver]
+Run: /work/venv/bin/python bench/serve.py [--out FILE] [--cpus 1,2] [--no-mlserver] [--no-bare]
 """
 
 from __future__ import annotations
@@ -470,6 +475,11 @@ def big_requests(
 
 # ---------------------------------------------------------------- our server
 class Server:
+    """One `python -m edge serve` process (this tree's edge) with its own port and persist dir."""
+
+    what = "edge serve"
+    big_phases = True  # the 10,000-row phases (Arrow and JSON) run on it
+
     def __init__(
         self,
         url: str,
@@ -479,7 +489,8 @@ class Server:
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.name = f"cpus{cpus}_log{'on' if logging_on else 'off'}"
-        self.cpus, self.logging_on = cpus, logging_on
+        self.cpus: int | None = cpus
+        self.logging_on = logging_on
         self.port = free_port()
         self.persist = work / f"persist-{self.name}"
         if self.persist.exists():
@@ -492,7 +503,16 @@ class Server:
         self._stopped = False
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready_timeout: float) -> float:
+    @property
+    def label(self) -> str:
+        """Prefix of this server's output lines."""
+        return f"edge_{self.name}"
+
+    def describe(self) -> str:
+        logging = "on" if self.logging_on else "off"
+        return f"edge serve (CONFIG_CPUS={self.cpus}, logging {logging})"
+
+    def command(self) -> list[str]:
         cmd = [
             sys.executable,
             "-m",
@@ -507,11 +527,22 @@ class Server:
         ]
         if not self.logging_on:
             cmd.append("--no-logging")
+        return cmd
+
+    def environment(self) -> dict[str, str]:
         env = tree_env(dict(os.environ, PIPELINE_URL=self.url, CONFIG_CPUS=str(self.cpus)))
         for k in ("DEBUG", "EDGE_BUNDLE", "EDGE_LOGGING", "PORT", "HOST", "PERSIST_DIR"):
             env.pop(k, None)
         env["GRPC_PORT"] = "0"  # several servers at once; bench/v2.py gives its own a port
         env.update(self.extra_env)
+        return env
+
+    def ready(self) -> bool:
+        st, _ = http_req(self.port, "GET", "/health/ready", timeout=2.0)
+        return st == 200
+
+    def start(self, ready_timeout: float) -> float:
+        cmd, env = self.command(), self.environment()
         t0 = time.perf_counter()
         self._logf = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -526,16 +557,15 @@ class Server:
         while time.perf_counter() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"edge serve exited with {self.proc.returncode}:\n{tail(self.log_path)}"
+                    f"{self.what} exited with {self.proc.returncode}:\n{tail(self.log_path)}"
                 )
             try:
-                st, _ = http_req(self.port, "GET", "/health/ready", timeout=2.0)
-                if st == 200:
+                if self.ready():
                     return time.perf_counter() - t0
             except OSError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"edge serve not ready after {ready_timeout}s:\n{tail(self.log_path)}")
+        raise RuntimeError(f"{self.what} not ready after {ready_timeout}s:\n{tail(self.log_path)}")
 
     @property
     def pid(self) -> int:
@@ -555,6 +585,47 @@ class Server:
                 self.proc.wait(timeout=10)
         self._logf.close()
         note(f"{self.name}: server stopped (pid {self.proc.pid}, exit {self.proc.returncode})")
+
+
+class BareServer(Server):
+    """bench/bare_starlette.py on the same ONNX file: Starlette + uvicorn (uvloop, httptools)
+    + orjson + one InferenceSession (1 intra-op thread), nothing of ours. The calibration a
+    server of ours is judged against in the same run; single-row phases only."""
+
+    what = "bare_starlette.py"
+    big_phases = False
+
+    def __init__(self, onnx: Path, work: Path) -> None:
+        self.name = "bare"
+        self.cpus, self.logging_on = None, False
+        self.onnx = onnx
+        self.port = free_port()
+        self.log_path = work / "serve-bare.log"
+        self.extra_env: dict[str, str] = {}
+        self.result = {"server": "bare_starlette", "cpus": None, "logging": False, "checks": {}}
+        self.answered_rows = 0
+        self._stopped = False
+        self.proc = None
+
+    @property
+    def label(self) -> str:
+        return "bare"
+
+    def describe(self) -> str:
+        return "bare Starlette handler (bench/bare_starlette.py, no logging)"
+
+    def command(self) -> list[str]:
+        script = HERE / "bare_starlette.py"
+        return [sys.executable, str(script), "--port", str(self.port), "--model", str(self.onnx)]
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def ready(self) -> bool:
+        # the session is built before uvicorn binds, so any answer on the route (405 to a GET:
+        # the route is POST only) means the handler can serve
+        st, _ = http_req(self.port, "GET", INFER_PATH, timeout=2.0)
+        return st in (200, 405)
 
 
 def profile_start(pid: int, path: Path, seconds: int) -> subprocess.Popen[bytes] | None:
@@ -651,20 +722,17 @@ WRK_FIGURES = (
 
 def start_server(srv: Server, bodies: dict[str, Any], raw: dict[str, Any], timeout: float) -> None:
     """Start, wait for ready, read idle memory, check the 1-row answer."""
-    name, res = srv.name, srv.result
-    note(
-        f"{name}: starting edge serve (CONFIG_CPUS={srv.cpus}, logging "
-        f"{'on' if srv.logging_on else 'off'}) on 127.0.0.1:{srv.port}; log {srv.log_path}"
-    )
+    name, res = srv.label, srv.result
+    note(f"{srv.name}: starting {srv.describe()} on 127.0.0.1:{srv.port}; log {srv.log_path}")
     res["startup_to_ready_s"] = srv.start(timeout)
-    out(f"edge_{name}_startup_to_ready", res["startup_to_ready_s"], "s")
+    out(f"{name}_startup_to_ready", res["startup_to_ready_s"], "s")
     time.sleep(0.5)
     rss, pss, nproc = tree_memory_kib(srv.pid)
     res["rss_after_load_mib"], res["pss_after_load_mib"] = rss / 1024, pss / 1024
-    out(f"edge_{name}_processes", nproc, "procs")
-    out(f"edge_{name}_threads_after_load", thread_count(srv.pid), "threads")
-    out(f"edge_{name}_rss_after_load", rss / 1024, "MiB")
-    out(f"edge_{name}_pss_after_load", pss / 1024, "MiB")
+    out(f"{name}_processes", nproc, "procs")
+    out(f"{name}_threads_after_load", thread_count(srv.pid), "threads")
+    out(f"{name}_rss_after_load", rss / 1024, "MiB")
+    out(f"{name}_pss_after_load", pss / 1024, "MiB")
     st, resp = http_req(srv.port, "POST", INFER_PATH, bodies["one"], {"Content-Type": JSON_TYPE})
     if st != 200:
         raise RuntimeError(f"1-row request -> HTTP {st}: {resp[:300]!r}")
@@ -674,8 +742,8 @@ def start_server(srv: Server, bodies: dict[str, Any], raw: dict[str, Any], timeo
     srv.answered_rows += 1
     rss1, _, _ = tree_memory_kib(srv.pid)
     res["rss_after_first_request_mib"] = rss1 / 1024
-    out(f"edge_{name}_rss_after_first_request", rss1 / 1024, "MiB")
-    out(f"edge_{name}_check_1row_json", "ok" if ok else "MISMATCH", "-")
+    out(f"{name}_rss_after_first_request", rss1 / 1024, "MiB")
+    out(f"{name}_check_1row_json", "ok" if ok else "MISMATCH", "-")
 
 
 def rotate(servers: list[Server], round_no: int) -> list[Server]:
@@ -687,7 +755,9 @@ def measure(
     servers: list[Server], bodies: dict[str, Any], raw: dict[str, Any], args: argparse.Namespace
 ) -> None:
     """All servers are up; each phase runs on every server in turn (rotating the order each
-    round), so background load on a shared machine falls on all configurations alike."""
+    round), so background load on a shared machine falls on all configurations alike. The
+    10,000-row phases skip servers without them (the bare handler)."""
+    big = [srv for srv in servers if srv.big_phases]
     for srv in servers:
         w = run_wrk(srv.port, 8, args.warmup, bodies["one_file"], srv.pid)  # not reported
         srv.answered_rows += int(w["requests"])
@@ -707,7 +777,7 @@ def measure(
                 srv.answered_rows += int(w["requests"])
         for kind, headers in BIG_KINDS:
             body = bodies[f"big_{kind}"]
-            for srv in rotate(servers, rnd):
+            for srv in rotate(big, rnd) if big else []:
                 spy = None
                 if args.profile and kind == "arrow" and rnd == 0:
                     spy = profile_start(srv.pid, args.profile / f"{srv.name}_10k_{kind}.txt", 4)
@@ -721,10 +791,10 @@ def measure(
                     ok = same_answers(decode(first), exp["label10k"], exp["proba10k"])
                     srv.result["checks"][f"10k_{kind}"] = ok
                     srv.result[f"10k_{kind}_response_bytes"] = len(first)
-                    out(f"edge_{srv.name}_check_10k_{kind}", "ok" if ok else "MISMATCH", "-")
+                    out(f"{srv.label}_check_10k_{kind}", "ok" if ok else "MISMATCH", "-")
 
     for srv in servers:
-        name, res = srv.name, srv.result
+        name, res, label_ = srv.name, srv.result, srv.label
         for conns in (1, 8):
             runs = wrk_runs[(name, conns)]
             requests = sum(w["requests"] for w in runs)
@@ -748,18 +818,18 @@ def measure(
                 label = {"errors_status": "non2xx", "errors": "errors_all"}.get(k, k)
                 label = label.removesuffix("_us")
                 value = int(merged[k]) if unit == "req" else merged[k]
-                out(f"edge_{name}_c{conns}_{label}", value, unit)
-        for kind, _ in BIG_KINDS:
+                out(f"{label_}_c{conns}_{label}", value, unit)
+        for kind, _ in BIG_KINDS if srv.big_phases else ():
             ts = np.concatenate(big_times[(name, kind)])
             med = float(np.median(ts))
             res[f"10k_{kind}_median_ms"] = med
             res[f"10k_{kind}_rows_per_s"] = N_BIG * 1e3 / med
-            out(f"edge_{name}_10k_{kind}_median", med, "ms")
-            out(f"edge_{name}_10k_{kind}_min", float(ts.min()), "ms")
-            out(f"edge_{name}_10k_{kind}_max", float(ts.max()), "ms")
-            out(f"edge_{name}_10k_{kind}_rows_per_s", res[f"10k_{kind}_rows_per_s"], "rows/s")
-            out(f"edge_{name}_10k_{kind}_samples", len(ts), "req")
-            out(f"edge_{name}_10k_{kind}_response_bytes", res[f"10k_{kind}_response_bytes"], "B")
+            out(f"{label_}_10k_{kind}_median", med, "ms")
+            out(f"{label_}_10k_{kind}_min", float(ts.min()), "ms")
+            out(f"{label_}_10k_{kind}_max", float(ts.max()), "ms")
+            out(f"{label_}_10k_{kind}_rows_per_s", res[f"10k_{kind}_rows_per_s"], "rows/s")
+            out(f"{label_}_10k_{kind}_samples", len(ts), "req")
+            out(f"{label_}_10k_{kind}_response_bytes", res[f"10k_{kind}_response_bytes"], "B")
         res["checks"]["no_non2xx"] = res["c1_errors"] == 0 and res["c8_errors"] == 0
 
     time.sleep(1.0)  # idle again: the writer's checkpoint, the thread pools settle
@@ -769,12 +839,12 @@ def measure(
 
 def finish_server(srv: Server) -> None:
     """Memory after the bench, and whether every answered row is in the log buffer."""
-    name, res = srv.name, srv.result
+    name, res = srv.label, srv.result
     rss, pss, _ = tree_memory_kib(srv.pid)
     res["rss_after_bench_mib"], res["pss_after_bench_mib"] = rss / 1024, pss / 1024
-    out(f"edge_{name}_rss_after_bench", rss / 1024, "MiB")
-    out(f"edge_{name}_pss_after_bench", pss / 1024, "MiB")
-    out(f"edge_{name}_threads_after_bench", thread_count(srv.pid), "threads")
+    out(f"{name}_rss_after_bench", rss / 1024, "MiB")
+    out(f"{name}_pss_after_bench", pss / 1024, "MiB")
+    out(f"{name}_threads_after_bench", thread_count(srv.pid), "threads")
     if not srv.logging_on:
         return
     # wrk does not count the requests in flight when it stops, so the buffer may hold a few
@@ -787,14 +857,14 @@ def finish_server(srv: Server) -> None:
     logged = buf.get("rows") or 0
     ok = bool(logged >= srv.answered_rows and not buf.get("rejected") and not buf.get("failed"))
     res["checks"]["every_answer_logged"] = ok
-    out(f"edge_{name}_log_rows", logged, "rows")
-    out(f"edge_{name}_log_answered_rows_counted", srv.answered_rows, "rows")
-    out(f"edge_{name}_log_commits", buf.get("commits"), "commits")
-    out(f"edge_{name}_log_appends", buf.get("appends"), "appends")
+    out(f"{name}_log_rows", logged, "rows")
+    out(f"{name}_log_answered_rows_counted", srv.answered_rows, "rows")
+    out(f"{name}_log_commits", buf.get("commits"), "commits")
+    out(f"{name}_log_appends", buf.get("appends"), "appends")
     appends_per_commit = (buf.get("appends") or 0) / max(buf.get("commits") or 1, 1)
-    out(f"edge_{name}_log_appends_per_commit", appends_per_commit, "appends/commit")
-    out(f"edge_{name}_log_file_bytes", buf.get("file_bytes"), "B")
-    out(f"edge_{name}_check_every_answer_logged", "ok" if ok else "MISSING", "-")
+    out(f"{name}_log_appends_per_commit", appends_per_commit, "appends/commit")
+    out(f"{name}_log_file_bytes", buf.get("file_bytes"), "B")
+    out(f"{name}_check_every_answer_logged", "ok" if ok else "MISSING", "-")
 
 
 # ---------------------------------------------------------------- MLServer peer
@@ -1178,6 +1248,11 @@ def main() -> int:
         const=False,
         help="use MLServer's published figures instead",
     )
+    ap.add_argument(
+        "--no-bare",
+        action="store_true",
+        help="leave out the bare Starlette handler (bench/bare_starlette.py, single-row phases)",
+    )
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     ap.add_argument("--warmup", type=int, default=3, help="seconds of wrk warm-up per server")
     ap.add_argument("--big-requests", type=int, default=20, help="timed 10k-row requests")
@@ -1271,11 +1346,13 @@ def main() -> int:
         raw2 = bench_raw(model, work, 2) if any(c > 1 for c in cpus_list) else None
         configs: dict[str, dict[str, Any]] = {}
         failed: list[str] = []
-        servers = [
+        servers: list[Server] = [
             Server(model["url"], cpus, mode == "on", work, extra_env)
             for cpus in cpus_list
             for mode in modes
         ]
+        if not args.no_bare:
+            servers.append(BareServer(model["onnx"], work))
         snap, t0 = cpu_snapshot(), time.perf_counter()
         try:
             up = []
