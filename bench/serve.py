@@ -1216,7 +1216,7 @@ def summarize(
                     f"{v:.3g}x {verdict} ({vfmt(ours, unit)} vs {over[0]} {vfmt(theirs, unit)})"
                 )
             else:
-                row.append(f"{v:.3g} {verdict}")
+                row.append(f"{vfmt(v, unit)} {verdict}")
             verdicts.append(
                 {
                     "target": label,
