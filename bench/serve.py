@@ -1201,13 +1201,12 @@ def summarize(
             except (KeyError, TypeError):
                 ours = None
             theirs = over[1] if over else None
-            if over:
-                v = ratio(ours, theirs)
-            else:
-                v = ours
+            v = ratio(ours, theirs) if over else ours
             verdict = "N/A" if v is None else "PASS" if compare[op](v, limit) else "MISS"
             if v is None:
                 why = "no logging-on config" if cfg is None else "figure missing"
+                if cfg is not None and unit == "%" and f"cpus{c}_logoff" not in configs:
+                    why = "no --no-logging config"
                 if over and theirs is None:
                     why = f"no {over[0]} figure"
                 row.append(f"N/A ({why})")
