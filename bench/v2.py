@@ -231,8 +231,11 @@ class Ceiling:
         t0 = time.perf_counter()
         script = Path(__file__).resolve().parent / "grpc_ceiling.py"
         self._log = open(self.log, "wb")
-        self.proc = subprocess.Popen([sys.executable, str(script), str(self.grpc_port)],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(self.grpc_port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         time.sleep(2.0)
         if self.proc.poll() is not None:
             raise RuntimeError(f"grpc_ceiling exited:\n{serve.tail(self.log)}")
@@ -542,8 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     ceiling = results.get(Ceiling.name, {}).get("grpc_c8_req_per_s")
     mls = results.get("mlserver", {}).get("grpc_c8_req_per_s")
     if ceiling and mls:
-        print(f"# gRPC ceiling (grpc.aio, canned answer): {ceiling:.0f} req/s at c=8, "
-              f"{ceiling / mls:.2f}x MLServer's", flush=True)
+        print(
+            f"# gRPC ceiling (grpc.aio, canned answer): {ceiling:.0f} req/s at c=8, "
+            f"{ceiling / mls:.2f}x MLServer's",
+            flush=True,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
