@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from edge.config import load_settings
 from edge.errors import ConfigError, EdgeError
 
 log = logging.getLogger("edge")
+BANNER = "Edge Engine - Standalone mode"  # the seed's first start-up line, in our name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,12 +132,13 @@ def _setup_logging(debug: bool) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from edge.appliance import Appliance
+    from edge.appliance import Appliance, say
     from edge.server import create_app
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
     settings = load_settings(flags)
     _setup_logging(settings.debug)
+    say(BANNER)
     appliance = Appliance.from_settings(settings)
     if settings.debug:
         log.debug("settings %s", appliance.settings.redacted())
@@ -157,8 +160,22 @@ def _serve(args: argparse.Namespace) -> int:
         server.should_exit = True
 
     appliance.on_fatal = stop
+    _stop_on_sigterm(server)
     server.run()
     return 2 if appliance.failed else 0
+
+
+def _stop_on_sigterm(server: Any) -> None:
+    """SIGTERM (`docker stop`, Kubernetes) is a requested stop: `edge serve` shuts down and
+    exits 0. uvicorn handles the signal while it serves and re-raises it once it has shut down;
+    under the default handler that kills the process (exit 143, reported as a failure). This
+    handler is what the re-raise reaches, and it asks for the shutdown itself should the signal
+    come before uvicorn's own handler is in place."""
+
+    def stop(signum: int, frame: Any) -> None:
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _has(module: str) -> bool:
@@ -237,6 +254,7 @@ def _pull(args: argparse.Namespace) -> int:
         os.environ.get("OCI_USERNAME") or None,
         os.environ.get("OCI_PASSWORD") or None,
         echo=say,
+        registry=os.environ.get("OCI_REGISTRY") or None,
     )
     print(json.dumps({"directory": str(local.directory), "version": local.definition.version}))
     return 0
