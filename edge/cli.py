@@ -92,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
         help="publish scikit-learn, XGBoost, PyTorch and Keras models for their own runtimes "
         "instead of converting them to ONNX",
     )
+    publish.add_argument(
+        "--engine-image",
+        default=os.environ.get("EDGE_IMAGE") or None,
+        help="the engine image the chart runs and Engine URL names: REPOSITORY (tagged with the "
+        "engine version and variant) or REPOSITORY:TAG / REPOSITORY@sha256:... as it is (env "
+        "EDGE_IMAGE; default: the chart's own repository)",
+    )
     publish.add_argument("--opscenter", help="register the publish with this ops center URL")
     publish.add_argument("--json", action="store_true", help="print one JSON object")
     publish.set_defaults(run=_publish)
@@ -185,8 +192,11 @@ def _has(module: str) -> bool:
 
 
 def _publish(args: argparse.Namespace) -> int:
+    from edge.chart import check_image_reference
     from edge.publish import publish
 
+    if args.engine_image:  # refused before anything is pushed
+        check_image_reference(args.engine_image)
     published, definition = publish(
         args.spec,
         registry=args.registry,
@@ -197,6 +207,7 @@ def _publish(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         convert=not args.no_convert,
     )
+    published.extra["engine_url"] = _engine_url(args.engine_image, published, definition)
     if args.registry and not args.no_chart:
         published.extra.update(_push_chart(args, published, definition))
     if args.opscenter:
@@ -213,6 +224,20 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_url(engine_image: str | None, published: Any, definition: Any) -> str:
+    """The publish's Engine URL: the image the chart runs (`--engine-image`, EDGE_IMAGE)."""
+    from edge import chart
+
+    tensorflow = any(m.runtime == "tensorflow" for m in definition.models.values())
+    return chart.engine_image(_chart_engine(definition), tensorflow=tensorflow, image=engine_image)
+
+
+def _chart_engine(definition: Any) -> dict[str, Any]:
+    """The chart's engine values (cpus, memory, gpus, arch) from the pipeline's deployment."""
+    d = definition.deployment
+    return {"cpus": d.cpus, "memory": d.memory, "gpus": d.gpus, "arch": d.arch}
+
+
 def _push_chart(args: argparse.Namespace, published: Any, definition: Any) -> dict[str, Any]:
     import tempfile
 
@@ -224,8 +249,9 @@ def _push_chart(args: argparse.Namespace, published: Any, definition: Any) -> di
             definition.name,
             published.pipeline_url,
             definition.version,
-            published.engine_config,
+            _chart_engine(definition),
             Path(scratch),
+            image=args.engine_image,
             tensorflow=tensorflow,
         )
         ref = chart.push_chart(
@@ -237,7 +263,6 @@ def _push_chart(args: argparse.Namespace, published: Any, definition: Any) -> di
             args.insecure,
         )
     return {
-        "engine_url": chart.engine_image(published.engine_config, tensorflow=tensorflow),
         "helm_chart_url": f"oci://{ref.url}",
         "helm_chart_reference": f"{ref.url}@{ref.reference}",
         "helm_chart_version": ref.version,
