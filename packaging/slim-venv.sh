@@ -21,7 +21,10 @@ venv="${1:?usage: slim-venv.sh VENV}"
 site="$(echo "$venv"/lib/python3*/site-packages)"
 [ -d "$site" ] || { echo "slim-venv.sh: no site-packages under $venv" >&2; exit 1; }
 
-find "$site" -depth -type d \( -name tests -o -name test \) -exec rm -rf {} +
+# Test suites are folders named `tests`; not `test` (tensorflow.test and its __internal__.test
+# are modules TensorFlow imports), and nothing under TensorFlow or Keras.
+find "$site" -depth -type d -name tests -not -path "*/tensorflow/*" -not -path "*/keras/*" \
+    -exec rm -rf {} +
 find "$site" -depth -type d -name include -path "*/pyarrow/include" -exec rm -rf {} +
 find "$site" -depth -type d -name include -path "*/numpy/_core/include" -exec rm -rf {} +
 find "$site" -type f \( -name "*.pyx" -o -name "*.pxd" -o -name "*.pxi" -o -name "*.h" \

@@ -40,6 +40,7 @@ MAX_IMAGE_BYTES = 550_000_000  # the cpu image, uncompressed, as `podman images`
 INNER_PORT = 18080  # not the default 8080: the HEALTHCHECK must follow PORT
 SESSION = uuid.uuid4().hex[:8]  # names of this run's images, containers and volumes
 JSON = {"Content-Type": "application/json; format=pandas-records"}
+ARROW = "application/vnd.apache.arrow.file"
 
 
 def podman(
@@ -165,7 +166,9 @@ def wait_running(container: Container, timeout: float = 120) -> None:
     wait_for(running, timeout, f"{container.name} to serve its pipeline")
 
 
-def in_process_answer(url: str, persist: Path, body: bytes) -> list[dict[str, Any]]:
+def in_process_answer(
+    url: str, persist: Path, body: bytes, name: str = "breast-cancer", headers: Any = JSON
+) -> httpx.Response:
     """The same request answered by the app in this process (the routes `edge serve` runs)."""
     from edge.cli import _load_pipeline
     from edge.config import load_settings
@@ -177,14 +180,14 @@ def in_process_answer(url: str, persist: Path, body: bytes) -> list[dict[str, An
     async def ask() -> httpx.Response:
         transport = httpx.ASGITransport(app=create_app(state))
         async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
-            return await client.post("/pipelines/breast-cancer", content=body, headers=JSON)
+            return await client.post(f"/pipelines/{name}", content=body, headers=headers)
 
     try:
         reply = asyncio.run(ask())
     finally:
         state.pipeline.close()
     assert reply.status_code == 200, reply.text
-    return list(reply.json())
+    return reply
 
 
 def comparable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -262,7 +265,7 @@ def test_container_serves_logs_restarts_and_stops_cleanly(
         body = (EXAMPLE / "data/one-row.json").read_bytes()
         reply = httpx.post(f"{first.url}/pipelines/breast-cancer", content=body, headers=JSON)
         assert reply.status_code == 200, reply.text
-        expected = in_process_answer(f"oci-layout:{folder}:{version}", tmp_path / "p", body)
+        expected = in_process_answer(f"oci-layout:{folder}:{version}", tmp_path / "p", body).json()
         assert comparable(reply.json()) == comparable(expected)
 
         logged = httpx.get(f"{first.url}/logs", params={"limit": 10}).json()
@@ -296,6 +299,108 @@ def test_container_serves_logs_restarts_and_stops_cleanly(
         for container in containers:
             podman("rm", "--force", "--time", "5", container.name, check=False)
         podman("volume", "rm", "--force", volume, check=False)
+
+
+STEPS = {
+    "pre.py": """
+import numpy as np
+
+
+def wallaroo_json(data):
+    features = np.stack(data["tensor"].to_numpy()).astype("float32")
+    return {"tensor_fields": ["tensor"], "tensor": features}
+""",
+    "post.py": """
+def wallaroo_json(data):
+    return {"label": data["label"].to_numpy(), "sure": [max(p) for p in data["probabilities"]]}
+""",
+}
+STEPPED = """name: stepped
+steps:
+  - {python: pre, file: steps/pre.py}
+  - {model: breast-cancer, file: models/breast-cancer.onnx}
+  - {python: post, file: steps/post.py}
+validations:
+  sure: pl.col("out.sure") > 0.99
+"""
+
+
+def test_trimmed_image_runs_steps_validations_and_large_batches(
+    image: str, example: Path, containers: list[Container], tmp_path: Path
+) -> None:
+    """What the trimming kept is what these use: Python steps (pandas), validations (polars),
+    10,000 rows as JSON and as Arrow (pyarrow), the log buffer; answers as in this process."""
+    import numpy as np
+    import pyarrow as pa
+
+    folder = tmp_path / "stepped"
+    (folder / "steps").mkdir(parents=True)
+    (folder / "models").mkdir()
+    shutil.copy(EXAMPLE / "models/breast-cancer.onnx", folder / "models")
+    for name, text in STEPS.items():
+        (folder / "steps" / name).write_text(text)
+    (folder / "pipeline.yaml").write_text(STEPPED)
+    layout = tmp_path / "mounted"
+    layout.mkdir(mode=0o755)
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "publish", str(folder / "pipeline.yaml")]
+        + ["--layout", str(layout / "layout"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    version = json.loads(done.stdout)["pipeline_version"]
+    layout.chmod(0o755)
+    container = run(
+        containers,
+        image,
+        "-v",
+        f"{layout / 'layout'}:/layout:ro",
+        env={"PIPELINE_URL": f"oci-layout:/layout:{version}"},
+    )
+    wait_running(container)
+    url = f"oci-layout:{layout / 'layout'}:{version}"
+
+    rows = (example / "data/10k-rows.json").read_bytes()
+    reply = httpx.post(
+        f"{container.url}/pipelines/stepped", content=rows, headers=JSON, timeout=120
+    )
+    assert reply.status_code == 200, reply.text
+    mine = reply.json()
+    theirs = in_process_answer(url, tmp_path / "p1", rows, "stepped").json()
+    assert len(mine) == len(theirs) == 10_000
+    assert [r["out"]["label"] for r in mine] == [r["out"]["label"] for r in theirs]
+    np.testing.assert_allclose(
+        [r["out"]["sure"] for r in mine], [r["out"]["sure"] for r in theirs], rtol=1e-6
+    )
+    assert [r["anomaly"] for r in mine] == [r["anomaly"] for r in theirs]
+    assert 0 < sum(r["anomaly"]["count"] for r in mine) < 10_000  # the validation ran
+
+    features = np.load(example / "data/10k-rows.npy")
+    column = pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1)), features.shape[1])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, pa.schema([("tensor", column.type)])) as writer:
+        writer.write_table(pa.table({"tensor": column}))
+    arrow = {"Content-Type": ARROW, "Accept": ARROW}
+    body = sink.getvalue().to_pybytes()
+    reply = httpx.post(
+        f"{container.url}/pipelines/stepped", content=body, headers=arrow, timeout=120
+    )
+    assert reply.status_code == 200, reply.text
+    table = pa.ipc.open_file(pa.py_buffer(reply.content)).read_all()
+    expected = in_process_answer(url, tmp_path / "p2", body, "stepped", arrow)
+    other = pa.ipc.open_file(pa.py_buffer(expected.content)).read_all()
+    assert table.column_names == other.column_names and table.num_rows == 10_000
+    assert table.column("out.label").equals(other.column("out.label"))
+    assert table.column("anomaly.count").equals(other.column("anomaly.count"))
+
+    logged = httpx.get(
+        f"{container.url}/logs", params={"limit": 20_001}, headers={"Accept": ARROW}, timeout=60
+    )
+    assert logged.status_code == 200
+    assert pa.ipc.open_file(pa.py_buffer(logged.content)).read_all().num_rows == 20_000
+    assert "edge_inference_requests" in httpx.get(f"{container.url}/metrics").text
 
 
 @pytest.mark.parametrize(
