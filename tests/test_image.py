@@ -170,12 +170,13 @@ def in_process_answer(
     url: str, persist: Path, body: bytes, name: str = "breast-cancer", headers: Any = JSON
 ) -> httpx.Response:
     """The same request answered by the app in this process (the routes `edge serve` runs)."""
-    from edge.cli import _load_pipeline
+    from edge.appliance import Appliance, LoadState, load_pipeline
     from edge.config import load_settings
-    from edge.server import AppState, create_app
+    from edge.server import create_app
 
     settings = load_settings({"pipeline_url": url, "persist_dir": persist})
-    state = AppState(pipeline=_load_pipeline(settings), status="Running")
+    pipeline = load_pipeline(settings, echo=lambda line: None)
+    state = Appliance(settings, pipeline=pipeline, state=LoadState.RUNNING)
 
     async def ask() -> httpx.Response:
         transport = httpx.ASGITransport(app=create_app(state))
@@ -185,7 +186,7 @@ def in_process_answer(
     try:
         reply = asyncio.run(ask())
     finally:
-        state.pipeline.close()
+        pipeline.close()
     assert reply.status_code == 200, reply.text
     return reply
 
