@@ -84,11 +84,11 @@ RUN --mount=type=cache,target=/root/.cache/pip \
         cpu) extras="" ;; \
         tensorflow) extras="tensorflow" ;; \
         gpu) extras="gpu" ;; \
-        frameworks) extras="sklearn xgboost pytorch huggingface" ;; \
+        frameworks) extras="sklearn,xgboost,pytorch,huggingface" ;; \
         *) echo "VARIANT must be cpu, tensorflow, gpu or frameworks, not '$VARIANT'" >&2; exit 1 ;; \
     esac; \
-    python3 -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + [r for e in sys.argv[1:] for r in p["optional-dependencies"][e]]))' \
-        $extras > /tmp/requirements.txt; \
+    python3 -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + [r for e in sys.argv[1].split(",") if e for r in p["optional-dependencies"][e]]))' \
+        "$extras" > /tmp/requirements.txt; \
     pip install --only-binary=:all: -r /tmp/requirements.txt; \
     if [ "$VARIANT" = gpu ]; then \
         ort_version="$(pip show onnxruntime-gpu | sed -n 's/^Version: //p')"; \
