@@ -144,7 +144,15 @@ def test_readme_first_command_serves_the_example(tmp_path: Path) -> None:
             check=True,
         ).stdout
         names = {p["name"].lower() for p in json.loads(installed)}
-        for test_only in ("pytest", "scikit-learn", "skl2onnx", "tensorflow-cpu", "tensorflow"):
+        not_serving = (
+            "pytest",
+            "scikit-learn",
+            "skl2onnx",
+            "tensorflow-cpu",
+            "tensorflow",
+            "deltalake",
+        )
+        for test_only in not_serving:
             assert test_only not in names, f"make demo installed {test_only}"
 
         answers = []
@@ -201,3 +209,17 @@ def test_committed_example_is_what_make_model_makes(example: Path) -> None:
     (committed_label, committed_p), (made_label, made_p) = answers
     np.testing.assert_array_equal(committed_label, made_label)
     np.testing.assert_allclose(committed_p, made_p, rtol=1e-5, atol=1e-6)
+
+
+def test_ops_center_names_its_extra_when_it_is_missing(tmp_path: Path) -> None:
+    """`make demo` and the image install no `ops` extra (deltalake, psycopg): `ops-sync serve`
+    there says what to install instead of a traceback."""
+    program = (
+        "import sys; sys.modules['deltalake'] = None\n"  # as if not installed
+        "from ops_sync.cli import main\n"
+        f"sys.exit(main(['serve', '--data', {str(tmp_path)!r}, '--admin-token', 't']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "pip install 'edge-appliance[ops]'" in done.stderr
+    assert "Traceback" not in done.stderr
