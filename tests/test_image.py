@@ -239,7 +239,9 @@ def test_cpu_image_size_layers_and_contents(image: str) -> None:
     # nothing of the build left in the runtime: no pip, setuptools, apt lists, test suites
     leftovers = podman(
         "run", "--rm", image, "sh", "-c",
-        "ls /opt/venv/bin/pip* /var/lib/apt/lists/* /opt/venv/lib/python3*/site-packages/*/tests"
+        "cd /opt/venv/lib/python3*/site-packages;"
+        " ls -d /opt/venv/bin/pip* /var/lib/apt/lists/* pandas/tests numpy/_core/tests"
+        " pyarrow/tests pyarrow/libarrow_flight* onnxruntime/capi/libonnxruntime.so*"
         " 2>/dev/null; python -c 'import pip' 2>/dev/null && echo pip;"
         " python -c 'import setuptools' 2>/dev/null && echo setuptools; true",
     ).stdout  # fmt: skip
