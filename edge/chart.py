@@ -135,14 +135,14 @@ def engine_values(engine_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def engine_image(
-    engine_config: Mapping[str, Any], tensorflow: bool = False, image: str | None = None
+    engine_config: Mapping[str, Any], variant: str | None = None, image: str | None = None
 ) -> str:
     """The engine image the chart runs for this engine config (the publish's Engine URL).
 
     `image` (`edge publish --engine-image`) with a tag or digest is used as it is; a bare
     repository, or the chart's own image repository when `image` is None, is tagged with the
-    engine version and the variant (`-gpu` when gpus > 0, `-tensorflow` for pipelines with a
-    TensorFlow step), as the chart's template tags it.
+    engine version and the variant (`-gpu` when gpus > 0, else `-<variant>`: `tensorflow` or
+    `frameworks`, from `edge.runtimes.image_variants`), as the chart's template tags it.
     """
     if image:
         repository, tag = _split_image(check_image_reference(image))
@@ -155,8 +155,8 @@ def engine_image(
     tag = _engine_version(str(chart_meta.get("appVersion", "")))
     if engine_values(engine_config)["gpus"] > 0:
         tag += "-gpu"
-    elif tensorflow:
-        tag += "-tensorflow"
+    elif variant:
+        tag += f"-{variant}"
     return f"{repository}:{tag}"
 
 
@@ -181,14 +181,15 @@ def build_chart(
     *,
     registry: str | None = None,
     image: str | None = None,
-    tensorflow: bool = False,
+    variant: str | None = None,
 ) -> Path:
     """Package the chart for one pipeline version into `dest/<name>-<version>.tgz`.
 
     Values filled in: pipelineUrl, pipelineVersion, ociRegistry.registry (`registry`, else the
-    host of `pipeline_url`), resources/gpus/arch from `engine_config`, `tensorflow` (selects the
-    TensorFlow image variant) and, when given, `image` (`repository[:tag]` or
-    `repository@sha256:...`). Chart name: the pipeline name; version: `0.0.1-<pipeline_version>`.
+    host of `pipeline_url`), resources/gpus/arch from `engine_config`, `variant` (the image
+    variant the pipeline's runtimes need: `tensorflow`, `frameworks`; None: the cpu image)
+    and, when given, `image` (`repository[:tag]` or `repository@sha256:...`).
+    Chart name: the pipeline name; version: `0.0.1-<pipeline_version>`.
     """
     if not DNS_NAME.match(name):
         raise SpecError(
@@ -199,7 +200,7 @@ def build_chart(
         ("pipelineUrl",): pipeline_url,
         ("pipelineVersion",): pipeline_version,
         ("ociRegistry", "registry"): registry or _registry_of(pipeline_url),
-        ("tensorflow",): bool(tensorflow),
+        ("variant",): variant or "",
     }
     engine = engine_values(engine_config)
     values[("resources", "cpus")] = engine["cpus"]

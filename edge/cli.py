@@ -207,9 +207,10 @@ def _publish(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         convert=not args.no_convert,
     )
-    published.extra["engine_url"] = _engine_url(args.engine_image, published, definition)
+    variant = _variant(definition)
+    published.extra["engine_url"] = _engine_url(args.engine_image, definition, variant)
     if args.registry and not args.no_chart:
-        published.extra.update(_push_chart(args, published, definition))
+        published.extra.update(_push_chart(args, published, definition, variant))
     if args.opscenter:
         from edge.appliance import sync_plugin
 
@@ -224,12 +225,26 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_url(engine_image: str | None, published: Any, definition: Any) -> str:
+def _engine_url(engine_image: str | None, definition: Any, variant: str | None) -> str:
     """The publish's Engine URL: the image the chart runs (`--engine-image`, EDGE_IMAGE)."""
     from edge import chart
 
-    tensorflow = any(m.runtime == "tensorflow" for m in definition.models.values())
-    return chart.engine_image(_chart_engine(definition), tensorflow=tensorflow, image=engine_image)
+    return chart.engine_image(_chart_engine(definition), variant=variant, image=engine_image)
+
+
+def _variant(definition: Any) -> str | None:
+    """The image variant the pipeline's runtimes need (None: the cpu image)."""
+    from edge.runtimes import image_variants
+
+    variants = image_variants(m.runtime for m in definition.models.values())
+    if len(variants) > 1:
+        print(
+            f"warning: the pipeline's runtimes need the {' and '.join(variants)} image variants "
+            f"and no published image holds both; the chart names {variants[0]!r}: build an image "
+            "with both extras and publish with --engine-image",
+            file=sys.stderr,
+        )
+    return variants[0] if variants else None
 
 
 def _chart_engine(definition: Any) -> dict[str, Any]:
@@ -238,12 +253,13 @@ def _chart_engine(definition: Any) -> dict[str, Any]:
     return {"cpus": d.cpus, "memory": d.memory, "gpus": d.gpus, "arch": d.arch}
 
 
-def _push_chart(args: argparse.Namespace, published: Any, definition: Any) -> dict[str, Any]:
+def _push_chart(
+    args: argparse.Namespace, published: Any, definition: Any, variant: str | None
+) -> dict[str, Any]:
     import tempfile
 
     from edge import chart
 
-    tensorflow = any(m.runtime in ("tensorflow", "keras") for m in definition.models.values())
     with tempfile.TemporaryDirectory() as scratch:
         tgz = chart.build_chart(
             definition.name,
@@ -252,7 +268,7 @@ def _push_chart(args: argparse.Namespace, published: Any, definition: Any) -> di
             _chart_engine(definition),
             Path(scratch),
             image=args.engine_image,
-            tensorflow=tensorflow,
+            variant=variant,
         )
         ref = chart.push_chart(
             tgz,

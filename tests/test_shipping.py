@@ -196,7 +196,9 @@ def test_unknown_arch_fails_with_a_clear_message() -> None:
 
 
 def test_image_variants_and_explicit_tags() -> None:
-    assert engine(render({"tensorflow": True}))["image"].endswith(":0.1.0-tensorflow")
+    assert engine(render({"variant": "tensorflow"}))["image"].endswith(":0.1.0-tensorflow")
+    assert engine(render({"variant": "frameworks"}))["image"].endswith(":0.1.0-frameworks")
+    assert engine(render({"variant": "frameworks", "gpus": 1}))["image"].endswith(":0.1.0-gpu")
     assert engine(render({"image": {"tag": "dev"}, "gpus": 1}))["image"].endswith(":dev")
     pinned = engine(render({"image": {"tag": "sha256:" + "a" * 64}}))["image"]
     assert pinned == "ghcr.io/edge-appliance/edge@sha256:" + "a" * 64
@@ -292,7 +294,7 @@ def test_build_chart_fills_values_and_lints(tmp_path: Path) -> None:
     assert annotations["edge-appliance/pipeline-version"] == PIPELINE_VERSION
 
 
-def test_build_chart_image_registry_and_tensorflow(tmp_path: Path) -> None:
+def test_build_chart_image_registry_and_variant(tmp_path: Path) -> None:
     tgz = chart.build_chart(
         "tf-pipe",
         "/var/lib/edge/layout:" + PIPELINE_VERSION,  # a local OCI layout: no registry
@@ -300,14 +302,14 @@ def test_build_chart_image_registry_and_tensorflow(tmp_path: Path) -> None:
         {"cpus": 0.5, "memory": "256Mi", "arch": "arm"},
         tmp_path,
         image="registry.example.com:5000/edge/edge:1.2.3",
-        tensorflow=True,
+        variant="tensorflow",
     )
     with helm.Chart.load(str(tgz)) as loaded:
         values = loaded.values
     assert values["ociRegistry"]["registry"] == ""
     assert values["image"]["repository"] == "registry.example.com:5000/edge/edge"
     assert values["image"]["tag"] == "1.2.3"
-    assert values["tensorflow"] is True
+    assert values["variant"] == "tensorflow"
     objects = render({}, source=tgz)
     assert pod_spec(objects)["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
     assert engine(objects)["image"] == "registry.example.com:5000/edge/edge:1.2.3"
@@ -322,13 +324,41 @@ def test_build_chart_image_registry_and_tensorflow(tmp_path: Path) -> None:
 
 
 def test_engine_image_matches_what_the_chart_runs(tmp_path: Path) -> None:
-    for config, tensorflow in (({}, False), ({"gpus": 1}, False), ({}, True)):
+    cases = [({}, None), ({"gpus": 1}, None), ({}, "tensorflow"), ({}, "frameworks")]
+    for config, variant in cases:
         tgz = chart.build_chart(
-            "img", PIPELINE_URL, PIPELINE_VERSION, config, tmp_path, tensorflow=tensorflow
+            "img", PIPELINE_URL, PIPELINE_VERSION, config, tmp_path, variant=variant
         )
         image = engine(render({}, source=tgz))["image"]
-        assert image == chart.engine_image(config, tensorflow=tensorflow)
+        assert image == chart.engine_image(config, variant=variant)
+        assert image.endswith(f"-{variant}" if variant else "-gpu" if config else ":0.1.0")
     assert chart.engine_image({"gpus": 2}).endswith("-gpu")
+
+
+@pytest.mark.parametrize(
+    ("runtimes", "variants"),
+    [
+        (["onnx", "python", "byop"], []),
+        (["onnx", "tensorflow"], ["tensorflow"]),
+        (["keras"], ["tensorflow"]),
+        (["sklearn", "onnx"], ["frameworks"]),
+        (["xgboost", "pytorch", "hugging-face"], ["frameworks"]),
+        (["keras", "sklearn"], ["frameworks", "tensorflow"]),
+    ],
+)
+def test_each_runtime_names_the_image_variant_that_installs_it(
+    runtimes: list[str], variants: list[str]
+) -> None:
+    """The chart and Engine URL name the image whose extras the pipeline's runtimes need."""
+    from edge.runtimes import image_variants, runtime_extra
+
+    assert image_variants(runtimes) == variants
+    # every runtime with an extra has a variant that installs it, and the Dockerfile builds it
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for runtime in ("tensorflow", "keras", "sklearn", "xgboost", "pytorch", "hugging-face"):
+        extra = runtime_extra(runtime)
+        [variant] = image_variants([runtime])
+        assert extra is not None and re.search(rf"{variant}\) extras?=\S*{extra}", dockerfile)
 
 
 @pytest.mark.parametrize(
