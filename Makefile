@@ -1,36 +1,68 @@
 # Two commands do all set-up on a fresh Debian/Ubuntu machine (as root, or with sudo):
-#   make demo   publish the example pipeline to a local OCI layout and serve it on :8080
-#   make test   run the whole test suite
+#   make demo   a venv with what serving needs; publish the example pipeline to a local OCI
+#               layout and serve it on :8080 (PORT=... to change)
+#   make test   everything the tests need (apt packages, test tools, TensorFlow); the whole suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 APT    := docker-registry apache2-utils wrk nghttp2-client postgresql
+# Building and running the image locally (tests/test_image.py, packaging/podman/local.sh).
+IMAGE_APT := podman runc debootstrap
 DEMO   := demo
+EXAMPLE := examples/breast-cancer
+PORT   ?= 8080
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages demo test lint bench proto clean
+.PHONY: setup system-packages image-setup demo example-model test lint bench proto clean
 
 setup: system-packages $(VENV)/.installed
 
 system-packages:
-	@missing=""; for p in $(APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT)"
+
+image-setup:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(IMAGE_APT)"
+
+.PHONY: apt-install
+apt-install:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# A Debian python3 makes venvs only with python3-venv installed.
+$(VENV)/bin/python:
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,tensorflow]'
+
+# What `edge publish` and `edge serve` need: the project's dependencies, no extras.
+$(VENV)/.serve: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e .
 	touch $@
 
-demo: setup
-	$(PY) examples/breast-cancer/make_model.py
+# What the tests and linters need on top: the test tools and TensorFlow.
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,tensorflow]'
+	touch $@ $(VENV)/.serve
+
+# The example's model and sample request are committed; `make example-model` remakes them
+# (scikit-learn and skl2onnx, from the test tools).
+demo: $(VENV)/.serve
 	rm -rf $(DEMO)/layout
-	$(VENV)/bin/edge publish examples/breast-cancer/pipeline.yaml --layout $(DEMO)/layout --json > $(DEMO)/published.json
+	mkdir -p $(DEMO)
+	$(VENV)/bin/edge publish $(EXAMPLE)/pipeline.yaml --layout $(DEMO)/layout --json > $(DEMO)/published.json
 	@echo "published: $$($(PY) -c 'import json; print(json.load(open("$(DEMO)/published.json"))["pipeline_url"])')"
-	@echo "try: curl -s -XPOST localhost:8080/pipelines/breast-cancer -H 'Content-Type: application/json; format=pandas-records' --data-binary @examples/breast-cancer/data/one-row.json"
-	PIPELINE_URL="oci-layout:$(CURDIR)/$(DEMO)/layout" PERSIST_DIR=$(DEMO)/persist $(VENV)/bin/edge serve --port 8080
+	@echo "serving on port $(PORT); once it prints 'Engine ready', from another terminal:"
+	@echo "  curl -s localhost:$(PORT)/pipelines"
+	@echo "  curl -s localhost:$(PORT)/models"
+	@echo "  curl -s -XPOST localhost:$(PORT)/pipelines/breast-cancer -H 'Content-Type: application/json; format=pandas-records' --data-binary @$(EXAMPLE)/data/one-row.json"
+	@echo "stop it with Ctrl-C"
+	PIPELINE_URL="oci-layout:$(CURDIR)/$(DEMO)/layout" PERSIST_DIR=$(DEMO)/persist $(VENV)/bin/edge serve --port $(PORT)
+
+example-model: setup
+	$(PY) $(EXAMPLE)/make_model.py
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -267,6 +267,7 @@ def load_pipeline(settings: Settings, echo: Callable[[str], None] = say) -> Pipe
         settings.oci_password,
         settings.oci_insecure,
         echo=echo,
+        registry=settings.oci_registry,
     )
     definition = local.definition
     echo("Starting engine")

@@ -1,9 +1,14 @@
 """Pull a published pipeline into the persist directory, or fall back to the cached copy.
 
 Layout: `PERSIST_DIR/pipelines/<key>/` with `manifest.json`, `config.json` and `models/`,
-where `<key>` is derived from the pipeline URL. A copy is complete once `manifest.json`
-is written (last, atomically); every model file is re-checked against the manifest's digest
-before it is used, whether it was just downloaded or found in the cache.
+where `<key>` is derived from the pipeline URL. Each layer is stored as `models/<digest hex>`
+(the seed's layer file name). A copy is complete once `manifest.json` is written (last,
+atomically); every model file is re-checked against the manifest's digest before it is used,
+whether it was just downloaded or found in the cache.
+
+Credentials (OCI_USERNAME / OCI_PASSWORD) are for the registry OCI_REGISTRY names, as the seed's
+`docker login` is: a pull logs in there first (`Login Succeeded`) and never sends them to
+another host.
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ from edge.errors import (
     RegistryError,
     RegistryUnreachable,
 )
-from edge.registry import Reference, download_blob, open_store, read_blob, sha256_file
+from edge.registry import (
+    Reference,
+    RemoteRegistry,
+    Store,
+    download_blob,
+    open_store,
+    read_blob,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
@@ -51,11 +64,15 @@ def fetch_pipeline(
     password: str | None = None,
     insecure: bool | None = None,
     echo: Echo = print,
+    registry: str | None = None,
 ) -> LocalPipeline:
-    """Pull `url` (verifying every digest) into the cache; serve the cache if offline."""
+    """Pull `url` (verifying every digest) into the cache; serve the cache if offline.
+
+    `registry` (OCI_REGISTRY) is the registry the credentials are for; None: the pipeline's.
+    """
     ref = Reference.parse(url)
     directory = cache_dir(persist_dir, url)
-    echo(f"Fetching manifest and config for pipeline: {url}")
+    username, password = _credentials_for(ref, registry, username, password, echo)
     try:
         return _pull(ref, directory, username, password, insecure, echo)
     except RegistryError as exc:  # down, refusing credentials, 5xx: a device keeps serving
@@ -85,6 +102,8 @@ def _pull(
 ) -> LocalPipeline:
     store = open_store(ref, username, password, insecure)
     try:
+        _login(store, username, password, echo)
+        echo(f"Fetching manifest and config for pipeline: {ref}")
         manifest_bytes, manifest_digest = store.get_manifest(ref)
         manifest = _parse_manifest(manifest_bytes, str(ref))
         config = read_blob(store, ref, manifest["config"]["digest"])
@@ -95,8 +114,8 @@ def _pull(
         paths = {}
         for layer in manifest["layers"]:
             info = _layer_model(definition, layer)
-            path = models_dir / info.filename
-            _echo_layer(echo, layer["digest"], info.filename, info.name, info.runtime, info.version)
+            path = models_dir / _layer_file_name(layer["digest"])
+            _echo_layer(echo, layer["digest"], path.name, info.name, info.runtime, info.version)
             if not (path.exists() and f"sha256:{sha256_file(path)}" == layer["digest"]):
                 download_blob(store, ref, layer["digest"], path, size=int(layer.get("size", 0)))
             paths[info.name] = path
@@ -122,8 +141,10 @@ def _load_cached(directory: Path, echo: Echo) -> LocalPipeline:
     paths = {}
     for layer in manifest["layers"]:
         info = _layer_model(definition, layer)
-        path = directory / "models" / info.filename
-        _echo_layer(echo, layer["digest"], info.filename, info.name, info.runtime, info.version)
+        path = directory / "models" / _layer_file_name(layer["digest"])
+        if not path.exists():  # a cache written before layers were named by their digest
+            path = directory / "models" / info.filename
+        _echo_layer(echo, layer["digest"], path.name, info.name, info.runtime, info.version)
         if not path.exists() or f"sha256:{sha256_file(path)}" != layer["digest"]:
             raise DigestMismatch(
                 f"cached model {info.name!r} ({path}) does not match layer {layer['digest']}; "
@@ -132,6 +153,52 @@ def _load_cached(directory: Path, echo: Echo) -> LocalPipeline:
         paths[info.name] = path
     echo("Fetched (from cache)")
     return LocalPipeline(definition, paths, directory, from_cache=True)
+
+
+def registry_host(registry: str) -> str:
+    """OCI_REGISTRY as `host[:port]`: the seed writes it with or without a scheme
+    (`https://sample-registry.com`, `sample-registry.com`); a path after the host is dropped."""
+    host = registry.strip()
+    for scheme in ("oci://", "https://", "http://"):
+        host = host.removeprefix(scheme)
+    return host.split("/", 1)[0].lower()
+
+
+def _credentials_for(
+    ref: Reference, registry: str | None, username: str | None, password: str | None, echo: Echo
+) -> tuple[str | None, str | None]:
+    """The credentials to send to the pipeline's registry: none when OCI_REGISTRY names
+    another one (they are for that registry only)."""
+    if ref.layout or not (username or password) or not registry:
+        return username, password
+    if registry_host(registry) == ref.registry.lower():
+        return username, password
+    echo(
+        f"OCI_REGISTRY {registry_host(registry)} is not the pipeline's registry {ref.registry}: "
+        "its credentials are not sent there"
+    )
+    log.warning("credentials not sent registry=%s pipeline_registry=%s", registry, ref.registry)
+    return None, None
+
+
+def _login(store: Store, username: str | None, password: str | None, echo: Echo) -> None:
+    """The seed's `Login Succeeded`: with credentials, the registry accepts them before the
+    pull (a refusal is a RegistryAuthError, as it would be on the manifest)."""
+    if isinstance(store, RemoteRegistry) and username and password:
+        store.check_api()
+        echo("Login Succeeded")
+
+
+def _layer_file_name(digest: str) -> str:
+    """A layer's file in the cache: its digest's hex (`sha256:` and a 64-digit hex, checked)."""
+    algorithm, _, hexdigest = digest.partition(":")
+    if algorithm != "sha256" or len(hexdigest) != 64 or not _is_hex(hexdigest):
+        raise ArtifactError(f"layer digest {digest!r} is not sha256:<64 hex digits>")
+    return hexdigest
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 def _parse_manifest(raw: bytes, where: str) -> dict:

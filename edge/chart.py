@@ -53,6 +53,11 @@ _SEMVER_IDENTIFIERS = re.compile(r"^[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*$")
 _REGISTRY_HOST = re.compile(
     r"^(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+)(:[0-9]+)?$|^[A-Za-z0-9-]+:[0-9]+$"
 )
+_IMAGE_REFERENCE = re.compile(
+    r"^(?:(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::[0-9]+)?/)?"  # registry host[:port]/
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"  # path
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})?$"  # :tag or @digest
+)
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][0-9]+|[KMGTPE]i|[kMGTPE]|m)?$")
 _ARCHES = {
     "x86": "x86",
@@ -129,19 +134,42 @@ def engine_values(engine_config: Mapping[str, Any]) -> dict[str, Any]:
     return {"cpus": cpus, "memory": memory, "gpus": gpus, "arch": _ARCHES[arch]}
 
 
-def engine_image(engine_config: Mapping[str, Any], tensorflow: bool = False) -> str:
-    """The engine image the chart runs by default for this engine config (the publish's
-    Engine URL): the chart's image repository, tagged with the engine version and the variant
-    (`-gpu` when gpus > 0, `-tensorflow` for pipelines with a TensorFlow step)."""
-    source = chart_source()
-    values = yaml.safe_load((source / "values.yaml").read_text())
-    chart_meta = yaml.safe_load((source / "Chart.yaml").read_text())
+def engine_image(
+    engine_config: Mapping[str, Any], variant: str | None = None, image: str | None = None
+) -> str:
+    """The engine image the chart runs for this engine config (the publish's Engine URL).
+
+    `image` (`edge publish --engine-image`) with a tag or digest is used as it is; a bare
+    repository, or the chart's own image repository when `image` is None, is tagged with the
+    engine version and the variant (`-gpu` when gpus > 0, else `-<variant>`: `tensorflow` or
+    `frameworks`, from `edge.runtimes.image_variants`), as the chart's template tags it.
+    """
+    if image:
+        repository, tag = _split_image(check_image_reference(image))
+        if tag:
+            return image
+    else:
+        values = yaml.safe_load((chart_source() / "values.yaml").read_text())
+        repository = values["image"]["repository"]
+    chart_meta = yaml.safe_load((chart_source() / "Chart.yaml").read_text())
     tag = _engine_version(str(chart_meta.get("appVersion", "")))
     if engine_values(engine_config)["gpus"] > 0:
         tag += "-gpu"
-    elif tensorflow:
-        tag += "-tensorflow"
-    return f"{values['image']['repository']}:{tag}"
+    elif variant:
+        tag += f"-{variant}"
+    return f"{repository}:{tag}"
+
+
+def check_image_reference(image: str) -> str:
+    """`image` if it is a container image reference (`[host[:port]/]path[:tag|@sha256:hex]`,
+    path in lower case, as Docker and Kubernetes take it); else a SpecError saying so."""
+    if not _IMAGE_REFERENCE.match(image):
+        raise SpecError(
+            f"engine image {image!r} is not an image reference such as "
+            "registry.example.com/team/edge, registry.example.com/team/edge:0.1.0 or "
+            "registry.example.com/team/edge@sha256:<64 hex digits>"
+        )
+    return image
 
 
 def build_chart(
@@ -153,14 +181,15 @@ def build_chart(
     *,
     registry: str | None = None,
     image: str | None = None,
-    tensorflow: bool = False,
+    variant: str | None = None,
 ) -> Path:
     """Package the chart for one pipeline version into `dest/<name>-<version>.tgz`.
 
     Values filled in: pipelineUrl, pipelineVersion, ociRegistry.registry (`registry`, else the
-    host of `pipeline_url`), resources/gpus/arch from `engine_config`, `tensorflow` (selects the
-    TensorFlow image variant) and, when given, `image` (`repository[:tag]` or
-    `repository@sha256:...`). Chart name: the pipeline name; version: `0.0.1-<pipeline_version>`.
+    host of `pipeline_url`), resources/gpus/arch from `engine_config`, `variant` (the image
+    variant the pipeline's runtimes need: `tensorflow`, `frameworks`; None: the cpu image)
+    and, when given, `image` (`repository[:tag]` or `repository@sha256:...`).
+    Chart name: the pipeline name; version: `0.0.1-<pipeline_version>`.
     """
     if not DNS_NAME.match(name):
         raise SpecError(
@@ -171,7 +200,7 @@ def build_chart(
         ("pipelineUrl",): pipeline_url,
         ("pipelineVersion",): pipeline_version,
         ("ociRegistry", "registry"): registry or _registry_of(pipeline_url),
-        ("tensorflow",): bool(tensorflow),
+        ("variant",): variant or "",
     }
     engine = engine_values(engine_config)
     values[("resources", "cpus")] = engine["cpus"]
@@ -179,7 +208,7 @@ def build_chart(
     values[("gpus",)] = engine["gpus"]
     values[("arch",)] = engine["arch"]
     if image:
-        repository, tag = _split_image(image)
+        repository, tag = _split_image(check_image_reference(image))
         values[("image", "repository")] = repository
         values[("image", "tag")] = tag
 

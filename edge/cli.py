@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from edge.config import load_settings
 from edge.errors import ConfigError, EdgeError
 
 log = logging.getLogger("edge")
+BANNER = "Edge Engine - Standalone mode"  # the seed's first start-up line, in our name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
         help="publish scikit-learn, XGBoost, PyTorch and Keras models for their own runtimes "
         "instead of converting them to ONNX",
     )
+    publish.add_argument(
+        "--engine-image",
+        default=os.environ.get("EDGE_IMAGE") or None,
+        help="the engine image the chart runs and Engine URL names: REPOSITORY (tagged with the "
+        "engine version and variant) or REPOSITORY:TAG / REPOSITORY@sha256:... as it is (env "
+        "EDGE_IMAGE; default: the chart's own repository)",
+    )
     publish.add_argument("--opscenter", help="register the publish with this ops center URL")
     publish.add_argument("--json", action="store_true", help="print one JSON object")
     publish.set_defaults(run=_publish)
@@ -130,12 +139,13 @@ def _setup_logging(debug: bool) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from edge.appliance import Appliance
+    from edge.appliance import Appliance, say
     from edge.server import create_app
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
     settings = load_settings(flags)
     _setup_logging(settings.debug)
+    say(BANNER)
     appliance = Appliance.from_settings(settings)
     if settings.debug:
         log.debug("settings %s", appliance.settings.redacted())
@@ -157,8 +167,22 @@ def _serve(args: argparse.Namespace) -> int:
         server.should_exit = True
 
     appliance.on_fatal = stop
+    _stop_on_sigterm(server)
     server.run()
     return 2 if appliance.failed else 0
+
+
+def _stop_on_sigterm(server: Any) -> None:
+    """SIGTERM (`docker stop`, Kubernetes) is a requested stop: `edge serve` shuts down and
+    exits 0. uvicorn handles the signal while it serves and re-raises it once it has shut down;
+    under the default handler that kills the process (exit 143, reported as a failure). This
+    handler is what the re-raise reaches, and it asks for the shutdown itself should the signal
+    come before uvicorn's own handler is in place."""
+
+    def stop(signum: int, frame: Any) -> None:
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _has(module: str) -> bool:
@@ -168,8 +192,11 @@ def _has(module: str) -> bool:
 
 
 def _publish(args: argparse.Namespace) -> int:
+    from edge.chart import check_image_reference
     from edge.publish import publish
 
+    if args.engine_image:  # refused before anything is pushed
+        check_image_reference(args.engine_image)
     published, definition = publish(
         args.spec,
         registry=args.registry,
@@ -180,8 +207,10 @@ def _publish(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         convert=not args.no_convert,
     )
+    variant = _variant(definition)
+    published.extra["engine_url"] = _engine_url(args.engine_image, definition, variant)
     if args.registry and not args.no_chart:
-        published.extra.update(_push_chart(args, published, definition))
+        published.extra.update(_push_chart(args, published, definition, variant))
     if args.opscenter:
         from edge.appliance import sync_plugin
 
@@ -196,20 +225,50 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _push_chart(args: argparse.Namespace, published: Any, definition: Any) -> dict[str, Any]:
+def _engine_url(engine_image: str | None, definition: Any, variant: str | None) -> str:
+    """The publish's Engine URL: the image the chart runs (`--engine-image`, EDGE_IMAGE)."""
+    from edge import chart
+
+    return chart.engine_image(_chart_engine(definition), variant=variant, image=engine_image)
+
+
+def _variant(definition: Any) -> str | None:
+    """The image variant the pipeline's runtimes need (None: the cpu image)."""
+    from edge.runtimes import image_variants
+
+    variants = image_variants(m.runtime for m in definition.models.values())
+    if len(variants) > 1:
+        print(
+            f"warning: the pipeline's runtimes need the {' and '.join(variants)} image variants "
+            f"and no published image holds both; the chart names {variants[0]!r}: build an image "
+            "with both extras and publish with --engine-image",
+            file=sys.stderr,
+        )
+    return variants[0] if variants else None
+
+
+def _chart_engine(definition: Any) -> dict[str, Any]:
+    """The chart's engine values (cpus, memory, gpus, arch) from the pipeline's deployment."""
+    d = definition.deployment
+    return {"cpus": d.cpus, "memory": d.memory, "gpus": d.gpus, "arch": d.arch}
+
+
+def _push_chart(
+    args: argparse.Namespace, published: Any, definition: Any, variant: str | None
+) -> dict[str, Any]:
     import tempfile
 
     from edge import chart
 
-    tensorflow = any(m.runtime in ("tensorflow", "keras") for m in definition.models.values())
     with tempfile.TemporaryDirectory() as scratch:
         tgz = chart.build_chart(
             definition.name,
             published.pipeline_url,
             definition.version,
-            published.engine_config,
+            _chart_engine(definition),
             Path(scratch),
-            tensorflow=tensorflow,
+            image=args.engine_image,
+            variant=variant,
         )
         ref = chart.push_chart(
             tgz,
@@ -220,7 +279,6 @@ def _push_chart(args: argparse.Namespace, published: Any, definition: Any) -> di
             args.insecure,
         )
     return {
-        "engine_url": chart.engine_image(published.engine_config, tensorflow=tensorflow),
         "helm_chart_url": f"oci://{ref.url}",
         "helm_chart_reference": f"{ref.url}@{ref.reference}",
         "helm_chart_version": ref.version,
@@ -237,6 +295,7 @@ def _pull(args: argparse.Namespace) -> int:
         os.environ.get("OCI_USERNAME") or None,
         os.environ.get("OCI_PASSWORD") or None,
         echo=say,
+        registry=os.environ.get("OCI_REGISTRY") or None,
     )
     print(json.dumps({"directory": str(local.directory), "version": local.definition.version}))
     return 0

@@ -143,7 +143,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ops_sync import serve
+    try:
+        from ops_sync import serve
+    except ModuleNotFoundError as exc:  # deltalake: the `ops` extra, which the appliance lacks
+        print(
+            f"ops-sync serve: {exc.name} is not installed; the ops center needs its extra: "
+            "pip install 'edge-appliance[ops]'",
+            file=sys.stderr,
+        )
+        return 2
 
     if args.data is None or not args.admin_token:
         print(

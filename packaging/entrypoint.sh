@@ -21,6 +21,7 @@ if [ "$1" = serve ]; then
             echo "  It holds the pipeline cache, the inference log buffer and the edge's credentials."
             echo "  Use a named volume (-v edge-data:$persist), or make a bind-mounted directory"
             echo "  writable for the container user: sudo chown -R 10001:0 ./data"
+            echo "  (or keep it root's with group write: sudo chmod 0770 ./data)"
         } >&2
         exit 78
     fi

@@ -20,6 +20,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 USERNAME, PASSWORD = "edge-test", "s3cret-registry-pass"
+MEASUREMENTS: list[str] = []  # lines for the end of the run: image size, demo time, ...
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if MEASUREMENTS:
+        terminalreporter.section("measurements")
+        for line in MEASUREMENTS:
+            terminalreporter.write_line(line)
 
 
 def free_port() -> int:

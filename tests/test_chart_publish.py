@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -308,3 +310,87 @@ def test_bearer_token_registries(tmp_path: Path) -> None:
     registry_calls = [s for s in seen if s[1].startswith("registry.test")]
     assert registry_calls[0][2] is None  # the first call learns the challenge
     assert all(auth == "Bearer T0KEN" for _, _, auth in registry_calls[1:])
+
+
+def _publish_cli(
+    spec: Path, registry: Registry, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    assert registry.username and registry.password
+    environment = {k: v for k, v in os.environ.items() if k != "EDGE_IMAGE"}
+    environment.update(OCI_USERNAME=registry.username, OCI_PASSWORD=registry.password)
+    environment.update(env or {})
+    command = [sys.executable, "-m", "edge", "publish", str(spec), "--json"]
+    command += ["--registry", registry.host, "--repository", "edge", *args]
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
+
+
+def _pushed_values(registry: Registry, published: dict[str, Any], tmp_path: Path) -> Any:
+    url, digest = published["helm_chart_reference"].split("@")
+    assert published["helm_chart_url"] == f"oci://{url}"
+    ref = chart.ChartRef(url=url, version=published["helm_chart_version"], reference=digest)
+    _, _, layer = _pull_by_hand(registry, ref)
+    pulled = tmp_path / f"{published['pipeline_version']}.tgz"
+    pulled.write_bytes(layer)
+    with helm.Chart.load(str(pulled)) as loaded:
+        manifests = loaded.render({}, name="p", namespace="edge")
+        values = loaded.values
+        name = loaded.name
+    deployment = yaml.safe_load(manifests[f"{name}/templates/deployment.yaml"])
+    return values, deployment["spec"]["template"]["spec"]
+
+
+def test_publish_engine_image_is_what_the_chart_runs(
+    tmp_path: Path, auth_registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--engine-image (or EDGE_IMAGE) is the Engine URL the publish prints and the image the
+    pushed chart runs; the chart's resources, gpus and arch are the pipeline's deployment."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.onnx").write_bytes(b"not really onnx, never loaded")
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text(
+        "name: gpu-pipe\nsteps:\n  - model: m\n    file: models/m.onnx\n"
+        "deployment: {cpus: 2, memory: 1Gi, gpus: 1, arch: arm}\n"
+    )
+    image = f"{auth_registry.host}/edge/engine:1.2.3-gpu"
+    done = _publish_cli(spec, auth_registry, "--engine-image", image)
+    assert done.returncode == 0, done.stderr
+    published = json.loads(done.stdout)
+    assert published["engine_url"] == image
+    values, pod = _pushed_values(auth_registry, published, tmp_path)
+    assert pod["containers"][0]["image"] == image
+    assert values["resources"] == {"cpus": 2, "memory": "1Gi"}
+    assert values["gpus"] == 1 and values["arch"] == "arm"
+    assert pod["nodeSelector"]["kubernetes.io/arch"] == "arm64"
+
+    # the environment default, a bare repository: tagged as the chart tags it
+    done = _publish_cli(spec, auth_registry, env={"EDGE_IMAGE": "registry.example.com/t/edge"})
+    assert done.returncode == 0, done.stderr
+    published = json.loads(done.stdout)
+    assert published["engine_url"] == "registry.example.com/t/edge:0.1.0-gpu"
+    _, pod = _pushed_values(auth_registry, published, tmp_path)
+    assert pod["containers"][0]["image"] == published["engine_url"]
+
+    # the flag wins over the environment; a digest pins the image
+    pinned = "registry.example.com/t/edge@sha256:" + "b" * 64
+    done = _publish_cli(
+        spec, auth_registry, "--engine-image", pinned, env={"EDGE_IMAGE": "other.example/x"}
+    )
+    published = json.loads(done.stdout)
+    assert published["engine_url"] == pinned
+    assert _pushed_values(auth_registry, published, tmp_path)[1]["containers"][0]["image"] == pinned
+
+
+def test_publish_refuses_a_bad_engine_image_before_pushing(
+    tmp_path: Path, auth_registry: Registry
+) -> None:
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text("name: bad-image\nsteps:\n  - model: m\n    file: m.onnx\n")
+    done = _publish_cli(spec, auth_registry, "--engine-image", "Edge Engine:latest")
+    assert done.returncode == 2
+    assert "engine image 'Edge Engine:latest' is not an image reference" in done.stderr
+    tags = httpx.get(
+        f"http://{auth_registry.host}/v2/edge/pipelines/bad-image/tags/list",
+        auth=auth_registry.auth,
+    )
+    assert tags.status_code == 404  # nothing was pushed

@@ -229,6 +229,9 @@ def test_framework_served_as_its_own_predict(
     elif case.native != "hugging-face":
         assert "not converted: edge publish --no-convert" in printed
         assert model["conversion"] == "not converted: edge publish --no-convert"
+    # the Engine URL names the image variant that runs the published runtime
+    variant = "" if converted else "-tensorflow" if case.native == "keras" else "-frameworks"
+    assert published["engine_url"].endswith(f":0.1.0{variant}"), published["engine_url"]
     edge = start_edge(published["pipeline_url"], registry=registry, env=OFFLINE)
 
     reply = infer(edge, name, case.rows, dataset=["*", "metadata"])

@@ -238,12 +238,13 @@ def test_edge_publish_prints_the_seeds_fields(
         "Pipeline Name",
         "Pipeline Version",
         "Status",
+        "Engine URL",
         "Pipeline URL",
         "Engine Config",
         "User Images",
         "Created At",
         "Docker Run Variables",
-    ]  # no chart or engine image for a local layout: those lines are left out
+    ]  # no chart for a local layout: its lines are left out
     values = [line.split("  ", 1)[1].lstrip() for line in lines]
     assert len({len(line) - len(value) for line, value in zip(lines, values, strict=True)}) == 1
     fields = dict(zip(labels, values, strict=True))  # the values are aligned in one column
@@ -252,6 +253,7 @@ def test_edge_publish_prints_the_seeds_fields(
     assert fields["Pipeline URL"] == f"oci-layout:{(tmp_path / 'layout').resolve()}:{version}"
     assert json.loads(fields["Engine Config"])["engine"]["arch"] == "arm"
     assert fields["User Images"] == "[]" and json.loads(fields["Docker Run Variables"]) == {}
+    assert fields["Engine URL"] == "ghcr.io/edge-appliance/edge:0.1.0-gpu"  # the spec asks a GPU
 
 
 def test_edge_publish_json_is_one_object(
@@ -268,6 +270,7 @@ def test_edge_publish_json_is_one_object(
         "manifest_digest",
         "engine_config",
         "created_at",
+        "engine_url",
     }
     _, digest = Layout(tmp_path / "layout").manifest(record["pipeline_version"])
     assert record["manifest_digest"] == digest

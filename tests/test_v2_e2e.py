@@ -453,6 +453,6 @@ def test_grpc_port_in_use_stops_the_start_and_sigterm_closes_it(
     assert "GRPC_PORT" in second.output() and f"127.0.0.1:{grpc_port}" in second.output()
     edge.stop(signal.SIGTERM)
     # uvicorn re-raises the signal after its graceful shutdown (a hang would be SIGKILLed: -9)
-    assert edge.process is not None and edge.process.returncode == -signal.SIGTERM
+    assert edge.process is not None and edge.process.returncode == 0  # a requested stop
     with socket.socket() as probe:  # the port is free again
         probe.bind(("127.0.0.1", grpc_port))

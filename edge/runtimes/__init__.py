@@ -4,6 +4,7 @@ so an ONNX-only appliance never imports TensorFlow, PyTorch or scikit-learn."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from edge.artifact import ModelInfo
@@ -22,6 +23,23 @@ _RUNTIMES: dict[str, tuple[str, str, str | None]] = {
     "keras": ("edge.runtimes.keras_model", "KerasRuntime", "tensorflow"),
     "hugging-face": ("edge.runtimes.huggingface", "HuggingFaceRuntime", "huggingface"),
 }
+
+# runtime -> the image variant (the Dockerfile's VARIANT) that installs its extra; a runtime
+# not named here runs on the default cpu image
+_IMAGE_VARIANTS: dict[str, str] = {
+    "tensorflow": "tensorflow",
+    "keras": "tensorflow",
+    "sklearn": "frameworks",
+    "xgboost": "frameworks",
+    "pytorch": "frameworks",
+    "hugging-face": "frameworks",
+}
+
+
+def image_variants(runtimes: Iterable[str]) -> list[str]:
+    """The image variants, beyond cpu, that `runtimes` need (sorted; empty: the cpu image runs
+    them all). More than one: no single published variant runs the pipeline."""
+    return sorted({_IMAGE_VARIANTS[r] for r in runtimes if r in _IMAGE_VARIANTS})
 
 
 def runtime_extra(runtime: str) -> str | None:
@@ -56,4 +74,11 @@ def load_runtime(info: ModelInfo, path: Path, context: RuntimeContext) -> Runtim
     return runtime
 
 
-__all__ = ["Runtime", "RuntimeContext", "load_runtime", "runtime_class", "runtime_extra"]
+__all__ = [
+    "Runtime",
+    "RuntimeContext",
+    "image_variants",
+    "load_runtime",
+    "runtime_class",
+    "runtime_extra",
+]

@@ -43,20 +43,27 @@ class KerasRuntime(Runtime):
         if self.output_schema is None or not len(self.output_schema):
             raise ArtifactError(f"{self.what}: the definition carries no output schema")
         _set_threads(self.context.threads)
-        self.folder: Path | None = None
-        if self.path.suffix == ".zip":
-            self.context.work_dir.mkdir(parents=True, exist_ok=True)
-            self.folder = Path(tempfile.mkdtemp(prefix="keras-", dir=self.context.work_dir))
-            try:
-                self.call = self._saved_model(extract_zip(self.path, self.folder, self.what))
-            except BaseException:
-                shutil.rmtree(self.folder, ignore_errors=True)
-                raise
-            return
+        # The format is the published file's (the cache names a layer by its digest alone)
+        suffix = Path(self.info.filename).suffix.lower()
+        self.context.work_dir.mkdir(parents=True, exist_ok=True)
+        self.folder: Path | None = Path(
+            tempfile.mkdtemp(prefix="keras-", dir=self.context.work_dir)
+        )
         try:
-            model = keras.saving.load_model(str(self.path), compile=False, safe_mode=True)
-        except Exception as exc:  # Keras raises many kinds for a file it cannot read
-            raise ArtifactError(f"{self.what}: not a loadable Keras model: {exc}") from exc
+            if suffix == ".zip":
+                self.call = self._saved_model(extract_zip(self.path, self.folder, self.what))
+                return
+            # Keras 3 reads a file by its extension: the layer, under the name it was published as
+            source = self.folder / f"model{suffix}"
+            source.symlink_to(self.path.resolve())
+            try:
+                model = keras.saving.load_model(str(source), compile=False, safe_mode=True)
+            except Exception as exc:  # Keras raises many kinds for a file it cannot read
+                raise ArtifactError(f"{self.what}: not a loadable Keras model: {exc}") from exc
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+            raise
         self.call = lambda *values: model(list(values) if len(values) > 1 else values[0])
 
     def _saved_model(self, root: Path) -> Callable[..., Any]:

@@ -8,6 +8,7 @@ row per input row.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import re
 import sys
@@ -33,7 +34,9 @@ class PythonStepRuntime(Runtime):
         what = f"Python step {self.info.name!r} (layer {self.info.digest})"
         safe = re.sub(r"\W", "_", self.info.name)
         self.module_name = f"edge_python_step_{safe}_{uuid.uuid4().hex[:8]}"
-        spec = importlib.util.spec_from_file_location(self.module_name, self.path)
+        # An explicit loader: the cached layer file is named by its digest, without `.py`.
+        loader = importlib.machinery.SourceFileLoader(self.module_name, str(self.path))
+        spec = importlib.util.spec_from_file_location(self.module_name, self.path, loader=loader)
         if spec is None or spec.loader is None:
             raise ArtifactError(f"{what}: {self.path.name} cannot be loaded as a Python module")
         module = importlib.util.module_from_spec(spec)

@@ -7,7 +7,7 @@
 #       in the foreground, until SIGTERM/SIGINT; mounts are undone on exit
 #
 # Needs root and Debian's qemu-user-static, binfmt-support and debootstrap (installed here when
-# missing). tests/test_shipping.py::test_arm64_parity drives it when EDGE_TEST_ARM64=1. Cold (no
+# missing). tests/test_arm64.py::test_arm64_parity drives it when EDGE_TEST_ARM64=1. Cold (no
 # root yet) about 15-20 minutes on 2 cores, most of it apt and pip under emulation; warm (root
 # kept in ARM64_ROOT, or unpacked from ARM64_CACHE) under a minute.
 #

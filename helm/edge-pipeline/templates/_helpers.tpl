@@ -36,15 +36,15 @@ true
 {{- end -}}
 {{- end -}}
 
-{{/* The engine image: repository:tag, the variant chosen by gpus / tensorflow. */}}
+{{/* The engine image: repository:tag, the variant chosen by gpus / variant. */}}
 {{- define "edge-pipeline.image" -}}
 {{- $tag := .Values.image.tag -}}
 {{- if not $tag -}}
 {{- $tag = .Chart.AppVersion -}}
 {{- if gt (int .Values.gpus) 0 -}}
 {{- $tag = printf "%s-gpu" $tag -}}
-{{- else if .Values.tensorflow -}}
-{{- $tag = printf "%s-tensorflow" $tag -}}
+{{- else if .Values.variant -}}
+{{- $tag = printf "%s-%s" $tag .Values.variant -}}
 {{- end -}}
 {{- end -}}
 {{- if hasPrefix "sha256:" $tag -}}
