@@ -20,14 +20,21 @@ In one run, on the example pipeline (examples/breast-cancer: scaler + logistic r
       against raw onnxruntime, and drives it in the same interleaved single-row wrk phases
       (c=1 and c=8; it has no 10,000-row phases and no logging), the calibration of issue 14's
       "c=8 req/s >= 0.85x the bare handler's";
+  (b'') with --baseline PATH (another source tree, e.g. a worktree of an older commit), runs
+      every edge serve configuration from PATH too (PYTHONPATH=PATH), named base_<config>,
+      each right after its current twin in the same interleaved phases, with the same answer
+      checks, on this tree's layout if the baseline can serve it (tried by starting one) or
+      else on a layout its own `edge publish` writes;
   (c) runs the MLServer peer bench (../shared/peers/mlserver, config pw0) so the ratios are
       measured in the same run, or falls back to its published figures, labelled as such;
   (d) prints `name value unit` lines, then a summary: every figure as a ratio to raw
-      onnxruntime and to MLServer, the cost of logging in %, and PASS/MISS/N/A against issue
-      14's targets; writes the summary as JSON to --out.
+      onnxruntime and to MLServer, the cost of logging in %, PASS/MISS/N/A against issue
+      14's targets (current tree only) and, with --baseline, current ÷ baseline per figure
+      with the ones worse beyond the run's noise flagged; writes the summary as JSON to --out.
 
 Only 127.0.0.1 is contacted. Every process started here is stopped by its PID.
 Run: /work/venv/bin/python bench/serve.py [--out FILE] [--cpus 1,2] [--no-mlserver] [--no-bare]
+     [--baseline PATH [--baseline-label TEXT]]
 """
 
 from __future__ import annotations
@@ -216,12 +223,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tree_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment with this tree's root first on PYTHONPATH, so `python -m edge` runs the
-    edge package next to this script, whichever interpreter (and editable install) runs it."""
+def tree_env(base: dict[str, str] | None = None, root: Path = REPO) -> dict[str, str]:
+    """The environment with a tree's root (this script's, or --baseline's) first on
+    PYTHONPATH, so `python -m edge` runs the edge package of that tree, whichever interpreter
+    (and editable install) runs it."""
     env = dict(os.environ if base is None else base)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
     return env
+
+
+def edge_package(root: Path) -> str:
+    """Where `python -m edge` run from `root` with tree_env(root=root) finds the edge package;
+    raises SystemExit unless it is that tree's."""
+    where = subprocess.run(
+        [sys.executable, "-c", "import edge; print(edge.__file__)"],
+        cwd=root,
+        env=tree_env(root=root),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    if not where or not Path(where).resolve().is_relative_to(root.resolve()):
+        raise SystemExit(f"python -m edge would not run this tree's edge ({root}): {where}")
+    return str(Path(where).parent)
+
+
+def logbuffer_imports(root: Path) -> str | None:
+    """None if the tree's edge.logbuffer imports (the server can log), else the error."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import edge.logbuffer"],
+        cwd=root,
+        env=tree_env(root=root),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if probe.returncode == 0:
+        return None
+    return (probe.stderr.strip().splitlines() or ["?"])[-1]
 
 
 def tail(path: Path, n: int = 40) -> str:
@@ -242,25 +281,7 @@ def build_model(work: Path) -> dict[str, Any]:
         timeout=120,
     )
     shutil.copy(EXAMPLE / "pipeline.yaml", model_dir / "pipeline.yaml")
-    pub = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edge",
-            "publish",
-            str(model_dir / "pipeline.yaml"),
-            "--layout",
-            str(work / "layout"),
-            "--json",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=tree_env(),
-        timeout=120,
-    )
-    published = json.loads(pub.stdout[pub.stdout.index("{") :])
+    published = publish(model_dir / "pipeline.yaml", work / "layout", REPO)
     out("pipeline_url", published["pipeline_url"], "-")
     out("pipeline_version", published["pipeline_version"], "-")
     return {
@@ -269,6 +290,24 @@ def build_model(work: Path) -> dict[str, Any]:
         "rows_npy": model_dir / "data" / "10k-rows.npy",
         "url": published["pipeline_url"],
     }
+
+
+def publish(spec: Path, layout: Path, root: Path) -> dict[str, Any]:
+    """`python -m edge publish SPEC --layout DIR --json` with the edge of the tree at `root`."""
+    pub = subprocess.run(
+        [sys.executable, "-m", "edge", "publish", str(spec), "--layout", str(layout), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=tree_env(root=root),
+        timeout=120,
+    )
+    if pub.returncode != 0 or "{" not in pub.stdout:
+        raise RuntimeError(
+            f"edge publish ({root}) exited with {pub.returncode}: "
+            + (pub.stderr.strip() or pub.stdout.strip())[-800:]
+        )
+    return json.loads(pub.stdout[pub.stdout.index("{") :])
 
 
 def make_bodies(model: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -475,7 +514,8 @@ def big_requests(
 
 # ---------------------------------------------------------------- our server
 class Server:
-    """One `python -m edge serve` process (this tree's edge) with its own port and persist dir."""
+    """One `python -m edge serve` process with its own port and persist dir: this tree's edge,
+    or with `tree` another source tree's (--baseline; its name then starts with `prefix`)."""
 
     what = "edge serve"
     big_phases = True  # the 10,000-row phases (Arrow and JSON) run on it
@@ -487,8 +527,11 @@ class Server:
         logging_on: bool,
         work: Path,
         extra_env: dict[str, str] | None = None,
+        tree: Path = REPO,
+        prefix: str = "",
     ) -> None:
-        self.name = f"cpus{cpus}_log{'on' if logging_on else 'off'}"
+        self.name = f"{prefix}cpus{cpus}_log{'on' if logging_on else 'off'}"
+        self.tree = tree
         self.cpus: int | None = cpus
         self.logging_on = logging_on
         self.port = free_port()
@@ -498,7 +541,12 @@ class Server:
         self.log_path = work / f"serve-{self.name}.log"
         self.url = url
         self.extra_env = extra_env or {}
-        self.result: dict[str, Any] = {"cpus": cpus, "logging": logging_on, "checks": {}}
+        self.result: dict[str, Any] = {
+            "cpus": cpus,
+            "logging": logging_on,
+            "tree": str(tree),
+            "checks": {},
+        }
         self.answered_rows = 0
         self._stopped = False
         self.proc: subprocess.Popen[bytes] | None = None
@@ -510,7 +558,8 @@ class Server:
 
     def describe(self) -> str:
         logging = "on" if self.logging_on else "off"
-        return f"edge serve (CONFIG_CPUS={self.cpus}, logging {logging})"
+        where = "" if self.tree == REPO else f", tree {self.tree}"
+        return f"edge serve (CONFIG_CPUS={self.cpus}, logging {logging}{where})"
 
     def command(self) -> list[str]:
         cmd = [
@@ -530,7 +579,9 @@ class Server:
         return cmd
 
     def environment(self) -> dict[str, str]:
-        env = tree_env(dict(os.environ, PIPELINE_URL=self.url, CONFIG_CPUS=str(self.cpus)))
+        env = tree_env(
+            dict(os.environ, PIPELINE_URL=self.url, CONFIG_CPUS=str(self.cpus)), self.tree
+        )
         for k in ("DEBUG", "EDGE_BUNDLE", "EDGE_LOGGING", "PORT", "HOST", "PERSIST_DIR"):
             env.pop(k, None)
         env["GRPC_PORT"] = "0"  # several servers at once; bench/v2.py gives its own a port
@@ -547,7 +598,7 @@ class Server:
         self._logf = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             cmd,
-            cwd=REPO,
+            cwd=self.tree,
             env=env,
             stdout=self._logf,
             stderr=subprocess.STDOUT,
@@ -597,6 +648,7 @@ class BareServer(Server):
 
     def __init__(self, onnx: Path, work: Path) -> None:
         self.name = "bare"
+        self.tree = REPO
         self.cpus, self.logging_on = None, False
         self.onnx = onnx
         self.port = free_port()
@@ -746,6 +798,52 @@ def start_server(srv: Server, bodies: dict[str, Any], raw: dict[str, Any], timeo
     out(f"{name}_check_1row_json", "ok" if ok else "MISMATCH", "-")
 
 
+def baseline_layout(
+    baseline: dict[str, Any] | None, model: dict[str, Any], work: Path, timeout: float
+) -> str | None:
+    """The PIPELINE_URL the --baseline servers get. Tried by starting one baseline `edge serve`
+    (CONFIG_CPUS=1, --no-logging) on the layout this tree published: if it gets ready (it loads
+    the pipeline before that, and exits if it cannot), that layout; otherwise the pipeline is
+    published again with the baseline tree's `python -m edge publish` (its own example
+    pipeline.yaml when it has one) into a separate layout. None if that fails too."""
+    if not baseline:
+        return None
+    tree = baseline["tree"]
+    probe = Server(model["url"], 1, False, work, tree=tree, prefix="base_layout_probe_")
+    note(f"baseline: can {tree} read this tree's layout? starting {probe.describe()}")
+    try:
+        probe.start(timeout)
+        baseline["layout"] = "shared"
+        baseline["url"] = model["url"]
+        out("baseline_layout", "shared", "-")
+        note("baseline: reads this tree's layout; its servers use the same one")
+        return model["url"]
+    except Exception as exc:
+        why = (str(exc).strip().splitlines() or ["?"])[-1]
+        baseline["layout_probe_error"] = why
+        note(f"baseline: cannot serve this tree's layout ({why}); publishing with its own edge")
+    finally:
+        probe.stop()
+    base_dir = work / "model-base"
+    shutil.copytree(model["dir"], base_dir)
+    spec = tree / "examples" / "breast-cancer" / "pipeline.yaml"
+    if spec.exists():
+        shutil.copy(spec, base_dir / "pipeline.yaml")
+    baseline["spec"] = str(spec if spec.exists() else EXAMPLE / "pipeline.yaml")
+    try:
+        published = publish(base_dir / "pipeline.yaml", work / "layout-base", tree)
+    except RuntimeError as exc:
+        baseline["layout"] = "failed"
+        out("baseline_layout", "failed", "-")
+        note(f"baseline: its own publish failed too, no base_* configurations: {exc}")
+        return None
+    baseline["layout"] = "own"
+    baseline["url"] = published["pipeline_url"]
+    out("baseline_layout", "own", "-")
+    out("baseline_pipeline_url", published["pipeline_url"], "-")
+    return published["pipeline_url"]
+
+
 def rotate(servers: list[Server], round_no: int) -> list[Server]:
     k = round_no % len(servers)
     return servers[k:] + servers[:k]
@@ -795,8 +893,12 @@ def measure(
 
     for srv in servers:
         name, res, label_ = srv.name, srv.result, srv.label
+        # each round's own figure, for the per-round spread (the before/after table's noise)
+        per_round: dict[str, list[float]] = res.setdefault("rounds", {})
         for conns in (1, 8):
             runs = wrk_runs[(name, conns)]
+            for k in ("req_per_s", "p50_us", "p99_us", "server_cpu_us_per_req"):
+                per_round[f"c{conns}_{k}"] = [float(w[k]) for w in runs]
             requests = sum(w["requests"] for w in runs)
             merged = {
                 # rounds > 1: req/s over all rounds; percentiles are the median of the rounds'
@@ -820,6 +922,9 @@ def measure(
                 value = int(merged[k]) if unit == "req" else merged[k]
                 out(f"{label_}_c{conns}_{label}", value, unit)
         for kind, _ in BIG_KINDS if srv.big_phases else ():
+            per_round[f"10k_{kind}_rows_per_s"] = [
+                N_BIG * 1e3 / float(np.median(t)) for t in big_times[(name, kind)]
+            ]
             ts = np.concatenate(big_times[(name, kind)])
             med = float(np.median(ts))
             res[f"10k_{kind}_median_ms"] = med
@@ -977,6 +1082,8 @@ def summarize(
     mls: dict[str, Any],
     mls_source: str,
     cpus_list: list[int],
+    baseline: dict[str, Any] | None = None,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     raw_1row_us = raw["1row_us"]
     raw_10k_ms = raw["10k_us"] / 1000
@@ -1239,6 +1346,8 @@ def summarize(
             f"{vfmt(bare.get('rss_after_bench_mib'), 'MiB')} MiB after the bench."
         )
 
+    ba_json = before_after(configs, baseline, rounds, lines) if baseline else None
+
     checks = {n: cfg.get("checks", {}) for n, cfg in configs.items()}
     lines.append("")
     lines.append("## Checks")
@@ -1254,7 +1363,102 @@ def summarize(
         "logging_cost_pct": cost_json,
         "verdicts": verdicts,
         "checks": checks,
+        "before_after": ba_json,
         "text": "\n".join(lines),
+    }
+
+
+# (key in config result, label, unit, higher is better)
+BEFORE_AFTER = (
+    ("c1_p50_us", "c=1 p50", "µs", False),
+    ("c1_p99_us", "c=1 p99", "µs", False),
+    ("c8_req_per_s", "c=8 req/s", "req/s", True),
+    ("c8_p99_us", "c=8 p99", "µs", False),
+    ("c8_server_cpu_us_per_req", "server CPU per req c=8", "µs", False),
+    ("10k_arrow_rows_per_s", "10k Arrow rows/s", "rows/s", True),
+    ("10k_json_rows_per_s", "10k JSON rows/s", "rows/s", True),
+    ("rss_after_load_mib", "RSS idle after load", "MiB", False),
+    ("rss_after_bench_mib", "RSS after bench", "MiB", False),
+)
+WORSE_PCT = 10.0  # a figure worse than the baseline's by more than this may be flagged
+
+
+def before_after(
+    configs: dict[str, dict[str, Any]], baseline: dict[str, Any], rounds: int, lines: list[str]
+) -> dict[str, Any]:
+    """Current ÷ baseline for each figure and configuration that ran from both trees. WORSE when
+    the current tree is worse by more than WORSE_PCT and, with --rounds >= 2, also outside the
+    per-round spread (its best round worse than the baseline's worst round); RSS is read once
+    per server, so it has no spread and is judged on WORSE_PCT alone."""
+    label = baseline["label"]
+    pairs = [n for n in configs if not n.startswith("base_") and f"base_{n}" in configs]
+    lines.append("")
+    lines.append(
+        f"## Before/after: current ÷ baseline {label} ({baseline['tree']}, layout "
+        f"{baseline.get('layout', '?')}); req/s and rows/s: > 1 is better, the others: < 1 is "
+        f"better; WORSE = worse by > {WORSE_PCT:g}%"
+        + (" and outside the per-round spread" if rounds >= 2 else " (1 round: no spread)")
+    )
+    lines.append("")
+    if not pairs:
+        lines.append("No configuration ran from both trees.")
+        return {"label": label, "tree": str(baseline["tree"]), "figures": [], "worse": []}
+    lines.append("| figure | " + " | ".join(pairs) + " |")
+    lines.append("|---|" + "---|" * len(pairs))
+    figures, worse = [], []
+    for key, flabel, unit, higher_better in BEFORE_AFTER:
+        row = [f"{flabel} ({unit})"]
+        entry: dict[str, Any] = {"figure": key, "unit": unit, "configs": {}}
+        for n in pairs:
+            cur, base = configs[n], configs[f"base_{n}"]
+            a, b = cur.get(key), base.get(key)
+            r = ratio(a, b)
+            if r is None:
+                row.append("-")
+                entry["configs"][n] = {"current": a, "baseline": b, "ratio": None}
+                continue
+            worse_pct = (1 - r) * 100 if higher_better else (r - 1) * 100
+            ra = cur.get("rounds", {}).get(key) or []
+            rb = base.get("rounds", {}).get(key) or []
+            spread = rounds >= 2 and len(ra) >= 2 and len(rb) >= 2
+            if spread:
+                outside = max(ra) < min(rb) if higher_better else min(ra) > max(rb)
+            else:
+                outside = True  # one round, or a figure read once (RSS): the % rule alone
+            flag = worse_pct > WORSE_PCT and outside
+            cell = f"{r:.3g}x ({vfmt(a, unit)} vs {vfmt(b, unit)})"
+            if spread:
+                cell = (
+                    f"{r:.3g}x ({vfmt(a, unit)} [{vfmt(min(ra), unit)}-{vfmt(max(ra), unit)}] "
+                    f"vs {vfmt(b, unit)} [{vfmt(min(rb), unit)}-{vfmt(max(rb), unit)}])"
+                )
+            row.append(cell + (" WORSE" if flag else ""))
+            entry["configs"][n] = {
+                "current": a,
+                "baseline": b,
+                "ratio": r,
+                "worse_pct": worse_pct,
+                "rounds_current": ra,
+                "rounds_baseline": rb,
+                "outside_spread": outside if spread else None,
+                "worse": flag,
+            }
+            if flag:
+                worse.append(f"{n} {flabel}")
+        lines.append("| " + " | ".join(row) + " |")
+        figures.append(entry)
+    lines.append("")
+    lines.append(
+        "Worse than the baseline beyond the noise: " + (", ".join(worse) if worse else "none")
+    )
+    return {
+        "label": label,
+        "tree": str(baseline["tree"]),
+        "layout": baseline.get("layout"),
+        "rounds": rounds,
+        "worse_pct": WORSE_PCT,
+        "figures": figures,
+        "worse": worse,
     }
 
 
@@ -1314,6 +1518,32 @@ def versions() -> None:
     out("host_loadavg_1m", os.getloadavg()[0], "-")
 
 
+def git_short_head(tree: Path) -> str:
+    try:
+        r = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except OSError:
+        return tree.name
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else tree.name
+
+
+def git_edge_dirty(tree: Path) -> str:
+    try:
+        r = subprocess.run(
+            ["git", "-C", str(tree), "status", "--porcelain", "--", "edge"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except OSError:
+        return "?"
+    return "?" if r.returncode else ("yes" if r.stdout.strip() else "no")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -1368,6 +1598,19 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="extra environment for the server (experiments, e.g. MALLOC_ARENA_MAX=2); repeatable",
     )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="PATH",
+        help="another source tree (e.g. a git worktree of an older commit): every edge serve "
+        "configuration also runs from it (PYTHONPATH=PATH), named base_<config>, in the same "
+        "interleaved phases; the summary adds a before/after table",
+    )
+    ap.add_argument(
+        "--baseline-label",
+        metavar="TEXT",
+        help="label of --baseline in the summary (default: its git rev-parse --short HEAD)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, persist dirs)")
     ap.add_argument("--raw-child", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument(
@@ -1393,9 +1636,23 @@ def main() -> int:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
 
+    baseline: dict[str, Any] | None = None
+    if args.baseline:
+        tree = args.baseline.resolve()
+        if not (tree / "edge" / "__init__.py").exists():
+            raise SystemExit(f"--baseline {tree}: no edge package there")
+        if tree == REPO.resolve():
+            raise SystemExit(f"--baseline {tree} is this tree")
+        baseline = {"tree": tree, "label": args.baseline_label or git_short_head(tree)}
+
     t_start = time.perf_counter()
     note(f"run started {time.strftime('%Y-%m-%d %H:%M:%S')}")
     versions()
+    if baseline:
+        out("baseline_tree", str(baseline["tree"]), "-")
+        out("baseline_label", baseline["label"], "-")
+        out("baseline_git_head", git_short_head(baseline["tree"]), "-")
+        out("baseline_git_edge_dirty", git_edge_dirty(baseline["tree"]), "-")
     for k, v in extra_env.items():
         out(f"server_env_{k}", v, "-")
     work = Path(tempfile.mkdtemp(prefix="edge-bench-"))
@@ -1403,32 +1660,16 @@ def main() -> int:
     run_snap = cpu_snapshot()
     try:
         # can the server log at all? (edge/logbuffer/ is being finished in parallel)
-        if "on" in modes:
-            probe = subprocess.run(
-                [sys.executable, "-c", "import edge.logbuffer"],
-                cwd=REPO,
-                env=tree_env(),
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            if probe.returncode != 0:
-                note(
-                    "edge.logbuffer does not import; running only --no-logging: "
-                    + probe.stderr.strip().splitlines()[-1]
-                )
-                modes = [m for m in modes if m != "on"] or ["off"]
-        where = subprocess.run(
-            [sys.executable, "-c", "import edge; print(edge.__file__)"],
-            cwd=REPO,
-            env=tree_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout.strip()
-        out("edge_package", str(Path(where).parent) if where else "?", "-")
-        if not where or not Path(where).resolve().is_relative_to(REPO):
-            raise SystemExit(f"python -m edge would not run this tree's edge ({REPO}): {where}")
+        if "on" in modes and (err := logbuffer_imports(REPO)):
+            note(f"edge.logbuffer does not import; running only --no-logging: {err}")
+            modes = [m for m in modes if m != "on"] or ["off"]
+        out("edge_package", edge_package(REPO), "-")
+        base_modes = modes
+        if baseline:
+            out("baseline_edge_package", edge_package(baseline["tree"]), "-")
+            if "on" in modes and (err := logbuffer_imports(baseline["tree"])):
+                note(f"baseline: edge.logbuffer does not import; no base_*_logon: {err}")
+                base_modes = [m for m in modes if m != "on"]
         fs_med, fs_p90 = fsync_probe(work)
         out("host_fsync_4k_median", fs_med, "us")
         out("host_fsync_4k_p90", fs_p90, "us")
@@ -1438,11 +1679,27 @@ def main() -> int:
         raw2 = bench_raw(model, work, 2) if any(c > 1 for c in cpus_list) else None
         configs: dict[str, dict[str, Any]] = {}
         failed: list[str] = []
-        servers: list[Server] = [
-            Server(model["url"], cpus, mode == "on", work, extra_env)
-            for cpus in cpus_list
-            for mode in modes
-        ]
+        base_url = baseline_layout(baseline, model, work, args.ready_timeout)
+        servers: list[Server] = []
+        for cpus in cpus_list:
+            for mode in modes:
+                servers.append(Server(model["url"], cpus, mode == "on", work, extra_env))
+                # each baseline configuration next to its current one, so the two are measured
+                # back to back in every phase (the rotation keeps them adjacent)
+                if base_url and mode in base_modes:
+                    servers.append(
+                        Server(
+                            base_url,
+                            cpus,
+                            mode == "on",
+                            work,
+                            extra_env,
+                            tree=baseline["tree"],
+                            prefix="base_",
+                        )
+                    )
+                elif baseline:
+                    failed.append(f"base_cpus{cpus}_log{mode}")
         if not args.no_bare:
             servers.append(BareServer(model["onnx"], work))
         snap, t0 = cpu_snapshot(), time.perf_counter()
@@ -1498,7 +1755,7 @@ def main() -> int:
             "%",
         )
         out("host_loadavg_1m_end", os.getloadavg()[0], "-")
-        summary = summarize(configs, raw, raw2, mls, mls_source, cpus_list)
+        summary = summarize(configs, raw, raw2, mls, mls_source, cpus_list, baseline, args.rounds)
         doc = {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "command": " ".join([sys.executable, *sys.argv]),
@@ -1508,6 +1765,7 @@ def main() -> int:
             "configs": configs,
             "mlserver": {"source": mls_source, **mls},
             "failed_configs": failed,
+            "baseline": {k: str(v) for k, v in baseline.items()} if baseline else None,
             **summary,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
