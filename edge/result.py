@@ -42,6 +42,7 @@ METADATA = "metadata."
 
 ANOMALY_COUNT = "anomaly.count"
 ANOMALY_COUNT_TYPE = pa.uint32()
+MAX_VALIDATIONS = 127  # clients receive anomaly.count as the seed's int8 (edge.codecs.arrow)
 MODEL_SPLIT = "out._model_split"
 LAST_MODEL = "metadata.last_model"
 PIPELINE_VERSION = "metadata.pipeline_version"

@@ -1,0 +1,176 @@
+"""What the seed documents about results, done as documented (issue 16): per-record
+`check_failures`, `original_data`, the seed's Arrow types, null inputs, a validation named
+`count`, and the A/B split's per-row key and `out._model_split`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import pytest
+
+from edge import codecs
+from edge.appliance import Appliance, LoadState, load_pipeline
+from edge.config import Settings, load_settings
+from edge.logbuffer import LogBuffer
+from edge.pipeline import Pipeline
+from edge.server import create_app
+from tests.conftest import publish
+from tests.models import iris, onnx_classifier, write_files
+
+FEATURES, LABELS, _ = iris()
+ARROW = "application/vnd.apache.arrow.file"
+JSON = {"content-type": "application/json; format=pandas-records"}
+
+SPECS = {
+    "single": "name: single\nsteps:\n  - model: logistic\n    file: models/logistic.onnx\n",
+    "validated": (
+        "name: validated\nsteps:\n  - model: logistic\n    file: models/logistic.onnx\n"
+        "validations:\n"
+        '  big: pl.col("in.tensor").list.get(0) > 6.0\n'
+        '  wide: pl.col("in.tensor").list.get(1) > 3.5\n'
+    ),
+    "python": "name: python\nsteps:\n  - python: echo\n    file: steps/echo.py\n",
+    "keyed": (
+        "name: keyed\nsteps:\n  - random_split:\n      hash_key: key\n      models:\n"
+        "        - {weight: 1, model: a, file: models/logistic.onnx}\n"
+        "        - {weight: 1, model: b, file: steps/echo.py}\n"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sklearn.linear_model import LogisticRegression
+
+    folder = tmp_path_factory.mktemp("seed")
+    onnx_classifier(
+        LogisticRegression(max_iter=300), FEATURES, LABELS, folder / "models/logistic.onnx"
+    )
+    write_files(folder, {"steps/echo.py": "def wallaroo_json(data):\n    return data\n"})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def urls(folder: Path) -> dict[str, str]:
+    found = {}
+    for name, spec in SPECS.items():
+        (folder / f"{name}.yaml").write_text(spec)
+        found[name] = publish(folder / f"{name}.yaml", layout=folder / f"layout-{name}")[
+            "pipeline_url"
+        ]
+    return found
+
+
+@pytest.fixture(scope="module")
+def pipelines(folder: Path, urls: dict[str, str]) -> Iterator[dict[str, Pipeline]]:
+    loaded = {}
+    for name, url in urls.items():
+        settings = load_settings(
+            {"pipeline_url": url, "persist_dir": folder / f"persist-{name}", "partition": "edge-1"}
+        )
+        loaded[name] = load_pipeline(settings, echo=lambda line: None)
+    yield loaded
+    for pipeline in loaded.values():
+        pipeline.close()
+
+
+def records(pipeline: Pipeline, rows: list[dict[str, Any]], **shape: Any) -> list[dict[str, Any]]:
+    inference = pipeline.run(codecs.decode_records(json.dumps(rows).encode()))
+    how = codecs.Shape(**shape)
+    shown = codecs.shape(inference.table, how)
+    body = codecs.encode_records(shown, inference.record_info(pipeline.name), how.separator)
+    return list(json.loads(body))
+
+
+class App:
+    """An appliance serving one pipeline with its own log buffer, called in-process."""
+
+    def __init__(self, pipeline: Pipeline, url: str, persist: Path) -> None:
+        self.buffer = LogBuffer(persist / "logbuffer.db")
+        self.buffer.start()
+        settings = Settings(pipeline_url=url, persist_dir=persist, partition="edge-1")
+        appliance = Appliance(
+            settings, buffer=self.buffer, pipeline=pipeline, state=LoadState.RUNNING
+        )
+        self.app = create_app(appliance)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+                return await client.request(method, path, **kwargs)
+
+        return asyncio.run(go())
+
+    def infer(self, name: str, rows: Any, **headers: str) -> httpx.Response:
+        body = rows if isinstance(rows, bytes) else json.dumps(rows).encode()
+        return self.call("POST", f"/pipelines/{name}", content=body, headers={**JSON, **headers})
+
+    def logs_arrow(self) -> pa.Table:
+        self.buffer.flush()
+        reply = self.call("GET", "/logs", headers={"accept": ARROW})
+        assert reply.status_code == 200, reply.text
+        return pa.ipc.open_file(pa.py_buffer(reply.content)).read_all()
+
+
+@pytest.fixture
+def app(pipelines: dict[str, Pipeline], urls: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    made: list[App] = []
+
+    def make(name: str) -> App:
+        made.append(App(pipelines[name], urls[name], tmp_path / f"persist-{len(made)}"))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.buffer.close()
+
+
+def tensor_rows(count: int, start: int = 0) -> list[dict[str, Any]]:
+    return [{"tensor": row} for row in FEATURES[start : start + count].tolist()]
+
+
+# ---------------------------------------------------------------------- 3. Arrow types
+
+
+SEED_FLOAT_OUT = pa.list_(pa.field("inner", pa.float32(), nullable=False))
+
+
+def test_arrow_answers_have_the_seeds_types(app: Any) -> None:
+    """The seed's `infer` printout: time timestamp[ms], in.tensor list<item: float> not
+    null, out.dense_1 list<inner: float not null> not null, anomaly.count int8."""
+    served = app("validated")
+    body = codecs.encode_arrow(
+        pa.table({"tensor": pa.array(FEATURES[:3].tolist(), pa.list_(pa.float32()))})
+    )
+    reply = served.infer("validated", body, **{"content-type": ARROW, "accept": ARROW})
+    assert reply.status_code == 200, reply.text
+    table = pa.ipc.open_file(pa.py_buffer(reply.content)).read_all()
+    schema = table.schema
+    assert schema.field("time").type == pa.timestamp("ms")
+    assert schema.field("in.tensor").type == pa.list_(pa.float32())
+    assert not schema.field("in.tensor").nullable
+    assert schema.field("anomaly.count").type == pa.int8()
+    assert schema.field("anomaly.big").type == pa.bool_()
+    assert schema.field("out.probabilities").type == SEED_FLOAT_OUT
+    assert not schema.field("out.probabilities").nullable
+    assert table.column("time").to_pylist()[0].year >= 2024  # the same instants, without tz
+    # the same types in the Arrow log export
+    logged = served.logs_arrow().schema
+    for name in ("time", "in.tensor", "anomaly.count", "out.probabilities"):
+        assert logged.field(name).type == schema.field(name).type, name
+
+
+def test_the_result_table_keeps_its_own_types(pipelines: dict[str, Pipeline]) -> None:
+    """The cast is at the boundary: the log buffer and the ops center store these."""
+    table = (
+        pipelines["validated"].run(codecs.decode_records(json.dumps(tensor_rows(2)).encode())).table
+    )
+    assert table.schema.field("time").type == pa.timestamp("ms", tz="UTC")
+    assert table.schema.field("anomaly.count").type == pa.uint32()
