@@ -21,7 +21,7 @@ from edge.artifact import Definition, ModelInfo, ModelStep, RandomSplitStep, Sha
 from edge.codecs.records import RecordInfo
 from edge.errors import BadInput, EdgeError, PipelineError
 from edge.fastpath import FastPath
-from edge.result import ANOMALY, ANOMALY_COUNT, MODEL_SPLIT, SHADOW, ResultBuilder
+from edge.result import ANOMALY, ANOMALY_COUNT, IN, MODEL_SPLIT, SHADOW, ResultBuilder, is_input
 from edge.runtimes import Runtime
 
 log = logging.getLogger(__name__)
@@ -34,14 +34,24 @@ class Inference:
     table: pa.Table
     elapsed: list[int]
     last_model: ModelInfo
-    check_failures: list[Any] = field(default_factory=list)
+    # per row: the validations that flagged it (None: no row was flagged)
+    check_failures: list[list[Any]] | None = None
     # failed shadow challengers: {model: {"error": message}}; the JSON writer adds each row's
     # challenger outputs from the `out_<model>.*` columns
     shadow_data: dict[str, Any] = field(default_factory=dict)
+    # per row, when the last step was an A/B split that chose per row
+    row_models: list[ModelInfo] | None = None
 
     def record_info(self, pipeline_name: str) -> RecordInfo:
-        """What each of its JSON records repeats."""
+        """What its JSON records carry besides the table's columns."""
         last = self.last_model
+        names = [n for n in self.table.column_names if is_input(n)]
+        inputs = pa.Table.from_arrays(
+            [self.table.column(n) for n in names], names=[n[len(IN) :] for n in names]
+        )
+        row_models = None
+        if self.row_models is not None:
+            row_models = [(m.name, m.version) for m in self.row_models]
         return RecordInfo(
             pipeline_name,
             last.name,
@@ -49,6 +59,8 @@ class Inference:
             self.elapsed,
             self.check_failures,
             self.shadow_data,
+            inputs,
+            row_models,
         )
 
 
@@ -101,7 +113,7 @@ class Pipeline:
             current, last = self._run_step(step, current, rows, extra, shadow_data)
             elapsed.append(time.perf_counter_ns() - started)
         result = self._builder.build(table, current, extra, elapsed, last.name, last.sha256)
-        check_failures: list[Any] = []
+        check_failures = None
         if self.validator is not None:
             result, check_failures = self._validate(result)
         return Inference(result, elapsed, last, check_failures, shadow_data)
@@ -172,10 +184,12 @@ class Pipeline:
                 return choice.model
         return step.models[-1].model
 
-    def _validate(self, result: pa.Table) -> tuple[pa.Table, list[Any]]:
+    def _validate(self, result: pa.Table) -> tuple[pa.Table, list[list[Any]] | None]:
+        """`anomaly.*` columns, and each row's check failures (the seed's per-record
+        `check_failures`: the validations its row triggered; None when no row triggered one)."""
         flags: dict[str, pa.Array] = self.validator.evaluate(result)
         count = np.zeros(result.num_rows, np.uint32)
-        failures: list[Any] = []
+        flagged: list[tuple[np.ndarray, dict[str, Any]]] = []
         position = result.column_names.index(ANOMALY_COUNT)
         for offset, (name, array) in enumerate(flags.items(), start=1):
             values = array.to_numpy(zero_copy_only=False).astype(bool)
@@ -183,6 +197,13 @@ class Pipeline:
             result = result.add_column(position + offset, f"{ANOMALY}{name}", array)
             if values.any():
                 source = self.definition.validations[name].source
-                failures.append({"True": {"expr": source, "name": name}})
+                flagged.append((values, {"True": {"expr": source, "name": name}}))
         result = result.set_column(position, ANOMALY_COUNT, pa.array(count))
-        return result, failures
+        if not flagged:
+            return result, None
+        # rows of one pattern share one list (the JSON writer writes each pattern once)
+        patterns, which = np.unique(
+            np.stack([values for values, _ in flagged], axis=1), axis=0, return_inverse=True
+        )
+        lists = [[flagged[j][1] for j in np.flatnonzero(p)] for p in patterns]
+        return result, [lists[i] for i in which.reshape(-1).tolist()]

@@ -235,3 +235,16 @@ def test_the_rows_of_one_loop_turn_are_journaled_as_one_table(
     each = [general(pipeline, body, codecs.Shape())[1] for body in bodies]
     expected = pa.concat_tables(each)
     assert stored.to_pylist()[::-1] == expected.to_pylist()  # newest first
+
+
+def test_the_small_path_writes_each_records_original_data_and_no_failures(
+    pipelines: dict[str, Pipeline],
+) -> None:
+    body = rows(FEATURES[:2].tolist(), request_id=[7, 8])
+    fast = pipelines["fields"].fast
+    assert fast is not None
+    answered = fast.run(body)
+    assert answered is not None
+    written = json.loads(fastpath.encode(answered, codecs.Shape()))
+    assert [r["original_data"] for r in written] == json.loads(body)
+    assert [r["check_failures"] for r in written] == [[], []]

@@ -28,7 +28,10 @@ ARROW = "application/vnd.apache.arrow.file"
 JSON = {"content-type": "application/json; format=pandas-records"}
 
 SPECS = {
-    "single": "name: single\nsteps:\n  - model: logistic\n    file: models/logistic.onnx\n",
+    "single": (
+        "name: single\nsteps:\n  - model: logistic\n    file: models/logistic.onnx\n"
+        "    tensor_fields: [tensor]\n"
+    ),
     "validated": (
         "name: validated\nsteps:\n  - model: logistic\n    file: models/logistic.onnx\n"
         "validations:\n"
@@ -38,8 +41,8 @@ SPECS = {
     "python": "name: python\nsteps:\n  - python: echo\n    file: steps/echo.py\n",
     "keyed": (
         "name: keyed\nsteps:\n  - random_split:\n      hash_key: key\n      models:\n"
-        "        - {weight: 1, model: a, file: models/logistic.onnx}\n"
-        "        - {weight: 1, model: b, file: steps/echo.py}\n"
+        "        - {weight: 1, model: a, file: models/logistic.onnx, tensor_fields: [tensor]}\n"
+        "        - {weight: 1, model: b, file: models/logistic.onnx, tensor_fields: [tensor]}\n"
     ),
 }
 
@@ -174,3 +177,43 @@ def test_the_result_table_keeps_its_own_types(pipelines: dict[str, Pipeline]) ->
     )
     assert table.schema.field("time").type == pa.timestamp("ms", tz="UTC")
     assert table.schema.field("anomaly.count").type == pa.uint32()
+
+
+# ---------------------------------------------------------------------- 1. check_failures
+
+
+def test_check_failures_are_per_record(pipelines: dict[str, Pipeline]) -> None:
+    """The seed's `check_failures` is a field of each record: a row that triggered no
+    validation carries none of another row's."""
+    pipeline = pipelines["validated"]
+    big = {"True": {"expr": 'pl.col("in.tensor").list.get(0) > 6.0', "name": "big"}}
+    wide = {"True": {"expr": 'pl.col("in.tensor").list.get(1) > 3.5', "name": "wide"}}
+    rows = [{"tensor": FEATURES[i].tolist()} for i in (0, 5, 100, 0)]
+    assert FEATURES[5][1] > 3.5 and FEATURES[100][0] > 6.0 and FEATURES[100][1] <= 3.5
+    for count in (1, 20):  # the per-row writer and the columnar one
+        written = records(pipeline, rows * count)
+        failures = [r["check_failures"] for r in written[:4]]
+        assert failures == [[], [wide], [big], []]
+        assert [r["anomaly"]["count"] for r in written[:4]] == [0, 1, 1, 0]
+        assert [r["check_failures"] for r in written] == failures * count
+    assert all(r["check_failures"] == [] for r in records(pipeline, tensor_rows(1)))
+
+
+# ---------------------------------------------------------------------- 2. original_data
+
+
+def test_original_data_is_the_row_as_received(pipelines: dict[str, Pipeline]) -> None:
+    sent = [{"tensor": FEATURES[i].tolist(), "id": i, "note": f"n{i}"} for i in range(3)]
+    for shape in ({}, {"dataset": ("out",)}, {"separator": "."}):
+        written = records(pipelines["single"], sent, **shape)
+        assert [r["original_data"] for r in written] == sent
+    many = [{"tensor": row, "id": i} for i, row in enumerate(FEATURES[:70].tolist())]
+    assert [r["original_data"] for r in records(pipelines["single"], many)] == many
+
+
+def test_original_data_is_null_past_64_kib(pipelines: dict[str, Pipeline]) -> None:
+    long_row = {"text": "x" * (64 << 10)}
+    short_row = {"text": "y"}
+    written = records(pipelines["python"], [long_row, short_row])
+    assert [r["original_data"] for r in written] == [None, short_row]
+    assert written[0]["in"] == long_row  # the input itself is still there
