@@ -217,3 +217,40 @@ def test_original_data_is_null_past_64_kib(pipelines: dict[str, Pipeline]) -> No
     written = records(pipelines["python"], [long_row, short_row])
     assert [r["original_data"] for r in written] == [None, short_row]
     assert written[0]["in"] == long_row  # the input itself is still there
+
+
+# ---------------------------------------------------------------------- 4. null inputs
+
+
+def test_null_inputs_are_accepted_and_logged_as_the_seed_documents(app: Any) -> None:
+    """A Python step takes nulls (the seed's "None or Null" rule is for ONNX, TensorFlow and
+    MLFlow); the answer shows them, the log writes zeroes, "" and empty lists instead."""
+    served = app("python")
+    sent = [
+        {"a": 1.5, "t": [1.0, 2.0], "s": "x", "b": True},
+        {"a": None, "t": None, "s": None, "b": None},
+        {"a": 2.5, "t": [3.0, None], "s": "z", "b": False},
+    ]
+    reply = served.infer("python", sent)
+    assert reply.status_code == 200, reply.text
+    assert [r["in"] for r in reply.json()] == sent
+    served.buffer.flush()
+    logged = served.call("GET", "/logs", params={"dataset": "in"}).json()
+    assert sorted((r["in"] for r in logged), key=lambda r: r["s"]) == [
+        {"a": 0.0, "t": [], "s": "", "b": False},
+        {"a": 1.5, "t": [1.0, 2.0], "s": "x", "b": True},
+        {"a": 2.5, "t": [3.0, 0.0], "s": "z", "b": False},
+    ]
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [[{"tensor": [5.1, 3.5, 1.4, 0.2]}, {"tensor": None}], [{"tensor": [5.1, None, 1.4, 0.2]}]],
+)
+def test_a_model_that_cannot_take_a_null_is_a_400_naming_the_column(
+    app: Any, rows: list[dict[str, Any]]
+) -> None:
+    reply = app("single").infer("single", rows)
+    assert reply.status_code == 400, reply.text
+    message = reply.json()["error"]
+    assert "'tensor'" in message and "null" in message, message
