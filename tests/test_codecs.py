@@ -56,6 +56,9 @@ def varied_table(n: int) -> pa.Table:
         "out.small": pa.array(rng.integers(0, 9, n).astype(np.uint8)),
         "out.mask": ndarray_to_column(rng.random((n, 2)) > 0.5),
         "out_challenger.label": pa.array(np.arange(n, dtype=np.int32)),
+        "out._model_split": pa.array(
+            [None if i == 3 else '{"name":"a","version":"v","sha":"s"}' for i in range(n)]
+        ),
         "metadata.partition": pa.array(["edge-1"] * n),
         "metadata.last_model": pa.array(['{"model_name": "m", "model_sha": "s"}'] * n),
     }

@@ -254,3 +254,58 @@ def test_a_model_that_cannot_take_a_null_is_a_400_naming_the_column(
     assert reply.status_code == 400, reply.text
     message = reply.json()["error"]
     assert "'tensor'" in message and "null" in message, message
+
+
+# ---------------------------------------------------------------------- 6. A/B split
+
+
+def keyed_rows(keys: list[Any]) -> list[dict[str, Any]]:
+    return [{"tensor": FEATURES[i].tolist(), "key": key} for i, key in enumerate(keys)]
+
+
+def test_the_split_key_picks_each_rows_model(pipelines: dict[str, Pipeline]) -> None:
+    """The seed's hash_key: "a key used instead of a random number ... between 0.0 and 1.0";
+    with weights 1:1, 0.4 routes to the first model and 0.6 to the second. Each row by its own
+    key; `out._model_split` is a list holding one object."""
+    pipeline = pipelines["keyed"]
+    models = pipeline.definition.models
+    keys = [0.4, 0.6, 0.0, 1.0, 0.49, 0.5]
+    expected = ["a", "b", "a", "b", "a", "b"]
+    for count in (1, 12):  # the per-row writer and the columnar one
+        written = records(pipeline, keyed_rows(keys * count))
+        splits = [r["out"]["_model_split"] for r in written]
+        assert [s[0]["name"] for s in splits] == expected * count
+        assert all(len(s) == 1 for s in splits)
+        assert splits[1] == [
+            {"name": "b", "version": models["b"].version, "sha": models["b"].sha256}
+        ]
+        assert [r["model_name"] for r in written] == expected * count
+        assert [r["model_version"] for r in written][:2] == [
+            models["a"].version,
+            models["b"].version,
+        ]
+        last = [
+            json.loads(r["metadata"]["last_model"])["model_name"]
+            for r in records(pipeline, keyed_rows(keys * count), dataset=("metadata",))
+        ]
+        assert last == expected * count
+        # the outputs are each row's own, in row order
+        labels = [r["out"]["label"] for r in written]
+        alone = [records(pipeline, [row])[0]["out"]["label"] for row in keyed_rows(keys * count)]
+        assert labels == alone
+
+
+def test_the_split_in_arrow_is_a_list_of_one_struct(pipelines: dict[str, Pipeline]) -> None:
+    pipeline = pipelines["keyed"]
+    inference = pipeline.run(codecs.decode_records(json.dumps(keyed_rows([0.1, 0.9])).encode()))
+    table = pa.ipc.open_file(pa.py_buffer(codecs.encode_arrow(inference.table))).read_all()
+    column = table.column("out._model_split")
+    assert pa.types.is_list(column.type) and pa.types.is_struct(column.type.value_type)
+    assert [row[0]["name"] for row in column.to_pylist()] == ["a", "b"]
+
+
+@pytest.mark.parametrize("keys", [[0.5, 1.5], [0.5, -0.1], ["user-1", "user-2"], [0.5, None]])
+def test_a_split_key_outside_0_to_1_is_a_400_naming_the_column(app: Any, keys: Any) -> None:
+    reply = app("keyed").infer("keyed", keyed_rows(keys))
+    assert reply.status_code == 400, reply.text
+    assert "'key'" in reply.json()["error"] and "0.0 and 1.0" in reply.json()["error"]

@@ -126,6 +126,11 @@ def _shadow_of(names: list[str], info: RecordInfo) -> dict[str, list[str]]:
 
 def _records_small(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
     columns = {name: _row_values(table.column(name)) for name in table.column_names}
+    if result.MODEL_SPLIT in columns:  # the seed's list holding one object
+        columns[result.MODEL_SPLIT] = [
+            None if text is None else [orjson.Fragment(text)]
+            for text in columns[result.MODEL_SPLIT]
+        ]
     kinds = {field.name: _type_name(field.type) for field in table.schema}
     return records_of(columns, kinds, table.num_rows, info, separator)
 

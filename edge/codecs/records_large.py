@@ -38,6 +38,8 @@ Pieces = list[Fragments]  # in order; constant text between per-row fragments
 def records_large(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
     rows = table.num_rows
     values = {field.name: _Column(table.column(field.name), rows) for field in table.schema}
+    if result.MODEL_SPLIT in values:
+        values[result.MODEL_SPLIT] = _SplitColumn(table.column(result.MODEL_SPLIT), rows)
     pieces: list[Fragments] = []
     text: list[bytes] = [b"{"]  # constant text gathered until the next per-row piece
 
@@ -217,6 +219,14 @@ class _Column:
 
     def entries_per_row(self) -> list[bytes]:
         return [orjson.dumps(_tensor_entry(v), option=_NUMPY) for v in _row_values(self.array)]
+
+
+class _SplitColumn(_Column):
+    """`out._model_split`: its JSON text per row, written as the seed's list of one object."""
+
+    def _fragments(self) -> Pieces:
+        texts = self.array.to_pylist()
+        return [[b"null" if t is None else b"[" + t.encode() + b"]" for t in texts]]
 
 
 def _tensor(array: pa.Array) -> np.ndarray | None:
