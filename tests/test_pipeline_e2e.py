@@ -490,8 +490,8 @@ def test_unsafe_validation_in_a_definition_is_refused_at_load(
     assert "AnonymousFunction" in serialized
     made = publishing.build_definition
 
-    def tampered(spec: Any, packed: Any = None) -> Any:
-        definition = made(spec, packed)
+    def tampered(spec: Any, packed: Any = None, warn: Any = None) -> Any:
+        definition = made(spec, packed, warn)
         validations = dict(definition.validations, sneaky=Validation("looks harmless", serialized))
         return dataclasses.replace(definition, validations=validations)
 
