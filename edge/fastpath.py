@@ -25,7 +25,7 @@ import orjson
 from edge import result
 from edge.artifact import ModelInfo, ModelStep
 from edge.codecs.decode import ORJSON_BODY, numeric_tensor
-from edge.codecs.records import RecordInfo, _group, _tensor_entry
+from edge.codecs.records import ORIGINAL_DATA_BYTES, RecordInfo, _group, _tensor_entry
 from edge.codecs.shape import Shape, selected
 from edge.errors import EdgeError
 from edge.runtimes import Runtime
@@ -170,11 +170,14 @@ class _Template:
         names = selected(tuple(values), shape)
         self.parts: list[Part] = []
         put = self._put
-        put(b'{"check_failures":' + orjson.dumps(info.check_failures) + b',"elapsed":')
+        # no validations on this path: no record has check failures
+        put(b'{"check_failures":[],"elapsed":')
         put(self._request("elapsed"))
         put(b',"model_name":' + orjson.dumps(info.model_name))
         put(b',"model_version":' + orjson.dumps(info.model_version))
-        put(b',"original_data":null,"outputs":[')
+        put(b',"original_data":')
+        put(("original", ""))
+        put(b',"outputs":[')
         for i, name in enumerate(result.output_columns(list(names))):
             put((b"," if i else b"") + b'{"' + kinds[name].encode() + b'":')
             put(self._entry(name))
@@ -238,6 +241,7 @@ class _Template:
                     per_row["entry", prefix + name] = [
                         orjson.dumps(_tensor_entry(v), option=_NUMPY) for v in values
                     ]
+        per_row["original", ""] = _original_data(rows, per_row)
         records = []
         for row in range(rows.rows):
             pieces = []
@@ -250,6 +254,19 @@ class _Template:
                     pieces.append(per_row[part][row])
             records.append(b"".join(pieces))
         return b"[" + b",".join(records) + b"]"
+
+
+def _original_data(
+    rows: result.ResultRows, per_row: dict[tuple[str, str], list[bytes]]
+) -> list[bytes]:
+    """Each record's `original_data` from its input values' text, as
+    `RecordInfo.original_data` writes it (null past `ORIGINAL_DATA_BYTES`)."""
+    keys = [(orjson.dumps(name), per_row["column", result.IN + name]) for name in rows.inputs]
+    texts = []
+    for row in range(rows.rows):
+        text = b"{" + b",".join(key + b":" + values[row] for key, values in keys) + b"}"
+        texts.append(text if len(text) <= ORIGINAL_DATA_BYTES else b"null")
+    return texts
 
 
 _PER_REQUEST = {result.TIME, result.ELAPSED}

@@ -24,6 +24,7 @@ from edge.appliance import Appliance
 from edge.httpio import read_asgi_body
 from edge.metrics import Metrics
 from edge.pipeline import Inference, Pipeline
+from edge.result import without_nulls
 
 INLINE_BYTES = 64 << 10  # smaller bodies run on the event loop: a thread hop costs more
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -114,7 +115,7 @@ class InferenceEndpoint:
         # Journal the rows (large tables on a thread, while the answer is encoded); answer
         # only once they are written (LogBufferFull / LogBufferDiskFull become 503 / 507).
         buffer = self.appliance.buffer
-        logged = buffer.submit(result) if buffer is not None else None
+        logged = buffer.submit(without_nulls(result)) if buffer is not None else None
 
         def encode() -> bytes:
             if want_arrow:

@@ -6,8 +6,6 @@ table `edge.result` describes (and `edge.result.ResultBuilder` builds).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 import time
@@ -15,13 +13,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 
 from edge.artifact import Definition, ModelInfo, ModelStep, RandomSplitStep, ShadowStep, Step
 from edge.codecs.records import RecordInfo
 from edge.errors import BadInput, EdgeError, PipelineError
 from edge.fastpath import FastPath
-from edge.result import ANOMALY, ANOMALY_COUNT, MODEL_SPLIT, SHADOW, ResultBuilder
+from edge.result import (
+    ANOMALY,
+    ANOMALY_COUNT,
+    IN,
+    LAST_MODEL,
+    MODEL_SPLIT,
+    SHADOW,
+    ResultBuilder,
+    is_input,
+)
 from edge.runtimes import Runtime
 
 log = logging.getLogger(__name__)
@@ -34,14 +42,24 @@ class Inference:
     table: pa.Table
     elapsed: list[int]
     last_model: ModelInfo
-    check_failures: list[Any] = field(default_factory=list)
+    # per row: the validations that flagged it (None: no row was flagged)
+    check_failures: list[list[Any]] | None = None
     # failed shadow challengers: {model: {"error": message}}; the JSON writer adds each row's
     # challenger outputs from the `out_<model>.*` columns
     shadow_data: dict[str, Any] = field(default_factory=dict)
+    # per row, when the last step was an A/B split that chose per row
+    row_models: list[ModelInfo] | None = None
 
     def record_info(self, pipeline_name: str) -> RecordInfo:
-        """What each of its JSON records repeats."""
+        """What its JSON records carry besides the table's columns."""
         last = self.last_model
+        names = [n for n in self.table.column_names if is_input(n)]
+        inputs = pa.Table.from_arrays(
+            [self.table.column(n) for n in names], names=[n[len(IN) :] for n in names]
+        )
+        row_models = None
+        if self.row_models is not None:
+            row_models = [(m.name, m.version) for m in self.row_models]
         return RecordInfo(
             pipeline_name,
             last.name,
@@ -49,7 +67,30 @@ class Inference:
             self.elapsed,
             self.check_failures,
             self.shadow_data,
+            inputs,
+            row_models,
         )
+
+
+def _split_text(info: ModelInfo) -> str:
+    """`out._model_split`'s text: the seed's {"name", "version", "sha"} (clients receive a
+    list of this one object: `edge.codecs`)."""
+    return orjson.dumps({"name": info.name, "version": info.version, "sha": info.sha256}).decode()
+
+
+def _keys(table: pa.Table, name: str) -> np.ndarray:
+    """The `hash_key` column as numbers in [0.0, 1.0], or a `BadInput` naming the row."""
+    if name not in table.column_names:
+        raise BadInput(f"random split hash_key column {name!r} is missing")
+    column = table.column(name)
+    rule = f"random split hash_key column {name!r}: the key must be a number between 0.0 and 1.0"
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        raise BadInput(f"{rule}, not {column.type} values")
+    values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = np.flatnonzero(~((values >= 0.0) & (values <= 1.0)))  # NaN and nulls too
+    if len(bad):
+        raise BadInput(f"{rule}; row {int(bad[0])} holds {column[int(bad[0])].as_py()!r}")
+    return values
 
 
 class Pipeline:
@@ -96,15 +137,20 @@ class Pipeline:
         last = self.definition.models[self.definition.step_models(self.definition.steps[0])[0]]
         extra: dict[str, pa.Array] = {}
         shadow_data: dict[str, Any] = {}
+        row_models: list[ModelInfo] | None = None
         for step in self.definition.steps:
             started = time.perf_counter_ns()
-            current, last = self._run_step(step, current, rows, extra, shadow_data)
+            current, last, row_models = self._run_step(step, current, rows, extra, shadow_data)
             elapsed.append(time.perf_counter_ns() - started)
         result = self._builder.build(table, current, extra, elapsed, last.name, last.sha256)
-        check_failures: list[Any] = []
+        if row_models is not None:  # the last step chose its model per row
+            last_models = [self._builder.last_model(m.name, m.sha256) for m in row_models]
+            index = result.column_names.index(LAST_MODEL)
+            result = result.set_column(index, LAST_MODEL, pa.array(last_models, pa.string()))
+        check_failures = None
         if self.validator is not None:
             result, check_failures = self._validate(result)
-        return Inference(result, elapsed, last, check_failures, shadow_data)
+        return Inference(result, elapsed, last, check_failures, shadow_data, row_models)
 
     def _run_step(
         self,
@@ -113,16 +159,13 @@ class Pipeline:
         rows: int,
         extra: dict[str, pa.Array],
         shadow_data: dict[str, Any],
-    ) -> tuple[pa.Table, ModelInfo]:
+    ) -> tuple[pa.Table, ModelInfo, list[ModelInfo] | None]:
+        """The step's output, its model, and the model of each row when it chose per row."""
         if isinstance(step, ModelStep):
-            return self._predict(step.model, table, rows), self.definition.models[step.model]
+            output = self._predict(step.model, table, rows)
+            return output, self.definition.models[step.model], None
         if isinstance(step, RandomSplitStep):
-            chosen = self._choose(step, table)
-            info = self.definition.models[chosen]
-            output = self._predict(chosen, table, rows)
-            split = json.dumps({"name": info.name, "version": info.version, "sha": info.sha256})
-            extra[MODEL_SPLIT] = pa.array([split] * rows, pa.string())
-            return output, info
+            return self._split(step, table, rows, extra)
         assert isinstance(step, ShadowStep)
         output = self._predict(step.champion, table, rows)
         for challenger in step.challengers:
@@ -139,7 +182,7 @@ class Pipeline:
             # the JSON writer takes each row's shadow_data from these columns
             for name in shadow.column_names:
                 extra[f"{SHADOW}{challenger}.{name}"] = shadow.column(name).combine_chunks()
-        return output, self.definition.models[step.champion]
+        return output, self.definition.models[step.champion], None
 
     def _predict(self, model: str, table: pa.Table, rows: int) -> pa.Table:
         if model in self._single and rows > 1:
@@ -153,29 +196,57 @@ class Pipeline:
             )
         return output
 
-    def _choose(self, step: RandomSplitStep, table: pa.Table) -> str:
-        """One model per request (as the seed's A/B split routes inferences): by weight at
-        random, or, with `hash_key`, by a hash of the first row's key, so a key always goes
-        to the same model. Send rows of different keys as separate requests."""
-        total = sum(c.weight for c in step.models)
-        if step.hash_key:
-            if step.hash_key not in table.column_names:
-                raise BadInput(f"random split hash_key column {step.hash_key!r} is missing")
-            key = str(table.column(step.hash_key)[0].as_py()).encode()
-            point = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
-        else:
-            point = random.random()
-        edge = 0.0
-        for choice in step.models:
-            edge += choice.weight / total
-            if point < edge:
-                return choice.model
-        return step.models[-1].model
+    def _split(
+        self, step: RandomSplitStep, table: pa.Table, rows: int, extra: dict[str, pa.Array]
+    ) -> tuple[pa.Table, ModelInfo, list[ModelInfo] | None]:
+        """The A/B split: each row's model (`_choose`), run on its rows, the outputs put back
+        in row order; `out._model_split` names each row's model."""
+        infos = [self.definition.models[choice.model] for choice in step.models]
+        picks = self._choose(step, table, rows)
+        used = np.unique(picks).tolist()
+        texts = [_split_text(info) for info in infos]
+        extra[MODEL_SPLIT] = pa.array([texts[k] for k in picks.tolist()], pa.string())
+        if len(used) == 1:
+            info = infos[used[0]]
+            return self._predict(info.name, table, rows), info, None
+        parts, order = [], []
+        for k in used:
+            where = np.flatnonzero(picks == k)
+            parts.append(self._predict(infos[k].name, table.take(where), len(where)))
+            order.append(where)
+        try:
+            joined = pa.concat_tables(parts, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            names = [infos[k].name for k in used]
+            raise PipelineError(
+                f"random split models {names} give outputs of different columns or types, so "
+                f"their rows cannot make one table: {exc}"
+            ) from exc
+        back = np.empty(rows, np.int64)
+        back[np.concatenate(order)] = np.arange(rows)
+        row_models = [infos[k] for k in picks.tolist()]
+        return joined.take(pa.array(back)), row_models[0], row_models
 
-    def _validate(self, result: pa.Table) -> tuple[pa.Table, list[Any]]:
+    def _choose(self, step: RandomSplitStep, table: pa.Table, rows: int) -> np.ndarray:
+        """Each row's model (an index into `step.models`), as the seed's A/B split routes
+        inferences: the weights are mapped onto [0, 1) in order and a point picks one. The
+        point is one random number per request, or, with `hash_key`, each row's key (the
+        seed: "a key used instead of a random number ... between 0.0 and 1.0"), so rows of
+        different keys go to their own models and a key always goes to the same one."""
+        weights = np.array([c.weight for c in step.models], np.float64)
+        edges = np.cumsum(weights / weights.sum())
+        if step.hash_key:
+            points = _keys(table, step.hash_key)
+        else:
+            points = np.full(rows, random.random())
+        return np.minimum(np.searchsorted(edges, points, side="right"), len(edges) - 1)
+
+    def _validate(self, result: pa.Table) -> tuple[pa.Table, list[list[Any]] | None]:
+        """`anomaly.*` columns, and each row's check failures (the seed's per-record
+        `check_failures`: the validations its row triggered; None when no row triggered one)."""
         flags: dict[str, pa.Array] = self.validator.evaluate(result)
         count = np.zeros(result.num_rows, np.uint32)
-        failures: list[Any] = []
+        flagged: list[tuple[np.ndarray, dict[str, Any]]] = []
         position = result.column_names.index(ANOMALY_COUNT)
         for offset, (name, array) in enumerate(flags.items(), start=1):
             values = array.to_numpy(zero_copy_only=False).astype(bool)
@@ -183,6 +254,13 @@ class Pipeline:
             result = result.add_column(position + offset, f"{ANOMALY}{name}", array)
             if values.any():
                 source = self.definition.validations[name].source
-                failures.append({"True": {"expr": source, "name": name}})
+                flagged.append((values, {"True": {"expr": source, "name": name}}))
         result = result.set_column(position, ANOMALY_COUNT, pa.array(count))
-        return result, failures
+        if not flagged:
+            return result, None
+        # rows of one pattern share one list (the JSON writer writes each pattern once)
+        patterns, which = np.unique(
+            np.stack([values for values, _ in flagged], axis=1), axis=0, return_inverse=True
+        )
+        lists = [[flagged[j][1] for j in np.flatnonzero(p)] for p in patterns]
+        return result, [lists[i] for i in which.reshape(-1).tolist()]

@@ -27,11 +27,16 @@ from edge.artifact import (
 )
 from edge.errors import SpecError
 from edge.registry import LAYOUT_SCHEME, Progress, Reference, open_store, sha256_file
+from edge.result import MAX_VALIDATIONS
 from edge.spec import PipelineSpec, load_spec
 
 if TYPE_CHECKING:
     from edge.convert import Packed
 
+COUNT_WARNING = (
+    "Warning: count is not allowed. A validation named count was ignored (anomaly.count is "
+    "reserved); the other validations are added."
+)
 LARGE = 8 << 20  # show progress for files above this
 
 
@@ -112,9 +117,15 @@ def pack_models(
     return packed
 
 
-def build_definition(spec: PipelineSpec, packed: Mapping[str, Packed] | None = None) -> Definition:
+def build_definition(
+    spec: PipelineSpec,
+    packed: Mapping[str, Packed] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Definition:
     """Hash and version every model file (the packed one, for models `pack_models` converted
-    or packed); compile validations to polars JSON."""
+    or packed); compile validations to polars JSON. A validation named `count` is left out
+    with a warning (`warn`, default stderr) and the others are added, as the seed's
+    `add_validations` does."""
     models = {}
     for entry in spec.models.values():
         done = (packed or {}).get(entry.name)
@@ -138,12 +149,20 @@ def build_definition(spec: PipelineSpec, packed: Mapping[str, Packed] | None = N
     if spec.validations:
         import polars
 
-        from edge.validations import check_name, compile_expression
+        from edge.validations import RESERVED, check_name, compile_expression
 
         polars_version = polars.__version__
         for name, source in spec.validations.items():
+            if name == RESERVED:
+                (warn or _stderr)(COUNT_WARNING)
+                continue
             check_name(name)
             validations[name] = Validation(source=source, expr=compile_expression(source, name))
+    if len(validations) > MAX_VALIDATIONS:
+        raise SpecError(
+            f"{len(validations)} validations: at most {MAX_VALIDATIONS} (anomaly.count is an "
+            f"int8 in the seed's Arrow results)"
+        )
     return Definition(
         name=spec.name,
         version=str(uuid.uuid4()),
@@ -174,7 +193,7 @@ def publish(
     with tempfile.TemporaryDirectory(prefix="edge-publish-") as scratch:
         say = _stderr if progress else _quiet
         packed = pack_models(spec, Path(scratch), convert, say)
-        definition = build_definition(spec, packed)
+        definition = build_definition(spec, packed, _stderr)
         files = {name: entry.file for name, entry in spec.models.items()}
         files.update({name: done.file for name, done in packed.items()})
         published = _push(

@@ -42,6 +42,7 @@ METADATA = "metadata."
 
 ANOMALY_COUNT = "anomaly.count"
 ANOMALY_COUNT_TYPE = pa.uint32()
+MAX_VALIDATIONS = 127  # clients receive anomaly.count as the seed's int8 (edge.codecs.arrow)
 MODEL_SPLIT = "out._model_split"
 LAST_MODEL = "metadata.last_model"
 PIPELINE_VERSION = "metadata.pipeline_version"
@@ -351,6 +352,43 @@ def time_bounds(rows: pa.RecordBatch | pa.Table) -> tuple[int | None, int | None
         return None, None
     bounds = pc.min_max(times)
     return bounds["min"].as_py(), bounds["max"].as_py()
+
+
+# ---------------------------------------------------------------------- nulls in logs
+
+
+def without_nulls(table: pa.Table) -> pa.Table:
+    """`table` as the log keeps it: the seed's pipeline logs write "undefined data ... in the
+    place of the null value, typically zeroes" and "null list values ... an empty list". So
+    nulls in `in.*` / `out.*` columns become 0, false, "" or [] (inside lists too); a column
+    of nulls only (no type to fill) stays as it is. Types do not change."""
+    for i, name in enumerate(table.column_names):
+        column = table.column(i)
+        if is_input(name) or is_output(name):
+            chunks = [_filled(chunk) for chunk in column.chunks]
+            if any(new is not old for new, old in zip(chunks, column.chunks, strict=True)):
+                table = table.set_column(
+                    i, table.field(i), pa.chunked_array(chunks, type=column.type)
+                )
+    return table
+
+
+def _filled(array: pa.Array) -> pa.Array:
+    kind = array.type
+    if pa.types.is_list(kind):
+        values = _filled(array.values)
+        if array.null_count == 0 and values is array.values:
+            return array
+        return pa.ListArray.from_arrays(array.offsets, values, type=kind)
+    if not array.null_count:
+        return array
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return pc.fill_null(array, pa.scalar(0, kind))
+    if pa.types.is_boolean(kind):
+        return pc.fill_null(array, False)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pc.fill_null(array, "")
+    return array
 
 
 # ---------------------------------------------------------------------- metadata.dropped

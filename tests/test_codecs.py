@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import orjson
@@ -13,6 +14,7 @@ import pytest
 from edge import codecs
 from edge.codecs import records
 from edge.codecs.records_large import records_large
+from edge.codecs.records_large import row_objects as records_large_rows
 from edge.errors import BadInput
 from edge.tensors import ndarray_to_column
 
@@ -54,6 +56,9 @@ def varied_table(n: int) -> pa.Table:
         "out.small": pa.array(rng.integers(0, 9, n).astype(np.uint8)),
         "out.mask": ndarray_to_column(rng.random((n, 2)) > 0.5),
         "out_challenger.label": pa.array(np.arange(n, dtype=np.int32)),
+        "out._model_split": pa.array(
+            [None if i == 3 else '{"name":"a","version":"v","sha":"s"}' for i in range(n)]
+        ),
         "metadata.partition": pa.array(["edge-1"] * n),
         "metadata.last_model": pa.array(['{"model_name": "m", "model_sha": "s"}'] * n),
     }
@@ -62,18 +67,56 @@ def varied_table(n: int) -> pa.Table:
     return table
 
 
+def per_record_info(table: pa.Table) -> codecs.RecordInfo:
+    """Facts that differ per record: check failures, original data, the split's model."""
+    rows = table.num_rows
+    flagged: list[Any] = [{"True": {"expr": "x", "name": "x"}}]
+    inputs = table.select([n for n in table.column_names if n.startswith("in.")])
+    return codecs.RecordInfo(
+        "p",
+        "m",
+        "v",
+        [1],
+        [flagged if i % 4 == 0 else [] for i in range(rows)],
+        {"c": {"error": "e"}},
+        inputs.rename_columns([n[3:] for n in inputs.column_names]),
+        [("a", "va") if i % 3 else ("b", "vb") for i in range(rows)],
+    )
+
+
 @pytest.mark.parametrize("separator", [None, ".", "_"])
-@pytest.mark.parametrize(
-    "info", [INFO, None, codecs.RecordInfo("p", "m", "v", [1], [{"x": 1}], {"c": {"error": "e"}})]
-)
+@pytest.mark.parametrize("info", [INFO, None, "per-record"])
 def test_small_and_large_writers_write_the_same_bytes(
-    separator: str | None, info: codecs.RecordInfo | None
+    separator: str | None, info: codecs.RecordInfo | str | None
 ) -> None:
     table = varied_table(codecs.SMALL + 6)
+    if info == "per-record":
+        info = per_record_info(table)
+    assert not isinstance(info, str)
     large = records_large(table, info, separator)
     small = records._records_small(table, info, separator)
     assert large == small
     assert len(orjson.loads(large)) == table.num_rows
+
+
+def test_original_data_is_each_records_input_row() -> None:
+    """The seed's `original_data`: the row as received (the record's `in` object), null when
+    it is too long; the columnar rows equal the per-row ones."""
+    table = varied_table(codecs.SMALL + 6)
+    info = per_record_info(table)
+    assert info.inputs is not None
+    for body in (records_large(table, info, None), records._records_small(table, info, None)):
+        written = orjson.loads(body)
+        assert [r["original_data"] for r in written] == [r["in"] for r in written]
+        assert [r["check_failures"] for r in written] == info.check_failures
+        assert [r["model_name"] for r in written] == [m for m, _ in info.row_models or []]
+    few = info.inputs.slice(0, 5)
+    assert records_large_rows(few) == [
+        orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) for row in few.to_pylist()
+    ]
+    wide = pa.table({"x": [[0.5] * 20_000, [1.0]]})
+    texts = codecs.RecordInfo("p", "m", "v", [1], inputs=wide).original_data(2)
+    assert texts == [b"null", b'{"x":[1.0]}']  # past ORIGINAL_DATA_BYTES: null
 
 
 def test_records_normalize_to_seed_columns() -> None:

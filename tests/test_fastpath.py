@@ -69,6 +69,11 @@ SPECS = {
         "        - {weight: 1, model: a, file: models/logistic.onnx}\n"
         "        - {weight: 1, model: b, file: models/logistic.onnx}\n"
     ),
+    "keyed": (
+        "name: keyed\nsteps:\n  - random_split:\n      hash_key: key\n      models:\n"
+        "        - {weight: 1, model: a, file: models/logistic.onnx, tensor_fields: [tensor]}\n"
+        "        - {weight: 1, model: b, file: models/scaler.onnx, tensor_fields: [tensor]}\n"
+    ),
     "shadow": (
         "name: shadow\nsteps:\n  - shadow:\n"
         "      champion: {model: a, file: models/logistic.onnx}\n"
@@ -235,3 +240,33 @@ def test_the_rows_of_one_loop_turn_are_journaled_as_one_table(
     each = [general(pipeline, body, codecs.Shape())[1] for body in bodies]
     expected = pa.concat_tables(each)
     assert stored.to_pylist()[::-1] == expected.to_pylist()  # newest first
+
+
+def test_a_split_choosing_per_row_is_left_to_the_general_path(
+    pipelines: dict[str, Pipeline],
+) -> None:
+    """The A/B split (one model per row by its key) is the general path's: it declines the
+    pipeline, whose records name each row's model."""
+    pipeline = pipelines["keyed"]
+    assert pipeline.fast is None
+    body = rows(FEATURES[:2].tolist(), key=[0.25, 0.75])
+    for shape in SHAPES:
+        records, table = general(pipeline, body, shape)
+        assert len(json.loads(records)) == 2
+    assert [r["model_name"] for r in json.loads(general(pipeline, body, codecs.Shape())[0])] == [
+        "a",
+        "b",
+    ]
+
+
+def test_the_small_path_writes_each_records_original_data_and_no_failures(
+    pipelines: dict[str, Pipeline],
+) -> None:
+    body = rows(FEATURES[:2].tolist(), request_id=[7, 8])
+    fast = pipelines["fields"].fast
+    assert fast is not None
+    answered = fast.run(body)
+    assert answered is not None
+    written = json.loads(fastpath.encode(answered, codecs.Shape()))
+    assert [r["original_data"] for r in written] == json.loads(body)
+    assert [r["check_failures"] for r in written] == [[], []]

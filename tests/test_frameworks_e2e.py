@@ -57,6 +57,11 @@ ARRAY_ERRORS = [
 ]
 
 
+def seed_list(kind: pa.DataType) -> pa.DataType:
+    """An output list as clients receive it in Arrow (the seed's `list<inner: T not null>`)."""
+    return pa.list_(pa.field("inner", kind, nullable=False))
+
+
 @dataclass
 class Case:
     """One framework's model, what its own predict answers, and its schema errors."""
@@ -143,7 +148,7 @@ def hugging_face_cases(models: Path) -> dict[str, Case]:
                 ([{"inputs": "good", "function_to_apply": "tanh"}], ["'function_to_apply'"]),
                 ([{"text": "good", "top_k": 1}], ["'inputs'"]),
             ],
-            types={"label": pa.list_(pa.string()), "score": pa.list_(pa.float64())},
+            types={"label": seed_list(pa.string()), "score": seed_list(pa.float64())},
             more=[(options, {"label": [[a["label"] for a in answer] for answer in top],
                              "score": [[a["score"] for a in answer] for answer in top]})],
         ),
@@ -151,7 +156,7 @@ def hugging_face_cases(models: Path) -> dict[str, Case]:
             "hugging-face-feature-extraction", "embedding", "hugging-face", text_rows,
             {"output": [vector[0] for vector in vectors]},
             errors=[([{"inputs": None}], ["'inputs'", "null"])],
-            types={"output": pa.list_(pa.list_(pa.float64()))},
+            types={"output": seed_list(seed_list(pa.float64()))},
         ),
     }  # fmt: skip
 

@@ -292,7 +292,7 @@ def test_a_bad_spec_is_one_line_on_stderr_and_exit_status_2(
     "name,source,words",
     [
         ("sneaky", 'pl.col("in.x").map_elements(lambda v: v.bit_length())', "AnonymousFunction"),
-        ("count", 'pl.col("in.x") > 1', "reserved"),
+        ("too-low", 'pl.col("in.x") > 1', "identifier"),
     ],
 )
 def test_an_unsafe_validation_is_refused_at_publish(
@@ -307,6 +307,25 @@ def test_an_unsafe_validation_is_refused_at_publish(
     captured = capsys.readouterr()
     assert captured.out == "" and words in captured.err and f"'{name}'" in captured.err
     assert not (tmp_path / "l" / "index.json").exists()
+
+
+def test_a_validation_named_count_is_ignored_with_a_warning_and_the_others_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The seed's add_validations: "Any validations submitted with the name count are ignored
+    and an warning returned. Other validations ... are added to the pipeline."
+    """
+    (tmp_path / "m.onnx").write_bytes(b"model")
+    (tmp_path / "p.yaml").write_text(
+        "name: counted\nsteps:\n  - model: m\n    file: m.onnx\n"
+        "validations:\n  count: 'pl.col(\"in.x\") > 1'\n  high: 'pl.col(\"in.x\") > 2'\n"
+    )
+    assert cli.main(["publish", str(tmp_path / "p.yaml"), "--layout", str(tmp_path / "l")]) == 0
+    captured = capsys.readouterr()
+    assert "Warning: count is not allowed" in captured.err
+    _, definition = publish(tmp_path / "p.yaml", layout=tmp_path / "l2", progress=False)
+    assert list(definition.validations) == ["high"]
+    assert "Warning: count is not allowed" in capsys.readouterr().err  # even without progress
 
 
 def test_published_lines_include_the_chart_fields_when_there_are_some() -> None:

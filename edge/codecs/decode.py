@@ -61,7 +61,10 @@ def _column(name: str, values: list[Any]) -> pa.Array:
     """One JSON column as Arrow; numeric tensors go through numpy (much faster than
     pyarrow's inference on nested Python lists), everything else through `pa.array`."""
     first = values[0]
-    if _numeric_start(first):
+    if _numeric_start(first) and any(v is None for v in values):
+        # rows without a value: a null (the model step says whether it takes one)
+        _check_shapes(name, [v for v in values if v is not None])
+    elif _numeric_start(first):
         try:
             tensor = np.asarray(values)
         except ValueError as exc:  # numpy refuses inhomogeneous shapes
@@ -77,6 +80,16 @@ def _column(name: str, values: list[Any]) -> pa.Array:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise BadInput(f"column {name!r}: mixed element types or ragged nesting ({exc})") from exc
+
+
+def _check_shapes(name: str, values: list[Any]) -> None:
+    try:
+        np.asarray(values)
+    except ValueError as exc:  # numpy refuses inhomogeneous shapes
+        raise BadInput(
+            f"column {name!r}: ragged tensor (rows or nested lists differ in length); "
+            f"every row must have the same shape"
+        ) from exc
 
 
 def numeric_tensor(values: list[Any]) -> np.ndarray | None:

@@ -22,18 +22,52 @@ from edge.errors import BadInput
 from edge.tensors import column_to_ndarray, numbers, single_array
 
 SMALL = 64  # rows; below this the per-row JSON writer is faster
+ORIGINAL_DATA_BYTES = 64 << 10  # a row's `original_data` JSON above this is written as null
 
 
 @dataclass
 class RecordInfo:
-    """Per-request facts every JSON record repeats (the seed's edge fields)."""
+    """What the JSON records carry besides the table's columns (the seed's edge fields): per
+    request (`elapsed`, the names), or per record (`check_failures`, `original_data`)."""
 
     pipeline_name: str
     model_name: str
     model_version: str
     elapsed: list[int]
-    check_failures: list[Any] = field(default_factory=list)
+    # per record: the validations that flagged its row (None: none flagged any row)
+    check_failures: list[list[Any]] | None = None
     shadow_data: dict[str, Any] = field(default_factory=dict)
+    # the request's input columns (names as received), each record's `original_data`
+    inputs: pa.Table | None = None
+    # per record (model_name, model_version), when an A/B split chose per row
+    row_models: list[tuple[str, str]] | None = None
+
+    def original_data(self, rows: int) -> list[bytes]:
+        """Each record's `original_data`: its row of the input, as JSON text, or null past
+        `ORIGINAL_DATA_BYTES` (the seed: null "if the input may be too long")."""
+        inputs = self.inputs
+        if inputs is None or inputs.num_columns == 0:
+            return [b"null"] * rows
+        if rows < SMALL:
+            values = {name: _row_values(inputs.column(name)) for name in inputs.column_names}
+            texts = [
+                orjson.dumps({n: v[row] for n, v in values.items()}, option=_NUMPY)
+                for row in range(rows)
+            ]
+        else:
+            from edge.codecs.records_large import row_objects
+
+            texts = row_objects(inputs)
+        return [t if len(t) <= ORIGINAL_DATA_BYTES else b"null" for t in texts]
+
+    def model_of(self, row: int) -> tuple[str, str]:
+        if self.row_models is not None:
+            return self.row_models[row]
+        return self.model_name, self.model_version
+
+
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_NO_FAILURES: list[Any] = []
 
 
 def encode_records(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
@@ -92,6 +126,11 @@ def _shadow_of(names: list[str], info: RecordInfo) -> dict[str, list[str]]:
 
 def _records_small(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
     columns = {name: _row_values(table.column(name)) for name in table.column_names}
+    if result.MODEL_SPLIT in columns:  # the seed's list holding one object
+        columns[result.MODEL_SPLIT] = [
+            None if text is None else [orjson.Fragment(text)]
+            for text in columns[result.MODEL_SPLIT]
+        ]
     kinds = {field.name: _type_name(field.type) for field in table.schema}
     return records_of(columns, kinds, table.num_rows, info, separator)
 
@@ -111,6 +150,7 @@ def records_of(
     if info is not None:
         shadow = {m: [(c, kinds[c]) for c in cs] for m, cs in _shadow_of(names, info).items()}
     records = []
+    original = info.original_data(rows) if info is not None else []
     for row in range(rows):
         record: dict[str, Any] = {}
         if info is not None:
@@ -123,12 +163,14 @@ def records_of(
                         for m, cols in shadow.items()
                     },
                 }
+            model_name, model_version = info.model_of(row)
+            failures = info.check_failures
             record.update(
-                check_failures=info.check_failures,
+                check_failures=_NO_FAILURES if failures is None else failures[row],
                 elapsed=info.elapsed,
-                model_name=info.model_name,
-                model_version=info.model_version,
-                original_data=None,
+                model_name=model_name,
+                model_version=model_version,
+                original_data=orjson.Fragment(original[row]),
                 outputs=[{kind: _tensor_entry(columns[c][row])} for c, kind in outputs],
                 pipeline_name=info.pipeline_name,
                 shadow_data=shadow_data,

@@ -38,6 +38,8 @@ Pieces = list[Fragments]  # in order; constant text between per-row fragments
 def records_large(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
     rows = table.num_rows
     values = {field.name: _Column(table.column(field.name), rows) for field in table.schema}
+    if result.MODEL_SPLIT in values:
+        values[result.MODEL_SPLIT] = _SplitColumn(table.column(result.MODEL_SPLIT), rows)
     pieces: list[Fragments] = []
     text: list[bytes] = [b"{"]  # constant text gathered until the next per-row piece
 
@@ -51,11 +53,16 @@ def records_large(table: pa.Table, info: RecordInfo | None, separator: str | Non
                 pieces.append(piece)
 
     if info is not None:
-        put(_key_value("check_failures", info.check_failures) + b",")
-        put(_key_value("elapsed", info.elapsed) + b",")
-        put(_key_value("model_name", info.model_name) + b",")
-        put(_key_value("model_version", info.model_version) + b",")
-        put(b'"original_data":null,"outputs":[')
+        put(b'"check_failures":')
+        put(_per_record(info.check_failures, []))
+        put(b',"elapsed":' + orjson.dumps(info.elapsed))
+        if info.row_models is None:
+            put(b"," + _key_value("model_name", info.model_name) + b",")
+            put(_key_value("model_version", info.model_version) + b",")
+        else:
+            put(b',"model_name":', [orjson.dumps(m[0]) for m in info.row_models])
+            put(b',"model_version":', [orjson.dumps(m[1]) for m in info.row_models], b",")
+        put(b'"original_data":', info.original_data(rows), b',"outputs":[')
         kinds = {field.name: _type_name(field.type) for field in table.schema}
         _entries(put, [(n, kinds[n]) for n in result.output_columns(table.column_names)], values)
         put(b"]," + _key_value("pipeline_name", info.pipeline_name) + b',"shadow_data":')
@@ -111,6 +118,41 @@ def _entries(put: Any, outputs: list[tuple[str, str]], values: dict[str, _Column
             data, dim = entry
             put(b'{"data":[', data, b'],"dim":' + dim + b',"v":1}')
         put(b"}")
+
+
+def _per_record(values: list[Any] | None, default: Any) -> Fragments:
+    """One JSON fragment per record of `values` (None: `default` for every record); rows
+    sharing one object share its text."""
+    if values is None:
+        return orjson.dumps(default)
+    texts: dict[int, bytes] = {}
+    out = []
+    for value in values:
+        text = texts.get(id(value))
+        if text is None:
+            text = texts[id(value)] = orjson.dumps(value)
+        out.append(text)
+    return out
+
+
+def row_objects(table: pa.Table) -> list[bytes]:
+    """Each row of `table` as one JSON object (`{"<column>": value, ...}`), with the values
+    written as the per-row writer writes them."""
+    rows = table.num_rows
+    pieces: list[Fragments] = []
+    text = [b"{"]
+    for i, name in enumerate(table.column_names):
+        text.append((b"," if i else b"") + orjson.dumps(name) + b":")
+        for piece in _Column(table.column(name), rows).json():
+            if isinstance(piece, bytes):
+                text.append(piece)
+            else:
+                pieces.append(b"".join(text))
+                text = []
+                pieces.append(piece)
+    text.append(b"}")
+    pieces.append(b"".join(text))
+    return list(_assemble(pieces, rows))
 
 
 def _key_value(key: str, value: Any) -> bytes:
@@ -177,6 +219,14 @@ class _Column:
 
     def entries_per_row(self) -> list[bytes]:
         return [orjson.dumps(_tensor_entry(v), option=_NUMPY) for v in _row_values(self.array)]
+
+
+class _SplitColumn(_Column):
+    """`out._model_split`: its JSON text per row, written as the seed's list of one object."""
+
+    def _fragments(self) -> Pieces:
+        texts = self.array.to_pylist()
+        return [[b"null" if t is None else b"[" + t.encode() + b"]" for t in texts]]
 
 
 def _tensor(array: pa.Array) -> np.ndarray | None:
