@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         "0.1; 0 = fsync before every answer)",
     )
     serve.add_argument(
+        "--pull-retry-max",
+        type=float,
+        help="env PULL_RETRY_MAX: longest wait in s between pipeline pull retries (default 60)",
+    )
+    serve.add_argument(
         "--no-logging",
         dest="logging_enabled",
         action="store_const",

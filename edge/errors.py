@@ -8,7 +8,8 @@ EdgeError
 ├── RegistryError          talking to the OCI registry or layout failed
 │   ├── RegistryUnreachable
 │   ├── RegistryAuthError
-│   └── NotPublished       the reference does not exist
+│   ├── NotPublished       the reference does not exist
+│   └── NoCachedCopy       the pull failed and nothing is cached (first start): retried
 ├── RequestError           the client sent something we cannot use (a 4xx)
 │   ├── BadInput           body, column or value is wrong (names the column)
 │   ├── UnsupportedMediaType
@@ -61,6 +62,11 @@ class RegistryAuthError(RegistryError):
 
 class NotPublished(RegistryError):
     """The pipeline reference does not exist in the registry or layout."""
+
+
+class NoCachedCopy(RegistryError):
+    """The pull failed and the persist directory has no copy to serve (a first start); the
+    appliance keeps retrying (a device often boots before its network)."""
 
 
 class RequestError(EdgeError):

@@ -86,12 +86,10 @@ def create_app(appliance: Appliance) -> Callable[..., Awaitable[None]]:
     metrics = appliance.metrics
 
     async def list_pipelines(request: Request) -> Response:
-        pipelines = []
-        if appliance.pipeline is not None:
-            pipelines.append({"id": appliance.pipeline.name, "status": str(appliance.state)})
-        elif appliance.error is not None:
-            pipelines.append({"id": "unknown", "status": str(appliance.state)})
-        return json_response({"pipelines": pipelines})
+        entry: dict[str, Any] = {"id": appliance.pipeline_name, "status": str(appliance.state)}
+        if appliance.pipeline is None and appliance.error is not None:
+            entry["error"] = appliance.error  # the reason; the loader retries it
+        return json_response({"pipelines": [entry]})
 
     async def list_models(request: Request) -> Response:
         models = []
