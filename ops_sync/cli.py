@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ops_sync.errors import SyncError
+from ops_sync.identity import DEFAULT_TRUST_DOMAIN
 
 DEFAULT_PORT = 8443
 
@@ -45,7 +46,19 @@ def _parser() -> argparse.ArgumentParser:
         "--host", default=_env("OPS_HOST", "127.0.0.1"), help="name edges reach us by"
     )
     serve.add_argument("--bind", default=_env("OPS_BIND"), help="listen address")
-    serve.add_argument("--trust-domain", default=_env("OPS_TRUST_DOMAIN", "ops-sync.local"))
+    serve.add_argument(
+        "--trust-domain",
+        default=_env("OPS_TRUST_DOMAIN", DEFAULT_TRUST_DOMAIN),
+        help="SPIFFE trust domain of edge ids: spiffe://<it>/ns/deployments/edge/<edge id> "
+        f"(env OPS_TRUST_DOMAIN, default {DEFAULT_TRUST_DOMAIN})",
+    )
+    serve.add_argument(
+        "--accept-trust-domain",
+        action="append",
+        default=[d for d in (_env("OPS_ACCEPT_TRUST_DOMAINS", "") or "").split(",") if d],
+        help="a former trust domain whose edge certificates still verify until renewed "
+        "(repeatable; env OPS_ACCEPT_TRUST_DOMAINS, comma-separated)",
+    )
     serve.add_argument(
         "--max-connections",
         type=int,
@@ -164,6 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.host,
         bind,
         trust_domain=args.trust_domain,
+        accepted_domains=tuple(args.accept_trust_domain),
         clock_offset=args.clock_offset,
         ca_files=(args.ca_cert, args.ca_key) if args.ca_cert else None,
         max_connections=args.max_connections,

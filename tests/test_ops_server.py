@@ -17,6 +17,7 @@ from edge.codecs import Shape
 from edge.logquery import TOO_LARGE
 from ops_sync import logs
 from ops_sync import protocol as bundle
+from ops_sync.center import OpsCenter
 from ops_sync.identity import CertificateAuthority, cert_pem, load_cert, make_csr, new_key
 from ops_sync.protocol import encode_batch
 from ops_sync.server import create_app
@@ -325,3 +326,30 @@ def test_parse_size_accepts_the_seed_units() -> None:
     assert logs.parse_size("10 MiB") == logs.parse_size("10MiB") == 10 << 20
     assert logs.parse_size("100MB") == 100_000_000
     assert logs.parse_size("2 GiB") == 2 << 30
+
+
+def test_the_trust_domain_changes_without_re_enrolling_edges(tmp_path: Path) -> None:
+    """An ops center restarted with another trust domain (accepting the former one) still
+    authenticates the edges it enrolled; their renewal and `list_edges` carry the new id."""
+    first = Ops(tmp_path)
+    token = bundle.decode(first.add_edge("edge-a")["docker_run_variables"]["EDGE_BUNDLE"])
+    joined = first.join(token["JOIN_TOKEN"])
+    assert joined.spiffe_id == f"spiffe://ops-sync.local/ns/deployments/edge/{joined.edge_id}"
+    first.center.close()
+    center = OpsCenter(
+        tmp_path,
+        ADMIN,
+        "127.0.0.1:8443",
+        trust_domain="wallaroo.ai",
+        accepted_domains=("ops-sync.local",),
+        commit_interval=0.0,
+    )
+    try:
+        edge = center.authenticate(joined.cert)
+        renewed = center.renew(edge, make_csr(joined.key, "x"))
+        want = f"spiffe://wallaroo.ai/ns/deployments/edge/{joined.edge_id}"
+        assert renewed["spiffe_id"] == want
+        assert center.authenticate(renewed["certificate"])["id"] == joined.edge_id
+        assert [e["spiffe_id"] for e in center.list_edges()] == [want]
+    finally:
+        center.close()
