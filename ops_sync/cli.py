@@ -133,6 +133,14 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--end", help="end_datetime (ISO 8601), with --start")
     logs.add_argument("--dataset", action="append")
     logs.add_argument("--dataset-exclude", action="append")
+    logs.add_argument(
+        "--valid",
+        choices=["true", "false"],
+        help="false: only rows with an anomaly (a validation was true); true: only rows without",
+    )
+    logs.add_argument(
+        "--pipeline-version", help="one version's rows (default: the newest row's version)"
+    )
     logs.add_argument("--separator", help="flatten JSON keys with this separator")
     out = logs.add_mutually_exclusive_group()
     out.add_argument("--arrow", type=Path, metavar="FILE", help="export to an Arrow file")
@@ -246,6 +254,8 @@ def _logs(client: Any, args: argparse.Namespace) -> int:
         "dataset_exclude": args.dataset_exclude,
         "dataset_separator": args.separator,
         "partition": args.partition,
+        "valid": args.valid,
+        "pipeline_version": args.pipeline_version,
     }
     if args.arrow or args.ndjson:
         params["data_size_limit"] = args.data_size_limit

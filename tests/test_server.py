@@ -728,3 +728,43 @@ def test_logs_when_logging_is_off(make_app: Any) -> None:
     assert infer(app, tensor_rows(FEATURES[:1])).status_code == 200  # still answers
     assert_error(call(app, "GET", "/logs"), 404, "platform", "EDGE_LOGGING=false")
     assert call(app, "GET", "/metrics").status_code == 200
+
+
+def logged_rows(version: str, anomalies: list[int], t0_ms: int) -> pa.Table:
+    """Rows as the pipeline logs them, of `version`, with these anomaly counts."""
+    n = len(anomalies)
+    return pa.table(
+        {
+            "time": pa.array(range(t0_ms, t0_ms + n), pa.int64()).cast(
+                pa.timestamp("ms", tz="UTC")
+            ),
+            "in.x": pa.array([float(i) for i in range(n)]),
+            "anomaly.count": pa.array(anomalies, pa.uint32()),
+            "metadata.pipeline_version": pa.array([version] * n),
+        }
+    )
+
+
+def test_logs_are_the_loaded_versions_and_filter_by_validity(make_app: Any) -> None:
+    """The seed's logs are segmented by pipeline version (newest first, the loaded version's
+    rows; a time range or `pipeline_version` reaches others) and `valid=false` keeps the
+    rows where a validation flagged an anomaly (`valid=true` the others)."""
+    appliance, app = make_app()
+    current = appliance.pipeline.definition.version
+    now = int(time.time() * 1000)
+    appliance.buffer.log(logged_rows("old-version", [0, 1, 0], now - 60_000))
+    appliance.buffer.log(logged_rows(current, [0, 2, 0, 1], now))
+
+    def xs(**params: str) -> list[tuple[float, int]]:
+        reply = call(app, "GET", "/logs", params={"dataset": ["in", "anomaly"], **params})
+        assert reply.status_code == 200, reply.text
+        return [(r["in"]["x"], r["anomaly"]["count"]) for r in reply.json()]
+
+    assert xs() == [(3.0, 1), (2.0, 0), (1.0, 2), (0.0, 0)]  # reverse order of insertion
+    assert xs(valid="false") == [(3.0, 1), (1.0, 2)]
+    assert xs(valid="true") == [(2.0, 0), (0.0, 0)]
+    assert xs(pipeline_version="old-version", valid="false") == [(1.0, 1)]
+    both = {"start_datetime": str(now - 120_000), "end_datetime": str(now + 60_000)}
+    assert len(xs(**both)) == 7  # a time range spans versions, oldest first
+    assert xs(**both, valid="false") == [(1.0, 1), (1.0, 2), (3.0, 1)]
+    assert_error(call(app, "GET", "/logs", params={"valid": "maybe"}), 400, "engine", "valid")
