@@ -14,7 +14,7 @@ Start (`start`, run by the HTTP server's lifespan before it accepts requests):
    and the loader tries again after a capped, jittered backoff (`Backoff`: 1 s doubling to
    PULL_RETRY_MAX, 60 s by default), one log line per failure, until it succeeds. Only what
    no retry can fix ends the start: an invalid PIPELINE_URL (checked before serving), a
-   gRPC port in use, a refused join.
+   model runtime this image lacks, a gRPC port in use, a refused join.
 Stop (`stop`, after the server stopped accepting): the gRPC front end (its calls in flight
 given a grace period), the sync companion, the loader (given time
 to finish a native load), the pipeline's runtimes, then the log buffer (journal synced last).
@@ -41,7 +41,14 @@ from typing import Any, Protocol
 import anyio
 
 from edge.config import Settings
-from edge.errors import ConfigError, EdgeError, NotFound, NotReady, RegistryError
+from edge.errors import (
+    ConfigError,
+    EdgeError,
+    NotFound,
+    NotReady,
+    RegistryError,
+    RuntimeNotInstalled,
+)
 from edge.logbuffer import LogBuffer
 from edge.metrics import Metrics
 from edge.pipeline import Pipeline
@@ -255,6 +262,9 @@ class Appliance:
         while not self._stopping.is_set():
             try:
                 pipeline = load_pipeline(self.settings)
+            except (ConfigError, RuntimeNotInstalled) as exc:  # no retry fixes these
+                self._fail(exc)
+                return
             except Exception as exc:  # the device keeps serving its health and retries
                 self._retry_later(exc, backoff.next())
                 continue

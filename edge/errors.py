@@ -4,7 +4,8 @@ EdgeError
 ├── ConfigError            bad settings or bundle at start-up (names the variable and the fix)
 ├── SpecError              a pipeline spec file a person wrote is invalid (names the field)
 ├── ArtifactError          a published artifact is unusable (names the layer digest)
-│   └── DigestMismatch     a pulled blob's sha256 differs from the manifest
+│   ├── DigestMismatch     a pulled blob's sha256 differs from the manifest
+│   └── RuntimeNotInstalled  a model's runtime is not in this image (no retry fixes it)
 ├── RegistryError          talking to the OCI registry or layout failed
 │   ├── RegistryUnreachable
 │   ├── RegistryAuthError
@@ -46,6 +47,10 @@ class ArtifactError(EdgeError):
 
 class DigestMismatch(ArtifactError):
     """A blob's content does not match the digest the manifest promises."""
+
+
+class RuntimeNotInstalled(ArtifactError):
+    """A model needs a runtime this installation lacks: the start ends (no retry fixes it)."""
 
 
 class RegistryError(EdgeError):
