@@ -7,9 +7,14 @@ Start (`start`, run by the HTTP server's lifespan before it accepts requests):
    (unless 0) and answers at once (UNAVAILABLE until the pipeline is loaded);
 3. the sync companion (when an EDGE_BUNDLE is set) redeems its join token once and starts
    shipping in the background;
-4. the pipeline loader thread pulls, verifies and loads the pipeline: `/health/ready` says
-   `Loading` (and `/pipelines` lists nothing: the name is not known yet), then `/pipelines`
-   says `Running` (or `Error` with the reason).
+4. the pipeline loader thread pulls, verifies and loads the pipeline: `/pipelines` lists it
+   as `Loading` (its name from the URL), `/health/ready` says 503, then `Running`. A load that
+   fails (registry unreachable with no cache, a digest mismatch, a model that will not load)
+   does not end the process: `/pipelines` says `Error` with the reason, readiness stays 503,
+   and the loader tries again after a capped, jittered backoff (`Backoff`: 1 s doubling to
+   PULL_RETRY_MAX, 60 s by default), one log line per failure, until it succeeds. Only what
+   no retry can fix ends the start: an invalid PIPELINE_URL (checked before serving), a
+   model runtime this image lacks, a gRPC port in use, a refused join.
 Stop (`stop`, after the server stopped accepting): the gRPC front end (its calls in flight
 given a grace period), the sync companion, the loader (given time
 to finish a native load), the pipeline's runtimes, then the log buffer (journal synced last).
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import random
 import shutil
 import sys
 import threading
@@ -35,17 +41,25 @@ from typing import Any, Protocol
 import anyio
 
 from edge.config import Settings
-from edge.errors import ConfigError, EdgeError, NotFound, NotReady
+from edge.errors import (
+    ConfigError,
+    EdgeError,
+    NotFound,
+    NotReady,
+    RegistryError,
+    RuntimeNotInstalled,
+)
 from edge.logbuffer import LogBuffer
 from edge.metrics import Metrics
 from edge.pipeline import Pipeline
+from edge.registry import Reference
 
 log = logging.getLogger("edge")
 SYNC_ENTRY_POINTS = "edge_appliance.sync"
 
 
 class LoadState(enum.StrEnum):
-    """What `/health` says of the pipeline (and `/pipelines`, once it is `Running` or `Error`)."""
+    """What `/health` and `/pipelines` say of the pipeline (`Error` while a retry waits)."""
 
     LOADING = "Loading"
     RUNNING = "Running"
@@ -102,6 +116,21 @@ def say(text: str) -> None:
 
 
 @dataclass
+class Backoff:
+    """Waits between load attempts: `first` doubling up to `cap`, each drawn from
+    [half, all] of that step (jitter, so a fleet that booted together does not pull in step)."""
+
+    first: float = 1.0
+    cap: float = 60.0
+    attempt: int = 0
+
+    def next(self) -> float:
+        step = min(self.cap, self.first * 2 ** min(self.attempt, 32))
+        self.attempt += 1
+        return random.uniform(step / 2, step)
+
+
+@dataclass
 class Appliance:
     """Every part of a running appliance; the routes read it, `start` / `stop` run it."""
 
@@ -122,6 +151,10 @@ class Appliance:
     _bundle: dict[str, str] | None = None
     _loader: threading.Thread | None = None
     _failed: bool = False
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    load_attempts: int = 0  # failed loads so far (the loader retries)
+    next_retry: float | None = None  # when the loader tries again (epoch s)
+    _expected_name: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Appliance:
@@ -144,6 +177,10 @@ class Appliance:
                 "PIPELINE_URL is not set: give the pipeline's URL from `edge publish` "
                 "(HOST/REPOSITORY/pipelines/NAME:VERSION or oci-layout:DIR[:TAG])"
             )
+        try:  # no retry fixes a malformed URL: refuse it before serving
+            Reference.parse(settings.pipeline_url)
+        except RegistryError as exc:
+            raise ConfigError(f"PIPELINE_URL is not valid: {exc}") from None
         settings.persist_dir.mkdir(parents=True, exist_ok=True)
         appliance = cls(settings, limiter=anyio.CapacityLimiter(settings.cpus))
         if settings.logging_enabled:
@@ -190,6 +227,7 @@ class Appliance:
             self.state = LoadState.RUNNING
 
     async def stop(self) -> None:
+        self._stopping.set()  # a loader waiting to retry gives up at once
         if self.grpc is not None:  # stops taking calls, lets those running finish
             await self.grpc.stop()
         if self.sync is not None:
@@ -206,14 +244,59 @@ class Appliance:
     def failed(self) -> bool:
         return self._failed
 
+    @property
+    def pipeline_name(self) -> str:
+        """The loaded pipeline's name, else the name its URL gives (or "unknown")."""
+        if self.pipeline is not None:
+            return self.pipeline.name
+        if self._expected_name is None:
+            from edge.cache import expected_name
+
+            self._expected_name = expected_name(self.settings.pipeline_url or "")
+        return self._expected_name
+
     def _load(self) -> None:
-        try:
-            self.pipeline = load_pipeline(self.settings)
+        """Load the pipeline, retrying every failure after a `Backoff` wait until it loads or
+        the appliance stops."""
+        backoff = Backoff(cap=self.settings.pull_retry_max)
+        while not self._stopping.is_set():
+            try:
+                pipeline = load_pipeline(self.settings)
+            except (ConfigError, RuntimeNotInstalled) as exc:  # no retry fixes these
+                self._fail(exc)
+                return
+            except Exception as exc:  # the device keeps serving its health and retries
+                self._retry_later(exc, backoff.next())
+                continue
+            if self._stopping.is_set():
+                pipeline.close()
+                return
+            self.pipeline, self.error, self.next_retry = pipeline, None, None
             self.state = LoadState.RUNNING
             grpc = f", gRPC on {self.settings.grpc_port}" if self.settings.grpc_port else ""
-            say(f"Engine ready: pipeline {self.pipeline.name} on port {self.settings.port}{grpc}")
-        except Exception as exc:  # any failure to load ends the process with its reason
-            self._fail(exc)
+            say(f"Engine ready: pipeline {pipeline.name} on port {self.settings.port}{grpc}")
+            return
+
+    def _retry_later(self, exc: Exception, delay: float) -> None:
+        self.load_attempts += 1
+        reason = self.redact(str(exc) or type(exc).__name__)
+        self.state, self.error = LoadState.ERROR, reason
+        self.next_retry = time.time() + delay
+        log.warning(
+            "pipeline load failed (attempt %d), retrying in %.1f s: %s",
+            self.load_attempts,
+            delay,
+            reason,
+            exc_info=None if isinstance(exc, EdgeError) else exc,  # a bug: its traceback
+        )
+        self._stopping.wait(delay)
+
+    def redact(self, text: str) -> str:
+        """`text` with the settings' secrets (registry password, bundle) masked."""
+        for secret in (self.settings.oci_password, self.settings.edge_bundle):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
     def _fail(self, exc: Exception) -> None:
         """A part could not start: the appliance says why and stops (exit status 2)."""
@@ -247,6 +330,10 @@ class Appliance:
             "error": self.error,
             "uptime_s": round(time.time() - self.started, 1),
         }
+        if self.load_attempts:
+            retry = self.next_retry
+            report["load_attempts"] = self.load_attempts
+            report["next_retry_s"] = round(max(0.0, retry - time.time()), 1) if retry else None
         if self.buffer is not None:
             report["log_buffer"] = self.buffer.stats()
         if self.sync is not None:

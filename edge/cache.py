@@ -24,8 +24,9 @@ from pathlib import Path
 from edge.artifact import CONFIG_MEDIA_TYPE, TITLE_ANNOTATION, Definition, ModelInfo
 from edge.errors import (
     ArtifactError,
-    ConfigError,
     DigestMismatch,
+    EdgeError,
+    NoCachedCopy,
     RegistryAuthError,
     RegistryError,
     RegistryUnreachable,
@@ -41,6 +42,9 @@ from edge.registry import (
 )
 
 log = logging.getLogger(__name__)
+UNKNOWN = "unknown"
+NAME_ANNOTATION = "ai.edge.pipeline.name"  # on a layout's index entry (`edge publish --layout`)
+REF_NAME = "org.opencontainers.image.ref.name"
 Echo = Callable[[str], None]
 
 
@@ -55,6 +59,26 @@ class LocalPipeline:
 def cache_dir(persist_dir: Path, url: str) -> Path:
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
     return persist_dir / "pipelines" / key
+
+
+def expected_name(url: str) -> str:
+    """The pipeline's name before it is pulled: `.../pipelines/<name>:<version>` in a registry
+    reference, the `ai.edge.pipeline.name` annotation of a layout's tag, else "unknown"."""
+    try:
+        ref = Reference.parse(url)
+        if ref.layout:
+            index = json.loads((Path(ref.registry) / "index.json").read_text())
+            for entry in reversed(index.get("manifests", [])):
+                notes = entry.get("annotations") or {}
+                if ref.tag in (None, notes.get(REF_NAME)) and notes.get(NAME_ANNOTATION):
+                    return str(notes[NAME_ANNOTATION])
+            return UNKNOWN
+    except (EdgeError, OSError, ValueError, AttributeError):
+        return UNKNOWN
+    head, sep, name = ref.repository.rpartition("pipelines/")
+    if sep and name and (not head or head.endswith("/")) and "/" not in name:
+        return name
+    return UNKNOWN
 
 
 def fetch_pipeline(
@@ -82,7 +106,7 @@ def fetch_pipeline(
                 if isinstance(exc, RegistryAuthError)
                 else "make the registry reachable (check OCI_REGISTRY and the network)"
             )
-            raise ConfigError(
+            raise NoCachedCopy(
                 f"cannot fetch pipeline {url}: {exc}; and there is no cached copy in "
                 f"{directory}. Fix: {fix} for the first start"
             ) from exc

@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
         "0.1; 0 = fsync before every answer)",
     )
     serve.add_argument(
+        "--pull-retry-max",
+        type=float,
+        help="env PULL_RETRY_MAX: longest wait in s between pipeline pull retries (default 60)",
+    )
+    serve.add_argument(
         "--no-logging",
         dest="logging_enabled",
         action="store_const",
@@ -121,6 +126,14 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--start", help="ISO date-time (with --end)")
     logs.add_argument("--end", help="ISO date-time (with --start)")
     logs.add_argument("--dataset", action="append")
+    logs.add_argument(
+        "--valid",
+        choices=["true", "false"],
+        help="false: only rows with an anomaly (a validation was true); true: only rows without",
+    )
+    logs.add_argument(
+        "--pipeline-version", help="one version's rows (default: the loaded pipeline's)"
+    )
     logs.add_argument("--arrow", type=Path, help="write Arrow to this file instead of JSON")
     logs.set_defaults(run=_logs)
     return parser
@@ -334,6 +347,10 @@ def _logs(args: argparse.Namespace) -> int:
     if args.start or args.end:
         params += [("start_datetime", args.start or ""), ("end_datetime", args.end or "")]
     params += [("dataset", d) for d in args.dataset or []]
+    if args.valid is not None:
+        params.append(("valid", args.valid))
+    if args.pipeline_version:
+        params.append(("pipeline_version", args.pipeline_version))
     headers = {"Accept": "application/vnd.apache.arrow.file"} if args.arrow else {}
     reply = httpx.get(
         f"{args.url}/logs", params=params, headers=headers, timeout=httpx.Timeout(60.0, connect=5.0)

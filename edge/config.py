@@ -22,6 +22,7 @@ Precedence: command-line flag > environment variable > default. Secrets are kept
 | LOG_BUFFER_BYTES | --log-buffer-bytes | 256 MiB | cap of the inference log buffer |
 | LOG_FSYNC_INTERVAL | --log-fsync-interval | 0.1 | s between log fsyncs (0: before each answer) |
 | EDGE_LOGGING | --no-logging | true | log every inference (`false`: benchmarks only) |
+| PULL_RETRY_MAX | --pull-retry-max | 60 | longest s between pipeline load retries (from 1 s) |
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Settings:
     log_buffer_bytes: int = 256 << 20
     log_fsync_interval: float = 0.1
     logging_enabled: bool = True
+    pull_retry_max: float = 60.0
     partition: str = field(default_factory=socket.gethostname)
 
     def redacted(self) -> dict[str, Any]:
@@ -84,6 +86,7 @@ _ENV = {
     "log_buffer_bytes": "LOG_BUFFER_BYTES",
     "log_fsync_interval": "LOG_FSYNC_INTERVAL",
     "logging_enabled": "EDGE_LOGGING",
+    "pull_retry_max": "PULL_RETRY_MAX",
 }
 
 
@@ -142,6 +145,14 @@ def _cast(name: str, raw: Any) -> Any:
             raise ConfigError(f"{variable} must be a number of seconds, not {raw!r}") from None
         if not 0 <= seconds <= 60:
             raise ConfigError(f"{variable} must be between 0 and 60 seconds, not {raw!r}")
+        return seconds
+    if name == "pull_retry_max":
+        try:
+            seconds = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{variable} must be a number of seconds, not {raw!r}") from None
+        if not 1 <= seconds <= 3600:
+            raise ConfigError(f"{variable} must be between 1 and 3600 seconds, not {raw!r}")
         return seconds
     if name == "persist_dir":
         return Path(raw)

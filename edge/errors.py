@@ -4,11 +4,13 @@ EdgeError
 ├── ConfigError            bad settings or bundle at start-up (names the variable and the fix)
 ├── SpecError              a pipeline spec file a person wrote is invalid (names the field)
 ├── ArtifactError          a published artifact is unusable (names the layer digest)
-│   └── DigestMismatch     a pulled blob's sha256 differs from the manifest
+│   ├── DigestMismatch     a pulled blob's sha256 differs from the manifest
+│   └── RuntimeNotInstalled  a model's runtime is not in this image (no retry fixes it)
 ├── RegistryError          talking to the OCI registry or layout failed
 │   ├── RegistryUnreachable
 │   ├── RegistryAuthError
-│   └── NotPublished       the reference does not exist
+│   ├── NotPublished       the reference does not exist
+│   └── NoCachedCopy       the pull failed and nothing is cached (first start): retried
 ├── RequestError           the client sent something we cannot use (a 4xx)
 │   ├── BadInput           body, column or value is wrong (names the column)
 │   ├── UnsupportedMediaType
@@ -47,6 +49,10 @@ class DigestMismatch(ArtifactError):
     """A blob's content does not match the digest the manifest promises."""
 
 
+class RuntimeNotInstalled(ArtifactError):
+    """A model needs a runtime this installation lacks: the start ends (no retry fixes it)."""
+
+
 class RegistryError(EdgeError):
     """The registry (or local layout) refused or failed a request."""
 
@@ -61,6 +67,11 @@ class RegistryAuthError(RegistryError):
 
 class NotPublished(RegistryError):
     """The pipeline reference does not exist in the registry or layout."""
+
+
+class NoCachedCopy(RegistryError):
+    """The pull failed and the persist directory has no copy to serve (a first start); the
+    appliance keeps retrying (a device often boots before its network)."""
 
 
 class RequestError(EdgeError):

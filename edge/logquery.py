@@ -7,14 +7,16 @@ Reading the edge's buffer back is `edge.logbuffer.reader`.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from edge.codecs import Shape, parse_shape
 from edge.errors import BadInput
+from edge.result import ANOMALY_COUNT, PIPELINE_VERSION
 
 _EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -83,6 +85,43 @@ class LogQuery:
     end_ms: int | None = None
     shape: Shape = Shape()
     partition: str | None = None
+    # the seed's anomaly filter: False keeps rows with an anomaly (`anomaly.count` > 0), True
+    # rows without one; None keeps both
+    valid: bool | None = None
+    pipeline_version: str | None = None  # one version's rows (default: see `version_filter`)
+
+    @property
+    def per_version(self) -> bool:
+        """Without a time range or a version, logs are the current pipeline version's (the
+        seed: "Pipeline logs are segmented by pipeline versions")."""
+        return self.start_ms is None and self.pipeline_version is None
+
+    def row_filter(self, version: str | None) -> RowFilter | None:
+        """What rows of a stored table this query keeps (`version`: the current pipeline
+        version, used when `per_version`), or None when it keeps them all."""
+        version = self.pipeline_version or (version if self.per_version else None)
+        valid = self.valid
+        if version is None and valid is None:
+            return None
+
+        def keep(table: pa.Table) -> pa.Table:
+            if version is not None:
+                if PIPELINE_VERSION not in table.column_names:
+                    return table.slice(0, 0)
+                table = table.filter(pc.equal(table.column(PIPELINE_VERSION), version))
+            if valid is not None:
+                if ANOMALY_COUNT in table.column_names:
+                    count = pc.fill_null(table.column(ANOMALY_COUNT), 0)
+                    flagged = pc.greater(count, 0)
+                    table = table.filter(pc.invert(flagged) if valid else flagged)
+                elif not valid:  # no validations: no anomalies
+                    table = table.slice(0, 0)
+            return table
+
+        return keep
+
+
+RowFilter = Callable[[pa.Table], pa.Table]
 
 
 def parse_log_query(
@@ -90,8 +129,8 @@ def parse_log_query(
 ) -> LogQuery:
     """Read `/logs` query parameters (the seed's names and the SDK's wire names): `limit`
     (default 100, 1 to `max_limit`), `start_datetime` and `end_datetime` (both or neither;
-    ISO 8601 or epoch ms), the dataset shape, `partition`. Raises `BadInput` naming the
-    parameter."""
+    ISO 8601 or epoch ms), the dataset shape, `partition`, `valid` (true / false: the seed's
+    anomaly filter) and `pipeline_version`. Raises `BadInput` naming the parameter."""
 
     def one(*names: str) -> str | None:
         for name in names:
@@ -116,6 +155,20 @@ def parse_log_query(
     end_ms = parse_time(end, "end_datetime") if end is not None else None
     if start_ms is not None and end_ms is not None and start_ms > end_ms:
         raise BadInput("start_datetime is after end_datetime")
+    valid_text, valid = one("valid"), None
+    if valid_text is not None:
+        if valid_text.strip().lower() not in ("true", "false", "1", "0"):
+            raise BadInput(f"valid must be true or false, not {valid_text!r}")
+        valid = valid_text.strip().lower() in ("true", "1")
+    version = one("pipeline_version", "metadata.pipeline_version")
+    if version is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", version):
+        raise BadInput(f"pipeline_version {version[:80]!r} is not a pipeline version")
     return LogQuery(
-        limit, start_ms, end_ms, parse_shape(params), one("partition", "metadata.partition")
+        limit,
+        start_ms,
+        end_ms,
+        parse_shape(params),
+        one("partition", "metadata.partition"),
+        valid,
+        version,
     )

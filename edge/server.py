@@ -86,12 +86,10 @@ def create_app(appliance: Appliance) -> Callable[..., Awaitable[None]]:
     metrics = appliance.metrics
 
     async def list_pipelines(request: Request) -> Response:
-        pipelines = []
-        if appliance.pipeline is not None:
-            pipelines.append({"id": appliance.pipeline.name, "status": str(appliance.state)})
-        elif appliance.error is not None:
-            pipelines.append({"id": "unknown", "status": str(appliance.state)})
-        return json_response({"pipelines": pipelines})
+        entry: dict[str, Any] = {"id": appliance.pipeline_name, "status": str(appliance.state)}
+        if appliance.pipeline is None and appliance.error is not None:
+            entry["error"] = appliance.error  # the reason; the loader retries it
+        return json_response({"pipelines": [entry]})
 
     async def list_models(request: Request) -> Response:
         models = []
@@ -135,8 +133,13 @@ def create_app(appliance: Appliance) -> Callable[..., Awaitable[None]]:
         headers = request.headers
         query = parse_log_query(_params(request))
         arrow = codecs.wants_arrow(headers.get("accept", ""), headers.get("format", ""))
+        pipeline = appliance.pipeline  # logs are the loaded version's unless asked otherwise
+        where = query.row_filter(pipeline.definition.version if pipeline else None)
         (table, more), stats = await anyio.to_thread.run_sync(
-            lambda: (buffer.query(query.limit, query.start_ms, query.end_ms), buffer.stats())
+            lambda: (
+                buffer.query(query.limit, query.start_ms, query.end_ms, where),
+                buffer.stats(),
+            )
         )
         if query.partition is not None and query.partition != appliance.settings.partition:
             table, more = table.slice(0, 0), False  # one partition here: this edge's

@@ -254,6 +254,8 @@ class SyncAgent:
         csr = make_csr(self._files.device_key(), self._name).decode()
         renewed = await self._post(protocol.RENEW_PATH, json={"csr": csr})
         self._files.save_cert(renewed["certificate"].encode())
+        if isinstance(renewed.get("spiffe_id"), str):  # the ops center's trust domain may change
+            self._files.save_spiffe_id(renewed["spiffe_id"])
         creds = self._files.load()
         assert creds is not None
         self._adopt(creds)

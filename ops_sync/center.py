@@ -71,6 +71,7 @@ class OpsCenter:
         public_host: str,
         *,
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        accepted_domains: tuple[str, ...] = (),
         clock: Callable[[], float] = time.time,
         ca_files: tuple[Path, Path] | None = None,
         metadata_url: str | None = None,
@@ -93,7 +94,7 @@ class OpsCenter:
         cert_file, key_file = ca_files or (data_dir / "ca.crt", data_dir / "ca.key")
         # The CA's validity is a TLS matter: real time, whatever the (test) clock says.
         self.ca = CertificateAuthority.load_or_create(
-            cert_file, key_file, trust_domain, time.time()
+            cert_file, key_file, trust_domain, time.time(), accepted_domains
         )
         if ca_files:
             (data_dir / "ca.crt").write_bytes(self.ca.pem)
@@ -284,7 +285,11 @@ class OpsCenter:
         now = self.clock()
         cert = self.ca.issue_edge(csr, edge["id"], now, EDGE_CERT_LIFETIME)
         self.store.touch(edge["id"], now, cert_not_after=not_after(cert))
-        return {"certificate": cert_pem(cert).decode(), "not_after": not_after(cert)}
+        return {
+            "certificate": cert_pem(cert).decode(),
+            "not_after": not_after(cert),
+            "spiffe_id": spiffe_id(self.ca.trust_domain, edge["id"]),  # the current domain's
+        }
 
     def heartbeat(self, edge: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
         now = self.clock()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ops_sync.errors import SyncError
+from ops_sync.identity import DEFAULT_TRUST_DOMAIN
 
 DEFAULT_PORT = 8443
 
@@ -45,7 +46,19 @@ def _parser() -> argparse.ArgumentParser:
         "--host", default=_env("OPS_HOST", "127.0.0.1"), help="name edges reach us by"
     )
     serve.add_argument("--bind", default=_env("OPS_BIND"), help="listen address")
-    serve.add_argument("--trust-domain", default=_env("OPS_TRUST_DOMAIN", "ops-sync.local"))
+    serve.add_argument(
+        "--trust-domain",
+        default=_env("OPS_TRUST_DOMAIN", DEFAULT_TRUST_DOMAIN),
+        help="SPIFFE trust domain of edge ids: spiffe://<it>/ns/deployments/edge/<edge id> "
+        f"(env OPS_TRUST_DOMAIN, default {DEFAULT_TRUST_DOMAIN})",
+    )
+    serve.add_argument(
+        "--accept-trust-domain",
+        action="append",
+        default=[d for d in (_env("OPS_ACCEPT_TRUST_DOMAINS", "") or "").split(",") if d],
+        help="a former trust domain whose edge certificates still verify until renewed "
+        "(repeatable; env OPS_ACCEPT_TRUST_DOMAINS, comma-separated)",
+    )
     serve.add_argument(
         "--max-connections",
         type=int,
@@ -120,6 +133,14 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--end", help="end_datetime (ISO 8601), with --start")
     logs.add_argument("--dataset", action="append")
     logs.add_argument("--dataset-exclude", action="append")
+    logs.add_argument(
+        "--valid",
+        choices=["true", "false"],
+        help="false: only rows with an anomaly (a validation was true); true: only rows without",
+    )
+    logs.add_argument(
+        "--pipeline-version", help="one version's rows (default: the newest row's version)"
+    )
     logs.add_argument("--separator", help="flatten JSON keys with this separator")
     out = logs.add_mutually_exclusive_group()
     out.add_argument("--arrow", type=Path, metavar="FILE", help="export to an Arrow file")
@@ -172,6 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.host,
         bind,
         trust_domain=args.trust_domain,
+        accepted_domains=tuple(args.accept_trust_domain),
         clock_offset=args.clock_offset,
         ca_files=(args.ca_cert, args.ca_key) if args.ca_cert else None,
         max_connections=args.max_connections,
@@ -240,6 +262,8 @@ def _logs(client: Any, args: argparse.Namespace) -> int:
         "dataset_exclude": args.dataset_exclude,
         "dataset_separator": args.separator,
         "partition": args.partition,
+        "valid": args.valid,
+        "pipeline_version": args.pipeline_version,
     }
     if args.arrow or args.ndjson:
         params["data_size_limit"] = args.data_size_limit

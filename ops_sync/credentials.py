@@ -87,6 +87,13 @@ class CredentialFiles:
         assert credentials is not None
         return credentials
 
+    def save_spiffe_id(self, spiffe_id: str) -> None:
+        """A renewal under a new trust domain: the id the new certificate carries."""
+        state: dict[str, Any] = json.loads(self.state.read_text())
+        if state.get("spiffe_id") != spiffe_id:
+            state["spiffe_id"] = spiffe_id
+            write_private(self.state, json.dumps(state, indent=2).encode())
+
     def save_cert(self, pem: bytes) -> None:
         load_cert(pem)  # refuse to store something that is not a certificate
         write_private(self.cert, pem)

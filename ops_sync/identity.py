@@ -2,9 +2,12 @@
 
 The ops center owns one CA (made on first start, key file 0600, or loaded from files). An edge
 makes its key pair on the device and sends only a CSR; the CA signs a 7-day client certificate
-whose one URI SAN is `spiffe://<trust-domain>/ns/deployments/edge/<edge-uuid>`. That URI is the
-edge's identity everywhere after the join. `build_ssl_context` is the one place TLS is set up,
-for the server and for clients alike.
+whose one URI SAN is `spiffe://<trust-domain>/ns/deployments/edge/<edge-uuid>` (the seed's
+`list_edges` shows `wallaroo.ai/ns/deployments/edge/<id>`: its trust domain and this path).
+That URI is the edge's identity everywhere after the join. The trust domain is the ops center's
+`--trust-domain` (default `ops-sync.local`); certificates issued under a former one still verify
+while it is listed in `accepted_domains`, and renewals move each edge to the current one.
+`build_ssl_context` is the one place TLS is set up, for the server and for clients alike.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ CA_LIFETIME = 10 * 365 * 24 * 3600.0
 CLOCK_SKEW = 300.0
 DEFAULT_TRUST_DOMAIN = "ops-sync.local"
 _EDGE_PATH = "/ns/deployments/edge/"
+# SPIFFE's trust domain: lower-case letters, digits, '.', '-', '_' (no scheme, port or path)
+TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -44,6 +49,16 @@ class EdgeIdentity:
     spiffe_id: str
     not_after: float
     key_fingerprint: str
+
+
+def check_trust_domain(trust_domain: str) -> str:
+    """`trust_domain` when it is a SPIFFE trust domain name, else an `IdentityError` saying so."""
+    if not TRUST_DOMAIN.fullmatch(trust_domain) or trust_domain.strip(".") != trust_domain:
+        raise IdentityError(
+            f"trust domain {trust_domain!r} is not a SPIFFE trust domain: lower-case letters, "
+            "digits, '.', '-' and '_' only, without spiffe:// or a path (e.g. example.org)"
+        )
+    return trust_domain
 
 
 def spiffe_id(trust_domain: str, edge_id: str) -> str:
@@ -147,16 +162,27 @@ class CertificateAuthority:
     """Signs edge and server certificates; verifies edge certificates it signed."""
 
     def __init__(
-        self, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, trust_domain: str
+        self,
+        cert: x509.Certificate,
+        key: ec.EllipticCurvePrivateKey,
+        trust_domain: str,
+        accepted_domains: tuple[str, ...] = (),
     ) -> None:
         self.cert = cert
         self.key = key
-        self.trust_domain = trust_domain
+        self.trust_domain = check_trust_domain(trust_domain)
+        # former trust domains whose certificates still verify (a migration: see the module doc)
+        self.accepted_domains = tuple(check_trust_domain(d) for d in accepted_domains)
         self.pem = cert_pem(cert)
 
     @classmethod
     def load_or_create(
-        cls, cert_path: Path, key_path: Path, trust_domain: str, now: float
+        cls,
+        cert_path: Path,
+        key_path: Path,
+        trust_domain: str,
+        now: float,
+        accepted_domains: tuple[str, ...] = (),
     ) -> CertificateAuthority:
         """Load the CA from its files, or make one (key 0600) when neither file exists."""
         if cert_path.exists() or key_path.exists():
@@ -167,7 +193,8 @@ class CertificateAuthority:
                 raise IdentityError(f"cannot load the CA from {cert_path} and {key_path}") from exc
             if fingerprint(cert.public_key()) != fingerprint(key.public_key()):
                 raise IdentityError(f"{key_path} is not the key of {cert_path}")
-            return cls(cert, key, trust_domain)
+            return cls(cert, key, trust_domain, accepted_domains)
+        check_trust_domain(trust_domain)  # before a CA is made for it
         key = new_key()
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"ops-sync CA {trust_domain}")])
         cert = (
@@ -189,7 +216,7 @@ class CertificateAuthority:
         key_path.parent.mkdir(parents=True, exist_ok=True)
         write_private(key_path, key_pem(key))
         cert_path.write_bytes(cert_pem(cert))
-        return cls(cert, key, trust_domain)
+        return cls(cert, key, trust_domain, accepted_domains)
 
     def _builder(
         self, public_key: ec.EllipticCurvePublicKey, cn: str, now: float, life: float
@@ -249,16 +276,20 @@ class CertificateAuthority:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound as exc:
             raise IdentityError("the client certificate has no SPIFFE id") from exc
-        prefix = f"spiffe://{self.trust_domain}{_EDGE_PATH}"
+        prefixes = [
+            f"spiffe://{domain}{_EDGE_PATH}"
+            for domain in (self.trust_domain, *self.accepted_domains)
+        ]
         for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
-            edge_id = uri.removeprefix(prefix)
-            if uri.startswith(prefix) and _UUID.match(edge_id):
-                return EdgeIdentity(
-                    edge_id=edge_id,
-                    spiffe_id=uri,
-                    not_after=not_after(cert),
-                    key_fingerprint=fingerprint(cert.public_key()),
-                )
+            for prefix in prefixes:
+                edge_id = uri.removeprefix(prefix)
+                if uri.startswith(prefix) and _UUID.match(edge_id):
+                    return EdgeIdentity(
+                        edge_id=edge_id,
+                        spiffe_id=uri,
+                        not_after=not_after(cert),
+                        key_fingerprint=fingerprint(cert.public_key()),
+                    )
         raise IdentityError("the client certificate names no edge of this trust domain")
 
 

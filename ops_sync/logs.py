@@ -3,7 +3,9 @@
 - The parameters are read by the appliance's own parser (`edge.logquery.parse_log_query`):
   `limit` (default 100); `start_datetime` and `end_datetime` both or neither; with them rows
   come oldest first, without them newest first; ties in insertion order; `dataset` /
-  `dataset_exclude` as the appliance's; `partition` keeps one edge's rows.
+  `dataset_exclude` as the appliance's; `partition` keeps one edge's rows; `valid` the seed's
+  anomaly filter (false: rows with an anomaly); without a time range, the current pipeline
+  version's rows only (the newest row's version), or `pipeline_version`'s.
 - `time` goes out as int64 epoch milliseconds; `metadata.dropped` is a list<string>, never null.
 - Warnings are the seed's sentences, word for word.
 """
@@ -18,6 +20,7 @@ import pyarrow as pa
 
 from edge.codecs import encode_arrow, encode_records, shape
 from edge.logquery import MAX_LIMIT, MORE_LOGS, LogQuery, log_warnings
+from edge.result import PIPELINE_VERSION
 from ops_sync.errors import BadRequest
 from ops_sync.logstore import LogStore
 
@@ -39,10 +42,27 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+def current_version(store: LogStore, pipeline: str, partition: str | None) -> str | None:
+    """The pipeline version of the newest row (of `partition`, when given)."""
+    newest, _, _ = store.read(pipeline, partition, None, None, 1)
+    if newest.num_rows == 0 or PIPELINE_VERSION not in newest.column_names:
+        return None
+    version = newest.column(PIPELINE_VERSION)[0].as_py()
+    return str(version) if version is not None else None
+
+
 def fetch(store: LogStore, pipeline: str, query: LogQuery) -> tuple[pa.Table, list[str]]:
-    """Rows for `query`, shaped by its datasets, `time` as int64 ms, and the warnings."""
+    """Rows for `query`, shaped by its datasets, `time` as int64 ms, and the warnings.
+    Without a time range or `pipeline_version`, the newest row's version's rows only (the
+    seed's logs are segmented by pipeline version)."""
+    version = current_version(store, pipeline, query.partition) if query.per_version else None
     raw, more, notes = store.read(
-        pipeline, query.partition, query.start_ms, query.end_ms, query.limit
+        pipeline,
+        query.partition,
+        query.start_ms,
+        query.end_ms,
+        query.limit,
+        query.row_filter(version),
     )
     warnings = log_warnings(raw, more) + notes
     table = shape(raw, query.shape)

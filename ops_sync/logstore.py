@@ -45,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from edge.logquery import RowFilter
 from edge.result import PIPELINE_VERSION, TIME_TYPE
 from ops_sync import logschema as ls
 from ops_sync.deltatable import (
@@ -242,9 +243,12 @@ class LogStore:
         start_ms: int | None,
         end_ms: int | None,
         limit: int,
+        where: RowFilter | None = None,
     ) -> tuple[pa.Table, bool, list[str]]:
         """Up to `limit` rows, whether more exist, and warnings: newest first, or, with a time
-        range, oldest first; ties by buffer epoch and sequence. `time` stays timestamp[ms, UTC]."""
+        range, oldest first; ties by buffer epoch and sequence. `where` keeps some rows of
+        each file read (`LogQuery.row_filter`: a version, the anomaly filter); with it every
+        file in range is read. `time` stays timestamp[ms, UTC]."""
         chronological = start_ms is not None
         tables: list[pa.Table] = []
         for generation, raw in sorted(self.store.log_tables(pipeline).items(), reverse=True):
@@ -254,7 +258,8 @@ class LogStore:
                 continue
             if partition is not None:
                 files = files.filter(pc.equal(files.column("partition"), partition))
-            chosen = _covering(files, limit + 1, start_ms, end_ms)
+            need = limit + 1 if where is None else files.column("rows").to_numpy().sum() + 1
+            chosen = _covering(files, int(need), start_ms, end_ms)
             logical = ls.schema_of(raw)
             for part in reader.read(chosen):
                 part = ls.to_logical(part, logical)
@@ -264,6 +269,8 @@ class LogStore:
                         pc.greater_equal(millis, start_ms), pc.less_equal(millis, end_ms)
                     )
                     part = part.filter(keep)
+                if where is not None:
+                    part = where(part)
                 tables.append(part)
         if not tables:
             return pa.table({"time": pa.array([], TIME_TYPE)}), False, []

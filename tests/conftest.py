@@ -190,6 +190,23 @@ class Edge:
             wait_for(ready, timeout, f"edge serve on {self.port}")
         return self
 
+    def load_error(self, timeout: float = 60) -> dict:
+        """`/pipelines`'s entry once it says Error (a failed load: the process keeps running
+        and retries it)."""
+        seen: dict = {}
+
+        def errored() -> bool:
+            assert self.process is not None and self.process.poll() is None, self.output()
+            try:
+                (entry,) = httpx.get(f"{self.url}/pipelines", timeout=1).json()["pipelines"]
+            except httpx.TransportError:
+                return False
+            seen.update(entry)
+            return entry["status"] == "Error"
+
+        wait_for(errored, timeout, "/pipelines to say Error")
+        return seen
+
     def wait_exit(self, timeout: float = 60) -> int:
         assert self.process
         return self.process.wait(timeout)

@@ -124,3 +124,33 @@ def test_one_builder_makes_server_and_client_contexts_that_talk(tmp_path: Path) 
     thread.join(5)
     listener.close()
     assert seen and x509.load_der_x509_certificate(seen[0]) == edge_cert
+
+
+@pytest.mark.parametrize(
+    "domain", ["spiffe://ops.test", "Ops.Test", "ops.test/ns", "ops.test:8443", "", ".ops.test"]
+)
+def test_a_trust_domain_must_be_a_spiffe_trust_domain_name(tmp_path: Path, domain: str) -> None:
+    with pytest.raises(IdentityError, match="not a SPIFFE trust domain"):
+        make_ca(tmp_path, domain)
+    assert not (tmp_path / "ca.key").exists()  # no CA is made for it
+
+
+def test_certificates_of_a_former_trust_domain_verify_while_accepted(tmp_path: Path) -> None:
+    """Changing the trust domain (e.g. to the seed's `wallaroo.ai`) leaves enrolled edges
+    working: their certificates verify while the former domain is accepted, and the next
+    renewal issues the new domain's id."""
+    before = make_ca(tmp_path, "ops-sync.local")
+    old_cert = before.issue_edge(make_csr(new_key(), "x"), EDGE_ID, time.time())
+    after = CertificateAuthority.load_or_create(
+        tmp_path / "ca.crt", tmp_path / "ca.key", "wallaroo.ai", time.time(), ("ops-sync.local",)
+    )
+    identity = after.verify_edge(old_cert)
+    assert identity.edge_id == EDGE_ID
+    assert identity.spiffe_id == f"spiffe://ops-sync.local/ns/deployments/edge/{EDGE_ID}"
+    renewed = after.issue_edge(make_csr(new_key(), "x"), EDGE_ID, time.time())
+    assert after.verify_edge(renewed).spiffe_id == (
+        f"spiffe://wallaroo.ai/ns/deployments/edge/{EDGE_ID}"
+    )
+    strict = CertificateAuthority(after.cert, after.key, "wallaroo.ai")  # the former one dropped
+    with pytest.raises(IdentityError, match="no edge of this trust domain"):
+        strict.verify_edge(old_cert)

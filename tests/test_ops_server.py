@@ -17,6 +17,7 @@ from edge.codecs import Shape
 from edge.logquery import TOO_LARGE
 from ops_sync import logs
 from ops_sync import protocol as bundle
+from ops_sync.center import OpsCenter
 from ops_sync.identity import CertificateAuthority, cert_pem, load_cert, make_csr, new_key
 from ops_sync.protocol import encode_batch
 from ops_sync.server import create_app
@@ -325,3 +326,64 @@ def test_parse_size_accepts_the_seed_units() -> None:
     assert logs.parse_size("10 MiB") == logs.parse_size("10MiB") == 10 << 20
     assert logs.parse_size("100MB") == 100_000_000
     assert logs.parse_size("2 GiB") == 2 << 30
+
+
+def test_the_trust_domain_changes_without_re_enrolling_edges(tmp_path: Path) -> None:
+    """An ops center restarted with another trust domain (accepting the former one) still
+    authenticates the edges it enrolled; their renewal and `list_edges` carry the new id."""
+    first = Ops(tmp_path)
+    token = bundle.decode(first.add_edge("edge-a")["docker_run_variables"]["EDGE_BUNDLE"])
+    joined = first.join(token["JOIN_TOKEN"])
+    assert joined.spiffe_id == f"spiffe://ops-sync.local/ns/deployments/edge/{joined.edge_id}"
+    first.center.close()
+    center = OpsCenter(
+        tmp_path,
+        ADMIN,
+        "127.0.0.1:8443",
+        trust_domain="wallaroo.ai",
+        accepted_domains=("ops-sync.local",),
+        commit_interval=0.0,
+    )
+    try:
+        edge = center.authenticate(joined.cert)
+        renewed = center.renew(edge, make_csr(joined.key, "x"))
+        want = f"spiffe://wallaroo.ai/ns/deployments/edge/{joined.edge_id}"
+        assert renewed["spiffe_id"] == want
+        assert center.authenticate(renewed["certificate"])["id"] == joined.edge_id
+        assert [e["spiffe_id"] for e in center.list_edges()] == [want]
+    finally:
+        center.close()
+
+
+def with_version(table: pa.Table, version: str, anomalies: list[int]) -> pa.Table:
+    index = table.schema.get_field_index("metadata.pipeline_version")
+    table = table.set_column(
+        index, "metadata.pipeline_version", pa.array([version] * table.num_rows)
+    )
+    index = table.schema.get_field_index("anomaly.count")
+    return table.set_column(index, "anomaly.count", pa.array(anomalies, pa.uint32()))
+
+
+def test_logs_are_the_current_versions_and_filter_by_validity(ops: Ops) -> None:
+    """As on the device: without a time range, the newest row's pipeline version only
+    (`pipeline_version` picks another); `valid=false` keeps rows with an anomaly."""
+    v1 = "3b49fba8-94d8-4fca-aecc-c75257fd16c6"
+    v2 = "0a1b2c3d-94d8-4fca-aecc-c75257fd16c6"
+    ops.center.register_publish({"pipeline_url": PIPELINE_URL.replace(v1, v2)})
+    cert = joined_edge(ops, "edge-a")
+    assert upload(ops, cert, 1, with_version(result_table(5, T0), v1, [0, 1, 0, 0, 2])).is_success
+    assert upload(ops, cert, 6, with_version(result_table(3, T0 + 100), v2, [1, 0, 0])).is_success
+
+    def rows(**params: Any) -> list[tuple[int, int]]:
+        reply = logs_call(ops, dataset=["time", "anomaly"], **params)
+        assert reply.status_code == 200, reply.text
+        return [(r["time"] - T0, r["anomaly"]["count"]) for r in reply.json()]
+
+    assert rows() == [(102, 0), (101, 0), (100, 1)]
+    assert rows(valid="false") == [(100, 1)]
+    assert rows(valid="true") == [(102, 0), (101, 0)]
+    assert rows(pipeline_version=v1, valid="false") == [(4, 2), (1, 1)]
+    both = {"start_datetime": str(T0), "end_datetime": str(T0 + 1000)}
+    assert len(rows(**both)) == 8
+    assert rows(**both, valid="false") == [(1, 1), (4, 2), (100, 1)]
+    assert logs_call(ops, valid="maybe").status_code == 400

@@ -459,10 +459,12 @@ def test_bad_byop_zip_is_refused_at_start(
     spec.write_text(f"name: bad-{case}\nsteps:\n  - byop: bad\n    file: bad.zip\n")
     url = publish(spec, registry=registry)["pipeline_url"]
     edge = serve(registry, url, tmp_path / "persist", wait_ready=False)
-    try:
-        assert edge.wait_exit(120) == 2
+    try:  # refused with its reason; the server stays up (and retries the load)
+        reason = edge.load_error(120)["error"]
+        assert httpx.get(f"{edge.url}/health/ready").status_code == 503
     finally:
         edge.stop()
+    assert "BYOP model 'bad'" in reason
     output = edge.output()
     assert "BYOP model 'bad'" in output
     for word in words:
@@ -478,7 +480,7 @@ def test_unsafe_validation_in_a_definition_is_refused_at_load(
     models: Models, registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A definition made by hand (not by `edge publish`) whose validation carries a pickled
-    Python function: the appliance refuses it before polars reads it, and exits."""
+    Python function: the appliance refuses it before polars reads it, and says so."""
     import edge.publish as publishing
     from edge.artifact import Validation
 
@@ -517,10 +519,11 @@ def test_unsafe_validation_in_a_definition_is_refused_at_load(
     )
     assert "AnonymousFunction" in definition.validations["sneaky"].expr
     edge = serve(registry, published.pipeline_url, tmp_path / "persist", wait_ready=False)
-    try:
-        assert edge.wait_exit(120) == 2
+    try:  # refused with its reason; the server stays up (and retries the load)
+        reason = edge.load_error(120)["error"]
     finally:
         edge.stop()
+    assert "validation 'sneaky'" in reason
     output = edge.output()
     assert "validation 'sneaky'" in output and "AnonymousFunction" in output
     assert not marker.exists()

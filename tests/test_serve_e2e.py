@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import ANY
 
 import httpx
 import numpy as np
@@ -18,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from tests.conftest import Edge, Registry, free_port, publish
+from tests.conftest import Edge, Registry, free_port, publish, wait_for
 
 JSON = {"Content-Type": "application/json; format=pandas-records"}
 ARROW = "application/vnd.apache.arrow.file"
@@ -266,12 +267,18 @@ def test_tampered_blob_is_refused(
     original = model_blob.read_bytes()
     try:
         model_blob.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
-        edge = start_edge(published_["pipeline_url"], registry, wait_ready=False)
-        assert edge.wait_exit(60) == 2
-        assert "digest" in edge.output()
-        assert registry.password not in edge.output()
+        edge = start_edge(
+            published_["pipeline_url"], registry, wait_ready=False, env={"PULL_RETRY_MAX": "1"}
+        )
+        entry = edge.load_error()  # refused, not loaded; the server stays up and retries
+        assert "digest" in entry["error"]
+        assert entry == {"id": "breast-cancer", "status": "Error", "error": ANY}
     finally:
         model_blob.write_bytes(original)
+    wait_for(lambda: ready(edge), 60, "the retried pull of the repaired blob")
+    assert edge.process is not None and edge.process.poll() is None
+    assert "digest" in edge.output()
+    assert registry.password not in edge.output()
 
 
 def test_offline_restart_serves_cache(
@@ -293,20 +300,49 @@ def test_offline_restart_serves_cache(
             == 200
         )
         second.stop()
-        fresh = start_edge(url, registry, persist=tmp_path / "empty", wait_ready=False)
-        assert fresh.wait_exit(60) == 2
-        assert "no cached copy" in fresh.output()
     finally:
         registry.start()
 
 
-def test_local_layout_needs_no_registry(example: Path, tmp_path: Path, start_edge) -> None:
-    url = publish(example / "pipeline.yaml", layout=tmp_path / "layout")["pipeline_url"]
-    assert url.startswith("oci-layout:")
-    edge = start_edge(url)
+def test_first_start_before_the_registry_is_up_retries_until_it_is(
+    registry: Registry, example: Path, tmp_path: Path, start_edge
+) -> None:
+    """A device often boots before its network: with no cache and the registry down, the
+    server stays up (Error with the reason, readiness 503), retries with a log line each time,
+    and serves once the registry answers."""
+    url = publish(example / "pipeline.yaml", registry=registry)["pipeline_url"]
+    registry.stop()
+    try:
+        edge = start_edge(url, registry, wait_ready=False, env={"PULL_RETRY_MAX": "1"})
+        entry = edge.load_error()
+        assert entry["id"] == "breast-cancer" and entry["status"] == "Error"
+        assert "no cached copy" in entry["error"]
+        assert httpx.get(f"{edge.url}/health/ready").status_code == 503
+        wait_for(lambda: edge.output().count("pipeline load failed") >= 2, 30, "a second retry")
+        assert edge.process is not None and edge.process.poll() is None
+    finally:
+        registry.start()
+    wait_for(lambda: ready(edge), 60, "the pull once the registry is up")
+    assert httpx.get(f"{edge.url}/pipelines").json() == {
+        "pipelines": [{"id": "breast-cancer", "status": "Running"}]
+    }
     body = json.dumps([{"tensor": rows(example, 1)[0].tolist()}])
     reply = httpx.post(f"{edge.url}/pipelines/breast-cancer", content=body, headers=JSON)
-    assert reply.status_code == 200
-    untagged = "oci-layout:" + str(tmp_path / "layout")
-    edge2 = start_edge(untagged, persist=tmp_path / "p2")
-    assert httpx.get(f"{edge2.url}/pipelines").json()["pipelines"][0]["id"] == "breast-cancer"
+    assert reply.status_code == 200, reply.text
+    output = edge.output()
+    assert "pipeline load failed (attempt 1), retrying in" in output
+    assert registry.password not in output
+
+
+def test_an_invalid_pipeline_url_exits(start_edge) -> None:
+    """What no retry can fix still ends the start, naming the variable (exit status 2)."""
+    edge = start_edge("no-registry-here", wait_ready=False)
+    assert edge.wait_exit(60) == 2
+    assert "PIPELINE_URL is not valid" in edge.output()
+
+
+def ready(edge: Edge) -> bool:
+    try:
+        return httpx.get(f"{edge.url}/health/ready", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False

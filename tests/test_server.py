@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -551,7 +552,8 @@ def test_while_loading_then_running(
             await appliance.stop()
 
     seen = asyncio.run(scenario())
-    assert seen["pipelines"].json() == {"pipelines": []}  # nothing to name yet
+    # listed while loading, named from the URL (the layout's tag annotation), not yet Running
+    assert seen["pipelines"].json() == {"pipelines": [{"id": "iris", "status": "Loading"}]}
     assert seen["ready"].status_code == 503
     assert seen["ready"].json() == {"status": "Loading", "error": None}
     assert seen["live"].status_code == 200
@@ -563,39 +565,89 @@ def test_while_loading_then_running(
     assert seen["infer after"].status_code == 200
 
 
-def test_after_a_load_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_load_failure_is_retried_until_it_loads(
+    served: Served, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No exit on a failed load: `/pipelines` says Error with the reason, readiness is 503, the
+    loader retries (a log line each time, no secret) and serves once the pipeline appears."""
+    layout, _, tag = served.urls["iris"].removeprefix("oci-layout:").rpartition(":")
+    late = tmp_path / "late-layout"
     fatal: list[Exception] = []
-    missing = f"oci-layout:{tmp_path / 'no-such-layout'}:v1"
-    appliance = Appliance(
-        Settings(pipeline_url=missing, persist_dir=tmp_path), on_fatal=fatal.append
+    settings = Settings(
+        pipeline_url=f"oci-layout:{late}:{tag}",
+        persist_dir=tmp_path / "persist",
+        oci_password="s3cret-in-no-log",
+        pull_retry_max=0.05,
     )
+    appliance = Appliance(settings, on_fatal=fatal.append)
     app = create_app(appliance)
 
     async def scenario() -> dict[str, httpx.Response]:
         await appliance.start()
-        await settled(appliance)
         try:
-            return {
+            deadline = time.monotonic() + 30
+            while appliance.load_attempts < 3:  # failed, and tried again, twice
+                assert time.monotonic() < deadline, "the loader did not retry"
+                await asyncio.sleep(0.01)
+            seen = {
                 "pipelines": await _request(app, "GET", "/pipelines"),
                 "ready": await _request(app, "GET", "/health/ready"),
                 "health": await _request(app, "GET", "/health"),
                 "live": await _request(app, "GET", "/health/live"),
                 "infer": await _request(app, "POST", "/pipelines/iris", json=[{"x": 1}]),
             }
+            shutil.copytree(layout, late)  # the registry comes back
+            while appliance.state is not LoadState.RUNNING:
+                assert time.monotonic() < deadline, "the retried load never succeeded"
+                await asyncio.sleep(0.01)
+            seen["pipelines after"] = await _request(app, "GET", "/pipelines")
+            seen["ready after"] = await _request(app, "GET", "/health/ready")
+            seen["infer after"] = await _request(
+                app, "POST", "/pipelines/iris", json=tensor_rows(FEATURES[:1])
+            )
+            return seen
         finally:
             await appliance.stop()
 
-    seen = asyncio.run(scenario())
-    assert appliance.state is LoadState.ERROR and appliance.failed
-    (reason,) = fatal  # the CLI stops the server on it (exit status 2)
-    assert appliance.error == str(reason) and "no-such-layout" in str(reason)
-    assert f"error: {reason}" in capsys.readouterr().err
-    assert seen["pipelines"].json() == {"pipelines": [{"id": "unknown", "status": "Error"}]}
+    with caplog.at_level(logging.WARNING, logger="edge"):
+        seen = asyncio.run(scenario())
+    assert not fatal and not appliance.failed  # the CLI is not told to stop
+    reason = seen["ready"].json()["error"]
+    assert "late-layout" in reason
+    assert seen["pipelines"].json() == {
+        "pipelines": [{"id": "unknown", "status": "Error", "error": reason}]
+    }
     assert seen["ready"].status_code == 503
-    assert seen["ready"].json() == {"status": "Error", "error": str(reason)}
-    assert seen["health"].json()["error"] == str(reason)
+    assert seen["ready"].json() == {"status": "Error", "error": reason}
+    assert seen["health"].json()["load_attempts"] >= 3
     assert seen["live"].status_code == 200
     assert_error(seen["infer"], 503, "engine", f"the pipeline failed to load: {reason}")
+    retries = [r.getMessage() for r in caplog.records if "pipeline load failed" in r.getMessage()]
+    assert len(retries) >= 3 and "(attempt 1), retrying in" in retries[0]
+    assert all("s3cret-in-no-log" not in line for line in retries)
+    assert seen["pipelines after"].json() == {"pipelines": [{"id": "iris", "status": "Running"}]}
+    assert seen["ready after"].status_code == 200
+    assert seen["infer after"].status_code == 200
+    assert appliance.error is None
+
+
+def test_backoff_doubles_to_its_cap_with_jitter() -> None:
+    backoff = appliance_module.Backoff(first=1.0, cap=60.0)
+    waits = [backoff.next() for _ in range(12)]
+    for wait, step in zip(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60, 60, 60], strict=True):
+        assert step / 2 <= wait <= step
+    assert len(set(waits)) > 1  # jittered
+
+
+def test_an_invalid_pipeline_url_still_ends_the_start(tmp_path: Path) -> None:
+    """No retry fixes a malformed PIPELINE_URL: a ConfigError before serving (exit status 2)."""
+    with pytest.raises(ConfigError, match="PIPELINE_URL is not valid"):
+        Appliance.from_settings(Settings(pipeline_url="not a url", persist_dir=tmp_path))
+
+
+def test_a_secret_in_a_load_error_is_masked(tmp_path: Path) -> None:
+    appliance = Appliance(Settings(pipeline_url="x", oci_password="hunter2", edge_bundle="QUJD"))
+    assert appliance.redact("auth hunter2 failed for QUJD") == "auth *** failed for ***"
 
 
 # ---------------------------------------------------------------------------- metrics and logs
@@ -676,3 +728,43 @@ def test_logs_when_logging_is_off(make_app: Any) -> None:
     assert infer(app, tensor_rows(FEATURES[:1])).status_code == 200  # still answers
     assert_error(call(app, "GET", "/logs"), 404, "platform", "EDGE_LOGGING=false")
     assert call(app, "GET", "/metrics").status_code == 200
+
+
+def logged_rows(version: str, anomalies: list[int], t0_ms: int) -> pa.Table:
+    """Rows as the pipeline logs them, of `version`, with these anomaly counts."""
+    n = len(anomalies)
+    return pa.table(
+        {
+            "time": pa.array(range(t0_ms, t0_ms + n), pa.int64()).cast(
+                pa.timestamp("ms", tz="UTC")
+            ),
+            "in.x": pa.array([float(i) for i in range(n)]),
+            "anomaly.count": pa.array(anomalies, pa.uint32()),
+            "metadata.pipeline_version": pa.array([version] * n),
+        }
+    )
+
+
+def test_logs_are_the_loaded_versions_and_filter_by_validity(make_app: Any) -> None:
+    """The seed's logs are segmented by pipeline version (newest first, the loaded version's
+    rows; a time range or `pipeline_version` reaches others) and `valid=false` keeps the
+    rows where a validation flagged an anomaly (`valid=true` the others)."""
+    appliance, app = make_app()
+    current = appliance.pipeline.definition.version
+    now = int(time.time() * 1000)
+    appliance.buffer.log(logged_rows("old-version", [0, 1, 0], now - 60_000))
+    appliance.buffer.log(logged_rows(current, [0, 2, 0, 1], now))
+
+    def xs(**params: str) -> list[tuple[float, int]]:
+        reply = call(app, "GET", "/logs", params={"dataset": ["in", "anomaly"], **params})
+        assert reply.status_code == 200, reply.text
+        return [(r["in"]["x"], r["anomaly"]["count"]) for r in reply.json()]
+
+    assert xs() == [(3.0, 1), (2.0, 0), (1.0, 2), (0.0, 0)]  # reverse order of insertion
+    assert xs(valid="false") == [(3.0, 1), (1.0, 2)]
+    assert xs(valid="true") == [(2.0, 0), (0.0, 0)]
+    assert xs(pipeline_version="old-version", valid="false") == [(1.0, 1)]
+    both = {"start_datetime": str(now - 120_000), "end_datetime": str(now + 60_000)}
+    assert len(xs(**both)) == 7  # a time range spans versions, oldest first
+    assert xs(**both, valid="false") == [(1.0, 1), (1.0, 2), (3.0, 1)]
+    assert_error(call(app, "GET", "/logs", params={"valid": "maybe"}), 400, "engine", "valid")

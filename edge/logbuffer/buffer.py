@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -227,15 +228,18 @@ class LogBuffer:
         limit: int = 100,
         start: datetime | int | None = None,
         end: datetime | int | None = None,
+        where: Callable[[pa.Table], pa.Table] | None = None,
     ) -> tuple[pa.Table, bool]:
-        """The seed's `pipeline.logs`: newest first without a range; with `start` and `end`
-        (both or neither, else ValueError; datetimes, naive = UTC, or epoch ms; inclusive),
-        chronological. Returns the rows and whether more rows than `limit` exist.
-        Rows logged before the call are included once SQLite can take them."""
+        """The seed's `pipeline.logs`: newest first (reverse order of insertion) without a
+        range; with `start` and `end` (both or neither, else ValueError; datetimes, naive =
+        UTC, or epoch ms; inclusive), chronological. `where` filters each stored table's rows
+        before they count (`LogQuery.row_filter`). Returns the rows and whether more rows
+        than `limit` exist. Rows logged before the call are included once SQLite can take
+        them."""
         if self._writer.running:
             self._writer.call(lambda: None)
         with self._reads.snapshot() as reader:
-            return reader.logs(limit, start, end)
+            return reader.logs(limit, start, end, where)
 
     def stats(self) -> dict[str, Any]:
         """Counters for `/metrics`, health and the logs API."""

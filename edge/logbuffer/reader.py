@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -143,10 +143,16 @@ class Reader:
         return [Batch(epoch, g.first_seq, g.next_seq - 1, concat(g.tables)) for g in groups]
 
     def logs(
-        self, limit: int, start: datetime | int | None, end: datetime | int | None
+        self,
+        limit: int,
+        start: datetime | int | None,
+        end: datetime | int | None,
+        where: Callable[[pa.Table], pa.Table] | None = None,
     ) -> tuple[pa.Table, bool]:
-        """Newest first without a range; chronological (insertion order) within [start, end].
-        Returns at most `limit` rows and whether more exist."""
+        """Newest first (reverse order of insertion) without a range; chronological (insertion
+        order) within [start, end]. `where` keeps some rows of each stored table (the query's
+        version and anomaly filter) before they count. Returns at most `limit` rows and
+        whether more exist."""
         if (start is None) != (end is None):
             raise ValueError("start and end must be given together, or neither")
         if limit < 0:
@@ -167,6 +173,8 @@ class Reader:
         kept: list[pa.Table] = []
         got = 0
         for table in tables:
+            if where is not None:
+                table = where(table)
             if table.num_rows == 0:
                 continue
             if got >= limit:

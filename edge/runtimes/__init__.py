@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from edge.artifact import ModelInfo
-from edge.errors import ArtifactError
+from edge.errors import ArtifactError, RuntimeNotInstalled
 from edge.runtimes.base import Runtime, RuntimeContext
 
 # runtime -> (module, class, the extra of edge-appliance that installs what it imports)
@@ -59,7 +59,7 @@ def runtime_class(runtime: str, what: str) -> type[Runtime]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         install = f"pip install 'edge-appliance[{extra}]', or " if extra else ""
-        raise ArtifactError(
+        raise RuntimeNotInstalled(
             f"{what} needs runtime {runtime!r}, which is not installed in this image ({exc}); "
             f"{install}use the image variant that includes it (README: Frameworks)"
         ) from exc
