@@ -318,8 +318,9 @@ def sample(groups: dict[str, list[int]]) -> dict[str, Any]:
     return snap
 
 
-def scrape(urls: list[str], ca: Path) -> dict[str, float]:
-    """Sums over replicas of the commit histograms and ingest counters."""
+def scrape(urls: list[str], ca: Path) -> dict[str, float] | None:
+    """Sums over replicas of the commit histograms and ingest counters; None if a replica
+    did not answer /metrics within 10 s (an overloaded server's thread pool is full)."""
     from ops_sync.identity import build_ssl_context
 
     keys = (
@@ -341,7 +342,7 @@ def scrape(urls: list[str], ca: Path) -> dict[str, float]:
                 timeout=10,
             ).text
         except httpx.HTTPError:
-            continue
+            return None
         for line in text.splitlines():
             name, _, value = line.partition(" ")
             if name in sums:
@@ -598,12 +599,25 @@ def window(samples: list[dict[str, Any]], a: int, b: int, cores: int) -> dict[st
             shares[name] = (e[name][0] - s[name][0]) / wall
     shares["host"] = (e["host"] - s["host"]) / wall
     shares["other"] = shares["host"] - sum(v for k, v in shares.items() if k != "host")
-    m0, m1 = s["metrics"], e["metrics"]
+    scraped = [i for i in range(a, b + 1) if samples[i]["metrics"] is not None]
+    m0 = samples[scraped[0]]["metrics"] if scraped else None
+    m1 = samples[scraped[-1]]["metrics"] if scraped else None
+    if m0 is None or m1 is None or scraped[0] == scraped[-1]:
+        return {
+            "wall": wall,
+            "cpu": shares,
+            "commits": None,
+            "commit_s": None,
+            "uploads_per_commit": None,
+            "metrics_missed": b - a + 1 - len(scraped),
+        }
+    metrics_wall = samples[scraped[-1]]["wall"] - samples[scraped[0]]["wall"]
     commits = m1["ops_commit_seconds_count"] - m0["ops_commit_seconds_count"]
     return {
         "wall": wall,
         "cpu": shares,
-        "commits": commits,
+        "metrics_missed": b - a + 1 - len(scraped),
+        "commits": commits / metrics_wall,
         "commit_s": (m1["ops_commit_seconds_sum"] - m0["ops_commit_seconds_sum"]) / commits
         if commits
         else None,
@@ -611,8 +625,6 @@ def window(samples: list[dict[str, Any]], a: int, b: int, cores: int) -> dict[st
         / commits
         if commits
         else None,
-        "server_batches": m1["ops_batches_ingested_total"] - m0["ops_batches_ingested_total"],
-        "cores": cores,
     }
 
 
@@ -726,9 +738,11 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         out(pre + "server_rss_end", sum(rss[n_window]), "MiB (all server processes)")
         if "moto" in samples[n_window]:
             out(pre + "moto_rss_end", samples[n_window]["moto"][1], "MiB")
-        out(pre + "commits", w["commits"] / w["wall"], "commits/s (all replicas)")
-        out(pre + "commit_mean", (w["commit_s"] or 0) * 1000, "ms (write + commit)")
-        out(pre + "uploads_per_commit", w["uploads_per_commit"] or 0, "uploads")
+        out(pre + "metrics_scrapes_missed", w["metrics_missed"], "of the 5-s /metrics scrapes")
+        if w["commits"] is not None:
+            out(pre + "commits", w["commits"], "commits/s (all replicas)")
+            out(pre + "commit_mean", (w["commit_s"] or 0) * 1000, "ms (write + commit)")
+            out(pre + "uploads_per_commit", w["uploads_per_commit"] or 0, "uploads")
         summary.update(span, cpu=w["cpu"], flat=flat, commit_s=w["commit_s"])
         summary["saturated"] = busiest(w["cpu"], cores, span["p99_s"], w["commit_s"])
     else:
