@@ -193,6 +193,8 @@ class Worker:
             def _note_error(self, exc: BaseException) -> None:
                 super()._note_error(exc)
                 name = type(exc).__name__
+                if exc.__cause__ is not None:  # Unreachable: which transport error
+                    name += f"/{type(exc.__cause__).__name__}"
                 worker.errors[name] = worker.errors.get(name, 0) + 1
 
         return TimedAgent
@@ -837,7 +839,7 @@ def main() -> int:
         schedule = [[args.duration, 1.0, 1.0]]
     kinds = ["replicas", "embedded"] if args.setup == "both" else [args.setup]
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=REPO
     ).stdout.strip()
     out("commit", commit)
     out("cpu_count", os.cpu_count() or 0, "cores")
