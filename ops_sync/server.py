@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
-from anyio import CapacityLimiter, to_thread
+from anyio import to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -50,10 +50,6 @@ from ops_sync.center import OpsCenter
 T = TypeVar("T")
 log = logging.getLogger("ops_sync.server")
 MAX_BODY = 64 << 20
-# An upload holds its thread until its group commit is durable (up to a commit interval plus
-# a commit): with anyio's shared 40 threads, 40 uploads in flight would be the ceiling for a
-# whole fleet, and heartbeats and /metrics would queue behind them. Uploads get their own.
-UPLOAD_THREADS = 2000
 JSON_LIMIT = 1 << 20
 MAX_PEM = 16 << 10  # a CSR's PEM
 NDJSON = "application/x-ndjson"
@@ -87,10 +83,8 @@ def peer_certificate(request: Request) -> str | None:
 
 
 def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
-    uploads = CapacityLimiter(UPLOAD_THREADS)
-
-    async def call(fn: Callable[..., T], *args: Any, limiter: CapacityLimiter | None = None) -> T:
-        return await to_thread.run_sync(partial(fn, *args), limiter=limiter)
+    async def call(fn: Callable[..., T], *args: Any) -> T:
+        return await to_thread.run_sync(partial(fn, *args))
 
     async def admin(request: Request) -> None:
         center.check_admin(request.headers.get("authorization"))
@@ -183,7 +177,7 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
         who = await edge(request)
         batch = protocol.read_batch_range(request.headers)
         body = await read_body(request, max_body, errors.PayloadTooLarge, errors.RequestTimeout)
-        return JSONResponse(await call(center.upload, who, batch, body, limiter=uploads))
+        return JSONResponse(await call(center.upload, who, batch, body))
 
     routes = [
         Route("/healthz", health, methods=["GET"]),

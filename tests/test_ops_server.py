@@ -325,26 +325,3 @@ def test_parse_size_accepts_the_seed_units() -> None:
     assert logs.parse_size("10 MiB") == logs.parse_size("10MiB") == 10 << 20
     assert logs.parse_size("100MB") == 100_000_000
     assert logs.parse_size("2 GiB") == 2 << 30
-
-
-def test_uploads_waiting_for_their_commit_do_not_cap_the_fleet(ops: Ops) -> None:
-    """An upload holds its thread until its group commit; 60 edges uploading at once land in
-    one commit (anyio's shared pool has 40 threads: 40 in flight would cap the whole fleet)."""
-    ops.center.logs.commit_interval = 2.0  # the next commit waits: every upload can queue
-    certs = [joined_edge(ops, f"fleet-{i}") for i in range(60)]
-    assert upload(ops, certs[0], 1, result_table(5, T0)).status_code == 200  # idle: at once
-
-    async def everyone() -> list[int]:
-        async def one(cert: str) -> int:
-            headers = bundle.BatchRange("ep1", 1, 5).headers()
-            body = encode_batch(result_table(5, T0))
-            async with ops.edge_client(cert) as client:
-                reply = await client.post("/v1/edge/logs", content=body, headers=headers)
-                return reply.status_code
-
-        return list(await asyncio.gather(*(one(c) for c in certs[1:])))
-
-    assert run(everyone()) == [200] * 59
-    registry = ops.center.metrics.registry
-    assert registry.get_sample_value("ops_commit_batches_count") == 2
-    assert registry.get_sample_value("ops_commit_batches_sum") == 60
