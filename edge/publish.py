@@ -80,6 +80,7 @@ class Published:
             ("Helm Chart Version", self.extra.get("helm_chart_version", "")),
             ("Engine Config", json.dumps(self.engine_config)),
             ("User Images", "[]"),
+            ("Created By", self.extra.get("created_by", "")),
             ("Created At", self.created_at),
             ("Docker Run Variables", json.dumps(self.extra.get("docker_run_variables", {}))),
         ]
