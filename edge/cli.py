@@ -271,10 +271,11 @@ def _variant(definition: Any) -> str | None:
     return variants[0] if variants else None
 
 
-def _chart_engine(definition: Any) -> dict[str, Any]:
-    """The chart's engine values (cpus, memory, gpus, arch) from the pipeline's deployment."""
+def _chart_engine(definition: Any, placement: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The chart's engine values (cpus, memory, gpus, arch) from the pipeline's deployment,
+    with the spec's replica_count and deployment_label (`placement`)."""
     d = definition.deployment
-    return {"cpus": d.cpus, "memory": d.memory, "gpus": d.gpus, "arch": d.arch}
+    return {"cpus": d.cpus, "memory": d.memory, "gpus": d.gpus, "arch": d.arch, **(placement or {})}
 
 
 def _push_chart(
@@ -289,7 +290,7 @@ def _push_chart(
             definition.name,
             published.pipeline_url,
             definition.version,
-            _chart_engine(definition),
+            _chart_engine(definition, published.placement),
             Path(scratch),
             image=args.engine_image,
             variant=variant,
