@@ -58,6 +58,11 @@ _IMAGE_REFERENCE = re.compile(
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"  # path
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})?$"  # :tag or @digest
 )
+# deployment_label: a Kubernetes node label `key:value` (or `key=value`), the seed's form
+NODE_LABEL = re.compile(
+    r"(?:[A-Za-z0-9][-A-Za-z0-9_.]*/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+    r"[:=](?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?"
+)
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][0-9]+|[KMGTPE]i|[kMGTPE]|m)?$")
 _ARCHES = {
     "x86": "x86",
@@ -131,7 +136,25 @@ def engine_values(engine_config: Mapping[str, Any]) -> dict[str, Any]:
     arch = str(engine_config.get("arch") or "").lower()
     if arch not in _ARCHES:
         raise SpecError(f"engine config arch {arch!r} is not one of x86, arm")
-    return {"cpus": cpus, "memory": memory, "gpus": gpus, "arch": _ARCHES[arch]}
+    replicas = engine_config.get("replica_count", 1)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 1000:
+        raise SpecError(
+            f"engine config replica_count must be a whole number 1-1000, not {replicas!r}"
+        )
+    label = str(engine_config.get("deployment_label") or "")
+    if label and not NODE_LABEL.fullmatch(label):
+        raise SpecError(
+            f"engine config deployment_label {label!r} is not a node label key:value such as "
+            "doc-gpu-label:true"
+        )
+    return {
+        "cpus": cpus,
+        "memory": memory,
+        "gpus": gpus,
+        "arch": _ARCHES[arch],
+        "replica_count": replicas,
+        "deployment_label": label,
+    }
 
 
 def engine_image(
@@ -186,7 +209,8 @@ def build_chart(
     """Package the chart for one pipeline version into `dest/<name>-<version>.tgz`.
 
     Values filled in: pipelineUrl, pipelineVersion, ociRegistry.registry (`registry`, else the
-    host of `pipeline_url`), resources/gpus/arch from `engine_config`, `variant` (the image
+    host of `pipeline_url`), resources/gpus/arch/replicaCount/deploymentLabel from
+    `engine_config`, `variant` (the image
     variant the pipeline's runtimes need: `tensorflow`, `frameworks`; None: the cpu image)
     and, when given, `image` (`repository[:tag]` or `repository@sha256:...`).
     Chart name: the pipeline name; version: `0.0.1-<pipeline_version>`.
@@ -207,6 +231,8 @@ def build_chart(
     values[("resources", "memory")] = engine["memory"]
     values[("gpus",)] = engine["gpus"]
     values[("arch",)] = engine["arch"]
+    values[("replicaCount",)] = engine["replica_count"]
+    values[("deploymentLabel",)] = engine["deployment_label"]
     if image:
         repository, tag = _split_image(check_image_reference(image))
         values[("image", "repository")] = repository

@@ -222,6 +222,7 @@ def _publish(args: argparse.Namespace) -> int:
     )
     variant = _variant(definition)
     published.extra["engine_url"] = _engine_url(args.engine_image, definition, variant)
+    published.extra["created_by"] = _publisher()
     if args.registry and not args.no_chart:
         published.extra.update(_push_chart(args, published, definition, variant))
     if args.opscenter:
@@ -236,6 +237,16 @@ def _publish(args: argparse.Namespace) -> int:
     else:
         print("\n".join(published.lines()))
     return 0
+
+
+def _publisher() -> str:
+    """Who publishes (the seed's `created_by`): EDGE_PUBLISHER, else the login name."""
+    import getpass
+
+    try:
+        return os.environ.get("EDGE_PUBLISHER") or getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container's numeric user)
+        return "unknown"
 
 
 def _engine_url(engine_image: str | None, definition: Any, variant: str | None) -> str:
@@ -260,10 +271,11 @@ def _variant(definition: Any) -> str | None:
     return variants[0] if variants else None
 
 
-def _chart_engine(definition: Any) -> dict[str, Any]:
-    """The chart's engine values (cpus, memory, gpus, arch) from the pipeline's deployment."""
+def _chart_engine(definition: Any, placement: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The chart's engine values (cpus, memory, gpus, arch) from the pipeline's deployment,
+    with the spec's replica_count and deployment_label (`placement`)."""
     d = definition.deployment
-    return {"cpus": d.cpus, "memory": d.memory, "gpus": d.gpus, "arch": d.arch}
+    return {"cpus": d.cpus, "memory": d.memory, "gpus": d.gpus, "arch": d.arch, **(placement or {})}
 
 
 def _push_chart(
@@ -278,7 +290,7 @@ def _push_chart(
             definition.name,
             published.pipeline_url,
             definition.version,
-            _chart_engine(definition),
+            _chart_engine(definition, published.placement),
             Path(scratch),
             image=args.engine_image,
             variant=variant,

@@ -53,6 +53,7 @@ class Published:
     created_at: str
     status: str = "Published"
     extra: dict[str, Any] = field(default_factory=dict)
+    placement: dict[str, Any] = field(default_factory=dict)  # the chart's replicas and label
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +81,7 @@ class Published:
             ("Helm Chart Version", self.extra.get("helm_chart_version", "")),
             ("Engine Config", json.dumps(self.engine_config)),
             ("User Images", "[]"),
+            ("Created By", self.extra.get("created_by", "")),
             ("Created At", self.created_at),
             ("Docker Run Variables", json.dumps(self.extra.get("docker_run_variables", {}))),
         ]
@@ -98,6 +100,16 @@ def engine_config(definition: Definition) -> dict[str, Any]:
         "engineAux": {"images": {}},
         "enginelb": {},
     }
+
+
+def _engine_placement(placement: dict[str, Any]) -> dict[str, Any]:
+    """replica_count and deployment_label in the engine config, where they are set."""
+    shown: dict[str, Any] = {}
+    if placement.get("replica_count", 1) != 1:
+        shown["replicas"] = placement["replica_count"]
+    if placement.get("deployment_label"):
+        shown["deployment_label"] = placement["deployment_label"]
+    return shown
 
 
 def pack_models(
@@ -190,6 +202,8 @@ def publish(
     if (layout is None) == (registry is None):
         raise SpecError("give either --layout DIR or --registry HOST[:PORT] (with --repository)")
     spec = load_spec(spec_path)
+    for line in spec.warnings():  # printed even with progress off, as the count warning
+        _stderr(line)
     with tempfile.TemporaryDirectory(prefix="edge-publish-") as scratch:
         say = _stderr if progress else _quiet
         packed = pack_models(spec, Path(scratch), convert, say)
@@ -207,6 +221,10 @@ def publish(
             insecure=insecure,
             progress=progress,
         )
+    published.placement = dict(spec.placement)
+    published.engine_config["engine"].update(_engine_placement(spec.placement))
+    if spec.ignored:
+        published.extra["deployment_ignored"] = spec.ignored
     if packed:  # what publish made of each framework's model
         published.extra["models"] = [
             {"name": m.name, "framework": m.framework, "runtime": m.runtime,

@@ -21,8 +21,11 @@ steps:
   - shadow: {champion: {model: c, file: c.onnx}, challengers: [{model: d, file: d.onnx}]}
 validations:
   fraud: pl.col("out.dense_1").list.get(0) > 0.9
-deployment: {cpus: 1, memory: 512Mi, gpus: 0, arch: x86}
+deployment: {cpus: 1, memory: 512Mi, gpus: 0, arch: x86,   # the engine's
+             replica_count: 1, deployment_label: "pool:edge"}  # the Helm chart's
 ```
+The seed's other deployment settings (autoscaling, load balancer, sidekicks: `IGNORED`) are
+accepted and named by `edge publish` as ignored at the edge, never dropped silently.
 File paths are relative to the spec's folder. `parse_spec` returns what publishing needs:
 the steps, the model entries with their files, validations as source text, deployment.
 """
@@ -63,6 +66,23 @@ _MODEL_KEYS = {
     "output_schema",
 }
 _TOP_KEYS = {"name", "steps", "validations", "deployment"}
+_ENGINE_KEYS = {"cpus", "memory", "gpus", "arch"}
+_CHART_KEYS = {"replica_count", "deployment_label"}
+_NO_AUTOSCALER = "an edge runs the replicas its chart or compose file gives; nothing autoscales"
+_NO_SIDEKICKS = "models run inside the engine; an edge has no sidekick containers"
+# The seed's deployment config settings (DeploymentConfigBuilder) an edge cannot apply: why.
+IGNORED = {
+    "replica_autoscale_min_max": _NO_AUTOSCALER,
+    "autoscale_cpu_utilization": _NO_AUTOSCALER,
+    "disable_autoscale": _NO_AUTOSCALER,
+    "lb_cpus": "an edge deployment has no load balancer (the seed's enginelb)",
+    "lb_memory": "an edge deployment has no load balancer (the seed's enginelb)",
+    "sidekick_cpus": _NO_SIDEKICKS,
+    "sidekick_memory": _NO_SIDEKICKS,
+    "sidekick_env": _NO_SIDEKICKS,
+    "sidekick_gpus": _NO_SIDEKICKS,
+    "sidekick_arch": _NO_SIDEKICKS,
+}
 
 
 @dataclass
@@ -87,6 +107,24 @@ class PipelineSpec:
     models: dict[str, ModelEntry]
     validations: dict[str, str] = field(default_factory=dict)
     deployment: Deployment = field(default_factory=Deployment)
+    # replica_count and deployment_label: the chart's (never in the pipeline definition)
+    placement: dict[str, Any] = field(default_factory=dict)
+    ignored: dict[str, Any] = field(default_factory=dict)  # IGNORED settings, as written
+
+    def warnings(self) -> list[str]:
+        """The lines `edge publish` prints for deployment settings it cannot fully apply."""
+        lines = [
+            f"Warning: deployment.{key} is accepted and ignored: {IGNORED[key]}."
+            for key in self.ignored
+        ]
+        replicas = self.placement.get("replica_count", 1)
+        if replicas > 1:
+            lines.append(
+                f"Warning: deployment.replica_count {replicas} applies to the Helm chart only: "
+                f"it runs {replicas} engines, each with its own emptyDir /persist (no "
+                "persistent volume), and refuses an edgeBundle (a bundle joins one device)."
+            )
+        return lines
 
 
 def load_spec(path: Path) -> PipelineSpec:
@@ -119,12 +157,16 @@ def parse_spec(doc: Any, base: Path, source: str = "spec") -> PipelineSpec:
         isinstance(k, str) and isinstance(v, str) for k, v in validations.items()
     ):
         raise SpecError(f"{source}: validations must map names to polars expression text")
+    raw_deployment = doc.get("deployment") or {}
+    deployment = _parse_deployment(raw_deployment, source)
     return PipelineSpec(
         name=name,
         steps=steps,
         models=models,
         validations=validations,
-        deployment=_parse_deployment(doc.get("deployment") or {}, source),
+        deployment=deployment,
+        placement=_parse_placement(raw_deployment, source),
+        ignored={k: v for k, v in raw_deployment.items() if k in IGNORED},
     )
 
 
@@ -277,8 +319,8 @@ def _parse_deployment(raw: Any, source: str) -> Deployment:
     where = f"{source}: deployment"
     if not isinstance(raw, dict):
         raise SpecError(f"{where} must be a mapping")
-    _no_unknown(raw, {"cpus", "memory", "gpus", "arch"}, where)
-    deployment = Deployment(**raw)
+    _no_unknown(raw, _ENGINE_KEYS | _CHART_KEYS | set(IGNORED), where)
+    deployment = Deployment(**{k: v for k, v in raw.items() if k in _ENGINE_KEYS})
     if not isinstance(deployment.cpus, int | float) or deployment.cpus <= 0:
         raise SpecError(f"{where}.cpus must be a positive number")
     if not isinstance(deployment.gpus, int) or deployment.gpus < 0:
@@ -288,6 +330,25 @@ def _parse_deployment(raw: Any, source: str) -> Deployment:
     if not isinstance(deployment.memory, str):
         raise SpecError(f"{where}.memory must be a Kubernetes quantity like 512Mi")
     return deployment
+
+
+def _parse_placement(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    from edge.chart import NODE_LABEL
+
+    where = f"{source}: deployment"
+    replicas = raw.get("replica_count", 1)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 1000:
+        raise SpecError(f"{where}.replica_count must be a whole number from 1 to 1000")
+    label = raw.get("deployment_label")
+    if label is not None and not (isinstance(label, str) and NODE_LABEL.fullmatch(label)):
+        raise SpecError(
+            f"{where}.deployment_label must be a node label key:value such as "
+            f"doc-gpu-label:true, not {label!r}"
+        )
+    placement: dict[str, Any] = {"replica_count": replicas}
+    if label:
+        placement["deployment_label"] = label
+    return placement
 
 
 def _no_unknown(raw: dict, allowed: set[str], where: str) -> None:

@@ -169,10 +169,21 @@ class OpsCenter:
             "workspace_id": fields.text(
                 "workspace_id", required=False, max_len=64, pattern=WORKSPACE_ID, hint=_WS_HINT
             ),
+            "created_by": fields.text("created_by", required=False, max_len=254),
         }
         return self.store.register_publish(record, self.clock())
 
-    def add_edge(self, name: str, pipeline_url: str, tags: list[str]) -> dict[str, Any]:
+    def publish(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Register a publish (`register_publish`) and return it in the seed's shape."""
+        return _publish_record(self.register_publish(body))
+
+    def add_edge(
+        self,
+        name: str,
+        pipeline_url: str,
+        tags: list[str],
+        additional_properties: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Enrol an edge on a publish; return the publish record with its EDGE_BUNDLE."""
         if not EDGE_NAME.fullmatch(name):
             raise BadRequest(f"edge name {name!r}: use letters, digits, '.', '_', '-' (max 63)")
@@ -192,19 +203,24 @@ class OpsCenter:
         }
         edge_bundle = protocol.encode(values)  # before the edge is stored: a bad value stores none
         edge = self.store.add_edge(
-            name, publish["id"], list(tags), token_digest(token), self.clock()
-        )
+            name, publish["id"], list(tags), token_digest(token), self.clock(),
+            additional_properties,
+        )  # fmt: skip
         return {
             **_publish_record(publish),
             "docker_run_variables": {"EDGE_BUNDLE": edge_bundle},
             "edge": self._edge_view(edge),
         }
 
-    def remove_edge(self, name: str) -> dict[str, Any]:
-        return self._edge_view(self.store.remove_edge(name, self.clock()))
+    def remove_edge(self, name: str) -> None:
+        """Revoke an edge; like the seed's `remove_edge`, nothing is returned."""
+        self.store.remove_edge(name, self.clock())
 
-    def list_edges(self) -> list[dict[str, Any]]:
-        return [self._edge_view(edge) for edge in self.store.edges()]
+    def list_edges(
+        self, publish_id: int | None = None, pipeline: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Enrolled edges: all, one publish's, or those of one pipeline's publishes."""
+        return [self._edge_view(e) for e in self.store.edges(publish_id, pipeline)]
 
     def publishes(self) -> list[dict[str, Any]]:
         return [_publish_record(p) for p in self.store.publishes()]
@@ -219,12 +235,18 @@ class OpsCenter:
             credentials = "expired"
         else:
             credentials = "valid"
+        cpus, memory = _resources(edge["engine_config"])
         return {
             "id": edge["id"],
             "name": edge["name"],
             "tags": edge["tags"],
+            "cpus": cpus,
+            "memory": memory,
+            "publish_id": edge["publish_id"],
             "pipeline_name": edge["pipeline_name"],
             "pipeline_version": edge["pipeline_version"],
+            "pipeline_version_id": edge["pipeline_version_id"],
+            "additional_properties": edge["additional_properties"],
             "spiffe_id": spiffe_id(self.ca.trust_domain, edge["id"]),
             "created_at": _iso(edge["created_at"]),
             "joined_at": _iso(edge["joined_at"]),
@@ -343,7 +365,9 @@ def _publish_record(publish: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": publish["id"],
         "pipeline_name": publish["pipeline_name"],
+        "pipeline_version": publish["pipeline_version"],
         "pipeline_version_name": publish["pipeline_version"],
+        "pipeline_version_id": publish["pipeline_version_id"],
         "pipeline_url": publish["pipeline_url"],
         "engine_url": publish["engine_url"],
         "helm": publish["helm"],
@@ -353,6 +377,23 @@ def _publish_record(publish: dict[str, Any]) -> dict[str, Any]:
         "user_images": [],
         "error": None,
         "docker_run_variables": {},
+        "created_by": publish["created_by"],
         "created_at": _iso(publish["created_at"]),
         "updated_at": _iso(publish["updated_at"]),
     }
+
+
+def _resources(engine_config: dict[str, Any] | None) -> tuple[float | None, str | None]:
+    """The engine's cpus and memory from a publish's engine config (the seed's shape,
+    `engine.resources.limits`, or the flat `cpus` / `memory`); None where it names none."""
+    config = engine_config if isinstance(engine_config, dict) else {}
+    engine = config.get("engine")
+    resources = engine.get("resources") if isinstance(engine, dict) else None
+    limits = resources.get("limits") if isinstance(resources, dict) else None
+    limits = limits if isinstance(limits, dict) else {}
+    cpus = limits.get("cpu", config.get("cpus"))
+    memory = limits.get("memory", config.get("memory"))
+    number = isinstance(cpus, int | float) and not isinstance(cpus, bool)
+    return (float(cpus) if number and cpus is not None else None), (
+        str(memory) if memory is not None else None
+    )

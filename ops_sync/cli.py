@@ -4,7 +4,7 @@
                    [--metadata postgresql://...] [--logs DIR | s3://bucket/prefix]
     ops-sync add-edge NAME --publish PIPELINE_URL [--tag T ...] [--json]
     ops-sync remove-edge NAME [--json]
-    ops-sync list-edges [--json]
+    ops-sync list-edges [--publish-id N | --pipeline NAME] [--json]
     ops-sync logs PIPELINE [--partition EDGE] [--limit N] [--arrow FILE | --json | --ndjson FILE]
     ops-sync publishes [--register PIPELINE_URL] [--json]
 
@@ -117,7 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     remove = admin("remove-edge", "remove (revoke) an edge")
     remove.add_argument("name")
     remove.add_argument("--json", action="store_true")
-    edges = admin("list-edges", "list enrolled edges")
+    edges = admin("list-edges", "list enrolled edges (of one publish or pipeline when asked)")
+    which = edges.add_mutually_exclusive_group()
+    which.add_argument("--publish-id", type=int, metavar="N", help="a publish's id")
+    which.add_argument("--pipeline", metavar="NAME", help="every publish of this pipeline")
     edges.add_argument("--json", action="store_true")
     pubs = admin("publishes", "list publishes, or register one")
     pubs.add_argument("--register", metavar="PIPELINE_URL")
@@ -232,10 +235,11 @@ def _admin(args: argparse.Namespace) -> int:
                 f"EDGE_BUNDLE={result['docker_run_variables']['EDGE_BUNDLE']}",
             ]
         elif args.command == "remove-edge":
-            result = client.remove_edge(args.name)
+            client.remove_edge(args.name)  # nothing comes back (HTTP 204)
+            result = {"name": args.name, "removed": True}
             text = [f"Edge {args.name} removed"]
         elif args.command == "list-edges":
-            result = client.list_edges()
+            result = client.list_edges(args.publish_id, args.pipeline)
             text = _edge_lines(result)
         elif args.register:
             fields = {
@@ -248,7 +252,10 @@ def _admin(args: argparse.Namespace) -> int:
             text = [f"Publish {result['id']}: {result['pipeline_url']}"]
         else:
             result = client.publishes()
-            text = [f"{p['id']}\t{p['pipeline_name']}\t{p['pipeline_url']}" for p in result]
+            names = "id pipeline_version_id pipeline_name pipeline_url created_by created_at"
+            columns = [*names.split(), "updated_at"]
+            text = ["\t".join(c.upper() for c in columns)]
+            text += ["\t".join(str(p.get(c)) for c in columns) for p in result]
     print(json.dumps(result, indent=2, sort_keys=True) if args.json else "\n".join(text))
     return 0
 
@@ -286,7 +293,8 @@ def _logs(client: Any, args: argparse.Namespace) -> int:
 
 
 def _edge_lines(edges: list[dict[str, Any]]) -> list[str]:
-    columns = ("id", "name", "tags", "pipeline_version", "spiffe_id", "last_seen", "credentials")
+    columns = "id name tags pipeline_version pipeline_version_id cpus memory spiffe_id".split()
+    columns += ["last_seen", "credentials"]
     lines = ["\t".join(c.upper() for c in columns) + "\tHEALTH"]
     for edge in edges:
         health = json.dumps(edge.get("health"), sort_keys=True)

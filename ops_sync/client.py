@@ -97,18 +97,29 @@ class AdminClient:
         return result
 
     def add_edge(
-        self, name: str, pipeline_url: str, tags: list[str] | None = None
+        self,
+        name: str,
+        pipeline_url: str,
+        tags: list[str] | None = None,
+        additional_properties: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        body = {"name": name, "pipeline_url": pipeline_url, "tags": tags or []}
+        body: dict[str, Any] = {"name": name, "pipeline_url": pipeline_url, "tags": tags or []}
+        if additional_properties is not None:
+            body["additional_properties"] = additional_properties
         result: dict[str, Any] = self._call("POST", "/v1/edges", json=body).json()
         return result
 
-    def remove_edge(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("DELETE", f"/v1/edges/{name}").json()
-        return result
+    def remove_edge(self, name: str) -> None:
+        """Revoke an edge. Returns nothing (HTTP 204), as the seed's `remove_edge`."""
+        self._call("DELETE", f"/v1/edges/{name}")
 
-    def list_edges(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._call("GET", "/v1/edges").json()["edges"]
+    def list_edges(
+        self, publish_id: int | None = None, pipeline: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Enrolled edges: all, one publish's (`publish_id`) or one pipeline's publishes'."""
+        query = {k: v for k, v in (("publish_id", publish_id), ("pipeline", pipeline)) if v}
+        response = self._call("GET", "/v1/edges", params=query)
+        result: list[dict[str, Any]] = response.json()["edges"]
         return result
 
     def logs(

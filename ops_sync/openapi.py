@@ -44,6 +44,7 @@ def document() -> dict[str, Any]:
         "engine_config": {"type": "object"},
         "helm": {"type": "object"},
         "workspace_id": _TEXT,
+        "created_by": _TEXT,
     }
     tags = {"type": "array", "items": _TEXT}
     seq = {"type": "string", "pattern": "^[0-9]+$"}
@@ -80,12 +81,34 @@ def document() -> dict[str, Any]:
                 "responses": {"201": {"description": "registered"}, **_errors(400, 401, 413)},
             },
         },
+        "/v1/publishes/{id}/edges": {
+            "get": {
+                "security": ADMIN,
+                "summary": "the enrolled edges of one publish",
+                "parameters": [_path("id", {"type": "integer"})],
+                "responses": {**json_ok(), **_errors(400, 401, 404)},
+            }
+        },
         "/v1/edges": {
-            "get": {"security": ADMIN, "responses": {**json_ok(), **_errors(401)}},
+            "get": {
+                "security": ADMIN,
+                "summary": "enrolled edges: all, one publish's, or one pipeline's publishes'",
+                "parameters": [
+                    {"name": "publish_id", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "pipeline", "in": "query", "schema": _TEXT},
+                ],
+                "responses": {**json_ok(), **_errors(400, 401)},
+            },
             "post": {
                 "security": ADMIN,
                 "requestBody": _json_body(
-                    {"name": _TEXT, "pipeline_url": _TEXT, "tags": tags}, ["name", "pipeline_url"]
+                    {
+                        "name": _TEXT,
+                        "pipeline_url": _TEXT,
+                        "tags": tags,
+                        "additional_properties": {"type": "object"},
+                    },
+                    ["name", "pipeline_url"],
                 ),
                 "responses": {"201": {"description": "added"}, **_errors(400, 401, 409, 413)},
             },
@@ -93,8 +116,9 @@ def document() -> dict[str, Any]:
         "/v1/edges/{name}": {
             "delete": {
                 "security": ADMIN,
-                "parameters": [{"name": "name", "in": "path", "required": True, "schema": _TEXT}],
-                "responses": {**json_ok(), **_errors(401, 404)},
+                "summary": "revoke an edge; nothing is returned (the seed's remove_edge)",
+                "parameters": [_path("name", _TEXT)],
+                "responses": {"204": {"description": "removed"}, **_errors(401, 404)},
             }
         },
         "/v1/pipelines/{pipeline}/logs": {
@@ -161,3 +185,7 @@ def document() -> dict[str, Any]:
             },
         },
     }
+
+
+def _path(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}

@@ -52,6 +52,7 @@ log = logging.getLogger("ops_sync.server")
 MAX_BODY = 64 << 20
 JSON_LIMIT = 1 << 20
 MAX_PEM = 16 << 10  # a CSR's PEM
+MAX_PROPERTIES = 16 << 10  # an edge's additional_properties, as JSON
 NDJSON = "application/x-ndjson"
 PLATFORM = "platform"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -118,22 +119,36 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
 
     async def register_publish(request: Request) -> Response:
         await admin(request)
-        return JSONResponse(await call(center.register_publish, await _json(request)), 201)
+        return JSONResponse(await call(center.publish, await _json(request)), 201)
 
     async def list_edges(request: Request) -> Response:
         await admin(request)
-        return JSONResponse({"edges": await call(center.list_edges)})
+        query = request.query_params
+        publish_id = _publish_id(query.get("publish_id"))
+        edges = await call(center.list_edges, publish_id, query.get("pipeline") or None)
+        return JSONResponse({"edges": edges})
+
+    async def publish_edges(request: Request) -> Response:
+        await admin(request)
+        publish_id = _publish_id(request.path_params["id"])
+        if not any(p["id"] == publish_id for p in await call(center.publishes)):
+            raise errors.NotFound(f"no publish has id {publish_id}")
+        return JSONResponse({"edges": await call(center.list_edges, publish_id)})
 
     async def add_edge(request: Request) -> Response:
         await admin(request)
         body = Fields(await _json(request), "add_edge", errors.BadRequest)
         name, url = body.text("name", max_len=63), body.text("pipeline_url")
         tags = body.strings("tags")
-        return JSONResponse(await call(center.add_edge, name, url, tags), 201)
+        extra = body.mapping("additional_properties")
+        if extra is not None and len(json.dumps(extra)) > MAX_PROPERTIES:
+            raise errors.BadRequest(f"add_edge: additional_properties over {MAX_PROPERTIES} bytes")
+        return JSONResponse(await call(center.add_edge, name, url, tags, extra), 201)
 
     async def remove_edge(request: Request) -> Response:
         await admin(request)
-        return JSONResponse(await call(center.remove_edge, request.path_params["name"]))
+        await call(center.remove_edge, request.path_params["name"])
+        return Response(status_code=204)  # the seed's remove_edge returns nothing
 
     async def pipeline_logs(request: Request) -> Response:
         await admin(request)
@@ -186,6 +201,7 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/publishes", list_publishes, methods=["GET"]),
         Route("/v1/publishes", register_publish, methods=["POST"]),
+        Route("/v1/publishes/{id}/edges", publish_edges, methods=["GET"]),
         Route("/v1/edges", list_edges, methods=["GET"]),
         Route("/v1/edges", add_edge, methods=["POST"]),
         Route("/v1/edges/{name}", remove_edge, methods=["DELETE"]),
@@ -230,6 +246,15 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log_unexpected(request.url.path, exc)
     return JSONResponse(error_body("internal error", 500, "InternalError"), 500)
+
+
+def _publish_id(text: str | None) -> int | None:
+    """A publish id from a path or query (None when absent); a 400 when not a number."""
+    if text is None or text == "":
+        return None
+    if not text.isdigit() or len(text) > 18:
+        raise errors.BadRequest(f"publish_id must be a publish's numerical id, not {text!r}")
+    return int(text)
 
 
 async def _json(request: Request) -> dict[str, Any]:

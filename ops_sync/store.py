@@ -95,6 +95,18 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         DROP TABLE log_files;
         """,
     ),
+    (
+        4,
+        "the seed's publish and edge records: created_by, pipeline_version_id, edge properties",
+        """
+        ALTER TABLE publishes ADD COLUMN created_by TEXT NOT NULL DEFAULT 'admin';
+        ALTER TABLE publishes ADD COLUMN pipeline_version_id BIGINT;
+        UPDATE publishes SET pipeline_version_id = (
+            SELECT min(q.id) FROM publishes q WHERE q.pipeline_name = publishes.pipeline_name
+            AND q.pipeline_version = publishes.pipeline_version);
+        ALTER TABLE edges ADD COLUMN additional_properties TEXT NOT NULL DEFAULT '{}';
+        """,
+    ),
 ]
 
 
@@ -120,27 +132,51 @@ class Store:
 
     # -- publishes -------------------------------------------------------------------------
     def register_publish(self, record: dict[str, Any], now: float) -> dict[str, Any]:
-        """Insert a publish, or return the one already registered for its pipeline URL."""
+        """Insert a publish, or return the one already registered for its pipeline URL.
+
+        A publish registered again with another engine config (the seed's deployment config
+        override at publish) keeps its id and `created_*` and takes the new config and
+        `updated_at`. Every publish of one pipeline version shares its `pipeline_version_id`.
+        """
+        config = json.dumps(record.get("engine_config"))
+        url = record["pipeline_url"]
         with self.db.tx() as db:
-            db.execute(
-                "INSERT INTO publishes (pipeline_name, pipeline_version, pipeline_url,"
-                " engine_url, helm, engine_config, workspace_id, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pipeline_url) DO NOTHING",
-                (
-                    record["pipeline_name"],
-                    record["pipeline_version"],
-                    record["pipeline_url"],
-                    record.get("engine_url"),
-                    json.dumps(record.get("helm")),
-                    json.dumps(record.get("engine_config")),
-                    str(record.get("workspace_id") or "1"),
-                    now,
-                    now,
-                ),
-            )
-            row = db.one(
-                "SELECT * FROM publishes WHERE pipeline_url = ?", (record["pipeline_url"],)
-            )
+            db.lock("ops_sync.pipeline_version_id")  # numbered once across replicas
+            row = db.one("SELECT * FROM publishes WHERE pipeline_url = ? {for_update}", (url,))
+            if row is None:
+                found = db.one(
+                    "SELECT min(pipeline_version_id) AS v FROM publishes"
+                    " WHERE pipeline_name = ? AND pipeline_version = ?",
+                    (record["pipeline_name"], record["pipeline_version"]),
+                )
+                version_id = (found or {}).get("v")
+                if version_id is None:
+                    top = db.one("SELECT max(pipeline_version_id) AS v FROM publishes")
+                    version_id = int((top or {}).get("v") or 0) + 1
+                db.execute(
+                    "INSERT INTO publishes (pipeline_name, pipeline_version, pipeline_url,"
+                    " engine_url, helm, engine_config, workspace_id, created_at, updated_at,"
+                    " created_by, pipeline_version_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record["pipeline_name"],
+                        record["pipeline_version"],
+                        url,
+                        record.get("engine_url"),
+                        json.dumps(record.get("helm")),
+                        config,
+                        str(record.get("workspace_id") or "1"),
+                        now,
+                        now,
+                        str(record.get("created_by") or "admin"),
+                        version_id,
+                    ),
+                )
+            elif record.get("engine_config") is not None and row["engine_config"] != config:
+                db.execute(
+                    "UPDATE publishes SET engine_config = ?, updated_at = ? WHERE id = ?",
+                    (config, now, row["id"]),
+                )
+            row = db.one("SELECT * FROM publishes WHERE pipeline_url = ?", (url,))
         assert row is not None
         return _publish(row)
 
@@ -162,7 +198,13 @@ class Store:
 
     # -- edges -----------------------------------------------------------------------------
     def add_edge(
-        self, name: str, publish_id: int, tags: list[str], token_sha256: str, now: float
+        self,
+        name: str,
+        publish_id: int,
+        tags: list[str],
+        token_sha256: str,
+        now: float,
+        additional_properties: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         edge_id = str(uuid.uuid4())
         taken = Conflict(f"an edge named {name!r} exists; remove it first to mint anew")
@@ -173,9 +215,16 @@ class Store:
                 ):
                     raise taken
                 db.execute(
-                    "INSERT INTO edges (id, name, publish_id, tags, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (edge_id, name, publish_id, json.dumps(tags), now),
+                    "INSERT INTO edges (id, name, publish_id, tags, created_at,"
+                    " additional_properties) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        edge_id,
+                        name,
+                        publish_id,
+                        json.dumps(tags),
+                        now,
+                        json.dumps(additional_properties or {}),
+                    ),
                 )
                 db.execute(
                     "INSERT INTO join_tokens (token_sha256, edge_id, minted_at, expires_at)"
@@ -203,9 +252,17 @@ class Store:
             raise NotFound(f"no edge has id {edge_id}")
         return _edge(db, row)
 
-    def edges(self) -> list[dict[str, Any]]:
+    def edges(
+        self, publish_id: int | None = None, pipeline: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Enrolled edges, of one publish or one pipeline's publishes when asked."""
         db = self._reader()
-        rows = db.all(_EDGE_SELECT + " WHERE e.removed_at IS NULL ORDER BY e.created_at")
+        where, args = " WHERE e.removed_at IS NULL", list[Any]()
+        if publish_id is not None:
+            where, args = where + " AND e.publish_id = ?", [publish_id]
+        if pipeline is not None:
+            where, args = where + " AND p.pipeline_name = ?", [*args, pipeline]
+        rows = db.all(_EDGE_SELECT + where + " ORDER BY e.created_at", args)
         return [_edge(db, row) for row in rows]
 
     def redeem(
@@ -383,7 +440,8 @@ class Store:
 
 _EXPIRED = "the join token expired (tokens live 24 h); add the edge again for a new bundle"
 _EDGE_SELECT = (
-    "SELECT e.*, p.pipeline_name, p.pipeline_version, p.pipeline_url"
+    "SELECT e.*, p.pipeline_name, p.pipeline_version, p.pipeline_url, p.pipeline_version_id,"
+    " p.engine_config"
     " FROM edges e JOIN publishes p ON p.id = e.publish_id"
 )
 
@@ -391,6 +449,8 @@ _EDGE_SELECT = (
 def _edge(db: Tx, row: dict[str, Any]) -> dict[str, Any]:
     edge = dict(row)
     edge["tags"] = json.loads(edge["tags"])
+    edge["additional_properties"] = json.loads(edge["additional_properties"] or "{}")
+    edge["engine_config"] = json.loads(edge["engine_config"]) if edge["engine_config"] else None
     edge["health"] = json.loads(edge["health"]) if edge["health"] else None
     drops = db.all(
         "SELECT reason, sum(count) AS n FROM edge_drops WHERE edge_id = ? GROUP BY reason",

@@ -394,3 +394,47 @@ def test_publish_refuses_a_bad_engine_image_before_pushing(
         auth=auth_registry.auth,
     )
     assert tags.status_code == 404  # nothing was pushed
+
+
+def test_publish_carries_replica_count_and_deployment_label_into_the_chart(
+    tmp_path: Path, auth_registry: Registry
+) -> None:
+    """The seed's replica_count and deployment_label reach the pushed chart's values and its
+    rendering; the settings an edge cannot apply are named on stderr as ignored."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.onnx").write_bytes(b"not really onnx, never loaded")
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text(
+        "name: pool-pipe\nsteps:\n  - model: m\n    file: models/m.onnx\n"
+        "deployment: {cpus: 1, memory: 1Gi, replica_count: 2,"
+        " deployment_label: 'doc-gpu-label:true', lb_cpus: 0.5,"
+        " replica_autoscale_min_max: {minimum: 2, maximum: 5}}\n"
+    )
+    done = _publish_cli(spec, auth_registry)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("Warning:")]
+    assert any("deployment.lb_cpus is accepted and ignored" in w for w in warnings)
+    assert any(
+        "deployment.replica_autoscale_min_max is accepted and ignored" in w for w in warnings
+    )
+    assert any("deployment.replica_count 2 applies to the Helm chart only" in w for w in warnings)
+    published = json.loads(done.stdout)
+    assert published["deployment_ignored"] == {
+        "lb_cpus": 0.5,
+        "replica_autoscale_min_max": {"minimum": 2, "maximum": 5},
+    }
+    assert published["engine_config"]["engine"]["replicas"] == 2
+    assert published["engine_config"]["engine"]["deployment_label"] == "doc-gpu-label:true"
+    url, digest = published["helm_chart_reference"].split("@")
+    ref = chart.ChartRef(url=url, version=published["helm_chart_version"], reference=digest)
+    _, _, layer = _pull_by_hand(auth_registry, ref)
+    pulled = tmp_path / "pulled.tgz"
+    pulled.write_bytes(layer)
+    with helm.Chart.load(str(pulled)) as loaded:
+        values = loaded.values
+        manifests = loaded.render({}, name="p", namespace="edge")
+    assert values["replicaCount"] == 2 and values["deploymentLabel"] == "doc-gpu-label:true"
+    deployment = yaml.safe_load(manifests["pool-pipe/templates/deployment.yaml"])
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"kubernetes.io/arch": "amd64", "doc-gpu-label": "true"}

@@ -242,6 +242,7 @@ def test_edge_publish_prints_the_seeds_fields(
         "Pipeline URL",
         "Engine Config",
         "User Images",
+        "Created By",  # the seed's (EDGE_PUBLISHER, else the login name)
         "Created At",
         "Docker Run Variables",
     ]  # no chart for a local layout: its lines are left out
@@ -270,6 +271,7 @@ def test_edge_publish_json_is_one_object(
         "manifest_digest",
         "engine_config",
         "created_at",
+        "created_by",
         "engine_url",
     }
     _, digest = Layout(tmp_path / "layout").manifest(record["pipeline_version"])

@@ -439,3 +439,44 @@ def test_compose_gpu_override_reserves_nvidia_devices() -> None:
     assert interpolate(service["image"], {}).endswith("-gpu")
     devices = service["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+
+
+def test_replica_count_and_deployment_label_render() -> None:
+    one = render()
+    assert one["Deployment"]["spec"]["replicas"] == 1
+    assert one["Deployment"]["spec"]["strategy"]["type"] == "Recreate"
+    assert "PersistentVolumeClaim" in one
+    objects = render({"replicaCount": 3, "deploymentLabel": "doc-gpu-label:true"})
+    spec = objects["Deployment"]["spec"]
+    assert spec["replicas"] == 3 and spec["strategy"]["type"] == "RollingUpdate"
+    assert pod_spec(objects)["nodeSelector"] == {
+        "kubernetes.io/arch": "amd64",
+        "doc-gpu-label": "true",
+    }
+    # more than one engine: each its own /persist, no shared claim
+    assert "PersistentVolumeClaim" not in objects
+    (persist,) = [v for v in pod_spec(objects)["volumes"] if v["name"] == "persist"]
+    assert persist == {"name": "persist", "emptyDir": {}}
+    assert pod_spec(render({"deploymentLabel": "pool=edge"}))["nodeSelector"]["pool"] == "edge"
+
+
+def test_replica_count_refusals() -> None:
+    with pytest.raises(helm.HelmError, match="a bundle joins one device"):
+        render({"replicaCount": 2, "edgeBundle": "ZXhwb3J0IEE9Qgo="})
+    with pytest.raises(helm.HelmError, match="replicaCount 0 must be 1 or more"):
+        render({"replicaCount": 0})
+    with pytest.raises(helm.HelmError, match="is not a node label"):
+        render({"deploymentLabel": "no separator"})
+
+
+def test_build_chart_fills_replica_count_and_deployment_label(tmp_path: Path) -> None:
+    engine = {"cpus": 1, "memory": "1Gi", "replica_count": 2, "deployment_label": "pool:edge"}
+    tgz = chart.build_chart("ccfraud", PIPELINE_URL, PIPELINE_VERSION, engine, tmp_path)
+    with helm.Chart.load(str(tgz)) as loaded:
+        assert loaded.values["replicaCount"] == 2
+        assert loaded.values["deploymentLabel"] == "pool:edge"
+    objects = render({}, source=tgz)
+    assert objects["Deployment"]["spec"]["replicas"] == 2
+    assert pod_spec(objects)["nodeSelector"]["pool"] == "edge"
+    with pytest.raises(SpecError, match="replica_count"):
+        chart.build_chart("ccfraud", PIPELINE_URL, PIPELINE_VERSION, {"replica_count": 0}, tmp_path)

@@ -74,3 +74,30 @@ arm64
 {{- max 1 (ceil (.Values.resources.cpus | float64) | int) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* One engine owns the persistent volume; more than one each get an emptyDir. */}}
+{{- define "edge-pipeline.replicas" -}}
+{{- $replicas := int .Values.replicaCount -}}
+{{- if lt $replicas 1 -}}
+{{- fail (printf "replicaCount %v must be 1 or more" .Values.replicaCount) -}}
+{{- end -}}
+{{- if and (gt $replicas 1) .Values.edgeBundle -}}
+{{- fail (printf "replicaCount %d with an edgeBundle: a bundle joins one device; install one release per edge (replicaCount 1), or leave edgeBundle empty" $replicas) -}}
+{{- end -}}
+{{- $replicas -}}
+{{- end -}}
+
+{{- define "edge-pipeline.persistentVolume" -}}
+{{- if and .Values.persistence.enabled (eq (int .Values.replicaCount) 1) -}}true{{- end -}}
+{{- end -}}
+
+{{/* deploymentLabel "key:value" (or "key=value") as a nodeSelector entry. */}}
+{{- define "edge-pipeline.deploymentLabel" -}}
+{{- with .Values.deploymentLabel -}}
+{{- $parts := regexSplit "[:=]" (toString .) 2 -}}
+{{- if or (ne (len $parts) 2) (not (regexMatch "^([A-Za-z0-9][-A-Za-z0-9_.]*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$" (index $parts 0))) (not (regexMatch "^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$" (index $parts 1))) -}}
+{{- fail (printf "deploymentLabel %q is not a node label key:value such as doc-gpu-label:true" .) -}}
+{{- end -}}
+{{- dict (index $parts 0) (index $parts 1) | toJson -}}
+{{- end -}}
+{{- end -}}
