@@ -149,6 +149,19 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--arrow", type=Path, metavar="FILE", help="export to an Arrow file")
     out.add_argument("--ndjson", type=Path, metavar="FILE", help="export to an NDJSON file")
     out.add_argument("--json", action="store_true", help="print pandas-records JSON")
+    out.add_argument(
+        "--directory",
+        type=Path,
+        help="export_logs: one file per pipeline version into this folder "
+        "(PREFIX-1.json, PREFIX-2.json, ...; the latest published version first)",
+    )
+    logs.add_argument("--file-prefix", help="export file names (default: the pipeline's name)")
+    logs.add_argument(
+        "--format",
+        choices=["ndjson", "arrow"],
+        default="ndjson",
+        help="with --directory: NDJSON (.json) or Arrow (.arrow) files",
+    )
     logs.add_argument("--data-size-limit", help="export size limit, e.g. '10 MiB'")
     return parser
 
@@ -272,7 +285,18 @@ def _logs(client: Any, args: argparse.Namespace) -> int:
         "valid": args.valid,
         "pipeline_version": args.pipeline_version,
     }
-    if args.arrow or args.ndjson:
+    if args.directory:
+        params["data_size_limit"] = args.data_size_limit
+        files, warnings = client.export_logs(
+            args.pipeline,
+            args.directory,
+            args.file_prefix,
+            arrow=args.format == "arrow",
+            **params,
+        )
+        for path in files:
+            print(path)
+    elif args.arrow or args.ndjson:
         params["data_size_limit"] = args.data_size_limit
         body, warnings = client.logs(args.pipeline, arrow=bool(args.arrow), export=True, **params)
         (args.arrow or args.ndjson).write_bytes(body)

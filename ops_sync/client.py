@@ -133,3 +133,49 @@ class AdminClient:
         path = f"/v1/pipelines/{pipeline}/logs" + ("/export" if export else "")
         response = self._call("GET", path, params=query, headers=headers)
         return response.content, warnings_of(response)
+
+    def export_logs(
+        self,
+        pipeline: str,
+        directory: Path,
+        file_prefix: str | None = None,
+        *,
+        arrow: bool = False,
+        **params: Any,
+    ) -> tuple[list[Path], list[str]]:
+        """The seed's `export_logs`: the pipeline's logs as files in `directory` (made if
+        missing), one per pipeline version that has rows, the latest published first:
+        `{file_prefix}-1.json`, `-2.json`, ... (NDJSON; `.arrow` files with `arrow`).
+        `file_prefix` defaults to the pipeline's name; `params` as for `logs` (limit, times,
+        datasets, partition, valid, data_size_limit: each applies to each file). With
+        `pipeline_version`, that version's file only. The files written, and the warnings."""
+        import io
+
+        import pyarrow as pa
+
+        chosen = params.pop("pipeline_version", None)
+        if chosen:
+            versions = [str(chosen)]
+        else:
+            published = [p for p in self.publishes() if p.get("pipeline_name") == pipeline]
+            published.sort(key=lambda p: p["id"], reverse=True)
+            versions = list(dict.fromkeys(str(p["pipeline_version"]) for p in published))
+        directory.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        warnings: list[str] = []
+        for version in versions:
+            body, notes = self.logs(
+                pipeline, arrow=arrow, export=True, pipeline_version=version, **params
+            )
+            if arrow:
+                empty = pa.ipc.open_file(io.BytesIO(body)).read_all().num_rows == 0
+            else:
+                empty = not body.strip()
+            if empty:
+                continue
+            warnings += [w for w in notes if w not in warnings]
+            path = directory / f"{file_prefix or pipeline}-{len(written) + 1}"
+            path = path.with_name(path.name + (".arrow" if arrow else ".json"))
+            path.write_bytes(body)
+            written.append(path)
+        return written, warnings
