@@ -11,11 +11,12 @@ IMAGE_APT := podman runc debootstrap
 DEMO   := demo
 EXAMPLE := examples/breast-cancer
 PORT   ?= 8080
+KSERVE_VENV := .venv-kserve
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages image-setup demo example-model test lint bench proto clean
 
-setup: system-packages $(VENV)/.installed
+setup: system-packages $(VENV)/.installed $(KSERVE_VENV)/.installed
 
 system-packages:
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT)"
@@ -46,6 +47,13 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,tensorflow]'
 	touch $@ $(VENV)/.serve
+
+# KServe's own client for tests/test_v2_e2e.py, in a venv of its own (it pins pandas<3); the
+# tests never reach PyPI themselves.
+$(KSERVE_VENV)/.installed: tests/kserve-requirements.txt | $(VENV)/bin/python
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install -q -r tests/kserve-requirements.txt
+	touch $@
 
 # The example's model and sample request are committed; `make example-model` remakes them
 # (scikit-learn and skl2onnx, from the test tools).
@@ -82,4 +90,4 @@ proto: setup
 	sed -i 's/_descriptor_pool.Default()/_descriptor_pool.DescriptorPool()/' edge/v2/grpc_predict_v2_pb2.py
 
 clean:
-	rm -rf $(VENV) $(DEMO)
+	rm -rf $(VENV) $(KSERVE_VENV) $(DEMO)
