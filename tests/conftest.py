@@ -3,6 +3,7 @@ example model made at test time, and real `edge serve` processes on free loopbac
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -266,6 +268,18 @@ def postgres() -> Iterator[object]:
     server = PostgresServer().start()
     yield server
     server.stop()
+
+
+_DATABASES = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An ops center metadata database: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ops.db")
+    server: Any = request.getfixturevalue("postgres")
+    return str(server.fresh_database(f"test_{next(_DATABASES)}"))
 
 
 @pytest.fixture(scope="session")

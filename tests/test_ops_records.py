@@ -6,12 +6,9 @@ deployment config override; and the metadata migration that brings older databas
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from ops_sync.client import AdminClient
 from ops_sync.metadb import Database
@@ -30,15 +27,6 @@ SEED_CONFIG = {
     "engineAux": {"images": {}},
     "enginelb": {},
 }
-_DATABASES = itertools.count()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "ops.db")
-    server = request.getfixturevalue("postgres")
-    return str(server.fresh_database(f"records_{next(_DATABASES)}"))
 
 
 def call(ops: Ops, method: str, path: str, **kw: Any) -> Any:

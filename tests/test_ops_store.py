@@ -3,7 +3,6 @@ schema, hashed one-time join tokens, refusals, drop counts, races between replic
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 import threading
 from pathlib import Path
@@ -17,15 +16,6 @@ from ops_sync.store import MIGRATIONS, Store
 from tests.test_ops_support import DAY, PIPELINE_URL, Ops
 
 T0 = 1_800_000_000.0
-_DATABASES = itertools.count()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "ops.db")
-    server = request.getfixturevalue("postgres")
-    return str(server.fresh_database(f"store_{next(_DATABASES)}"))
 
 
 def publish(store: Store) -> int:
