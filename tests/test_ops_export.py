@@ -84,3 +84,36 @@ def test_ops_sync_logs_directory_writes_and_prints_the_files(
     printed = capsys.readouterr().out.split()
     assert printed == [str(folder / "cc-1.json"), str(folder / "cc-2.json")]
     assert versions_in(folder / "cc-2.json") == [V1] * 5
+
+
+def test_ops_sync_logs_valid_and_pipeline_version_reach_the_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """`ops-sync logs --valid false --pipeline-version V`: that version's rows with an anomaly."""
+    ops = Ops(tmp_path / "ops")
+    for version in (V1, V2):
+        ops.center.register_publish({"pipeline_url": PIPELINE_URL.replace(V1, version)})
+    cert = joined_edge(ops, "edge-a")
+    assert upload(ops, cert, 1, with_version(result_table(4, T0), V1, [0, 2, 0, 1])).is_success
+    assert upload(ops, cert, 5, with_version(result_table(2, T0 + 100), V2, [1, 1])).is_success
+
+    def local(url: str, token: str, ca: Any = None, **kw: Any) -> AdminClient:
+        return AdminClient(url, token, ca, transport=_SyncASGI(ops))
+
+    monkeypatch.setattr(client_module, "AdminClient", local)
+    argv = ["logs", "ccfraud", "--opscenter", "https://ops", "--admin-token", ADMIN, "--json"]
+    argv += ["--dataset", "time", "--dataset", "anomaly", "--dataset", "metadata"]
+
+    def shown(*extra: str) -> list[tuple[int, int, str]]:
+        assert cli.main([*argv, *extra]) == 0
+        records = json.loads(capsys.readouterr().out)
+        return [
+            (r["time"], r["anomaly"]["count"], r["metadata"]["pipeline_version"]) for r in records
+        ]
+
+    assert shown("--valid", "false", "--pipeline-version", V1) == [
+        (T0 + 3, 1, V1),
+        (T0 + 1, 2, V1),
+    ]
+    assert shown("--valid", "true", "--pipeline-version", V1) == [(T0 + 2, 0, V1), (T0, 0, V1)]
+    assert [v for _, _, v in shown()] == [V2, V2]  # no range, no version: the newest row's
