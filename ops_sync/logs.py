@@ -19,8 +19,9 @@ import polars as pl
 import pyarrow as pa
 
 from edge.codecs import encode_arrow, encode_records, shape
+from edge.codecs.arrow import split_lists
 from edge.logquery import MAX_LIMIT, MORE_LOGS, LogQuery, log_warnings
-from edge.result import PIPELINE_VERSION
+from edge.result import MODEL_SPLIT, PIPELINE_VERSION
 from ops_sync.errors import BadRequest
 from ops_sync.logstore import LogStore
 
@@ -81,7 +82,13 @@ def to_arrow(table: pa.Table) -> bytes:
 
 
 def to_ndjson(table: pa.Table) -> bytes:
-    """One pandas record per line, flat keys as the logs DataFrame names its columns."""
+    """One pandas record per line, flat keys as the logs DataFrame names its columns;
+    `out._model_split` as the seed's list holding one object (stored as JSON text)."""
+    if MODEL_SPLIT in table.column_names and pa.types.is_string(
+        table.schema.field(MODEL_SPLIT).type
+    ):
+        index = table.schema.get_field_index(MODEL_SPLIT)
+        table = table.set_column(index, MODEL_SPLIT, split_lists(table.column(index)))
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     return frame.write_ndjson().encode()

@@ -117,3 +117,14 @@ def test_ops_sync_logs_valid_and_pipeline_version_reach_the_query(
     ]
     assert shown("--valid", "true", "--pipeline-version", V1) == [(T0 + 2, 0, V1), (T0, 0, V1)]
     assert [v for _, _, v in shown()] == [V2, V2]  # no range, no version: the newest row's
+
+
+def test_the_ndjson_export_gives_the_split_as_the_seeds_list_of_one_object() -> None:
+    from ops_sync import logs
+
+    chosen = {"name": "control", "version": V1, "sha": "ab" * 32}
+    table = pa.table(
+        {"time": pa.array([T0], pa.int64()), "out._model_split": [json.dumps(chosen)]}
+    )
+    (line,) = logs.to_ndjson(table).decode().splitlines()
+    assert json.loads(line)["out._model_split"] == [chosen]

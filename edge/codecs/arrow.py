@@ -61,7 +61,7 @@ def _seed_column(field: pa.Field, column: pa.ChunkedArray) -> tuple[pa.Field, pa
         capped = pc.min_element_wise(column, pa.scalar(result.MAX_VALIDATIONS, kind))
         return field.with_type(SEED_ANOMALY_COUNT_TYPE), capped.cast(SEED_ANOMALY_COUNT_TYPE)
     if name == result.MODEL_SPLIT and pa.types.is_string(kind):
-        return field.with_type(SPLIT_TYPE), _split_lists(column)
+        return field.with_type(SPLIT_TYPE), split_lists(column)
     if not _is_list(kind):
         return field, column
     if result.is_input(name):
@@ -99,7 +99,7 @@ def _has_inner_nulls(column: pa.ChunkedArray) -> bool:
     return False
 
 
-def _split_lists(column: pa.ChunkedArray) -> pa.Array:
+def split_lists(column: pa.ChunkedArray) -> pa.Array:
     """The split's JSON text per row as a list of one {name, version, sha} object."""
     import json
 
