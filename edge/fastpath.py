@@ -25,7 +25,7 @@ import orjson
 from edge import result
 from edge.artifact import ModelInfo, ModelStep
 from edge.codecs.decode import ORJSON_BODY, numeric_tensor
-from edge.codecs.records import ORIGINAL_DATA_BYTES, RecordInfo, _group, _tensor_entry
+from edge.codecs.records import ORIGINAL_DATA_BYTES, RecordInfo, _tensor_entry, record_keys
 from edge.codecs.shape import Shape, selected
 from edge.errors import EdgeError
 from edge.runtimes import Runtime
@@ -184,16 +184,7 @@ class _Template:
             put(b"}")
         put(b'],"pipeline_name":' + orjson.dumps(info.pipeline_name))
         put(b',"shadow_data":' + orjson.dumps(info.shadow_data) + b",")
-        groups: dict[str, list[tuple[str, str | None]]] = {}
-        separator = shape.separator
-        for name in names:
-            shown = name
-            if separator is not None and separator != "." and "." in name:
-                shown = name.replace(".", separator, 1)
-            group = _group(shown, separator)
-            top, sub = (shown, None) if group is None else group
-            groups.setdefault(top, []).append((name, sub))
-        for i, (top, members) in enumerate(groups.items()):
+        for i, (top, members) in enumerate(record_keys(list(names), shape.separator).items()):
             put((b"," if i else b"") + orjson.dumps(top) + b":")
             if members[0][1] is None:
                 put(self._value(members[0][0], values))

@@ -95,14 +95,25 @@ def _type_name(arrow_type: pa.DataType) -> str:
     return "String"
 
 
-def _group(column: str, separator: str | None) -> tuple[str, str] | None:
-    """'in.tensor' -> ('in', 'tensor') for nesting; None for top-level or flat output."""
-    if separator is not None:
-        return None
-    head, dot, rest = column.partition(".")
-    if dot and head in ("in", "out", "anomaly", "metadata"):
-        return head, rest
-    return None
+RecordKeys = dict[str, list[tuple[str, str | None]]]
+
+
+def record_keys(names: list[str], separator: str | None) -> RecordKeys:
+    """How a record keys its columns, for every writer (per row, columnar, the fast path):
+    top-level key -> [(column, key inside it)], in order of first appearance. Nested by
+    default ('in.tensor' -> 'in': {'tensor': ...}, the key inside None for top-level columns
+    such as 'time'); with a separator, flat keys ('in_tensor' for '_', each key inside None)."""
+    keys: RecordKeys = {}
+    for name in names:
+        shown = name
+        if separator is not None and separator != "." and "." in name:
+            shown = name.replace(".", separator, 1)
+        head, dot, rest = shown.partition(".")
+        if separator is None and dot and head in ("in", "out", "anomaly", "metadata"):
+            keys.setdefault(head, []).append((name, rest))
+        else:
+            keys.setdefault(shown, []).append((name, None))
+    return keys
 
 
 def _output_columns(table: pa.Table) -> list[str]:
@@ -149,6 +160,7 @@ def records_of(
     shadow = {}
     if info is not None:
         shadow = {m: [(c, kinds[c]) for c in cs] for m, cs in _shadow_of(names, info).items()}
+    keys = record_keys(names, separator)
     records = []
     original = info.original_data(rows) if info is not None else []
     for row in range(rows):
@@ -175,15 +187,11 @@ def records_of(
                 pipeline_name=info.pipeline_name,
                 shadow_data=shadow_data,
             )
-        for name, values in columns.items():
-            value = values[row]
-            if separator is not None and separator != "." and "." in name:
-                name = name.replace(".", separator, 1)
-            group = _group(name, separator)
-            if group is None:
-                record[name] = value
+        for key, members in keys.items():
+            if members[0][1] is None:
+                record[key] = columns[members[0][0]][row]
             else:
-                record.setdefault(group[0], {})[group[1]] = value
+                record[key] = {sub: columns[name][row] for name, sub in members}
         records.append(record)
     return orjson.dumps(records, option=orjson.OPT_SERIALIZE_NUMPY)
 

@@ -22,11 +22,11 @@ import pyarrow as pa
 from edge import result
 from edge.codecs.records import (
     RecordInfo,
-    _group,
     _row_values,
     _shadow_of,
     _tensor_entry,
     _type_name,
+    record_keys,
 )
 from edge.tensors import numbers, single_array
 
@@ -86,15 +86,7 @@ def records_large(table: pa.Table, info: RecordInfo | None, separator: str | Non
 def _columns(put: Any, names: list[str], values: dict[str, _Column], separator: str | None) -> None:
     """The columns as the per-row writer keys them: grouped into `in`/`out`/... objects in
     order of first appearance, or flat keys joined by `separator`."""
-    groups: dict[str, list[tuple[str, str | None]]] = {}
-    for name in names:
-        shown = name
-        if separator is not None and separator != "." and "." in name:
-            shown = name.replace(".", separator, 1)
-        group = _group(shown, separator)
-        key, sub = (shown, None) if group is None else group
-        groups.setdefault(key, []).append((name, sub))
-    for i, (key, members) in enumerate(groups.items()):
+    for i, (key, members) in enumerate(record_keys(names, separator).items()):
         put((b"," if i else b"") + orjson.dumps(key) + b":")
         if members[0][1] is None:
             put(*values[members[0][0]].json())
