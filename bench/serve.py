@@ -263,6 +263,17 @@ def logbuffer_imports(root: Path) -> str | None:
     return (probe.stderr.strip().splitlines() or ["?"])[-1]
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, 30 s to exit, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def tail(path: Path, n: int = 40) -> str:
     try:
         return b"".join(path.read_bytes().splitlines(True)[-n:]).decode(errors="replace")
@@ -627,13 +638,7 @@ class Server:
         if self.proc is None or self._stopped:
             return
         self._stopped = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self._logf.close()
         note(f"{self.name}: server stopped (pid {self.proc.pid}, exit {self.proc.returncode})")
 
