@@ -270,6 +270,18 @@ def postgres() -> Iterator[object]:
     server.stop()
 
 
+def load_quietly(url: str, persist: Path, partition: str | None = None) -> Any:
+    """The appliance's pipeline loader in process (`edge.appliance.load_pipeline`), for a
+    published URL, without its start-up lines."""
+    from edge.appliance import load_pipeline
+    from edge.config import load_settings
+
+    flags: dict[str, Any] = {"pipeline_url": url, "persist_dir": persist}
+    if partition is not None:
+        flags["partition"] = partition
+    return load_pipeline(load_settings(flags), echo=lambda line: None)
+
+
 _DATABASES = itertools.count()
 
 

@@ -15,12 +15,10 @@ import pyarrow as pa
 import pytest
 
 from edge import codecs, fastpath
-from edge.appliance import load_pipeline
-from edge.config import load_settings
 from edge.errors import BadInput
 from edge.pipeline import Pipeline
 from edge.result import ResultRows
-from tests.conftest import publish
+from tests.conftest import load_quietly, publish
 from tests.models import iris, onnx_classifier, write_files
 
 FEATURES, LABELS, _ = iris()
@@ -100,10 +98,7 @@ def pipelines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pipeline]:
     for name, spec in SPECS.items():
         (folder / f"{name}.yaml").write_text(spec)
         url = publish(folder / f"{name}.yaml", layout=folder / f"layout-{name}")["pipeline_url"]
-        settings = load_settings(
-            {"pipeline_url": url, "persist_dir": folder / f"persist-{name}", "partition": "edge-1"}
-        )
-        loaded[name] = load_pipeline(settings, echo=lambda line: None)
+        loaded[name] = load_quietly(url, folder / f"persist-{name}", partition="edge-1")
     yield loaded
     for pipeline in loaded.values():
         pipeline.close()

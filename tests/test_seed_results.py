@@ -15,12 +15,12 @@ import pyarrow as pa
 import pytest
 
 from edge import codecs
-from edge.appliance import Appliance, LoadState, load_pipeline
-from edge.config import Settings, load_settings
+from edge.appliance import Appliance, LoadState
+from edge.config import Settings
 from edge.logbuffer import LogBuffer
 from edge.pipeline import Pipeline
 from edge.server import create_app
-from tests.conftest import publish
+from tests.conftest import load_quietly, publish
 from tests.models import iris, onnx_classifier, write_files
 
 FEATURES, LABELS, _ = iris()
@@ -74,10 +74,7 @@ def urls(folder: Path) -> dict[str, str]:
 def pipelines(folder: Path, urls: dict[str, str]) -> Iterator[dict[str, Pipeline]]:
     loaded = {}
     for name, url in urls.items():
-        settings = load_settings(
-            {"pipeline_url": url, "persist_dir": folder / f"persist-{name}", "partition": "edge-1"}
-        )
-        loaded[name] = load_pipeline(settings, echo=lambda line: None)
+        loaded[name] = load_quietly(url, folder / f"persist-{name}", partition="edge-1")
     yield loaded
     for pipeline in loaded.values():
         pipeline.close()
