@@ -102,6 +102,16 @@ def load_public_keys(
     return keys
 
 
+def public_pem(value: str, where: str) -> str:
+    """The keys `value` names (as `load_public_keys` reads it), as one PEM text."""
+    return "".join(
+        key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+        for key in load_public_keys(value, where)
+    )
+
+
 def _parse_public_pem(text: str, where: str) -> list[ec.EllipticCurvePublicKey]:
     blocks = _pem_blocks(text)
     if not blocks:
