@@ -46,6 +46,7 @@ VERSION_ANNOTATION = "ai.edge.pipeline.version"  # on a pipeline manifest (`edge
 NAME_ANNOTATION = "ai.edge.pipeline.name"
 PEM_BEGIN = "-----BEGIN"
 MAX_SIGNATURES = 64  # layers read from one signature manifest
+MAX_PAYLOAD = 64 << 10  # a simple-signing payload is a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,8 @@ def fetch(store: Store, ref: Reference, digest: str) -> list[Signature]:
             continue
         encoded = (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION)
         layer_digest = str(layer.get("digest"))
+        if int(layer.get("size") or 0) > MAX_PAYLOAD:
+            raise SignatureError(f"signature manifest {tag_ref} has a payload over 64 KiB")
         if not re.fullmatch(r"sha256:[0-9a-f]{64}", layer_digest):
             raise SignatureError(
                 f"signature manifest {tag_ref} has a layer digest that is not sha256"
