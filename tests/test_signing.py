@@ -393,3 +393,24 @@ def test_a_bundle_pinning_a_verify_key_refuses_an_unsigned_pipeline(
         assert not list((tmp_path / "edge").glob("pipelines/*/models/*"))
     finally:
         server.stop()
+
+
+def test_a_bundle_whose_pinned_keys_are_not_pem_is_refused_by_name(keys: dict[str, Path]) -> None:
+    from ops_sync import protocol
+    from ops_sync.errors import BundleError
+    from ops_sync.link import LINK
+
+    values = {
+        "BUNDLE_VERSION": "1",
+        "EDGE_NAME": "e",
+        "JOIN_TOKEN": "join-secret",
+        "OPSCENTER_HOST": "h:1",
+    }
+    pem = keys["a.pub"].read_text()
+    good = {**values, "PIPELINE_VERIFY_KEYS": base64.b64encode(pem.encode()).decode()}
+    assert LINK.read_bundle(protocol.encode(good))["PIPELINE_VERIFY_KEYS"] == pem
+    for broken in ("not-base64!", base64.b64encode(b"hello").decode()):
+        text = protocol.encode({**values, "PIPELINE_VERIFY_KEYS": broken})
+        with pytest.raises(BundleError, match="EDGE_BUNDLE PIPELINE_VERIFY_KEYS") as caught:
+            LINK.read_bundle(text)
+        assert "join-secret" not in str(caught.value)  # the token is never quoted
