@@ -77,11 +77,13 @@ class OpsCenter:
         metadata_url: str | None = None,
         logs_url: str | None = None,
         commit_interval: float = 0.25,
+        verify_keys: str | None = None,
     ) -> None:
         if not admin_token:
             raise AdminAuthRequired("the ops center needs an admin token to start")
         self.clock = clock
         self.public_host = public_host
+        self.verify_keys = verify_keys  # PEM public keys pinned in every bundle minted
         self._admin = hashlib.sha256(admin_token.encode()).digest()
         self.metrics = Metrics()
         self.store = Store(metadata_url or data_dir / "ops.db")
@@ -201,6 +203,8 @@ class OpsCenter:
             "WORKSPACE_ID": publish["workspace_id"],
             protocol.CA_KEY: _b64(self.ca.pem),
         }
+        if self.verify_keys:
+            values[protocol.VERIFY_KEYS_KEY] = _b64(self.verify_keys.encode())
         edge_bundle = protocol.encode(values)  # before the edge is stored: a bad value stores none
         edge = self.store.add_edge(
             name, publish["id"], list(tags), token_digest(token), self.clock(),
