@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
         help="env PULL_RETRY_MAX: longest wait in s between pipeline pull retries (default 60)",
     )
     serve.add_argument(
+        "--sync-heartbeat-interval",
+        type=float,
+        help="env SYNC_HEARTBEAT_INTERVAL: s between heartbeats to the ops center, which "
+        "answer with the desired pipeline version (default 30)",
+    )
+    serve.add_argument(
         "--no-logging",
         dest="logging_enabled",
         action="store_const",
