@@ -343,11 +343,11 @@ class Appliance:
             self.state, self.error, self.next_retry = LoadState.RUNNING, None, None
         if old is not None:
             old.retire()
-        assert pipeline.url is not None and self.configured_url is not None
+        configured = self.configured_url or self.settings.pipeline_url
+        assert pipeline.url is not None and configured is not None
         good = LastGood(
-            pipeline.url, pipeline.digest, pipeline.definition.version, self.configured_url,
-            time.time(),
-        )  # fmt: skip
+            pipeline.url, pipeline.digest, pipeline.definition.version, configured, time.time()
+        )
         try:
             good.write(self.settings.persist_dir)
         except OSError as exc:  # serving goes on; a restart serves PIPELINE_URL
