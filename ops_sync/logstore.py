@@ -37,6 +37,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,8 +273,9 @@ class LogStore:
     ) -> tuple[pa.Table, bool, list[str]]:
         """Up to `limit` rows, whether more exist, and warnings: newest first, or, with a time
         range, oldest first; ties by buffer epoch and sequence. `where` keeps some rows of
-        each file read (`LogQuery.row_filter`: a version, the anomaly filter); with it every
-        file in range is read. `time` stays timestamp[ms, UTC]."""
+        each file read (`LogQuery.row_filter`: a version, the anomaly filter); files are then
+        read in that order until no unread file can hold one of the first `limit + 1` rows
+        kept. `time` stays timestamp[ms, UTC]."""
         chronological = start_ms is not None
         tables: list[pa.Table] = []
         for generation, raw in sorted(self.store.log_tables(pipeline).items(), reverse=True):
@@ -283,20 +285,27 @@ class LogStore:
                 continue
             if partition is not None:
                 files = files.filter(pc.equal(files.column("partition"), partition))
-            need = limit + 1 if where is None else files.column("rows").to_numpy().sum() + 1
-            chosen = _covering(files, int(need), start_ms, end_ms)
             logical = ls.schema_of(raw)
-            for part in reader.read(chosen):
-                part = ls.to_logical(part, logical)
-                if chronological:
-                    millis = part.column("time").cast(pa.int64())
-                    keep = pc.and_(
-                        pc.greater_equal(millis, start_ms), pc.less_equal(millis, end_ms)
-                    )
-                    part = part.filter(keep)
-                if where is not None:
-                    part = where(part)
-                tables.append(part)
+
+            def load(
+                chosen: pa.Table, reader: TableReader = reader, logical: Any = logical
+            ) -> list[pa.Table]:
+                parts = []
+                for part in reader.read(chosen):
+                    part = ls.to_logical(part, logical)
+                    if chronological:
+                        millis = part.column("time").cast(pa.int64())
+                        keep = pc.and_(
+                            pc.greater_equal(millis, start_ms), pc.less_equal(millis, end_ms)
+                        )
+                        part = part.filter(keep)
+                    parts.append(part if where is None else where(part))
+                return parts
+
+            if where is None:
+                tables += load(_covering(files, limit + 1, start_ms, end_ms))
+            else:
+                tables += _until_enough(files, limit + 1, start_ms, end_ms, load)
         if not tables:
             return pa.table({"time": pa.array([], TIME_TYPE)}), False, []
         tables, left_out = ls.agreeing(tables, _versions_in)
@@ -441,6 +450,43 @@ def _touch(store: Store, group: list[Pending]) -> None:
         store.touch_many((i.edge_id for i in group), time.time())
     except StoreError as exc:  # last_seen is informational; the rows are committed
         log.warning("cannot record last_seen after a commit: %s", exc)
+
+
+def _until_enough(
+    files: pa.Table,
+    need: int,
+    start_ms: int | None,
+    end_ms: int | None,
+    load: Callable[[pa.Table], list[pa.Table]],
+) -> list[pa.Table]:
+    """The rows `load` keeps (a row filter) of files read in the requested order (newest
+    first, or oldest first in a time range), 1, 2, 4, ... files at a time, until `need` rows
+    are kept and no unread file can hold a row that ranks before the `need`-th of them."""
+    mins = files.column("min_time").to_numpy(zero_copy_only=False)
+    maxs = files.column("max_time").to_numpy(zero_copy_only=False)
+    chronological = start_ms is not None and end_ms is not None
+    if chronological:
+        overlapping = np.flatnonzero((maxs >= start_ms) & (mins <= end_ms))
+        order = overlapping[np.argsort(mins[overlapping], kind="stable")]
+    else:
+        order = np.argsort(-maxs, kind="stable")
+    kept: list[pa.Table] = []
+    times: list[np.ndarray] = []
+    done, step = 0, 1
+    while done < len(order):
+        parts = load(files.take(order[done : done + step]))
+        done, step = done + step, step * 2
+        kept += parts
+        times += [p.column("time").cast(pa.int64()).to_numpy() for p in parts]
+        seen = np.concatenate(times) if times else np.empty(0, np.int64)
+        if len(seen) < need or done >= len(order):
+            continue
+        if chronological:
+            if mins[order[done]] > np.partition(seen, need - 1)[need - 1]:
+                break
+        elif maxs[order[done]] < -np.partition(-seen, need - 1)[need - 1]:
+            break
+    return kept
 
 
 def _covering(files: pa.Table, need: int, start_ms: int | None, end_ms: int | None) -> pa.Table:

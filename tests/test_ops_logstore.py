@@ -12,9 +12,11 @@ from typing import Any
 import duckdb
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
+from ops_sync.deltatable import TableReader
 from ops_sync.errors import BadRequest, StoreError
 from ops_sync.logstore import LogStore
 from tests.test_ops_support import Ops, result_table, table_rows
@@ -120,6 +122,59 @@ def test_reads_are_newest_first_or_chronological_with_a_range(ops: Ops) -> None:
     everything, more, _ = logs.read("ccfraud", "edge-a", None, None, 5000)
     assert not more and everything.num_rows == 1000
     assert logs.read("ccfraud", "nobody", None, None, 10)[0].num_rows == 0
+
+
+def test_a_filtered_read_reads_files_in_order_until_it_has_enough(
+    ops: Ops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a row filter (the default per-version read, the anomaly filter) the newest or
+    first rows are those of a full scan, and only the files that can hold them are read."""
+    edge, logs = edge_record(ops), ops.center.logs
+    rows = []  # (time, epoch, seq) of every stored row; epoch e2 overlaps e1 in time
+    for first in range(1, 2000, 50):
+        for epoch, shift in (("e1", 0), ("e2", 25)):
+            table = result_table(50, T0 + first + shift)
+            logs.ingest(edge, epoch, first, first + 49, table, ops.clock())
+            rows += [(T0 + s + shift, epoch, s) for s in range(first, first + 50)]
+    read_files = []
+    original = TableReader.read
+
+    def counted(self: TableReader, files: pa.Table, columns: Any = None) -> list[pa.Table]:
+        read_files.extend(files.column("path").to_pylist())
+        return original(self, files, columns)
+
+    monkeypatch.setattr(TableReader, "read", counted)
+
+    def every_third(table: pa.Table) -> pa.Table:
+        return table.filter(pa.array(table.column("_seq").to_numpy() % 3 == 0))
+
+    def got(start: int | None, end: int | None, limit: int, where: Any) -> list[tuple]:
+        table, _, _ = logs.read("ccfraud", "edge-a", start, end, limit, where)
+        times = table.column("time").cast(pa.int64()).to_pylist()
+        return list(
+            zip(
+                times,
+                table.column("_epoch").to_pylist(),
+                table.column("_seq").to_pylist(),
+                strict=True,
+            )
+        )
+
+    kept = [r for r in rows if r[2] % 3 == 0]
+    for limit in (1, 10, 100, 5000):
+        read_files.clear()
+        assert got(None, None, limit, every_third) == sorted(kept, reverse=True)[:limit]
+        if limit <= 10:
+            assert len(read_files) <= 7, read_files  # of 80 files
+    window = [r for r in kept if T0 + 500 <= r[0] <= T0 + 900]
+    assert got(T0 + 500, T0 + 900, 20, every_third) == sorted(window)[:20]
+    only = [r for r in rows if r[1] == "e1" and r[2] == 7]  # one row, in the oldest file
+
+    def lone(table: pa.Table) -> pa.Table:
+        seq, epoch = table.column("_seq"), table.column("_epoch")
+        return table.filter(pc.and_(pc.equal(seq, 7), pc.equal(epoch, "e1")))
+
+    assert got(None, None, 10, lone) == only
 
 
 def test_a_failed_commit_stores_nothing_and_the_resend_stores_once(
