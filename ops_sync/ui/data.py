@@ -168,6 +168,8 @@ def series(center: OpsCenter, edge: dict[str, Any], minutes: int) -> dict[str, A
     beats = heartbeats.series(center.store.db, edge["id"], now - minutes * 60)
     return {
         "minutes": minutes,
+        "from": round(now - minutes * 60, 3),
+        "to": round(now, 3),
         "rows": table.num_rows,
         "truncated": more,
         "logs": log_series(table),

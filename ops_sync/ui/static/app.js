@@ -157,7 +157,8 @@
         const source = body[plot.dataset.source];
         plot.dataset.title = plot.parentElement.querySelector("figcaption").textContent;
         const fields = plot.dataset.fields.split(",");
-        draw(plot, source.time, fields.map((f) => ({ label: LABELS[f] || f, values: source[f] })));
+        const range = { x: { time: true, range: [body.from, body.to] } };
+        draw(plot, source.time, fields.map((f) => ({ label: LABELS[f] || f, values: source[f] })), { scales: range });
       });
     }
     await refresh();
