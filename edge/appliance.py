@@ -12,7 +12,9 @@ Start (`start`, run by the HTTP server's lifespan before it accepts requests):
    fails (registry unreachable with no cache, a digest mismatch, a model that will not load)
    does not end the process: `/pipelines` says `Error` with the reason, readiness stays 503,
    and the loader tries again after a capped, jittered backoff (`Backoff`: 1 s doubling to
-   PULL_RETRY_MAX, 60 s by default), one log line per failure, until it succeeds. Only what
+   PULL_RETRY_MAX, 60 s by default), one log line per failure, until it succeeds. A refused
+   signature (PIPELINE_VERIFY_KEYS) is such a failure: nothing is loaded, and it is retried,
+   since pushing the signature fixes "unsigned". Only what
    no retry can fix ends the start: an invalid PIPELINE_URL (checked before serving), a
    model runtime this image lacks, a gRPC port in use, a refused join.
 Stop (`stop`, after the server stopped accepting): the gRPC front end (its calls in flight
@@ -56,6 +58,7 @@ from edge.registry import Reference
 
 log = logging.getLogger("edge")
 SYNC_ENTRY_POINTS = "edge_appliance.sync"
+VERIFY_KEYS = "PIPELINE_VERIFY_KEYS"  # a bundle's pinned verify keys (PEM text), if any
 
 
 class LoadState(enum.StrEnum):
@@ -172,6 +175,8 @@ class Appliance:
             settings = replace(settings, partition=bundle["EDGE_NAME"])
             if not settings.pipeline_url:
                 settings = replace(settings, pipeline_url=bundle.get("PIPELINE_URL"))
+            if not settings.verify_keys and bundle.get(VERIFY_KEYS):  # pinned by the ops center
+                settings = replace(settings, verify_keys=bundle[VERIFY_KEYS])
         if not settings.pipeline_url:
             raise ConfigError(
                 "PIPELINE_URL is not set: give the pipeline's URL from `edge publish` "
@@ -181,6 +186,16 @@ class Appliance:
             Reference.parse(settings.pipeline_url)
         except RegistryError as exc:
             raise ConfigError(f"PIPELINE_URL is not valid: {exc}") from None
+        if settings.verify_keys:  # a key that does not parse ends the start
+            from edge.signing import fingerprint, load_public_keys
+
+            keys = load_public_keys(settings.verify_keys)
+            log.info("pipeline signatures verified with keys %s", [fingerprint(k) for k in keys])
+        else:
+            log.warning(
+                "pipeline signatures are not verified: PIPELINE_VERIFY_KEYS is not set (any "
+                "pipeline at PIPELINE_URL is loaded, as before)"
+            )
         settings.persist_dir.mkdir(parents=True, exist_ok=True)
         appliance = cls(settings, limiter=anyio.CapacityLimiter(settings.cpus))
         if settings.logging_enabled:
@@ -342,11 +357,15 @@ class Appliance:
 
 
 def load_pipeline(settings: Settings, echo: Callable[[str], None] = say) -> Pipeline:
-    """Pull (or read from the cache), verify and load the pipeline `settings` name."""
+    """Pull (or read from the cache), verify and load the pipeline `settings` name. The pull
+    and its checks (digests; signatures with PIPELINE_VERIFY_KEYS) are `fetch_pipeline`'s:
+    nothing is loaded unless they pass."""
     from edge.cache import fetch_pipeline
     from edge.runtimes import RuntimeContext, load_runtime
+    from edge.signing import load_public_keys
 
     assert settings.pipeline_url
+    keys = load_public_keys(settings.verify_keys) if settings.verify_keys else None
     local = fetch_pipeline(
         settings.pipeline_url,
         settings.persist_dir,
@@ -355,6 +374,7 @@ def load_pipeline(settings: Settings, echo: Callable[[str], None] = say) -> Pipe
         settings.oci_insecure,
         echo=echo,
         registry=settings.oci_registry,
+        verify_keys=keys,
     )
     definition = local.definition
     echo("Starting engine")

@@ -20,7 +20,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from edge import signing
 from edge.artifact import CONFIG_MEDIA_TYPE, TITLE_ANNOTATION, Definition, ModelInfo
 from edge.errors import (
     ArtifactError,
@@ -30,6 +32,7 @@ from edge.errors import (
     RegistryAuthError,
     RegistryError,
     RegistryUnreachable,
+    SignatureError,
 )
 from edge.registry import (
     Reference,
@@ -41,7 +44,11 @@ from edge.registry import (
     sha256_file,
 )
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+
 log = logging.getLogger(__name__)
+SIGNATURES = "signatures.json"  # the pulled manifest's signatures (with PIPELINE_VERIFY_KEYS)
 UNKNOWN = "unknown"
 NAME_ANNOTATION = "ai.edge.pipeline.name"  # on a layout's index entry (`edge publish --layout`)
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -89,16 +96,20 @@ def fetch_pipeline(
     insecure: bool | None = None,
     echo: Echo = print,
     registry: str | None = None,
+    verify_keys: list[EllipticCurvePublicKey] | None = None,
 ) -> LocalPipeline:
     """Pull `url` (verifying every digest) into the cache; serve the cache if offline.
 
     `registry` (OCI_REGISTRY) is the registry the credentials are for; None: the pipeline's.
+    With `verify_keys` (PIPELINE_VERIFY_KEYS), the manifest's signature is checked before any
+    layer is fetched, and the cached copy's (against the cached manifest) before it is served:
+    a `SignatureError` otherwise, and the cache is not used instead.
     """
     ref = Reference.parse(url)
     directory = cache_dir(persist_dir, url)
     username, password = _credentials_for(ref, registry, username, password, echo)
     try:
-        return _pull(ref, directory, username, password, insecure, echo)
+        return _pull(ref, directory, username, password, insecure, echo, verify_keys)
     except RegistryError as exc:  # down, refusing credentials, 5xx: a device keeps serving
         if not (directory / "manifest.json").exists():
             fix = (
@@ -113,7 +124,7 @@ def fetch_pipeline(
         what = "unreachable" if isinstance(exc, RegistryUnreachable) else "failed"
         echo(f"Registry {what} ({exc}); serving the cached copy from {directory}")
         log.warning("registry %s; serving the cached pipeline error=%s", what, exc)
-        return _load_cached(directory, echo)
+        return _load_cached(ref, directory, echo, verify_keys)
 
 
 def _pull(
@@ -123,6 +134,7 @@ def _pull(
     password: str | None,
     insecure: bool | None,
     echo: Echo,
+    verify_keys: list[EllipticCurvePublicKey] | None,
 ) -> LocalPipeline:
     store = open_store(ref, username, password, insecure)
     try:
@@ -130,6 +142,10 @@ def _pull(
         echo(f"Fetching manifest and config for pipeline: {ref}")
         manifest_bytes, manifest_digest = store.get_manifest(ref)
         manifest = _parse_manifest(manifest_bytes, str(ref))
+        signatures = None
+        if verify_keys is not None:
+            signatures = signing.fetch(store, ref, manifest_digest)
+            _verify(ref, manifest, manifest_digest, signatures, verify_keys, echo)
         config = read_blob(store, ref, manifest["config"]["digest"])
         definition = Definition.from_json(config)
         models_dir = directory / "models"
@@ -146,6 +162,10 @@ def _pull(
     finally:
         store.close()
     (directory / "config.json").write_bytes(config)
+    if signatures is not None:  # what the cached copy is verified with when offline
+        (directory / SIGNATURES).write_text(json.dumps([one.as_dict() for one in signatures]))
+    else:  # none were fetched for this manifest: a later check must not find older ones
+        (directory / SIGNATURES).unlink(missing_ok=True)
     temporary = directory / "manifest.json.part"
     temporary.write_bytes(manifest_bytes)
     os.replace(temporary, directory / "manifest.json")
@@ -156,8 +176,43 @@ def _pull(
     return LocalPipeline(definition, paths, directory, from_cache=False)
 
 
-def _load_cached(directory: Path, echo: Echo) -> LocalPipeline:
-    manifest = _parse_manifest((directory / "manifest.json").read_bytes(), str(directory))
+def _verify(
+    ref: Reference,
+    manifest: dict,
+    digest: str,
+    signatures: list[signing.Signature],
+    keys: list[EllipticCurvePublicKey],
+    echo: Echo,
+) -> None:
+    """The one signature check, for a pull and for the cache (`edge.signing`)."""
+    echo(f"Verifying signature of {digest}")
+    key = signing.verify(signatures, keys, digest, signing.identity(ref, manifest), str(ref))
+    signing.check_tag(ref, manifest, digest)
+    echo(f"Signature verified (key {key})")
+    log.info("signature verified manifest=%s key=%s", digest, key)
+
+
+def _cached_signatures(directory: Path) -> list[signing.Signature]:
+    try:
+        stored = json.loads((directory / SIGNATURES).read_text())
+        return [signing.Signature.from_dict(one) for one in stored]
+    except FileNotFoundError:  # cached while verification was off
+        return []
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SignatureError(f"cached signatures in {directory} are unreadable ({exc})") from exc
+
+
+def _load_cached(
+    ref: Reference,
+    directory: Path,
+    echo: Echo,
+    verify_keys: list[EllipticCurvePublicKey] | None = None,
+) -> LocalPipeline:
+    manifest_bytes = (directory / "manifest.json").read_bytes()
+    manifest = _parse_manifest(manifest_bytes, str(directory))
+    if verify_keys is not None:
+        digest = f"sha256:{hashlib.sha256(manifest_bytes).hexdigest()}"
+        _verify(ref, manifest, digest, _cached_signatures(directory), verify_keys, echo)
     config = (directory / "config.json").read_bytes()
     if f"sha256:{hashlib.sha256(config).hexdigest()}" != manifest["config"]["digest"]:
         raise DigestMismatch(f"cached pipeline config in {directory} does not match its manifest")

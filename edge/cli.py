@@ -1,4 +1,4 @@
-"""`edge serve | publish | pull | infer | logs` (also `python -m edge ...`)."""
+"""`edge serve | publish | keygen | pull | infer | logs` (also `python -m edge ...`)."""
 
 from __future__ import annotations
 
@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         help="env PULL_RETRY_MAX: longest wait in s between pipeline pull retries (default 60)",
     )
     serve.add_argument(
+        "--verify-keys",
+        help="env PIPELINE_VERIFY_KEYS: PEM public keys (the text, or comma-separated files) "
+        "the pipeline must be signed with",
+    )
+    serve.add_argument(
         "--no-logging",
         dest="logging_enabled",
         action="store_const",
@@ -104,9 +109,28 @@ def _parser() -> argparse.ArgumentParser:
         "engine version and variant) or REPOSITORY:TAG / REPOSITORY@sha256:... as it is (env "
         "EDGE_IMAGE; default: the chart's own repository)",
     )
+    publish.add_argument(
+        "--sign-key",
+        type=Path,
+        help="sign the pipeline with this ECDSA P-256 private key (PEM, from `edge keygen`)",
+    )
+    publish.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="the environment variable holding the --sign-key's password (encrypted keys)",
+    )
     publish.add_argument("--opscenter", help="register the publish with this ops center URL")
     publish.add_argument("--json", action="store_true", help="print one JSON object")
     publish.set_defaults(run=_publish)
+
+    keygen = sub.add_parser("keygen", help="make a key pair for signing pipelines")
+    keygen.add_argument("--out", type=Path, required=True, help="directory for cosign.key/.pub")
+    keygen.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="encrypt cosign.key with the password in this environment variable",
+    )
+    keygen.set_defaults(run=_keygen)
 
     pull = sub.add_parser("pull", help="pull a pipeline into the persist directory")
     pull.add_argument("pipeline_url")
@@ -210,6 +234,11 @@ def _publish(args: argparse.Namespace) -> int:
 
     if args.engine_image:  # refused before anything is pushed
         check_image_reference(args.engine_image)
+    sign_key = None
+    if args.sign_key:  # read (and its password checked) before anything is pushed
+        from edge.signing import load_private_key
+
+        sign_key = load_private_key(args.sign_key, _password(args.password_env))
     published, definition = publish(
         args.spec,
         registry=args.registry,
@@ -219,6 +248,7 @@ def _publish(args: argparse.Namespace) -> int:
         password=os.environ.get("OCI_PASSWORD") or None,
         insecure=args.insecure,
         convert=not args.no_convert,
+        sign_key=sign_key,
     )
     variant = _variant(definition)
     published.extra["engine_url"] = _engine_url(args.engine_image, definition, variant)
@@ -236,6 +266,26 @@ def _publish(args: argparse.Namespace) -> int:
         print(json.dumps(published.as_dict(), indent=1))
     else:
         print("\n".join(published.lines()))
+    return 0
+
+
+def _password(variable: str | None) -> str | None:
+    """The password in environment variable `variable` (never given on the command line)."""
+    if not variable:
+        return None
+    password = os.environ.get(variable)
+    if not password:
+        raise ConfigError(f"--password-env {variable}: that environment variable is not set")
+    return password
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from edge.signing import fingerprint, generate_key_pair, load_public_keys
+
+    private, public = generate_key_pair(args.out, _password(args.password_env))
+    (key,) = load_public_keys(str(public))
+    print(f"Private key written to {private} (mode 0600)")
+    print(f"Public key written to {public} ({fingerprint(key)})")
     return 0
 
 
@@ -313,7 +363,9 @@ def _push_chart(
 def _pull(args: argparse.Namespace) -> int:
     from edge.appliance import say
     from edge.cache import fetch_pipeline
+    from edge.signing import load_public_keys
 
+    keys = os.environ.get("PIPELINE_VERIFY_KEYS")
     local = fetch_pipeline(
         args.pipeline_url,
         Path(args.persist_dir),
@@ -321,6 +373,7 @@ def _pull(args: argparse.Namespace) -> int:
         os.environ.get("OCI_PASSWORD") or None,
         echo=say,
         registry=os.environ.get("OCI_REGISTRY") or None,
+        verify_keys=load_public_keys(keys) if keys else None,
     )
     print(json.dumps({"directory": str(local.directory), "version": local.definition.version}))
     return 0

@@ -23,6 +23,7 @@ Precedence: command-line flag > environment variable > default. Secrets are kept
 | LOG_FSYNC_INTERVAL | --log-fsync-interval | 0.1 | s between log fsyncs (0: before each answer) |
 | EDGE_LOGGING | --no-logging | true | log every inference (`false`: benchmarks only) |
 | PULL_RETRY_MAX | --pull-retry-max | 60 | longest s between pipeline load retries (from 1 s) |
+| PIPELINE_VERIFY_KEYS | --verify-keys | bundle's | PEM public keys the pipeline is signed with |
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Settings:
     log_fsync_interval: float = 0.1
     logging_enabled: bool = True
     pull_retry_max: float = 60.0
+    verify_keys: str | None = None  # PEM text, or comma-separated PEM files (edge.signing)
     partition: str = field(default_factory=socket.gethostname)
 
     def redacted(self) -> dict[str, Any]:
@@ -87,6 +89,7 @@ _ENV = {
     "log_fsync_interval": "LOG_FSYNC_INTERVAL",
     "logging_enabled": "EDGE_LOGGING",
     "pull_retry_max": "PULL_RETRY_MAX",
+    "verify_keys": "PIPELINE_VERIFY_KEYS",
 }
 
 

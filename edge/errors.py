@@ -5,6 +5,7 @@ EdgeError
 ├── SpecError              a pipeline spec file a person wrote is invalid (names the field)
 ├── ArtifactError          a published artifact is unusable (names the layer digest)
 │   ├── DigestMismatch     a pulled blob's sha256 differs from the manifest
+│   ├── SignatureError     unsigned, or not signed for this digest by a verify key: retried
 │   └── RuntimeNotInstalled  a model's runtime is not in this image (no retry fixes it)
 ├── RegistryError          talking to the OCI registry or layout failed
 │   ├── RegistryUnreachable
@@ -47,6 +48,11 @@ class ArtifactError(EdgeError):
 
 class DigestMismatch(ArtifactError):
     """A blob's content does not match the digest the manifest promises."""
+
+
+class SignatureError(ArtifactError):
+    """PIPELINE_VERIFY_KEYS are set and the pipeline's signature is missing, by another key,
+    or for another digest or reference; nothing is loaded (retried: a re-push may fix it)."""
 
 
 class RuntimeNotInstalled(ArtifactError):

@@ -31,6 +31,8 @@ from edge.result import MAX_VALIDATIONS
 from edge.spec import PipelineSpec, load_spec
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+
     from edge.convert import Packed
 
 COUNT_WARNING = (
@@ -83,6 +85,7 @@ class Published:
             ("User Images", "[]"),
             ("Created By", self.extra.get("created_by", "")),
             ("Created At", self.created_at),
+            ("Signature", self.extra.get("signature", {}).get("tag", "")),
             ("Docker Run Variables", json.dumps(self.extra.get("docker_run_variables", {}))),
         ]
         width = max(len(k) for k, _ in rows)
@@ -198,7 +201,10 @@ def publish(
     insecure: bool | None = None,
     progress: bool = True,
     convert: bool = True,
+    sign_key: EllipticCurvePrivateKey | None = None,
 ) -> tuple[Published, Definition]:
+    """Pack and push `spec_path`; with `sign_key`, also push a cosign signature of the
+    manifest digest (`edge.signing`)."""
     if (layout is None) == (registry is None):
         raise SpecError("give either --layout DIR or --registry HOST[:PORT] (with --repository)")
     spec = load_spec(spec_path)
@@ -220,6 +226,7 @@ def publish(
             password=password,
             insecure=insecure,
             progress=progress,
+            sign_key=sign_key,
         )
     published.placement = dict(spec.placement)
     published.engine_config["engine"].update(_engine_placement(spec.placement))
@@ -246,6 +253,7 @@ def _push(
     password: str | None,
     insecure: bool | None,
     progress: bool,
+    sign_key: EllipticCurvePrivateKey | None = None,
 ) -> Published:
     if layout is not None:
         layout = layout.resolve()
@@ -294,6 +302,17 @@ def _push(
             }
             body = json.dumps(manifest, indent=1).encode()
             digest = store.put_manifest(ref, body, {"ai.edge.pipeline.name": definition.name})
+            extra: dict[str, Any] = {}
+            if sign_key is not None:
+                from edge import signing
+
+                reference = signing.identity(ref, manifest)
+                signing.attach(store, ref, digest, signing.sign(sign_key, reference, digest))
+                extra["signature"] = {
+                    "tag": signing.signature_tag(digest),
+                    "docker_reference": reference,
+                    "key": signing.fingerprint(sign_key.public_key()),
+                }
     finally:
         store.close()
     return Published(
@@ -304,6 +323,7 @@ def _push(
         manifest_digest=digest,
         engine_config=engine_config(definition),
         created_at=definition.created or "",
+        extra=extra,
     )
 
 

@@ -105,7 +105,7 @@ class Store(Protocol):
     def get_manifest(self, ref: Reference) -> tuple[bytes, str]: ...
     def open_blob(self, ref: Reference, digest: str) -> Iterator[bytes]: ...
     def put_blob(
-        self, ref: Reference, path: Path, digest: str, progress: Progress | None
+        self, ref: Reference, source: Path | bytes, digest: str, progress: Progress | None
     ) -> None: ...
     def put_manifest(self, ref: Reference, manifest: bytes, annotations: dict[str, str]) -> str: ...
     def close(self) -> None: ...
@@ -194,11 +194,14 @@ class OciLayout:
 
     def get_manifest(self, ref: Reference) -> tuple[bytes, str]:
         entries = self._index().get("manifests", [])
+        tags = [e.get("annotations", {}).get("org.opencontainers.image.ref.name") for e in entries]
         if ref.tag:
+            entries = [e for e, tag in zip(entries, tags, strict=True) if tag == ref.tag]
+        else:  # the latest pipeline, not a signature (`sha256-<hex>.sig`, edge.signing)
             entries = [
                 e
-                for e in entries
-                if e.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref.tag
+                for e, tag in zip(entries, tags, strict=True)
+                if not (tag and tag.startswith("sha256-") and tag.endswith(".sig"))
             ]
         if not entries:
             raise NotPublished(f"no pipeline tagged {ref.tag or '(any)'} in layout {self.root}")

@@ -43,7 +43,7 @@ from ops_sync.identity import (
     not_after,
     spiffe_id,
 )
-from ops_sync.logstore import LogStore
+from ops_sync.logstore import WAIT_LIMIT, LogStore, Upload
 from ops_sync.metrics import Metrics
 from ops_sync.protocol import token_digest
 from ops_sync.store import Store
@@ -77,11 +77,13 @@ class OpsCenter:
         metadata_url: str | None = None,
         logs_url: str | None = None,
         commit_interval: float = 0.25,
+        verify_keys: str | None = None,
     ) -> None:
         if not admin_token:
             raise AdminAuthRequired("the ops center needs an admin token to start")
         self.clock = clock
         self.public_host = public_host
+        self.verify_keys = verify_keys  # PEM public keys pinned in every bundle minted
         self._admin = hashlib.sha256(admin_token.encode()).digest()
         self.metrics = Metrics()
         self.store = Store(metadata_url or data_dir / "ops.db")
@@ -201,6 +203,8 @@ class OpsCenter:
             "WORKSPACE_ID": publish["workspace_id"],
             protocol.CA_KEY: _b64(self.ca.pem),
         }
+        if self.verify_keys:
+            values[protocol.VERIFY_KEYS_KEY] = _b64(self.verify_keys.encode())
         edge_bundle = protocol.encode(values)  # before the edge is stored: a bad value stores none
         edge = self.store.add_edge(
             name, publish["id"], list(tags), token_digest(token), self.clock(),
@@ -335,14 +339,26 @@ class OpsCenter:
     def upload(
         self, edge: dict[str, Any], batch: protocol.BatchRange, body: bytes
     ) -> dict[str, Any]:
-        """Store one compressed Arrow IPC batch exactly once; the reply is the ack."""
+        """Store one compressed Arrow IPC batch exactly once; the reply is the ack. Blocking
+        (the HTTP route uses `begin_upload` and `finish_upload`, waiting without a thread)."""
+        upload = self.begin_upload(edge, batch, body)
+        upload.item.done.wait(WAIT_LIMIT)
+        return self.finish_upload(batch, upload)
+
+    def begin_upload(self, edge: dict[str, Any], batch: protocol.BatchRange, body: bytes) -> Upload:
+        """Decode and check the batch, and queue it for its table's next commit."""
         table = protocol.decode_batch(body)
-        first, last = batch.first_seq, batch.last_seq
-        result = self.logs.ingest(edge, batch.epoch, first, last, table, self.clock())
+        return self.logs.submit(
+            edge, batch.epoch, batch.first_seq, batch.last_seq, table, self.clock()
+        )
+
+    def finish_upload(self, batch: protocol.BatchRange, upload: Upload) -> dict[str, Any]:
+        """The ack, once the commit holding `upload` is done (a StoreError if it is not)."""
+        result = self.logs.outcome(upload)
         return {
             "epoch": batch.epoch,
-            "first_seq": first,
-            "last_seq": last,
+            "first_seq": batch.first_seq,
+            "last_seq": batch.last_seq,
             "stored": result.stored,
             "duplicates": result.duplicates,
         }

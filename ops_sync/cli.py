@@ -2,6 +2,7 @@
 
     ops-sync serve --data DIR --port N --admin-token TOKEN [--host NAME]
                    [--metadata postgresql://...] [--logs DIR | s3://bucket/prefix]
+                   [--verify-key PUB.pem ...]
     ops-sync add-edge NAME --publish PIPELINE_URL [--tag T ...] [--json]
     ops-sync remove-edge NAME [--json]
     ops-sync list-edges [--publish-id N | --pipeline NAME] [--json]
@@ -92,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=float(_env("OPS_UPKEEP_INTERVAL", "60") or 60),
         help="seconds between compaction rounds",
+    )
+    serve.add_argument(
+        "--verify-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="a PEM public key file pinned in every EDGE_BUNDLE minted: the edge verifies its "
+        "pipeline's signature with it (repeatable, for key rotation)",
     )
     serve.add_argument("--ca-cert", type=Path, help="use this CA certificate (with --ca-key)")
     serve.add_argument("--ca-key", type=Path, help="the CA's private key file")
@@ -199,6 +208,16 @@ def _serve(args: argparse.Namespace) -> int:
     if (args.ca_cert is None) != (args.ca_key is None):
         print("ops-sync serve: --ca-cert and --ca-key go together", file=sys.stderr)
         return 2
+    verify_keys = None
+    if args.verify_key:  # refused at start, as the edge would refuse it
+        from edge.errors import ConfigError
+        from edge.signing import public_pem
+
+        try:
+            verify_keys = public_pem(",".join(str(p) for p in args.verify_key), "--verify-key")
+        except ConfigError as exc:
+            print(f"ops-sync serve: {exc}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     bind = args.bind or ("127.0.0.1" if _is_loopback(args.host) else "0.0.0.0")
     args.data.mkdir(parents=True, exist_ok=True)
@@ -218,6 +237,7 @@ def _serve(args: argparse.Namespace) -> int:
         commit_interval=args.commit_interval,
         retention_days=args.retention_days or None,
         upkeep_interval=args.upkeep_interval,
+        verify_keys=verify_keys,
     )
     return 0
 

@@ -22,7 +22,12 @@ class OpsCenterLink:
     """`edge.appliance.SyncPlugin`, implemented by the ops center package."""
 
     def read_bundle(self, text: str) -> dict[str, str]:
-        return protocol.decode(text)
+        """The bundle's keys; PIPELINE_VERIFY_KEYS (pinned verify keys) as PEM text."""
+        values = protocol.decode(text)
+        keys = protocol.verify_keys_pem(values)
+        if keys is not None:
+            values[protocol.VERIFY_KEYS_KEY] = keys
+        return values
 
     def companion(
         self,

@@ -73,6 +73,16 @@ class Ingested:
     duplicates: int
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A batch queued for a commit (`LogStore.submit`): its pending item and what the
+    metrics need once it is stored."""
+
+    item: Pending
+    partition: str
+    newest: int | None
+
+
 def storage_options(url: str) -> dict[str, str]:
     """delta-rs options for `url`: finite timeouts; credentials come from the environment."""
     if url.startswith(("s3://", "s3a://")):
@@ -132,6 +142,16 @@ class LogStore:
     ) -> Ingested:
         """Store the rows of batch (epoch, first..last) not stored before. Blocking: returns
         once the commit holding them is durable."""
+        upload = self.submit(edge, epoch, first, last, table, now)
+        upload.item.done.wait(WAIT_LIMIT)
+        return self.outcome(upload)
+
+    def submit(
+        self, edge: dict[str, Any], epoch: str, first: int, last: int, table: pa.Table, now: float
+    ) -> Upload:
+        """Check batch (epoch, first..last) and queue it for its table's next commit. The
+        caller waits for `upload.item` (`done`, or `on_done` without holding a thread), then
+        reads the `outcome`."""
         if table.num_rows != last - first + 1:
             raise BadRequest(
                 f"the batch says sequence {first}..{last} ({last - first + 1} rows) but holds "
@@ -150,15 +170,20 @@ class LogStore:
         rows = ls.to_storage(ls.with_partitions(table, pipeline, partition))
         app = app_id(partition, epoch)
         item = Pending(app, edge["id"], first, last, rows, floor=self._floor(partition, epoch))
-        url = self.table_url(pipeline, generation)
-        self._committer(url).submit(item)
-        if not item.done.wait(WAIT_LIMIT):
+        newest = pc.max(table.column("time")).cast(pa.int64()).as_py()
+        self._committer(self.table_url(pipeline, generation)).submit(item)
+        return Upload(item, partition, newest)
+
+    def outcome(self, upload: Upload) -> Ingested:
+        """What the commit holding `upload` stored; a StoreError if it has not finished."""
+        item = upload.item
+        if not item.done.is_set():
             raise StoreError("the log commit did not finish in time; the edge will resend")
         if item.error is not None:
             raise item.error
-        newest = pc.max(table.column("time")).cast(pa.int64()).as_py()
-        self.metrics.ingested(edge["name"], item.stored, last - first + 1 - item.stored, newest)
-        return Ingested(item.stored, last - first + 1 - item.stored)
+        duplicates = item.last - item.first + 1 - item.stored
+        self.metrics.ingested(upload.partition, item.stored, duplicates, upload.newest)
+        return Ingested(item.stored, duplicates)
 
     def _floor(self, partition: str, epoch: str) -> int:
         """The Parquet store's mark for this epoch (0 if it had none), looked up once."""
@@ -403,7 +428,7 @@ class _Committer:
                     self._commit([item])
                 return
         for item in group:
-            item.done.set()
+            item.finish()
 
 
 def _has_new_columns(writer: TableWriter, group: list[Pending]) -> bool:

@@ -4,7 +4,8 @@
   system writes BUNDLE_VERSION, EDGE_NAME, JOIN_TOKEN, OPSCENTER_HOST, PIPELINE_URL and
   WORKSPACE_ID, one per line, in that order, without a trailing newline. We add OPSCENTER_CA
   (the ops center's CA certificate, base64 of its PEM) as one more line of the same shape, so a
-  bundle of ours stays readable by anything that reads the seed's. Errors never quote the token.
+  bundle of ours stays readable by anything that reads the seed's; PIPELINE_VERIFY_KEYS (base64
+  of PEM public keys, when the ops center pins them) is another. Errors never quote the token.
 - The edge API's paths, and a log batch on the wire: an Arrow IPC stream of result-table rows
   (`edge.result`), zstd-compressed buffers, with its (epoch, first_seq, last_seq) in headers.
 - Refusal reasons: an error reply's `reason` names an `ops_sync.errors` class, which the other
@@ -38,6 +39,7 @@ STANDARD_KEYS = (
 )
 REQUIRED_KEYS = ("BUNDLE_VERSION", "EDGE_NAME", "JOIN_TOKEN", "OPSCENTER_HOST")
 CA_KEY = "OPSCENTER_CA"
+VERIFY_KEYS_KEY = "PIPELINE_VERIFY_KEYS"  # base64 of the PEM public keys pipelines are signed with
 MAX_BUNDLE_CHARS = 64 << 10
 _LINE = re.compile(r"^(?:export\s+)?([A-Z][A-Z0-9_]*)=(.*)$")
 _SAFE_VALUE = re.compile(r"^[^\s'\"`$\\]*$")
@@ -107,6 +109,22 @@ def ca_pem(values: dict[str, str]) -> bytes | None:
         raise BundleError(f"EDGE_BUNDLE {CA_KEY} is not base64 of a PEM certificate") from None
     if b"-----BEGIN CERTIFICATE-----" not in pem:
         raise BundleError(f"EDGE_BUNDLE {CA_KEY} is not a PEM certificate")
+    return pem
+
+
+def verify_keys_pem(values: dict[str, str]) -> str | None:
+    """The pipeline verify keys (PEM text) a bundle pins, else None."""
+    pinned = values.get(VERIFY_KEYS_KEY)
+    if not pinned:
+        return None
+    try:
+        pem = base64.b64decode(pinned, validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        raise BundleError(
+            f"EDGE_BUNDLE {VERIFY_KEYS_KEY} is not base64 of PEM public keys"
+        ) from None
+    if "-----BEGIN PUBLIC KEY-----" not in pem:
+        raise BundleError(f"EDGE_BUNDLE {VERIFY_KEYS_KEY} holds no PEM public key")
     return pem
 
 

@@ -89,6 +89,7 @@ def run(
     commit_interval: float = 0.25,
     retention_days: int | None = None,
     upkeep_interval: float = 60.0,
+    verify_keys: str | None = None,
 ) -> None:
     """Serve until interrupted (blocking). Request bodies have 30 s to arrive
     (`edge.httpio.read_body`); past `max_connections` open connections, new ones get 503."""
@@ -107,6 +108,7 @@ def run(
         metadata_url=metadata_url,
         logs_url=logs_url,
         commit_interval=commit_interval,
+        verify_keys=verify_keys,
     )
     stop = threading.Event()
     upkeep = threading.Thread(

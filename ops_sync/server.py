@@ -22,6 +22,8 @@ not. This module is the only one that knows the ops center's HTTP status codes (
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -48,6 +50,8 @@ from edge.httpio import (
 from edge.logquery import parse_log_query
 from ops_sync import errors, logs, openapi, protocol, ui
 from ops_sync.center import OpsCenter
+from ops_sync.deltatable import Pending
+from ops_sync.logstore import WAIT_LIMIT
 
 T = TypeVar("T")
 log = logging.getLogger("ops_sync.server")
@@ -194,7 +198,9 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
         who = await edge(request)
         batch = protocol.read_batch_range(request.headers)
         body = await read_body(request, max_body, errors.PayloadTooLarge, errors.RequestTimeout)
-        return JSONResponse(await call(center.upload, who, batch, body))
+        upload = await call(center.begin_upload, who, batch, body)
+        await committed(upload.item, WAIT_LIMIT)  # no worker thread held while the commit runs
+        return JSONResponse(center.finish_upload(batch, upload))
 
     routes = [
         Route("/healthz", health, methods=["GET"]),
@@ -293,3 +299,23 @@ def _file(body: bytes, media_type: str, warnings: list[str]) -> Response:
     for warning in warnings:  # column names may be any Unicode; headers are latin-1, one line
         response.headers.append(protocol.WARNING_HEADER, header_text(warning))
     return response
+
+
+async def committed(item: Pending, limit: float) -> None:
+    """Wait up to `limit` seconds for `item`'s commit, on the event loop (the committer
+    thread wakes it)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(_resolve, future)
+
+    item.on_done(wake)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(future, limit)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from edge.logquery import TOO_LARGE
 from ops_sync import logs
 from ops_sync import protocol as bundle
 from ops_sync.center import OpsCenter
+from ops_sync.deltatable import TableWriter
 from ops_sync.identity import CertificateAuthority, cert_pem, load_cert, make_csr, new_key
 from ops_sync.protocol import encode_batch
 from ops_sync.server import create_app
@@ -227,6 +229,44 @@ def test_upload_validation(ops: Ops) -> None:
     cert = joined_edge(small, "edge-a")
     reply = upload(small, cert, 1, result_table(500, T0))
     assert reply.status_code == 413 and reply.json()["reason"] == "PayloadTooLarge"
+
+
+def test_uploads_waiting_for_their_commit_hold_no_worker_thread(
+    ops: Ops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60 uploads wait on one held commit (more than anyio's 40 worker threads) while an admin
+    call that needs a thread still answers; once the commit goes through, every upload is
+    acked with its rows stored."""
+    cert = joined_edge(ops, "edge-a")
+    gate, commit = threading.Event(), TableWriter.commit
+
+    def held(self: TableWriter, *args: Any, **kwargs: Any) -> Any:
+        gate.wait(60)
+        return commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(TableWriter, "commit", held)
+    body = encode_batch(result_table(5, T0))
+
+    def headers(i: int) -> dict[str, str]:
+        return {"x-sync-epoch": f"ep{i}", "x-sync-first-seq": "1", "x-sync-last-seq": "5"}
+
+    async def scenario() -> tuple[Any, list[Any]]:
+        async with ops.edge_client(cert) as client:
+            posts = [
+                client.post("/v1/edge/logs", content=body, headers=headers(i)) for i in range(60)
+            ]
+            uploads = [asyncio.ensure_future(p) for p in posts]
+            await asyncio.sleep(2)
+            try:
+                listed = await asyncio.wait_for(admin(ops, "GET", "/v1/edges"), 10)
+            finally:
+                gate.set()
+            return listed, await asyncio.gather(*uploads)
+
+    listed, replies = run(scenario())
+    assert listed.status_code == 200 and listed.json()["edges"][0]["name"] == "edge-a"
+    assert [r.status_code for r in replies] == [200] * 60
+    assert sum(r.json()["stored"] for r in replies) == 300
 
 
 # -- logs API -----------------------------------------------------------------------------------
