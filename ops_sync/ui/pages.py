@@ -302,3 +302,88 @@ def error(status: int, message: str, csrf: str | None) -> str:
     return layout(
         f"Error {status}", alert(message) + '<p><a href="/ui/">Back to the fleet</a></p>', csrf
     )
+
+
+def assays(items: list[dict[str, Any]], csrf: str, problem: str | None = None) -> str:
+    if problem:
+        return layout("Assays", alert(problem), csrf, "assays")
+    rows = "".join(
+        f'<tr><td><a href="/ui/assays/{h(a["name"])}">{h(a["name"])}</a></td>'
+        f"<td>{h(a.get('pipeline'))}</td><td>{h(a.get('column'))}</td>"
+        f"<td>{h(a.get('metric'))}</td><td>{h(a.get('threshold'))}</td>"
+        f"<td>{'active' if a.get('active') else 'paused'}</td>"
+        f"<td>{h(a.get('last_run') or '-')}</td></tr>"
+        for a in items
+    )
+    heads = "".join(
+        f'<th scope="col">{t}</th>'
+        for t in ("Name", "Pipeline", "Column", "Metric", "Threshold", "State", "Last run")
+    )
+    body = (
+        f'<div class="scroll"><table id="assays"><caption>{len(items)} assays</caption>'
+        f"<thead><tr>{heads}</tr></thead><tbody>{rows}</tbody></table></div>"
+        if items
+        else "<p>No assays yet: create one with <code>ops-sync assay create</code>.</p>"
+    )
+    return layout("Assays", body, csrf, "assays")
+
+
+def assay(
+    a: dict[str, Any], results: list[dict[str, Any]], csrf: str, form: dict[str, str],
+    notice: str | None = None, problem: str | None = None,
+) -> str:  # fmt: skip
+    name = a["name"]
+    facts = _facts(
+        [
+            ("Pipeline", a.get("pipeline")),
+            ("Column", a.get("column")),
+            ("Edge", a.get("partition") or "all edges"),
+            ("Metric", a.get("metric")),
+            ("Threshold", a.get("threshold")),
+            ("State", "active" if a.get("active") else "paused"),
+            ("Last run", a.get("last_run") or "-"),
+            ("Next run", a.get("next_run") or "-"),
+        ]
+    )
+    run = (
+        f'<form method="post" action="/ui/assays/{h(name)}/run" class="filters">'
+        + csrf_field(csrf)
+        + _input(
+            "start", "From (UTC)", form.get("start", ""), "datetime-local", 'step="1" required'
+        )
+        + _input("end", "To (UTC)", form.get("end", ""), "datetime-local", 'step="1" required')
+        + '<button type="submit">Run the assay</button></form>'
+    )
+    url = f"/ui/api/assays/{name}/results?limit=500"
+    charts = (
+        '<div class="charts">'
+        '<figure class="chart"><figcaption id="c-scores">Score per window (dashed: threshold)'
+        f'</figcaption><div class="plot" id="assay-scores" role="img" aria-labelledby="c-scores" '
+        f'data-url="{h(url)}" data-threshold="{h(a.get("threshold"))}" data-points="0"></div>'
+        '</figure><figure class="chart"><figcaption id="c-bins">Bins of the latest window '
+        'against the baseline</figcaption><div class="plot" id="assay-bins" role="img" '
+        'aria-labelledby="c-bins" data-points="0"></div></figure></div>'
+    )
+    rows = "".join(
+        f"<tr><td>{h(r.get('window_start'))}</td><td>{h(r.get('window_end'))}</td>"
+        f"<td>{h(_score(r.get('score')))}</td><td>{'yes' if r.get('alert') else 'no'}</td>"
+        f"<td>{'yes' if r.get('warning') else 'no'}</td><td>{h(r.get('status'))}</td></tr>"
+        for r in results[:50]
+    )
+    heads = "".join(
+        f'<th scope="col">{t}</th>'
+        for t in ("Window start", "Window end", "Score", "Alert", "Warning", "Status")
+    )
+    table = (
+        f'<div class="scroll"><table id="assay-results"><caption>Newest results</caption>'
+        f"<thead><tr>{heads}</tr></thead><tbody>{rows}</tbody></table></div>"
+        if results
+        else "<p>No results yet: run it over a time range.</p>"
+    )
+    body = alert(notice, "ok") + facts + "<h2>Run over a time range</h2>" + alert(problem) + run
+    body += f"<h2>Results</h2>{charts if results else ''}{table}"
+    return layout(f"Assay {name}", body, csrf, "assays")
+
+
+def _score(score: Any) -> str:
+    return f"{score:.6f}" if isinstance(score, int | float) else "-"
