@@ -197,3 +197,29 @@ def test_every_route_is_in_the_openapi_document_or_excluded_with_a_reason(
     assert missing == []
     assert any(isinstance(r, Mount) and r.path == "/ui" for r in app.routes)
     assert all(len(reason) > 40 for reason in openapi.UNDOCUMENTED.values())
+
+
+def test_fleet_rows_show_rollout_fields_when_present_and_fall_back_when_not() -> None:
+    from ops_sync.ui.data import fleet_row
+
+    edge = {
+        "name": "e",
+        "publish_id": 1,
+        "pipeline_name": "p",
+        "pipeline_version": "v1",
+        "tags": ["a", "b"],
+        "last_seen": None,
+        "credentials": "not joined",
+        "dropped": {"full": 2, "bad": 3},
+    }
+    before = fleet_row(edge, None, 0.0)["cells"]
+    assert (before["desired"], before["running"], before["last_seen"]) == ("-", "v1", "never")
+    assert (before["tags"], before["drops"], before["sync_lag"]) == ("a, b", "5", "-")
+    rollout = {
+        "desired": {"pipeline_url": "u", "pipeline_version": "v2", "digest": "d", "set_at": "t"},
+        "running": {"pipeline_url": "u", "pipeline_version": "v1", "digest": "c"},
+        "rollout": {"state": "pending", "reason": None, "attempts": 1, "updated_at": "t"},
+    }
+    after = fleet_row({**edge, **rollout}, {"unsynced_rows": 7, "sync_lag": 130.0}, 0.0)["cells"]
+    assert (after["desired"], after["running"]) == ("v2 (pending)", "v1")
+    assert (after["buffer"], after["sync_lag"]) == ("7 rows", "2 min")
