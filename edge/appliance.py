@@ -18,8 +18,13 @@ Start (`start`, run by the HTTP server's lifespan before it accepts requests):
    no retry can fix ends the start: an invalid PIPELINE_URL (checked before serving), a
    model runtime this image lacks, a gRPC port in use, a refused join.
 Stop (`stop`, after the server stopped accepting): the gRPC front end (its calls in flight
-given a grace period), the sync companion, the loader (given time
+given a grace period), the sync companion, the loader and the rollout worker (given time
 to finish a native load), the pipeline's runtimes, then the log buffer (journal synced last).
+
+While it runs, the ops center may ask for another pipeline URL (`switch_to`, through the sync
+companion): `edge.rollout` pulls, loads and smoke-tests it in the background and `install`
+swaps it in between requests; each request holds the version it started on (`hold`). The last
+version a rollout installed is what a restart serves, when PIPELINE_URL has not changed since.
 
 The sync companion comes from the ops center package through the `edge_appliance.sync` entry
 point (`SyncPlugin`): ops_sync builds on edge, and edge never imports ops_sync.
@@ -28,13 +33,15 @@ point (`SyncPlugin`): ops_sync builds on edge, and edge never imports ops_sync.
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import random
 import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -55,6 +62,7 @@ from edge.logbuffer import LogBuffer
 from edge.metrics import Metrics
 from edge.pipeline import Pipeline
 from edge.registry import Reference
+from edge.rollout import LastGood, Rollout
 
 log = logging.getLogger("edge")
 SYNC_ENTRY_POINTS = "edge_appliance.sync"
@@ -79,6 +87,15 @@ class SyncCompanion(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+class PipelineSwitch(Protocol):
+    """What the sync companion may ask of the appliance: serve another pipeline URL (in the
+    background, `edge.rollout`), and how the last such attempt stands."""
+
+    def switch_to(self, url: str) -> None: ...
+
+    def rollout_status(self) -> dict[str, Any]: ...
+
+
 class GrpcFront(Protocol):
     """A front end on a port of its own, started after the log buffer, stopped first."""
 
@@ -100,6 +117,8 @@ class SyncPlugin(Protocol):
         persist_dir: Path,
         buffer: LogBuffer,
         health: Callable[[], dict[str, Any]],
+        switch: PipelineSwitch | None = None,
+        heartbeat_interval: float = 30.0,
     ) -> SyncCompanion: ...
 
     def register_publish(self, opscenter: str, record: dict[str, Any]) -> dict[str, Any]: ...
@@ -158,6 +177,11 @@ class Appliance:
     load_attempts: int = 0  # failed loads so far (the loader retries)
     next_retry: float | None = None  # when the loader tries again (epoch s)
     _expected_name: str | None = None
+    # the PIPELINE_URL given (the bundle's or the setting's); `settings.pipeline_url` is the
+    # URL served at start, the last rolled-out one when there is one (`LastGood`)
+    configured_url: str | None = None
+    rollout: Rollout | None = None
+    _swap: threading.Lock = field(default_factory=threading.Lock)  # `pipeline` changes under it
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Appliance:
@@ -197,7 +221,14 @@ class Appliance:
                 "pipeline at PIPELINE_URL is loaded, as before)"
             )
         settings.persist_dir.mkdir(parents=True, exist_ok=True)
-        appliance = cls(settings, limiter=anyio.CapacityLimiter(settings.cpus))
+        configured = settings.pipeline_url
+        last = LastGood.read(settings.persist_dir)
+        if last is not None and last.configured_url == configured != last.pipeline_url:
+            say(f"Serving the last rolled-out pipeline {last.pipeline_url} (PIPELINE_URL as then)")
+            settings = replace(settings, pipeline_url=last.pipeline_url)
+        appliance = cls(
+            settings, limiter=anyio.CapacityLimiter(settings.cpus), configured_url=configured
+        )
         if settings.logging_enabled:
             appliance.buffer = LogBuffer(
                 settings.persist_dir / "logbuffer.db",
@@ -210,7 +241,12 @@ class Appliance:
                 raise ConfigError("EDGE_BUNDLE needs inference logging on (EDGE_LOGGING=true)")
             assert plugin is not None
             appliance.sync = plugin.companion(
-                bundle, settings.persist_dir, appliance.buffer, appliance.health_report
+                bundle,
+                settings.persist_dir,
+                appliance.buffer,
+                appliance.health_report,
+                switch=appliance,
+                heartbeat_interval=settings.sync_heartbeat_interval,
             )
         return appliance
 
@@ -250,6 +286,9 @@ class Appliance:
         if self._loader is not None and self._loader.is_alive():
             # exiting while native code loads a model can abort the process
             await anyio.to_thread.run_sync(self._loader.join, 60.0)
+        if self.rollout is not None:
+            self.rollout.wake()
+            await anyio.to_thread.run_sync(self.rollout.join, 60.0)
         if self.pipeline is not None:
             self.pipeline.close()
         if self.buffer is not None:
@@ -281,16 +320,91 @@ class Appliance:
                 self._fail(exc)
                 return
             except Exception as exc:  # the device keeps serving its health and retries
+                if self.pipeline is not None:  # a rollout installed one meanwhile
+                    return
                 self._retry_later(exc, backoff.next())
                 continue
-            if self._stopping.is_set():
+            with self._swap:
+                taken = self._stopping.is_set() or self.pipeline is not None
+                if not taken:
+                    self.pipeline, self.error, self.next_retry = pipeline, None, None
+                    self.state = LoadState.RUNNING
+            if taken:  # stopping, or a rollout installed another version meanwhile
                 pipeline.close()
                 return
-            self.pipeline, self.error, self.next_retry = pipeline, None, None
-            self.state = LoadState.RUNNING
             grpc = f", gRPC on {self.settings.grpc_port}" if self.settings.grpc_port else ""
             say(f"Engine ready: pipeline {pipeline.name} on port {self.settings.port}{grpc}")
             return
+
+    # ---------------------------------------------------------------- rollout and swap
+
+    @contextmanager
+    def hold(self, name: str | None = None) -> Iterator[Pipeline]:
+        """The serving pipeline (`serving`), held until the block ends: a swap meanwhile
+        lets this request finish on it, and closes it after."""
+        with self._swap:
+            pipeline = self.serving(name)
+            pipeline.enter()
+        try:
+            yield pipeline
+        finally:
+            pipeline.leave()
+
+    def install(self, pipeline: Pipeline) -> None:
+        """Serve `pipeline` from the next request on (the rollout worker's last step); the
+        old one closes once its requests finish. It becomes the last good version."""
+        with self._swap:
+            old, self.pipeline = self.pipeline, pipeline
+            self.state, self.error, self.next_retry = LoadState.RUNNING, None, None
+        if old is not None:
+            old.retire()
+        configured = self.configured_url or self.settings.pipeline_url
+        assert pipeline.url is not None and configured is not None
+        good = LastGood(
+            pipeline.url, pipeline.digest, pipeline.definition.version, configured, time.time()
+        )
+        try:
+            good.write(self.settings.persist_dir)
+        except OSError as exc:  # serving goes on; a restart serves PIPELINE_URL
+            log.warning("could not record the rolled-out version: %s", exc)
+        was = f"{old.definition.version} -> " if old is not None else ""
+        say(f"Rolled out: pipeline {pipeline.name} version {was}{pipeline.definition.version}")
+
+    def switch_to(self, url: str) -> None:
+        """Serve `url` (a published pipeline URL) instead; pulled in the background."""
+        if self.rollout is None:
+            self.rollout = Rollout(
+                load=lambda target: load_pipeline(
+                    replace(self.settings, pipeline_url=target), echo=lambda line: None
+                ),
+                install=self.install,
+                serving_url=lambda: self.pipeline.url if self.pipeline is not None else None,
+                may_start=self._may_roll_out,
+                backoff=lambda: Backoff(cap=self.settings.pull_retry_max),
+                stopping=self._stopping,
+                redact=self.redact,
+            )
+        self.rollout.switch_to(url)
+
+    def _may_roll_out(self, url: str) -> bool:
+        """Not while the start-up loader's first attempt runs, nor beside its retries of the
+        same URL (one pull of a URL at a time)."""
+        if self.pipeline is not None:
+            return True
+        return self.state is not LoadState.LOADING and url != self.settings.pipeline_url
+
+    def rollout_status(self) -> dict[str, Any]:
+        return self.rollout.status() if self.rollout is not None else {"state": "none"}
+
+    def running(self) -> dict[str, Any] | None:
+        pipeline = self.pipeline
+        if pipeline is None:
+            return None
+        return {
+            "pipeline_url": pipeline.url,
+            "pipeline_version": pipeline.definition.version,
+            "digest": pipeline.digest,
+        }
 
     def _retry_later(self, exc: Exception, delay: float) -> None:
         self.load_attempts += 1
@@ -344,6 +458,8 @@ class Appliance:
             "pipeline_version": pipeline.definition.version if pipeline else None,
             "error": self.error,
             "uptime_s": round(time.time() - self.started, 1),
+            "running": self.running(),
+            "rollout": self.rollout_status(),
         }
         if self.load_attempts:
             retry = self.next_retry
@@ -392,7 +508,11 @@ def load_pipeline(settings: Settings, echo: Callable[[str], None] = say) -> Pipe
         from edge.validations import load_validations
 
         validator = load_validations(definition.validations, definition.polars_version)
-    return Pipeline(definition, runtimes, settings.partition, validator)
+    pipeline = Pipeline(definition, runtimes, settings.partition, validator)
+    pipeline.url = settings.pipeline_url
+    manifest = (local.directory / "manifest.json").read_bytes()  # as verified: its digest
+    pipeline.digest = f"sha256:{hashlib.sha256(manifest).hexdigest()}"
+    return pipeline
 
 
 def _empty_dir(path: Path) -> Path:

@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         "the pipeline must be signed with",
     )
     serve.add_argument(
+        "--sync-heartbeat-interval",
+        type=float,
+        help="env SYNC_HEARTBEAT_INTERVAL: s between heartbeats to the ops center, which "
+        "answer with the desired pipeline version (default 30)",
+    )
+    serve.add_argument(
         "--no-logging",
         dest="logging_enabled",
         action="store_const",

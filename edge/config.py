@@ -24,6 +24,7 @@ Precedence: command-line flag > environment variable > default. Secrets are kept
 | EDGE_LOGGING | --no-logging | true | log every inference (`false`: benchmarks only) |
 | PULL_RETRY_MAX | --pull-retry-max | 60 | longest s between pipeline load retries (from 1 s) |
 | PIPELINE_VERIFY_KEYS | --verify-keys | bundle's | PEM public keys the pipeline is signed with |
+| SYNC_HEARTBEAT_INTERVAL | --sync-heartbeat-interval | 30 | s between heartbeats (rollouts) |
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Settings:
     logging_enabled: bool = True
     pull_retry_max: float = 60.0
     verify_keys: str | None = None  # PEM text, or comma-separated PEM files (edge.signing)
+    sync_heartbeat_interval: float = 30.0
     partition: str = field(default_factory=socket.gethostname)
 
     def redacted(self) -> dict[str, Any]:
@@ -90,6 +92,7 @@ _ENV = {
     "logging_enabled": "EDGE_LOGGING",
     "pull_retry_max": "PULL_RETRY_MAX",
     "verify_keys": "PIPELINE_VERIFY_KEYS",
+    "sync_heartbeat_interval": "SYNC_HEARTBEAT_INTERVAL",
 }
 
 
@@ -149,13 +152,14 @@ def _cast(name: str, raw: Any) -> Any:
         if not 0 <= seconds <= 60:
             raise ConfigError(f"{variable} must be between 0 and 60 seconds, not {raw!r}")
         return seconds
-    if name == "pull_retry_max":
+    if name in ("pull_retry_max", "sync_heartbeat_interval"):
         try:
             seconds = float(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{variable} must be a number of seconds, not {raw!r}") from None
-        if not 1 <= seconds <= 3600:
-            raise ConfigError(f"{variable} must be between 1 and 3600 seconds, not {raw!r}")
+        low = 1 if name == "pull_retry_max" else 0.1
+        if not low <= seconds <= 3600:
+            raise ConfigError(f"{variable} must be between {low} and 3600 seconds, not {raw!r}")
         return seconds
     if name == "persist_dir":
         return Path(raw)

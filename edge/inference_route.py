@@ -62,8 +62,13 @@ class InferenceEndpoint:
     async def _infer(
         self, scope: dict[str, Any], receive: Receive, name: str
     ) -> tuple[bytes, bytes]:
+        with self.appliance.hold(name) as pipeline:  # a swap meanwhile: this one answers
+            return await self._infer_on(pipeline, scope, receive, name)
+
+    async def _infer_on(
+        self, pipeline: Pipeline, scope: dict[str, Any], receive: Receive, name: str
+    ) -> tuple[bytes, bytes]:
         appliance = self.appliance
-        pipeline = appliance.serving(name)
         headers = {
             key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]
         }

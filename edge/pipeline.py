@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,12 +120,48 @@ class Pipeline:
         # Small requests may run on the event loop only when every runtime says it may
         # (`Runtime.inline`: ONNX; user code and other frameworks can take any time).
         self.quick = all(runtime.inline for runtime in runtimes.values())
+        # where it came from (`edge.appliance.load_pipeline`): its URL and manifest digest
+        self.url: str | None = None
+        self.digest: str | None = None
+        # requests running on it (`enter` / `leave`); once replaced (`retire`) it closes when
+        # the last of them leaves
+        self._users = 0
+        self._retired = False
+        self._closed = False
+        self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
         return self.definition.name
 
+    def enter(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._users -= 1
+            done = self._retired and self._users == 0
+        if done:
+            self.close()
+
+    def retire(self) -> None:
+        """Another version serves now: close once no request holds this one."""
+        with self._lock:
+            self._retired = True
+            done = self._users == 0
+        if done:
+            self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         for runtime in self.runtimes.values():
             runtime.close()
 

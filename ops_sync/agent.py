@@ -6,9 +6,12 @@ life (with jitter), heartbeat with the appliance's health and the buffer's count
 `buffer.pending()` batches in sequence order as zstd-compressed Arrow IPC, each with its
 (epoch, first_seq, last_seq). `buffer.ack()` runs only after the ops center's reply says the
 batch is stored; a batch sent twice is stored once there. Failures back off exponentially
-(capped, with jitter); every call has a finite timeout. Past its certificate's life (7 days
-without contact) the agent stops calling, keeps the buffer and keys, and reports
-`credentials expired` until a new bundle arrives.
+(capped, with jitter); every call has a finite timeout. A heartbeat's reply carries the
+pipeline version the ops center wants here (`desired`): the agent hands its URL to the
+appliance (`PipelineSwitch.switch_to`, which rolls it out in the background) and heartbeats
+again as soon as the rollout's state changes, so the ops center sees it within a round. Past
+its certificate's life (7 days without contact) the agent stops calling, keeps the buffer and
+keys, and reports `credentials expired` until a new bundle arrives.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from edge.appliance import PipelineSwitch
 from edge.errors import LogBufferError
 from edge.logbuffer import Batch, LogBuffer
 from ops_sync import protocol
@@ -73,6 +77,7 @@ class SyncAgent:
         backoff_cap: float = 60.0,
         timeout: httpx.Timeout = TIMEOUT,
         join_timeout: float = 15.0,
+        switch: PipelineSwitch | None = None,
     ) -> None:
         missing = [k for k in protocol.REQUIRED_KEYS if not bundle.get(k)]
         if missing:
@@ -98,6 +103,8 @@ class SyncAgent:
         self._last_contact: float | None = None
         self._last_error: str | None = None
         self.shipped_rows = 0
+        self._switch = switch
+        self._reported_rollout: Any = None  # the rollout state the last heartbeat carried
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -198,7 +205,7 @@ class SyncAgent:
             return 60.0  # nothing to do until a new bundle; keep the buffer and the keys
         if now >= self._renew_at:
             await self._renew()
-        if now >= self._next_heartbeat:
+        if now >= self._next_heartbeat or self._rollout_changed():
             await self._heartbeat()
         shipped = await self._ship()
         return 0.0 if shipped >= self._batch_rows else self._ship_interval
@@ -267,7 +274,16 @@ class SyncAgent:
         await self._reset_client()
         log.info("certificate renewed edge=%s not_after=%s", self._name, _iso(creds.cert_not_after))
 
+    def _rollout_changed(self) -> bool:
+        if self._switch is None:
+            return False
+        status = self._switch.rollout_status()
+        return (status.get("state"), status.get("updated_at")) != self._reported_rollout
+
     async def _heartbeat(self) -> None:
+        if self._switch is not None:
+            status = self._switch.rollout_status()
+            self._reported_rollout = (status.get("state"), status.get("updated_at"))
         stats = await asyncio.to_thread(self._buffer.stats)
         try:  # off the event loop: the appliance's health report reads SQLite too
             health = await asyncio.to_thread(self._health)
@@ -278,8 +294,12 @@ class SyncAgent:
             "buffer": {k: stats.get(k) for k in _BUFFER_FACTS},
             "agent": self.status(),
         }
-        await self._post(protocol.HEARTBEAT_PATH, json=report)
+        reply = await self._post(protocol.HEARTBEAT_PATH, json=report)
         self._next_heartbeat = self._clock() + self._heartbeat_interval
+        desired = reply.get("desired")
+        url = desired.get("pipeline_url") if isinstance(desired, dict) else None
+        if self._switch is not None and isinstance(url, str) and url:
+            self._switch.switch_to(url)  # at once: the pull runs on the appliance's thread
 
     async def _ship(self) -> int:
         """Send pending batches in order; ack each after the ops center stored it."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.httpio import Fields, bounded_int
-from ops_sync import heartbeats, protocol
+from ops_sync import heartbeats, protocol, rollout
 from ops_sync.errors import (
     AdminAuthRequired,
     BadRequest,
@@ -56,6 +56,7 @@ PIPELINE_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # a pipeline URL goes into the EDGE_BUNDLE's shell lines: no spaces, quotes or shell syntax
 PIPELINE_URL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,1023}")
 WORKSPACE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # goes into the bundle too
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 PIPELINE_REF = re.compile(r"/pipelines/(?P<name>[a-z0-9][a-z0-9-]*):(?P<version>[\w.-]+)\Z")
 DROP_COUNT_MAX = 2**62  # drop counters are int64 in the store (summed over epochs)
 UPKEEP_LEASE = 600.0  # seconds a replica holds the compaction lease for
@@ -172,6 +173,9 @@ class OpsCenter:
                 "workspace_id", required=False, max_len=64, pattern=WORKSPACE_ID, hint=_WS_HINT
             ),
             "created_by": fields.text("created_by", required=False, max_len=254),
+            "manifest_digest": fields.text(
+                "manifest_digest", required=False, pattern=DIGEST, hint=" (sha256:<64 hex>)"
+            ),
         }
         return self.store.register_publish(record, self.clock())
 
@@ -226,6 +230,33 @@ class OpsCenter:
         """Enrolled edges: all, one publish's, or those of one pipeline's publishes."""
         return [self._edge_view(e) for e in self.store.edges(publish_id, pipeline)]
 
+    def rollout(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Set the desired version (a registered publish's URL) of one edge, or of a tag's
+        edges (a stable `percent` of them); each learns it at its next heartbeat."""
+        fields = Fields(body, "rollout", BadRequest)
+        url = fields.text("pipeline_url", pattern=PIPELINE_URL, hint=_URL_HINT)
+        edge = fields.text("edge", required=False, max_len=63)
+        tag = fields.text("tag", required=False, max_len=128)
+        percent = fields.integer("percent", 1, 100)
+        assert url is not None
+        try:
+            publish = self.store.publish_by_url(url)
+        except NotFound:
+            raise NotFound(
+                f"rollout: no publish is registered for {url}; publish it with `edge publish "
+                "--opscenter` (or `ops-sync publishes --register URL`) first"
+            ) from None
+        chosen = rollout.choose(self.store.edges(), edge, tag, percent)
+        now = self.clock()
+        self.store.set_desired([e["id"] for e in chosen], publish["id"], now)
+        return {
+            "pipeline_url": publish["pipeline_url"],
+            "pipeline_version": publish["pipeline_version"],
+            "digest": publish["manifest_digest"],
+            "set_at": _iso(now),
+            "edges": [e["name"] for e in chosen],
+        }
+
     def publishes(self) -> list[dict[str, Any]]:
         return [_publish_record(p) for p in self.store.publishes()]
 
@@ -258,6 +289,7 @@ class OpsCenter:
             "credentials": credentials,
             "health": edge["health"],
             "dropped": edge["dropped"],
+            **rollout.views(edge),
         }
 
     # -- edge ------------------------------------------------------------------------------
@@ -334,7 +366,12 @@ class OpsCenter:
             self.store.record_drops(edge["id"], epoch, counts, now)
         self.store.touch(edge["id"], now, health=report)
         heartbeats.record(self.store.db, edge["id"], report, now)  # the dashboard's charts
-        return {"ok": True, "edge_id": edge["id"], "server_time": now}
+        return {
+            "ok": True,
+            "edge_id": edge["id"],
+            "server_time": now,
+            "desired": rollout.desired_view(edge),  # the edge rolls it out when it differs
+        }
 
     def upload(
         self, edge: dict[str, Any], batch: protocol.BatchRange, body: bytes
@@ -395,6 +432,7 @@ def _publish_record(publish: dict[str, Any]) -> dict[str, Any]:
         "error": None,
         "docker_run_variables": {},
         "created_by": publish["created_by"],
+        "manifest_digest": publish["manifest_digest"],
         "created_at": _iso(publish["created_at"]),
         "updated_at": _iso(publish["updated_at"]),
     }

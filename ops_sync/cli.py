@@ -8,6 +8,8 @@
     ops-sync list-edges [--publish-id N | --pipeline NAME] [--json]
     ops-sync logs PIPELINE [--partition EDGE] [--limit N] [--arrow FILE | --json | --ndjson FILE]
     ops-sync publishes [--register PIPELINE_URL] [--json]
+    ops-sync rollout PIPELINE_URL (--edge NAME | --tag TAG [--percent N]) [--json]
+    ops-sync rollout --status [--json]
 
 Admin commands take `--opscenter URL --admin-token TOKEN --ca FILE` or `OPS_URL`,
 `OPS_ADMIN_TOKEN`, `OPS_CA`. Exit status: 0 done, 1 refused or failed, 2 bad usage.
@@ -137,6 +139,16 @@ def _parser() -> argparse.ArgumentParser:
     pubs.add_argument("--pipeline-version")
     pubs.add_argument("--engine-url")
     pubs.add_argument("--json", action="store_true")
+    roll = admin("rollout", "set the pipeline version edges should run, or show --status")
+    roll.add_argument("pipeline_url", nargs="?", metavar="PIPELINE_URL", help="a publish's URL")
+    target = roll.add_mutually_exclusive_group()
+    target.add_argument("--edge", metavar="NAME")
+    target.add_argument("--tag", metavar="TAG")
+    roll.add_argument(
+        "--percent", type=int, metavar="N", help="with --tag: a stable N%% of its edges"
+    )
+    roll.add_argument("--status", action="store_true", help="desired and running per edge")
+    roll.add_argument("--json", action="store_true")
     logs = admin("logs", "read a pipeline's logs from every edge")
     logs.add_argument("pipeline")
     logs.add_argument("--partition", metavar="EDGE")
@@ -259,6 +271,9 @@ def _admin(args: argparse.Namespace) -> int:
     with AdminClient(args.opscenter, args.admin_token, args.ca) as client:
         if args.command == "logs":
             return _logs(client, args)
+        if args.command == "rollout" and not args.status and not args.pipeline_url:
+            print("ops-sync rollout: give PIPELINE_URL (or --status)", file=sys.stderr)
+            return 2
         result: Any
         text: list[str]
         if args.command == "add-edge":
@@ -271,6 +286,19 @@ def _admin(args: argparse.Namespace) -> int:
             client.remove_edge(args.name)  # nothing comes back (HTTP 204)
             result = {"name": args.name, "removed": True}
             text = [f"Edge {args.name} removed"]
+        elif args.command == "rollout" and args.status:
+            result = [
+                {k: e[k] for k in ("name", "tags", "desired", "running", "rollout")}
+                for e in client.list_edges()
+            ]
+            text = _rollout_lines(result)
+        elif args.command == "rollout":
+            result = client.rollout(
+                args.pipeline_url, edge=args.edge, tag=args.tag, percent=args.percent
+            )
+            picked = ", ".join(result["edges"]) or "no edge (none in the percent)"
+            version, url = result["pipeline_version"], result["pipeline_url"]
+            text = [f"Rollout of {version} ({url}) to {picked}"]
         elif args.command == "list-edges":
             result = client.list_edges(args.publish_id, args.pipeline)
             text = _edge_lines(result)
@@ -339,8 +367,29 @@ def _logs(client: Any, args: argparse.Namespace) -> int:
 def _edge_lines(edges: list[dict[str, Any]]) -> list[str]:
     columns = "id name tags pipeline_version pipeline_version_id cpus memory spiffe_id".split()
     columns += ["last_seen", "credentials"]
-    lines = ["\t".join(c.upper() for c in columns) + "\tHEALTH"]
+    rollout = ["desired", "running", "rollout"]
+    lines = ["\t".join(c.upper() for c in columns + rollout) + "\tHEALTH"]
     for edge in edges:
         health = json.dumps(edge.get("health"), sort_keys=True)
-        lines.append("\t".join(str(edge.get(c)) for c in columns) + "\t" + health)
+        cells = [str(edge.get(c)) for c in columns] + _rollout_cells(edge)
+        lines.append("\t".join(cells) + "\t" + health)
+    return lines
+
+
+def _rollout_cells(edge: dict[str, Any]) -> list[str]:
+    """DESIRED, RUNNING (versions) and ROLLOUT (state, attempts, reason) of an edge."""
+    desired, running = edge.get("desired") or {}, edge.get("running") or {}
+    state = edge.get("rollout") or {}
+    status = str(state.get("state"))
+    if state.get("attempts"):
+        status += f" (attempt {state['attempts']})"
+    if state.get("reason"):
+        status += f": {state['reason']}"
+    return [str(desired.get("pipeline_version")), str(running.get("pipeline_version")), status]
+
+
+def _rollout_lines(edges: list[dict[str, Any]]) -> list[str]:
+    lines = ["NAME\tTAGS\tDESIRED\tRUNNING\tROLLOUT"]
+    for edge in edges:
+        lines.append("\t".join([edge["name"], ",".join(edge["tags"]), *_rollout_cells(edge)]))
     return lines

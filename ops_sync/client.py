@@ -113,6 +113,21 @@ class AdminClient:
         """Revoke an edge. Returns nothing (HTTP 204), as the seed's `remove_edge`."""
         self._call("DELETE", f"/v1/edges/{name}")
 
+    def rollout(
+        self,
+        pipeline_url: str,
+        *,
+        edge: str | None = None,
+        tag: str | None = None,
+        percent: int | None = None,
+    ) -> dict[str, Any]:
+        """Set the desired version of one edge or of a tag's edges (a stable `percent`)."""
+        body = {"pipeline_url": pipeline_url, "edge": edge, "tag": tag, "percent": percent}
+        body = {k: v for k, v in body.items() if v is not None}
+        reply = self._call("POST", "/v1/rollouts", json=body)
+        result: dict[str, Any] = reply.json()
+        return result
+
     def list_edges(
         self, publish_id: int | None = None, pipeline: str | None = None
     ) -> list[dict[str, Any]]:

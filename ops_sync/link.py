@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge.appliance import PipelineSwitch
 from edge.logbuffer import LogBuffer
 from ops_sync import protocol
 from ops_sync.agent import SyncAgent
@@ -35,8 +36,17 @@ class OpsCenterLink:
         persist_dir: Path,
         buffer: LogBuffer,
         health: Callable[[], dict[str, Any]],
+        switch: PipelineSwitch | None = None,
+        heartbeat_interval: float = 30.0,
     ) -> SyncAgent:
-        return SyncAgent(bundle, persist_dir, buffer, health)
+        return SyncAgent(
+            bundle,
+            persist_dir,
+            buffer,
+            health,
+            heartbeat_interval=heartbeat_interval,
+            switch=switch,
+        )
 
     def register_publish(self, opscenter: str, record: dict[str, Any]) -> dict[str, Any]:
         """Register a publish (`edge publish --opscenter URL`'s record); the admin token and

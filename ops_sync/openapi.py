@@ -51,6 +51,13 @@ def document() -> dict[str, Any]:
         "helm": {"type": "object"},
         "workspace_id": _TEXT,
         "created_by": _TEXT,
+        "manifest_digest": _TEXT,
+    }
+    rollout = {
+        "pipeline_url": _TEXT,
+        "edge": _TEXT,
+        "tag": _TEXT,
+        "percent": {"type": "integer", "minimum": 1, "maximum": 100},
     }
     tags = {"type": "array", "items": _TEXT}
     seq = {"type": "string", "pattern": "^[0-9]+$"}
@@ -118,6 +125,15 @@ def document() -> dict[str, Any]:
                 ),
                 "responses": {"201": {"description": "added"}, **_errors(400, 401, 409, 413)},
             },
+        },
+        "/v1/rollouts": {
+            "post": {
+                "security": ADMIN,
+                "summary": "set the desired pipeline version (a registered publish's URL) of one "
+                "edge or of a tag's edges (a stable percent of them, by hash of the edge id)",
+                "requestBody": _json_body(rollout, ["pipeline_url"]),
+                "responses": {**json_ok(), **_errors(400, 401, 404, 413)},
+            }
         },
         "/v1/edges/{name}": {
             "delete": {

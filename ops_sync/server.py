@@ -8,6 +8,7 @@ Routes (an explicit list, see `create_app`):
     GET    /v1/publishes          POST /v1/publishes  admin token
     GET    /v1/edges              POST /v1/edges      admin token
     DELETE /v1/edges/{name}                           admin token
+    POST   /v1/rollouts                              admin token (desired pipeline version)
     GET    /v1/pipelines/{pipeline}/logs             admin token (the seed's pipeline.logs)
     GET    /v1/pipelines/{pipeline}/logs/export      admin token (export_logs: NDJSON or Arrow)
     GET    /ui/..., POST /ui/...                     the dashboard (`ops_sync.ui`): a session
@@ -156,6 +157,10 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
         await call(center.remove_edge, request.path_params["name"])
         return Response(status_code=204)  # the seed's remove_edge returns nothing
 
+    async def rollout(request: Request) -> Response:
+        await admin(request)
+        return JSONResponse(await call(center.rollout, await _json(request)))
+
     async def pipeline_logs(request: Request) -> Response:
         await admin(request)
         pipeline, query = await call(_log_query, center, request, logs.MAX_LIMIT)
@@ -213,6 +218,7 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
         Route("/v1/edges", list_edges, methods=["GET"]),
         Route("/v1/edges", add_edge, methods=["POST"]),
         Route("/v1/edges/{name}", remove_edge, methods=["DELETE"]),
+        Route("/v1/rollouts", rollout, methods=["POST"]),
         Route("/v1/pipelines/{pipeline}/logs", pipeline_logs, methods=["GET"]),
         Route("/v1/pipelines/{pipeline}/logs/export", export_logs, methods=["GET"]),
         Route(protocol.JOIN_PATH, join, methods=["POST"]),

@@ -108,6 +108,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
     (
+        5,
+        "rollout: a publish's manifest digest, each edge's desired publish",
+        """
+        ALTER TABLE publishes ADD COLUMN manifest_digest TEXT;
+        ALTER TABLE edges ADD COLUMN desired_publish_id BIGINT REFERENCES publishes(id);
+        ALTER TABLE edges ADD COLUMN desired_set_at {real};
+        """,
+    ),
+    (
         6,
         "dashboard: sign-in sessions (sha256 of the id only), a bounded heartbeat history",
         """
@@ -168,7 +177,8 @@ class Store:
                 db.execute(
                     "INSERT INTO publishes (pipeline_name, pipeline_version, pipeline_url,"
                     " engine_url, helm, engine_config, workspace_id, created_at, updated_at,"
-                    " created_by, pipeline_version_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " created_by, pipeline_version_id, manifest_digest)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         record["pipeline_name"],
                         record["pipeline_version"],
@@ -181,12 +191,18 @@ class Store:
                         now,
                         str(record.get("created_by") or "admin"),
                         version_id,
+                        record.get("manifest_digest"),
                     ),
                 )
             elif record.get("engine_config") is not None and row["engine_config"] != config:
                 db.execute(
                     "UPDATE publishes SET engine_config = ?, updated_at = ? WHERE id = ?",
                     (config, now, row["id"]),
+                )
+            if row is not None and record.get("manifest_digest") and not row["manifest_digest"]:
+                db.execute(  # registered before its digest was known (`publishes --register`)
+                    "UPDATE publishes SET manifest_digest = ? WHERE id = ?",
+                    (record["manifest_digest"], row["id"]),
                 )
             row = db.one("SELECT * FROM publishes WHERE pipeline_url = ?", (url,))
         assert row is not None
@@ -276,6 +292,16 @@ class Store:
             where, args = where + " AND p.pipeline_name = ?", [*args, pipeline]
         rows = db.all(_EDGE_SELECT + where + " ORDER BY e.created_at", args)
         return [_edge(db, row) for row in rows]
+
+    def set_desired(self, edge_ids: list[str], publish_id: int, now: float) -> None:
+        """Make publish `publish_id` the version these edges should run (one transaction)."""
+        with self.db.tx() as db:
+            for edge_id in sorted(edge_ids):  # one lock order for every replica
+                db.execute(
+                    "UPDATE edges SET desired_publish_id = ?, desired_set_at = ?"
+                    " WHERE id = ? AND removed_at IS NULL",
+                    (publish_id, now, edge_id),
+                )
 
     def redeem(
         self, token_sha256: str, key_fingerprint: str, now: float, issue: Callable[[dict], T]
@@ -453,8 +479,10 @@ class Store:
 _EXPIRED = "the join token expired (tokens live 24 h); add the edge again for a new bundle"
 _EDGE_SELECT = (
     "SELECT e.*, p.pipeline_name, p.pipeline_version, p.pipeline_url, p.pipeline_version_id,"
-    " p.engine_config"
+    " p.engine_config, d.pipeline_url AS desired_url, d.pipeline_version AS desired_version,"
+    " d.manifest_digest AS desired_digest"
     " FROM edges e JOIN publishes p ON p.id = e.publish_id"
+    " LEFT JOIN publishes d ON d.id = e.desired_publish_id"
 )
 
 

@@ -84,6 +84,7 @@ def fleet(
             environment.update(
                 PIPELINE_URL=url,
                 CONFIG_CPUS="1",
+                SYNC_HEARTBEAT_INTERVAL="2",  # a sync lag point every 2 s
                 OCI_REGISTRY=registry.host,
                 OCI_USERNAME=registry.username,
                 OCI_PASSWORD=registry.password,
@@ -148,6 +149,8 @@ def test_sign_in_shows_both_edges_with_last_seen_and_live_updates(page: Page, fl
         assert seen != "never" and "UTC" in seen and "ago" in seen
         assert row.find_element("css selector", "td[data-col=credentials]").text == "valid"
         assert row.find_element("css selector", "td[data-col=running]").text != "-"
+    health = "#fleet tr[data-name=edge-1] td[data-col=health]"
+    page.wait(lambda: page.css(health).text == "Running", "a heartbeat once loaded")
     # live: the table is refreshed from /ui/api/fleet without a reload
     marker = page.js("window.__noReload = 1; return 1")
     page.wait(lambda: int(page.css("#fleet").get_attribute("data-updates") or 0) >= 2, "2 polls")
@@ -183,7 +186,7 @@ def test_an_edge_page_draws_its_charts_with_data_points(page: Page, fleet: Fleet
     assert total == SENT["edge-1"]  # every synced inference is counted, in the last hour
     latency = page.css(".plot[data-chart=latency]")
     assert int(latency.get_attribute("data-points")) > 0
-    assert int(page.css(".plot[data-chart=lag]").get_attribute("data-points")) >= 1
+    assert int(page.css(".plot[data-chart=lag]").get_attribute("data-points")) >= 2
     assert len(page.all("#recent-logs tbody tr")) == 20
     page.shot("edge")
 

@@ -19,6 +19,7 @@ from edge import result
 from edge.appliance import Appliance
 from edge.errors import NotFound
 from edge.logbuffer import LogBuffer
+from edge.pipeline import Pipeline
 from edge.v2.model import Outcome, V2Model
 from edge.v2.request import InferRequest
 
@@ -64,6 +65,9 @@ class V2Service:
         if pipeline is None:
             appliance.serving()  # raises NotReady with the reason
         assert pipeline is not None
+        return self._model_of(pipeline, name, model_version)
+
+    def _model_of(self, pipeline: Pipeline, name: str, model_version: str | None) -> V2Model:
         if name != pipeline.name:
             raise NotFound(f"no model named {name!r}; this appliance serves {pipeline.name!r}")
         model = self._model
@@ -98,7 +102,17 @@ class V2Service:
         """Read the request (`read`: parse and decode), run it, journal its rows and encode
         the answer (`encode`) while they are written; small requests on the event loop, the
         rest on a worker thread within the appliance's model budget."""
-        model = self.model(name, model_version)
+        with self.appliance.hold() as pipeline:  # a swap meanwhile: this one answers
+            model = self._model_of(pipeline, name, model_version)
+            return await self._infer(model, read, size, encode)
+
+    async def _infer(
+        self,
+        model: V2Model,
+        read: Callable[[], InferRequest],
+        size: int,
+        encode: Callable[[InferRequest, Outcome], Answer],
+    ) -> Answer:
         inline = size <= INLINE_BYTES and model.pipeline.quick
 
         def work() -> tuple[InferRequest, Outcome]:
