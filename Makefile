@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-APT    := docker-registry apache2-utils wrk nghttp2-client postgresql
+APT    := docker-registry apache2-utils wrk nghttp2-client postgresql chromium chromium-driver
 # Building and running the image locally (tests/test_image.py, packaging/podman/local.sh).
 IMAGE_APT := podman runc debootstrap
 DEMO   := demo

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.httpio import Fields, bounded_int
-from ops_sync import protocol, rollout
+from ops_sync import heartbeats, protocol, rollout
 from ops_sync.errors import (
     AdminAuthRequired,
     BadRequest,
@@ -365,6 +365,7 @@ class OpsCenter:
             }
             self.store.record_drops(edge["id"], epoch, counts, now)
         self.store.touch(edge["id"], now, health=report)
+        heartbeats.record(self.store.db, edge["id"], report, now)  # the dashboard's charts
         return {
             "ok": True,
             "edge_id": edge["id"],

@@ -11,6 +11,8 @@ Routes (an explicit list, see `create_app`):
     POST   /v1/rollouts                              admin token (desired pipeline version)
     GET    /v1/pipelines/{pipeline}/logs             admin token (the seed's pipeline.logs)
     GET    /v1/pipelines/{pipeline}/logs/export      admin token (export_logs: NDJSON or Arrow)
+    GET    /ui/..., POST /ui/...                     the dashboard (`ops_sync.ui`): a session
+                                                     cookie from signing in, CSRF on POSTs
     POST   /v1/edge/join                             join token (in the body)
     POST   /v1/edge/renew | heartbeat | logs         client certificate (mutual TLS)
 
@@ -47,7 +49,7 @@ from edge.httpio import (
     read_body,
 )
 from edge.logquery import parse_log_query
-from ops_sync import errors, logs, openapi, protocol
+from ops_sync import errors, logs, openapi, protocol, ui
 from ops_sync.center import OpsCenter
 from ops_sync.deltatable import Pending
 from ops_sync.logstore import WAIT_LIMIT
@@ -223,6 +225,7 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
         Route(protocol.RENEW_PATH, renew, methods=["POST"]),
         Route(protocol.HEARTBEAT_PATH, heartbeat, methods=["POST"]),
         Route(protocol.LOGS_PATH, upload, methods=["POST"]),
+        ui.mount(center, STATUS.status, error_body),
     ]
     handlers: dict[Any, Callable[[Request, Any], Awaitable[Response]]] = {
         edge_errors.EdgeError: _our_error,

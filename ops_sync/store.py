@@ -116,6 +116,18 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE edges ADD COLUMN desired_set_at {real};
         """,
     ),
+    (
+        6,
+        "dashboard: sign-in sessions (sha256 of the id only), a bounded heartbeat history",
+        """
+        CREATE TABLE ui_sessions (
+            id_sha256 TEXT PRIMARY KEY, created_at {real} NOT NULL,
+            expires_at {real} NOT NULL) {norowid};
+        CREATE TABLE edge_heartbeats (
+            edge_id TEXT NOT NULL, at {real} NOT NULL, buffer_rows BIGINT,
+            unsynced_rows BIGINT, sync_lag {real}, PRIMARY KEY (edge_id, at)) {norowid};
+        """,
+    ),
 ]
 
 

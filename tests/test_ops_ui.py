@@ -1,0 +1,291 @@
+"""The dashboard's sessions, CSRF, heartbeat history and feeds, in process (the browser tests
+are tests/test_ops_ui_browser.py): what a signed-in or signed-out client sees, on SQLite and
+PostgreSQL metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.routing import Mount, Route
+
+from ops_sync import heartbeats, openapi, protocol
+from ops_sync.server import create_app
+from ops_sync.ui.session import SESSION_COOKIE, SESSION_TTL
+from tests.test_ops_support import ADMIN, PIPELINE_URL, Ops, cert_transport, result_table
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def signed_in(client: httpx.AsyncClient, token: str = ADMIN) -> httpx.Response:
+    form = await client.get("/ui/signin")
+    csrf = CSRF.search(form.text)
+    assert csrf is not None
+    return await client.post("/ui/signin", data={"csrf": csrf.group(1), "token": token})
+
+
+def browser(ops: Ops) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=ops.app), base_url="https://ops")
+
+
+def test_sessions_store_only_a_hash_expire_and_end_at_sign_out(db_url: str, tmp_path: Path) -> None:
+    ops = Ops(tmp_path / "ops", metadata_url=db_url)
+
+    async def scenario() -> None:
+        async with browser(ops) as client:
+            reply = await signed_in(client)
+            assert reply.status_code == 303 and reply.headers["location"] == "/ui/"
+            cookie = reply.headers["set-cookie"]
+            for flag in ("HttpOnly", "Secure", "SameSite=strict", "Path=/"):
+                assert flag in cookie
+            session = client.cookies[SESSION_COOKIE]
+            (row,) = ops.center.store.db.reader().all("SELECT * FROM ui_sessions")
+            assert row["id_sha256"] == hashlib.sha256(session.encode()).hexdigest()
+            assert session not in str(row)
+            page = await client.get("/ui/")
+            assert page.status_code == 200 and ADMIN not in page.text
+            assert "default-src 'self'" in page.headers["content-security-policy"]
+            csrf = CSRF.search(page.text)
+            assert csrf is not None
+            out = await client.post("/ui/signout", data={"csrf": csrf.group(1)})
+            assert out.status_code == 303
+            client.cookies.set(SESSION_COOKIE, session)  # a copied cookie after sign-out
+            assert (await client.get("/ui/")).status_code == 303
+            assert (await client.get("/ui/api/fleet")).status_code == 401
+
+            await signed_in(client)
+            ops.clock.advance(SESSION_TTL + 1)
+            after = await client.get("/ui/api/fleet")
+            assert after.status_code == 401 and after.json()["reason"] == "SignInRequired"
+
+    try:
+        run(scenario())
+    finally:
+        ops.center.close()
+
+
+def test_a_wrong_token_or_a_missing_csrf_token_is_refused(tmp_path: Path) -> None:
+    ops = Ops(tmp_path / "ops")
+    ops.add_edge("edge-a")
+
+    async def scenario() -> None:
+        async with browser(ops) as client:
+            wrong = await signed_in(client, "not-it")
+            assert wrong.status_code == 401 and "not-it" not in wrong.text
+            assert SESSION_COOKIE not in client.cookies
+            no_csrf = await client.post("/ui/signin", data={"token": ADMIN})
+            assert no_csrf.status_code == 403 and SESSION_COOKIE not in client.cookies
+            await signed_in(client)
+            refused = await client.post("/ui/edges/edge-a/remove", data={"csrf": "x" * 64})
+            assert refused.status_code == 403 and "CSRF" in refused.text
+            bare = await client.post("/ui/edges/new", data={"name": "b", "pipeline_url": "x"})
+            assert bare.status_code == 403
+            assert [e["name"] for e in ops.center.list_edges()] == ["edge-a"]
+            json_body = await client.post("/ui/edges/new", json={"name": "b"})
+            assert json_body.status_code == 415
+
+    try:
+        run(scenario())
+    finally:
+        ops.center.close()
+
+
+def test_add_edge_shows_the_bundle_once_and_bad_input_names_the_field(tmp_path: Path) -> None:
+    ops = Ops(tmp_path / "ops")
+    ops.add_edge("edge-a")
+
+    async def scenario() -> None:
+        async with browser(ops) as client:
+            await signed_in(client)
+            form = await client.get("/ui/edges/new")
+            csrf = CSRF.search(form.text)
+            assert csrf is not None
+            fields = {"csrf": csrf.group(1), "pipeline_url": PIPELINE_URL}
+            added = await client.post("/ui/edges/new", data={**fields, "name": "edge-b"})
+            assert added.status_code == 201 and added.headers["cache-control"] == "no-store"
+            (bundle,) = re.findall(r'<pre id="bundle"[^>]*><code>([^<]+)</code>', added.text)
+            assert protocol.decode(bundle)["EDGE_NAME"] == "edge-b"
+            assert bundle not in (await client.get("/ui/edges/new")).text
+            assert bundle not in (await client.get("/ui/api/fleet")).text
+            bad = await client.post("/ui/edges/new", data={**fields, "name": "no spaces"})
+            assert bad.status_code == 400 and "edge name" in bad.text
+            taken = await client.post("/ui/edges/new", data={**fields, "name": "edge-a"})
+            assert taken.status_code == 409 and "exists" in taken.text
+
+    try:
+        run(scenario())
+    finally:
+        ops.center.close()
+
+
+def test_heartbeats_feed_a_bounded_history_and_the_series(tmp_path: Path) -> None:
+    ops = Ops(tmp_path / "ops")
+    token = protocol.decode(ops.add_edge("edge-a")["docker_run_variables"]["EDGE_BUNDLE"])
+    joined = ops.join(token["JOIN_TOKEN"])
+    now_ms = int(ops.clock.now * 1000)
+
+    async def scenario() -> dict[str, Any]:
+        async with httpx.AsyncClient(
+            transport=cert_transport(ops.app, joined.cert), base_url="https://ops"
+        ) as edge:
+            for minutes_ago in (3000, 60, 1):  # 50 h ago: beyond the 24 h kept
+                ops.clock.now -= minutes_ago * 60
+                oldest = int(ops.clock.now * 1000) - 4000
+                buffer = {"rows": 10, "unsynced_rows": 4, "oldest_unsynced": oldest}
+                await edge.post("/v1/edge/heartbeat", json={"buffer": buffer})
+                ops.clock.now += minutes_ago * 60
+            await edge.post(
+                "/v1/edge/logs",
+                content=protocol.encode_batch(result_table(30, now_ms - 90_000)),
+                headers={"x-sync-epoch": "e", "x-sync-first-seq": "1", "x-sync-last-seq": "30"},
+            )
+        async with browser(ops) as client:
+            await signed_in(client)
+            bad = await client.get("/ui/api/edges/edge-a/series?minutes=0")
+            assert bad.status_code == 400 and "minutes" in bad.json()["error"]
+            missing = await client.get("/ui/api/edges/nobody/series")
+            assert missing.status_code == 404
+            return dict((await client.get("/ui/api/edges/edge-a/series?minutes=120")).json())
+
+    try:
+        series = run(scenario())
+        kept = ops.center.store.db.reader().all("SELECT at FROM edge_heartbeats")
+        assert len(kept) == 2  # the 50-hour-old one was deleted by a later heartbeat
+    finally:
+        ops.center.close()
+    assert series["heartbeats"]["sync_lag_s"] == [pytest.approx(4.0, abs=0.01)] * 2
+    assert series["heartbeats"]["unsynced_rows"] == [4, 4]
+    assert sum(series["logs"]["inferences"]) == 30
+    assert set(series["logs"]["p50_ms"]) == {0.003}  # result_table: steps of 1000 + 2000 ns
+    assert set(series["logs"]["anomaly_rate"]) == {0.0}
+
+
+def test_heartbeat_facts_without_a_buffer_report_are_unknown_not_zero() -> None:
+    assert heartbeats.facts({}, 100.0) == {
+        "buffer_rows": None,
+        "unsynced_rows": None,
+        "sync_lag": None,
+    }
+    facts = heartbeats.facts({"buffer": {"unsynced_rows": 0, "oldest_unsynced": 1}}, 100.0)
+    assert facts["sync_lag"] == 0.0
+
+
+def test_every_route_is_in_the_openapi_document_or_excluded_with_a_reason(
+    tmp_path: Path,
+) -> None:
+    ops = Ops(tmp_path / "ops")
+    try:
+        app = create_app(ops.center)
+    finally:
+        ops.center.close()
+    document = openapi.document()
+    missing = []
+    for route in app.routes:
+        path = getattr(route, "path", "")
+        excluded = [p for p in openapi.UNDOCUMENTED if path == p or path.startswith(p + "/")]
+        if isinstance(route, Mount | Route) and not excluded and path not in document["paths"]:
+            missing.append(path)
+    assert missing == []
+    assert any(isinstance(r, Mount) and r.path == "/ui" for r in app.routes)
+    assert all(len(reason) > 40 for reason in openapi.UNDOCUMENTED.values())
+
+
+def test_fleet_rows_show_rollout_fields_when_present_and_fall_back_when_not() -> None:
+    from ops_sync.ui.data import fleet_row
+
+    edge = {
+        "name": "e",
+        "publish_id": 1,
+        "pipeline_name": "p",
+        "pipeline_version": "v1",
+        "tags": ["a", "b"],
+        "last_seen": None,
+        "credentials": "not joined",
+        "dropped": {"full": 2, "bad": 3},
+    }
+    before = fleet_row(edge, None, 0.0)["cells"]
+    assert (before["desired"], before["running"], before["last_seen"]) == ("-", "v1", "never")
+    assert (before["tags"], before["drops"], before["sync_lag"]) == ("a, b", "5", "-")
+    rollout = {
+        "desired": {"pipeline_url": "u", "pipeline_version": "v2", "digest": "d", "set_at": "t"},
+        "running": {"pipeline_url": "u", "pipeline_version": "v1", "digest": "c"},
+        "rollout": {"state": "pending", "reason": None, "attempts": 1, "updated_at": "t"},
+    }
+    after = fleet_row({**edge, **rollout}, {"unsynced_rows": 7, "sync_lag": 130.0}, 0.0)["cells"]
+    assert (after["desired"], after["running"]) == ("v2 (pending)", "v1")
+    assert (after["buffer"], after["sync_lag"]) == ("7 rows", "2 min")
+
+
+class _Assays:
+    """An in-memory `AssayAccess` (the real one comes with the assays service)."""
+
+    def __init__(self) -> None:
+        self.assay = {"name": "drift", "pipeline": "ccfraud", "column": "out.dense_1",
+                      "metric": "PSI", "threshold": 0.1, "active": True}  # fmt: skip
+        self.stored: list[dict[str, Any]] = []
+
+    def all(self) -> list[dict[str, Any]]:
+        return [self.assay]
+
+    def one(self, name: str) -> dict[str, Any]:
+        from ops_sync.errors import NotFound
+
+        if name != "drift":
+            raise NotFound(f"no assay is named {name!r}")
+        return self.assay
+
+    def run(self, name: str, start: str, end: str) -> list[dict[str, Any]]:
+        window = {"window_start": start, "window_end": end, "score": 0.25, "alert": True,
+                  "warning": False, "status": "ok", "baseline_aggregate": [0.5, 0.5],
+                  "window_aggregate": [0.2, 0.8], "bin_labels": ["left", "right"]}  # fmt: skip
+        self.stored.insert(0, window)
+        return [window]
+
+    def results(self, name: str, limit: int) -> list[dict[str, Any]]:
+        return self.stored[:limit]
+
+
+def test_assay_pages_run_with_csrf_and_show_results(tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+
+    from ops_sync.server import STATUS, error_body
+    from ops_sync.ui import mount
+
+    ops = Ops(tmp_path / "ops")
+    access = _Assays()
+    ops.app = Starlette(routes=[mount(ops.center, STATUS.status, error_body, access)])
+
+    async def scenario() -> None:
+        async with browser(ops) as client:
+            await signed_in(client)
+            listed = await client.get("/ui/assays")
+            assert listed.status_code == 200 and 'href="/ui/assays/drift"' in listed.text
+            page = await client.get("/ui/assays/drift")
+            assert "No results yet" in page.text
+            csrf = CSRF.search(page.text)
+            assert csrf is not None
+            span = {"start": "2026-11-01T00:00", "end": "2026-11-02T00:00"}
+            assert (await client.post("/ui/assays/drift/run", data=span)).status_code == 403
+            assert access.stored == []
+            ran = await client.post("/ui/assays/drift/run", data={**span, "csrf": csrf.group(1)})
+            assert ran.status_code == 303 and ran.headers["location"] == "/ui/assays/drift?ran=1"
+            shown = await client.get(ran.headers["location"])
+            assert "The assay ran over 1 windows." in shown.text
+            assert 'id="assay-scores"' in shown.text and "0.250000" in shown.text
+            feed = await client.get("/ui/api/assays/drift/results")
+            assert feed.json()["results"][0]["score"] == 0.25
+            assert (await client.get("/ui/assays/other")).status_code == 404
+
+    try:
+        run(scenario())
+    finally:
+        ops.center.close()
