@@ -125,6 +125,8 @@ def parse(body: dict[str, Any], now_ms: int) -> Definition:
     bin_mode = _choice(body, "bin_mode", BIN_MODES, "quantile")
     edges = None
     if bin_mode == "provided":
+        if body.get("edges") is None:
+            raise BadRequest(f"{WHAT}: bin_mode 'provided' needs edges ({num_bins + 1} numbers)")
         edges = _numbers(body.get("edges"), "edges", MAX_BINS + 1)
         if len(edges) not in (num_bins, num_bins + 1):
             raise BadRequest(
