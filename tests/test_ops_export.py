@@ -47,9 +47,7 @@ def test_one_file_per_version_newest_first_and_empty_versions_skipped(
     two_versions: Ops, tmp_path: Path
 ) -> None:
     with AdminClient("https://ops", ADMIN, transport=_SyncASGI(two_versions)) as client:
-        files, _ = client.export_logs(
-            "ccfraud", tmp_path / "logs", limit=1000, **RANGE, **DATASETS
-        )
+        files, _ = client.export_logs("ccfraud", tmp_path / "logs", limit=1000, **RANGE, **DATASETS)
     assert [f.name for f in files] == ["ccfraud-1.json", "ccfraud-2.json"]  # V3 has no rows
     assert versions_in(files[0]) == [V2] * 3
     assert versions_in(files[1]) == [V1] * 5
@@ -123,8 +121,6 @@ def test_the_ndjson_export_gives_the_split_as_the_seeds_list_of_one_object() -> 
     from ops_sync import logs
 
     chosen = {"name": "control", "version": V1, "sha": "ab" * 32}
-    table = pa.table(
-        {"time": pa.array([T0], pa.int64()), "out._model_split": [json.dumps(chosen)]}
-    )
+    table = pa.table({"time": pa.array([T0], pa.int64()), "out._model_split": [json.dumps(chosen)]})
     (line,) = logs.to_ndjson(table).decode().splitlines()
     assert json.loads(line)["out._model_split"] == [chosen]
