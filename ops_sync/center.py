@@ -21,6 +21,7 @@ from typing import Any
 
 from edge.httpio import Fields, bounded_int
 from ops_sync import heartbeats, protocol, rollout
+from ops_sync.assays.service import Assays
 from ops_sync.errors import (
     AdminAuthRequired,
     BadRequest,
@@ -94,6 +95,7 @@ class OpsCenter:
             metrics=self.metrics,
             commit_interval=commit_interval,
         )
+        self.assays = Assays(self.store, self.logs, clock)
         cert_file, key_file = ca_files or (data_dir / "ca.crt", data_dir / "ca.key")
         # The CA's validity is a TLS matter: real time, whatever the (test) clock says.
         self.ca = CertificateAuthority.load_or_create(

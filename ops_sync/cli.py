@@ -10,6 +10,8 @@
     ops-sync publishes [--register PIPELINE_URL] [--json]
     ops-sync rollout PIPELINE_URL (--edge NAME | --tag TAG [--percent N]) [--json]
     ops-sync rollout --status [--json]
+    ops-sync assay create FILE.json | list | run NAME [--start T --end T] |
+                   results NAME [--start T --end T --limit N] | pause | resume | delete NAME
 
 Admin commands take `--opscenter URL --admin-token TOKEN --ca FILE` or `OPS_URL`,
 `OPS_ADMIN_TOKEN`, `OPS_CA`. Exit status: 0 done, 1 refused or failed, 2 bad usage.
@@ -104,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a PEM public key file pinned in every EDGE_BUNDLE minted: the edge verifies its "
         "pipeline's signature with it (repeatable, for key rotation)",
     )
+    serve.add_argument(
+        "--assay-interval",
+        type=float,
+        default=float(_env("OPS_ASSAY_INTERVAL", "60") or 60),
+        help="seconds between checks for scheduled assay windows that are due",
+    )
     serve.add_argument("--ca-cert", type=Path, help="use this CA certificate (with --ca-key)")
     serve.add_argument("--ca-key", type=Path, help="the CA's private key file")
     serve.add_argument(
@@ -113,12 +121,14 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds added to the clock (tests of the 24 h / 7 day rules)",
     )
 
-    def admin(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text)
+    def connection(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sub.add_argument("--opscenter", default=_env("OPS_URL"), help="https://host:port")
         sub.add_argument("--admin-token", default=_env("OPS_ADMIN_TOKEN"))
         sub.add_argument("--ca", type=Path, default=_env("OPS_CA"), help="the ops center CA")
         return sub
+
+    def admin(name: str, help_text: str) -> argparse.ArgumentParser:
+        return connection(commands.add_parser(name, help=help_text))
 
     add = admin("add-edge", "add an edge to a publish; prints its EDGE_BUNDLE")
     add.add_argument("name")
@@ -184,6 +194,28 @@ def _parser() -> argparse.ArgumentParser:
         help="with --directory: NDJSON (.json) or Arrow (.arrow) files",
     )
     logs.add_argument("--data-size-limit", help="export size limit, e.g. '10 MiB'")
+    assay = commands.add_parser("assay", help="drift detection over the synced logs (assays)")
+    actions = assay.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create an assay from a JSON definition")
+    create.add_argument("definition", type=Path, help="the definition (JSON file, - for stdin)")
+    actions.add_parser("list", help="list assays")
+    for action, text in (
+        ("run", "interactive run over --start..--end (stored too)"),
+        ("results", "stored results, newest window first"),
+        ("pause", "stop scheduled runs"),
+        ("resume", "resume scheduled runs"),
+        ("delete", "delete the assay and its results"),
+        ("baseline", "the baseline's stats and bins"),
+    ):
+        sub = actions.add_parser(action, help=text)
+        sub.add_argument("name")
+        if action in ("run", "results"):
+            sub.add_argument("--start", help="ISO 8601")
+            sub.add_argument("--end", help="ISO 8601")
+        if action == "results":
+            sub.add_argument("--limit", type=int)
+    for sub in actions.choices.values():
+        connection(sub).add_argument("--json", action="store_true")
     return parser
 
 
@@ -250,6 +282,7 @@ def _serve(args: argparse.Namespace) -> int:
         retention_days=args.retention_days or None,
         upkeep_interval=args.upkeep_interval,
         verify_keys=verify_keys,
+        assay_interval=args.assay_interval,
     )
     return 0
 
@@ -274,6 +307,8 @@ def _admin(args: argparse.Namespace) -> int:
         if args.command == "rollout" and not args.status and not args.pipeline_url:
             print("ops-sync rollout: give PIPELINE_URL (or --status)", file=sys.stderr)
             return 2
+        if args.command == "assay":
+            return _assay(client, args)
         result: Any
         text: list[str]
         if args.command == "add-edge":
@@ -393,3 +428,44 @@ def _rollout_lines(edges: list[dict[str, Any]]) -> list[str]:
     for edge in edges:
         lines.append("\t".join([edge["name"], ",".join(edge["tags"]), *_rollout_cells(edge)]))
     return lines
+
+
+def _assay(client: Any, args: argparse.Namespace) -> int:
+    result: Any
+    if args.action == "create":
+        text = sys.stdin.read() if str(args.definition) == "-" else args.definition.read_text()
+        try:
+            definition = json.loads(text)
+        except ValueError as exc:
+            print(f"ops-sync assay create: {args.definition} is not JSON: {exc}", file=sys.stderr)
+            return 2
+        result = client.create_assay(definition)
+        lines = [f"Assay {result['name']} created; next run {result['next_run']}"]
+    elif args.action == "list":
+        result = client.assays()
+        columns = "name pipeline column index metric threshold active last_run next_run".split()
+        lines = ["\t".join(c.upper() for c in columns) + "\tALERT"]
+        lines += [
+            "\t".join(str(a.get(c)) for c in columns) + f"\t{a['status']['alert']}" for a in result
+        ]
+    elif args.action in ("run", "results"):
+        if args.action == "run":
+            result = client.run_assay(args.name, args.start, args.end)
+        else:
+            result = client.assay_results(args.name, args.start, args.end, args.limit)
+        columns = "window_start window_end status score alert warning window_rows".split()
+        lines = ["\t".join(c.upper() for c in columns)]
+        lines += ["\t".join(str(r.get(c)) for c in columns) for r in result]
+    elif args.action == "delete":
+        client.delete_assay(args.name)
+        result = {"name": args.name, "deleted": True}
+        lines = [f"Assay {args.name} deleted"]
+    elif args.action == "baseline":
+        result = client.assay_baseline(args.name)
+        lines = [json.dumps(result["baseline_stats"])]
+        lines += [json.dumps(b) for b in result["baseline_bins"]]
+    else:
+        result = client.set_assay_active(args.name, args.action == "resume")
+        lines = [f"Assay {args.name} {'active' if result['active'] else 'paused'}"]
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else "\n".join(lines))
+    return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -194,3 +195,55 @@ class AdminClient:
             path.write_bytes(body)
             written.append(path)
         return written, warnings
+
+    # -- assays ----------------------------------------------------------------------------
+    def create_assay(self, definition: dict[str, Any]) -> dict[str, Any]:
+        """Create an assay (`ops_sync.assays.definition` says what a definition holds)."""
+        result: dict[str, Any] = self._call("POST", "/v1/assays", json=definition).json()
+        return result
+
+    def assays(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/v1/assays").json()["assays"]
+        return result
+
+    def assay(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/v1/assays/{quote(name)}").json()
+        return result
+
+    def run_assay(
+        self, name: str, start: str | None = None, end: str | None = None
+    ) -> list[dict[str, Any]]:
+        """An interactive run over start..end (ISO 8601); its results, oldest window first."""
+        body = {k: v for k, v in (("start", start), ("end", end)) if v}
+        response = self._call("POST", f"/v1/assays/{quote(name)}/run", json=body)
+        result: list[dict[str, Any]] = response.json()["results"]
+        return result
+
+    def assay_results(
+        self,
+        name: str,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int | None = None,
+        *,
+        arrow: bool = False,
+    ) -> Any:
+        """Stored results, newest window first: a list of dicts, or Arrow file bytes."""
+        query = {k: v for k, v in (("start", start), ("end", end), ("limit", limit)) if v}
+        headers = {"accept": "application/vnd.apache.arrow.file"} if arrow else {}
+        path = f"/v1/assays/{quote(name)}/results"
+        response = self._call("GET", path, params=query, headers=headers)
+        return response.content if arrow else response.json()["results"]
+
+    def assay_baseline(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/v1/assays/{quote(name)}/baseline").json()
+        return result
+
+    def set_assay_active(self, name: str, active: bool) -> dict[str, Any]:
+        """Resume (`active`) or pause an assay's scheduled runs."""
+        action = "resume" if active else "pause"
+        result: dict[str, Any] = self._call("POST", f"/v1/assays/{quote(name)}/{action}").json()
+        return result
+
+    def delete_assay(self, name: str) -> None:
+        self._call("DELETE", f"/v1/assays/{quote(name)}")

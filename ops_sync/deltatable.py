@@ -231,13 +231,20 @@ class TableReader:
             return self._files[1]
 
     def read(self, files: pa.Table, columns: list[str] | None = None) -> list[pa.Table]:
-        """Each file's rows (without the partition columns), in `files` order."""
+        """Each file's rows (without the partition columns), in `files` order; with
+        `columns`, only those of them the file has."""
         if self._fs is None:
             self._fs = pafs.PyFileSystem(DeltaStorageHandler(self.uri, self.options))
         out = []
         for path in files.column("path").to_pylist():
             try:
-                out.append(pq.read_table(path, filesystem=self._fs, columns=columns))
+                if columns is None:
+                    out.append(pq.read_table(path, filesystem=self._fs))
+                    continue
+                with self._fs.open_input_file(path) as source:
+                    parquet = pq.ParquetFile(source)
+                    names = set(parquet.schema_arrow.names)
+                    out.append(parquet.read(columns=[c for c in columns if c in names]))
             except OSError as exc:
                 raise StoreError(f"cannot read log file {path}: {exc}") from exc
         return out

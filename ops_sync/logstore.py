@@ -26,8 +26,9 @@ stores only its rows above it.
 
 The read interface (for the logs API, and the dashboard and assays to come):
 `read(pipeline, partition, start_ms, end_ms, limit)` (newest first, or chronological in a
-range, with the seed's warnings) and `tables(pipeline)` (the Delta table URLs, for pushdown
-by time, partition and column in any engine).
+range, with the seed's warnings), `scan(pipeline, partition, start_ms, end_ms, columns)` (a
+range's rows of a few columns, file by file, for aggregates: the assays) and `tables(pipeline)`
+(the Delta table URLs, for pushdown by time, partition and column in any engine).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,48 @@ class LogStore:
                 reader = self._readers[url] = TableReader(url, self.options)
             return reader
 
+    def _generations(
+        self, pipeline: str, partition: str | None
+    ) -> Iterator[tuple[TableReader, pa.Table, pa.Schema]]:
+        """(reader, files of `partition` or all, logical schema) of each of `pipeline`'s
+        tables that has files, newest generation first."""
+        for generation, raw in sorted(self.store.log_tables(pipeline).items(), reverse=True):
+            reader = self._reader(self.table_url(pipeline, generation))
+            files = reader.files()
+            if files is None or files.num_rows == 0:
+                continue
+            if partition is not None:
+                files = files.filter(pc.equal(files.column("partition"), partition))
+            yield reader, files, ls.schema_of(raw)
+
+    def scan(
+        self,
+        pipeline: str,
+        partition: str | None,
+        start_ms: int,
+        end_ms: int,
+        columns: list[str],
+    ) -> Iterator[pa.Table]:
+        """`time` and `columns` of the rows with start_ms <= time < end_ms, one file at a
+        time, in no particular order: only the files of `partition` (when given) whose time
+        range meets the range are opened, and only those columns read from them (pushdown by
+        partition, time and column), so an aggregate over a range never holds every row.
+        Tables without one of `columns` are passed over."""
+        for reader, files, logical in self._generations(pipeline, partition):
+            if not set(columns) <= set(logical.names):
+                continue
+            mins = files.column("min_time").to_numpy(zero_copy_only=False)
+            maxs = files.column("max_time").to_numpy(zero_copy_only=False)
+            files = files.filter(pa.array((maxs >= start_ms) & (mins < end_ms)))
+            for index in range(files.num_rows):
+                for part in reader.read(files.slice(index, 1), ["time", *columns]):
+                    if not set(columns) <= set(part.column_names):
+                        continue  # a file from before the column was added
+                    part = ls.to_logical(part, logical)
+                    millis = part.column("time").cast(pa.int64())
+                    keep = pc.and_(pc.greater_equal(millis, start_ms), pc.less(millis, end_ms))
+                    yield part.filter(keep)
+
     def read(
         self,
         pipeline: str,
@@ -278,14 +321,7 @@ class LogStore:
         kept. `time` stays timestamp[ms, UTC]."""
         chronological = start_ms is not None
         tables: list[pa.Table] = []
-        for generation, raw in sorted(self.store.log_tables(pipeline).items(), reverse=True):
-            reader = self._reader(self.table_url(pipeline, generation))
-            files = reader.files()
-            if files is None or files.num_rows == 0:
-                continue
-            if partition is not None:
-                files = files.filter(pc.equal(files.column("partition"), partition))
-            logical = ls.schema_of(raw)
+        for reader, files, logical in self._generations(pipeline, partition):
 
             def load(
                 chosen: pa.Table, reader: TableReader = reader, logical: Any = logical

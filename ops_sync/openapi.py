@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edge.codecs import ARROW_FILE_TYPE
 from edge.openapi import LOG_PARAMETERS, json_ok, table_ok
 from ops_sync import protocol
 
@@ -161,6 +162,7 @@ def document() -> dict[str, Any]:
                 "responses": {"200": {"description": "NDJSON or Arrow"}, **_errors(400, 401, 404)},
             }
         },
+        **_assay_paths(),
         protocol.JOIN_PATH: {
             "post": {
                 "summary": "redeem a one-time join token for a certificate",
@@ -212,3 +214,96 @@ def document() -> dict[str, Any]:
 
 def _path(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _assay_paths() -> dict[str, Any]:
+    """The assay routes (`ops_sync.assays`); definitions as `ops_sync.assays.definition`."""
+    name = _path("name", _TEXT)
+    number = {"type": "number"}
+    when = {"type": "string", "description": "ISO 8601 date-time"}
+    duration = {"description": "'90s', '5m', '24h', '7d', seconds, or {'minutes': 5}"}
+    numbers = {"type": "array", "items": number}
+    definition = {
+        "name": _TEXT,
+        "pipeline": _TEXT,
+        "column": {"type": "string", "description": "an in.* or out.* column"},
+        "index": {"type": "integer", "minimum": 0},
+        "iopath": {"type": "string", "description": "the seed's 'output variable 0'"},
+        "model_name": _TEXT,
+        "baseline": {
+            "type": "object",
+            "description": "{start, end} of synced logs, or {values}",
+            "properties": {"start": when, "end": when, "values": numbers},
+        },
+        "window": {
+            "type": "object",
+            "properties": {"width": duration, "interval": duration, "start": when},
+        },
+        "partition": {"type": "string", "description": "one edge's rows (default: all)"},
+        "metric": {"enum": ["psi", "maxdiff", "sumdiff"]},
+        "threshold": number,
+        "warning_threshold": number,
+        "num_bins": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "bin_mode": {"enum": ["quantile", "equal", "provided"]},
+        "edges": numbers,
+        "bin_weights": numbers,
+        "aggregation": {"enum": ["density", "cumulative"]},
+    }
+    query = [
+        {"name": "start", "in": "query", "schema": when},
+        {"name": "end", "in": "query", "schema": when},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+    ]
+    one: dict[str, Any] = {"security": ADMIN, "parameters": [name]}
+    arrow = {"schema": {"type": "string", "format": "binary"}}
+    content = {"application/json": {"schema": {"type": "object"}}, ARROW_FILE_TYPE: arrow}
+    json_or_arrow = {"200": {"description": "JSON, or an Arrow file", "content": content}}
+    switch = {**one, "responses": {**json_ok(), **_errors(401, 404)}}
+    return {
+        "/v1/assays": {
+            "get": {
+                "security": ADMIN,
+                "summary": "every assay",
+                "responses": {**json_ok(), **_errors(401)},
+            },
+            "post": {
+                "security": ADMIN,
+                "summary": "create an assay (its baseline is summarized now)",
+                "requestBody": _json_body(definition, ["name", "pipeline", "baseline"]),
+                "responses": {"201": {"description": "created"}, **_errors(400, 401, 404, 409)},
+            },
+        },
+        "/v1/assays/{name}": {
+            "get": {**one, "responses": {**json_ok(), **_errors(401, 404)}},
+            "delete": {
+                **one,
+                "summary": "delete an assay and its results",
+                "responses": {"204": {"description": "deleted"}, **_errors(401, 404)},
+            },
+        },
+        "/v1/assays/{name}/run": {
+            "post": {
+                **one,
+                "summary": "interactive run over start..end (stored as results too)",
+                "requestBody": _json_body({"start": when, "end": when}, []),
+                "responses": {**json_ok(), **_errors(400, 401, 404)},
+            }
+        },
+        "/v1/assays/{name}/pause": {"post": {**switch, "summary": "stop scheduled runs"}},
+        "/v1/assays/{name}/resume": {"post": {**switch, "summary": "resume scheduled runs"}},
+        "/v1/assays/{name}/results": {
+            "get": {
+                "security": ADMIN,
+                "summary": "results, newest window first (JSON, or Arrow by Accept)",
+                "parameters": [name, *query],
+                "responses": {**json_or_arrow, **_errors(400, 401, 404, 406)},
+            }
+        },
+        "/v1/assays/{name}/baseline": {
+            "get": {
+                **one,
+                "summary": "the seed's baseline_stats and baseline_bins (bins as Arrow by Accept)",
+                "responses": {**json_or_arrow, **_errors(401, 404, 406)},
+            }
+        },
+    }

@@ -90,6 +90,7 @@ def run(
     retention_days: int | None = None,
     upkeep_interval: float = 60.0,
     verify_keys: str | None = None,
+    assay_interval: float = 60.0,
 ) -> None:
     """Serve until interrupted (blocking). Request bodies have 30 s to arrive
     (`edge.httpio.read_body`); past `max_connections` open connections, new ones get 503."""
@@ -115,6 +116,8 @@ def run(
         target=_upkeep, args=(center, stop, upkeep_interval, retention_days), daemon=True
     )
     upkeep.start()
+    assays = threading.Thread(target=_assays, args=(center, stop, assay_interval), daemon=True)
+    assays.start()
     context = server_tls(center, data_dir, [host, "localhost", "127.0.0.1"])
     config = uvicorn.Config(
         create_app(center),
@@ -156,3 +159,15 @@ def _upkeep(center: OpsCenter, stop: threading.Event, interval: float, days: int
                 log.info("upkeep compacted_files=%d deleted_files=%d", *done.values())
         except Exception:  # upkeep must never take the server down; the next round retries
             log.exception("upkeep round failed")
+
+
+def _assays(center: OpsCenter, stop: threading.Event, interval: float) -> None:
+    """Scheduled assay windows, by whichever replica holds the `assays` lease."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    while not stop.wait(interval):
+        try:
+            done = center.assays.run_due(owner)
+            if done:
+                log.info("assays windows_run=%d", done)
+        except Exception:  # a failed round must not take the server down; the next retries
+            log.exception("assay round failed")

@@ -13,6 +13,10 @@ Routes (an explicit list, see `create_app`):
     GET    /v1/pipelines/{pipeline}/logs/export      admin token (export_logs: NDJSON or Arrow)
     GET    /ui/..., POST /ui/...                     the dashboard (`ops_sync.ui`): a session
                                                      cookie from signing in, CSRF on POSTs
+    GET    /v1/assays             POST /v1/assays     admin token (drift detection)
+    GET    /v1/assays/{name}      DELETE              admin token
+    POST   /v1/assays/{name}/run | pause | resume     admin token
+    GET    /v1/assays/{name}/results | baseline       admin token (JSON, or Arrow)
     POST   /v1/edge/join                             join token (in the body)
     POST   /v1/edge/renew | heartbeat | logs         client certificate (mutual TLS)
 
@@ -48,8 +52,9 @@ from edge.httpio import (
     parse_json,
     read_body,
 )
-from edge.logquery import parse_log_query
+from edge.logquery import parse_log_query, parse_time
 from ops_sync import errors, logs, openapi, protocol, ui
+from ops_sync.assays.service import MAX_RESULTS, bins_table, results_table
 from ops_sync.center import OpsCenter
 from ops_sync.deltatable import Pending
 from ops_sync.logstore import WAIT_LIMIT
@@ -180,6 +185,56 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
         body, warnings = await call(logs.export, center.logs, pipeline, query, arrow, size)
         return _file(body, codecs.ARROW_FILE_TYPE if arrow else NDJSON, warnings)
 
+    async def create_assay(request: Request) -> Response:
+        await admin(request)
+        return JSONResponse(await call(center.assays.create, await _json(request)), 201)
+
+    async def list_assays(request: Request) -> Response:
+        await admin(request)
+        return JSONResponse({"assays": await call(center.assays.all)})
+
+    async def get_assay(request: Request) -> Response:
+        await admin(request)
+        return JSONResponse(await call(center.assays.get, request.path_params["name"]))
+
+    async def delete_assay(request: Request) -> Response:
+        await admin(request)
+        await call(center.assays.delete, request.path_params["name"])
+        return Response(status_code=204)
+
+    async def run_assay(request: Request) -> Response:
+        await admin(request)
+        body = await _json(request)
+        results = await call(center.assays.run, request.path_params["name"], body)
+        return JSONResponse({"results": results})
+
+    async def pause_assay(request: Request) -> Response:
+        await admin(request)
+        active = request.url.path.endswith("/resume")
+        name = request.path_params["name"]
+        return JSONResponse(await call(center.assays.set_active, name, active))
+
+    async def assay_results(request: Request) -> Response:
+        await admin(request)
+        params = request.query_params
+        start = _time_param(params.get("start"), "start")
+        end = _time_param(params.get("end"), "end")
+        limit = _limit(params.get("limit"))
+        name = request.path_params["name"]
+        results = await call(center.assays.results, name, start, end, limit)
+        if _wants_arrow(request):
+            table = await call(results_table, results)
+            return _file(await call(logs.to_arrow, table), codecs.ARROW_FILE_TYPE, [])
+        return JSONResponse({"results": results})
+
+    async def assay_baseline(request: Request) -> Response:
+        await admin(request)
+        baseline = await call(center.assays.baseline, request.path_params["name"])
+        if _wants_arrow(request):
+            table = await call(bins_table, baseline)
+            return _file(await call(logs.to_arrow, table), codecs.ARROW_FILE_TYPE, [])
+        return JSONResponse(baseline)
+
     async def join(request: Request) -> Response:
         body = Fields(await _json(request), "join", errors.BadRequest)
         token = body.text("token", max_len=256)
@@ -221,6 +276,15 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
         Route("/v1/rollouts", rollout, methods=["POST"]),
         Route("/v1/pipelines/{pipeline}/logs", pipeline_logs, methods=["GET"]),
         Route("/v1/pipelines/{pipeline}/logs/export", export_logs, methods=["GET"]),
+        Route("/v1/assays", list_assays, methods=["GET"]),
+        Route("/v1/assays", create_assay, methods=["POST"]),
+        Route("/v1/assays/{name}", get_assay, methods=["GET"]),
+        Route("/v1/assays/{name}", delete_assay, methods=["DELETE"]),
+        Route("/v1/assays/{name}/run", run_assay, methods=["POST"]),
+        Route("/v1/assays/{name}/pause", pause_assay, methods=["POST"]),
+        Route("/v1/assays/{name}/resume", pause_assay, methods=["POST"]),
+        Route("/v1/assays/{name}/results", assay_results, methods=["GET"]),
+        Route("/v1/assays/{name}/baseline", assay_baseline, methods=["GET"]),
         Route(protocol.JOIN_PATH, join, methods=["POST"]),
         Route(protocol.RENEW_PATH, renew, methods=["POST"]),
         Route(protocol.HEARTBEAT_PATH, heartbeat, methods=["POST"]),
@@ -269,6 +333,25 @@ def _publish_id(text: str | None) -> int | None:
         return None
     if not text.isdigit() or len(text) > 18:
         raise errors.BadRequest(f"publish_id must be a publish's numerical id, not {text!r}")
+    return int(text)
+
+
+def _time_param(text: str | None, name: str) -> int | None:
+    """An ISO 8601 date-time (or epoch ms) query parameter as epoch ms; None when absent."""
+    if text is None or text == "":
+        return None
+    if len(text) > 64:
+        raise errors.BadRequest(f"{name} must be an ISO 8601 date-time")
+    return parse_time(text, name)
+
+
+def _limit(text: str | None, default: int = 100) -> int:
+    if text is None or text == "":
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 9) or not (
+        1 <= int(text) <= MAX_RESULTS
+    ):
+        raise errors.BadRequest(f"limit must be a whole number from 1 to {MAX_RESULTS}")
     return int(text)
 
 

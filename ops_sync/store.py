@@ -1,4 +1,5 @@
-"""Ops center metadata: publishes, edges, hashed join tokens, drop counts, log schemas, leases.
+"""Ops center metadata: publishes, edges, hashed join tokens, drop counts, log schemas, leases
+(and the assays' tables, which `ops_sync.assays.records` reads and writes).
 
 One schema for SQLite (the embedded default) and PostgreSQL (`--metadata postgresql://...`),
 versioned (`_migrations`, one row per applied step) rather than re-created on every open;
@@ -126,6 +127,20 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE TABLE edge_heartbeats (
             edge_id TEXT NOT NULL, at {real} NOT NULL, buffer_rows BIGINT,
             unsynced_rows BIGINT, sync_lag {real}, PRIMARY KEY (edge_id, at)) {norowid};
+        """,
+    ),
+    (
+        7,
+        "assays (drift detection) and their results",
+        """
+        CREATE TABLE assays (
+            id {id}, name TEXT NOT NULL UNIQUE, pipeline TEXT NOT NULL, definition TEXT NOT NULL,
+            baseline TEXT NOT NULL, active INTEGER NOT NULL, created_at {real} NOT NULL,
+            updated_at {real} NOT NULL, last_run {real}, next_window BIGINT NOT NULL);
+        CREATE TABLE assay_results (
+            assay_id BIGINT NOT NULL, window_start BIGINT NOT NULL, window_end BIGINT NOT NULL,
+            analyzed_at {real} NOT NULL, alert INTEGER NOT NULL, warning INTEGER NOT NULL,
+            result TEXT NOT NULL, PRIMARY KEY (assay_id, window_start, window_end)) {norowid};
         """,
     ),
 ]

@@ -427,3 +427,21 @@ def test_logs_are_the_current_versions_and_filter_by_validity(ops: Ops) -> None:
     assert len(rows(**both)) == 8
     assert rows(**both, valid="false") == [(1, 1), (4, 2), (100, 1)]
     assert logs_call(ops, valid="maybe").status_code == 400
+
+
+def test_the_openapi_document_is_valid_and_lists_every_route(ops: Ops) -> None:
+    """Clients and the fuzz tests know the routes from /openapi.json: none may be missing."""
+    from openapi_spec_validator import validate
+    from starlette.routing import Route
+
+    document = run(admin(ops, "GET", "/openapi.json")).json()
+    validate(document)
+    listed = {(path, method.upper()) for path, item in document["paths"].items() for method in item}
+    served = {
+        (route.path, method)
+        for route in ops.app.routes
+        if isinstance(route, Route)
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
+    assert served - listed == set()
