@@ -225,44 +225,24 @@ def test_fleet_rows_show_rollout_fields_when_present_and_fall_back_when_not() ->
     assert (after["buffer"], after["sync_lag"]) == ("7 rows", "2 min")
 
 
-class _Assays:
-    """An in-memory `AssayAccess` (the real one comes with the assays service)."""
-
-    def __init__(self) -> None:
-        self.assay = {"name": "drift", "pipeline": "ccfraud", "column": "out.dense_1",
-                      "metric": "PSI", "threshold": 0.1, "active": True}  # fmt: skip
-        self.stored: list[dict[str, Any]] = []
-
-    def all(self) -> list[dict[str, Any]]:
-        return [self.assay]
-
-    def one(self, name: str) -> dict[str, Any]:
-        from ops_sync.errors import NotFound
-
-        if name != "drift":
-            raise NotFound(f"no assay is named {name!r}")
-        return self.assay
-
-    def run(self, name: str, start: str, end: str) -> list[dict[str, Any]]:
-        window = {"window_start": start, "window_end": end, "score": 0.25, "alert": True,
-                  "warning": False, "status": "ok", "baseline_aggregate": [0.5, 0.5],
-                  "window_aggregate": [0.2, 0.8], "bin_labels": ["left", "right"]}  # fmt: skip
-        self.stored.insert(0, window)
-        return [window]
-
-    def results(self, name: str, limit: int) -> list[dict[str, Any]]:
-        return self.stored[:limit]
-
-
 def test_assay_pages_run_with_csrf_and_show_results(tmp_path: Path) -> None:
-    from starlette.applications import Starlette
+    """The assay pages over the real assays service and generated drift: a run needs the CSRF
+    token, and its scores (the independent PSI) are shown and fed to the chart."""
+    from tests.test_assays import (
+        B0,
+        BASELINE,
+        DAY_MS,
+        DEFINITION,
+        DRIFTED,
+        NORMAL,
+        drifting,
+        independent_psi,
+        iso,
+    )
+    from tests.test_ops_support import Clock
 
-    from ops_sync.server import STATUS, error_body
-    from ops_sync.ui import mount
-
-    ops = Ops(tmp_path / "ops")
-    access = _Assays()
-    ops.app = Starlette(routes=[mount(ops.center, STATUS.status, error_body, access)])
+    ops = drifting(Ops(tmp_path / "ops", clock=Clock((B0 + 4 * DAY_MS) / 1000)))
+    ops.center.assays.create({**DEFINITION, "name": "drift"})
 
     async def scenario() -> None:
         async with browser(ops) as client:
@@ -273,16 +253,18 @@ def test_assay_pages_run_with_csrf_and_show_results(tmp_path: Path) -> None:
             assert "No results yet" in page.text
             csrf = CSRF.search(page.text)
             assert csrf is not None
-            span = {"start": "2026-11-01T00:00", "end": "2026-11-02T00:00"}
+            span = {"start": iso(B0 + DAY_MS), "end": iso(B0 + 3 * DAY_MS)}
             assert (await client.post("/ui/assays/drift/run", data=span)).status_code == 403
-            assert access.stored == []
+            assert ops.center.assays.results("drift", None, None, 10) == []
             ran = await client.post("/ui/assays/drift/run", data={**span, "csrf": csrf.group(1)})
-            assert ran.status_code == 303 and ran.headers["location"] == "/ui/assays/drift?ran=1"
+            assert ran.status_code == 303 and ran.headers["location"] == "/ui/assays/drift?ran=2"
             shown = await client.get(ran.headers["location"])
-            assert "The assay ran over 1 windows." in shown.text
-            assert 'id="assay-scores"' in shown.text and "0.250000" in shown.text
-            feed = await client.get("/ui/api/assays/drift/results")
-            assert feed.json()["results"][0]["score"] == 0.25
+            assert "The assay ran over 2 windows." in shown.text
+            assert 'id="assay-scores"' in shown.text
+            newest, oldest = (await client.get("/ui/api/assays/drift/results")).json()["results"]
+            assert oldest["score"] == pytest.approx(independent_psi(BASELINE, DRIFTED), abs=1e-6)
+            assert newest["score"] == pytest.approx(independent_psi(BASELINE, NORMAL), abs=1e-6)
+            assert oldest["alert"] and not newest["alert"]
             assert (await client.get("/ui/assays/other")).status_code == 404
 
     try:

@@ -281,8 +281,52 @@ def test_a_post_without_its_csrf_token_is_refused(page: Page, fleet: Fleet) -> N
     assert names == ["edge-1", "edge-2"]
 
 
+def test_an_assay_runs_from_its_page_and_draws_its_scores(page: Page, fleet: Fleet) -> None:
+    """An assay of the synced probabilities against a baseline of given values, run from its
+    page over two hour-long windows: the first scores the synced rows, the second has none."""
+    now = time.time()
+    start = int(now // 60 * 60 - 1800)  # the synced rows lie in the first window
+    definition = {
+        "name": "probability-drift",
+        "pipeline": "breast-cancer",
+        "column": "out.probabilities",
+        "index": 1,
+        "baseline": {"values": [i / 100 for i in range(101)]},
+        "window": {"width": "1h", "interval": "1h", "start": _iso(start)},
+    }
+    created = fleet.admin("POST", "/v1/assays", json=definition)
+    assert created.status_code == 201, created.text
+    page.open("/ui/assays")
+    page.click("#assays a[href='/ui/assays/probability-drift']")
+    page.wait(lambda: page.driver.current_url.endswith("/probability-drift"), "the assay page")
+    assert "No results yet" in page.css("main").text
+    for name, at in (("start", start), ("end", start + 7200)):  # datetime-local, in UTC
+        page.js("arguments[0].value = arguments[1]", page.css(f"input[name={name}]"), _iso(at))
+    page.click("form[action$='/run'] button[type=submit]")
+    page.wait(lambda: "ran over 2 windows" in page.css("main").text, "the run's notice")
+    scores = page.css("#assay-scores")
+    page.wait(lambda: int(scores.get_attribute("data-points")) > 0, "the scores chart")
+    assert page.all("#assay-scores canvas") and page.all("#assay-bins canvas")
+    drawn = page.js("return document.querySelector('#assay-scores')._plot.data[1]")
+    assert len(drawn) == 2 and drawn[0] > 0  # the newest window has no rows and no score
+    rows = [r.text for r in page.all("#assay-results tbody tr")]
+    assert len(rows) == 2 and "no rows" in rows[0] and "ok" in rows[1]
+    (stored,) = [
+        r
+        for r in fleet.admin("GET", "/v1/assays/probability-drift/results").json()["results"]
+        if r["status"] == "ok"
+    ]
+    assert stored["window_rows"] == sum(SENT.values()) and stored["score"] == drawn[0]
+    page.shot("assay")
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 PAGES = {"fleet": "/ui/", "edge": "/ui/edges/edge-1", "logs": "/ui/logs?pipeline=breast-cancer"}
-PAGES |= {"add": "/ui/edges/new", "remove": "/ui/edges/edge-2/remove"}
+PAGES |= {"add": "/ui/edges/new", "remove": "/ui/edges/edge-2/remove", "assays": "/ui/assays"}
+PAGES |= {"assay": "/ui/assays/probability-drift"}
 
 
 @pytest.mark.parametrize("size", ["desktop", "phone"])

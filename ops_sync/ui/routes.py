@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from anyio import to_thread
 from starlette.requests import Request
@@ -44,15 +44,6 @@ HEADERS = {
 }
 
 
-class AssayAccess(Protocol):
-    """What the assay pages need of the ops center's assays (`ops_sync.server` adapts them)."""
-
-    def all(self) -> list[dict[str, Any]]: ...
-    def one(self, name: str) -> dict[str, Any]: ...
-    def run(self, name: str, start: str, end: str) -> list[dict[str, Any]]: ...
-    def results(self, name: str, limit: int) -> list[dict[str, Any]]: ...
-
-
 Handler = Callable[[Request, str], Awaitable[Response]]
 StatusOf = Callable[[Exception], int]
 ErrorBody = Callable[[str, int, str], dict[str, Any]]
@@ -66,7 +57,6 @@ def mount(
     center: OpsCenter,
     status_of: StatusOf,
     error_body: ErrorBody,
-    assays: AssayAccess | None = None,
 ) -> Mount:
     store = Sessions(center.store.db)
 
@@ -242,33 +232,28 @@ def mount(
         )
 
     # -- assays ----------------------------------------------------------------------------
-    def assays_or_refuse() -> AssayAccess:
-        if assays is None:
-            raise errors.NotFound("this ops center has no assays")
-        return assays
-
     async def assay_list(request: Request, csrf: str) -> Response:
-        return page(pages.assays(await call(assays_or_refuse().all), csrf))
+        return page(pages.assays(await call(center.assays.all), csrf))
 
     async def assay_page(request: Request, csrf: str) -> Response:
-        access, name = assays_or_refuse(), request.path_params["name"]
-        found = await call(access.one, name)
-        results = await call(access.results, name, 500)
+        name = request.path_params["name"]
+        found = await call(center.assays.get, name)
+        results = await call(center.assays.results, name, None, None, 500)
         ran = request.query_params.get("ran", "")
         notice = f"The assay ran over {ran} windows." if ran.isdigit() else None
         return page(pages.assay(found, results, csrf, {}, notice))
 
     async def assay_run(request: Request, csrf: str) -> Response:
         form = await checked_form(request, csrf)
-        access, name = assays_or_refuse(), request.path_params["name"]
+        name = request.path_params["name"]
         start, end = form.get("start", ""), form.get("end", "")
         if not start or not end:
             raise errors.BadRequest("an assay run needs both From and To")
         try:
-            results = await call(access.run, name, start, end)
+            results = await call(center.assays.run, name, {"start": start, "end": end})
         except errors.BadRequest as exc:
-            found = await call(access.one, name)
-            previous = await call(access.results, name, 500)
+            found = await call(center.assays.get, name)
+            previous = await call(center.assays.results, name, None, None, 500)
             return page(pages.assay(found, previous, csrf, form, None, str(exc)), 400)
         return RedirectResponse(f"/ui/assays/{name}?ran={len(results)}", 303, headers=HEADERS)
 
@@ -276,7 +261,8 @@ def mount(
         limit = request.query_params.get("limit", "500")
         if not limit.isdigit() or not 1 <= int(limit) <= 5000:
             raise errors.BadRequest(f"limit must be 1 to 5000, not {limit[:20]!r}")
-        found = await call(assays_or_refuse().results, request.path_params["name"], int(limit))
+        name = request.path_params["name"]
+        found = await call(center.assays.results, name, None, None, int(limit))
         return JSONResponse({"results": found}, headers=HEADERS)
 
     routes = [
