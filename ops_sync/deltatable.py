@@ -19,6 +19,7 @@ application id, then advanced by reading the `txn` actions of each new commit fi
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -34,13 +35,15 @@ from deltalake import CommitProperties, DeltaTable, Transaction, WriterPropertie
 from deltalake.exceptions import CommitFailedError, SchemaMismatchError, TableNotFoundError
 from deltalake.fs import DeltaStorageHandler
 
+from edge.logquery import to_ms
 from ops_sync.errors import BadRequest, StoreError
 from ops_sync.logschema import PARTITION_COLUMNS
 
 log = logging.getLogger("ops_sync.deltatable")
 COMMIT_ATTEMPTS = 20
 SMALL_WRITES = WriterProperties(compression="SNAPPY")
-LARGE_WRITES = WriterProperties(compression="ZSTD", compression_level=3)
+# compacted files: row groups of 16,384 rows, so a read of the newest rows opens the last ones
+LARGE_WRITES = WriterProperties(compression="ZSTD", compression_level=3, max_row_group_size=16_384)
 
 
 @dataclass
@@ -233,21 +236,54 @@ class TableReader:
     def read(self, files: pa.Table, columns: list[str] | None = None) -> list[pa.Table]:
         """Each file's rows (without the partition columns), in `files` order; with
         `columns`, only those of them the file has."""
-        if self._fs is None:
-            self._fs = pafs.PyFileSystem(DeltaStorageHandler(self.uri, self.options))
+        fs = self._filesystem()
         out = []
         for path in files.column("path").to_pylist():
             try:
                 if columns is None:
-                    out.append(pq.read_table(path, filesystem=self._fs))
+                    out.append(pq.read_table(path, filesystem=fs))
                     continue
-                with self._fs.open_input_file(path) as source:
+                with fs.open_input_file(path) as source:
                     parquet = pq.ParquetFile(source)
                     names = set(parquet.schema_arrow.names)
                     out.append(parquet.read(columns=[c for c in columns if c in names]))
             except OSError as exc:
                 raise StoreError(f"cannot read log file {path}: {exc}") from exc
         return out
+
+    def row_groups(self, path: str) -> list[tuple[int, int, int, int]] | None:
+        """(index, rows, min time, max time in ms) of each row group of one file, from its
+        footer; None when a row group has no statistics of `time`."""
+        try:
+            with self._filesystem().open_input_file(path) as source:
+                meta = pq.ParquetFile(source).metadata
+        except OSError as exc:
+            raise StoreError(f"cannot read log file {path}: {exc}") from exc
+        names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+        if "time" not in names:
+            return None
+        column = names.index("time")
+        groups = []
+        for index in range(meta.num_row_groups):
+            group = meta.row_group(index)
+            stats = group.column(column).statistics
+            if stats is None or not stats.has_min_max:
+                return None
+            groups.append((index, group.num_rows, _millis(stats.min), _millis(stats.max)))
+        return groups
+
+    def read_row_group(self, path: str, index: int) -> pa.Table:
+        """One row group of one file (without the partition columns)."""
+        try:
+            with self._filesystem().open_input_file(path) as source:
+                return pq.ParquetFile(source).read_row_group(index)
+        except OSError as exc:
+            raise StoreError(f"cannot read log file {path}: {exc}") from exc
+
+    def _filesystem(self) -> pafs.FileSystem:
+        if self._fs is None:
+            self._fs = pafs.PyFileSystem(DeltaStorageHandler(self.uri, self.options))
+        return self._fs
 
     def schema(self) -> pa.Schema | None:
         with self._lock:
@@ -345,3 +381,11 @@ def probe(uri: str, options: dict[str, str]) -> None:
     """List the store's root once (raises if it does not answer)."""
     fs = pafs.PyFileSystem(DeltaStorageHandler(uri, options))
     fs.get_file_info(pafs.FileSelector("", allow_not_found=True))
+
+
+def _millis(value: object) -> int:
+    """A `time` statistic (a timestamp, or int64 epoch ms) as epoch ms."""
+    if isinstance(value, dt.datetime):
+        return to_ms(value)
+    assert isinstance(value, int)
+    return value

@@ -38,7 +38,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from ops_sync.deltatable import (
     probe,
 )
 from ops_sync.errors import BadRequest, StoreError
+from ops_sync.logread import read_in_order
 from ops_sync.metrics import Metrics
 from ops_sync.protocol import check_rows
 from ops_sync.store import Store
@@ -316,32 +317,30 @@ class LogStore:
     ) -> tuple[pa.Table, bool, list[str]]:
         """Up to `limit` rows, whether more exist, and warnings: newest first, or, with a time
         range, oldest first; ties by buffer epoch and sequence. `where` keeps some rows of
-        each file read (`LogQuery.row_filter`: a version, the anomaly filter); files are then
-        read in that order until no unread file can hold one of the first `limit + 1` rows
-        kept. `time` stays timestamp[ms, UTC]."""
+        each file read (`LogQuery.row_filter`: a version, the anomaly filter). Only the files
+        (or row groups of compacted files) that can hold the first `limit + 1` rows kept are
+        read (`ops_sync.logread`). `time` stays timestamp[ms, UTC]."""
         chronological = start_ms is not None
         tables: list[pa.Table] = []
         for reader, files, logical in self._generations(pipeline, partition):
 
             def load(
-                chosen: pa.Table, reader: TableReader = reader, logical: Any = logical
-            ) -> list[pa.Table]:
-                parts = []
-                for part in reader.read(chosen):
-                    part = ls.to_logical(part, logical)
-                    if chronological:
-                        millis = part.column("time").cast(pa.int64())
-                        keep = pc.and_(
-                            pc.greater_equal(millis, start_ms), pc.less_equal(millis, end_ms)
-                        )
-                        part = part.filter(keep)
-                    parts.append(part if where is None else where(part))
-                return parts
+                path: str, group: int | None, reader: TableReader = reader, logical: Any = logical
+            ) -> pa.Table:
+                if group is None:
+                    (part,) = reader.read(pa.table({"path": [path]}))
+                else:
+                    part = reader.read_row_group(path, group)
+                part = ls.to_logical(part, logical)
+                if chronological:
+                    millis = part.column("time").cast(pa.int64())
+                    keep = pc.and_(
+                        pc.greater_equal(millis, start_ms), pc.less_equal(millis, end_ms)
+                    )
+                    part = part.filter(keep)
+                return part if where is None else where(part)
 
-            if where is None:
-                tables += load(_covering(files, limit + 1, start_ms, end_ms))
-            else:
-                tables += _until_enough(files, limit + 1, start_ms, end_ms, load)
+            tables += read_in_order(files, limit + 1, start_ms, end_ms, load, reader.row_groups)
         if not tables:
             return pa.table({"time": pa.array([], TIME_TYPE)}), False, []
         tables, left_out = ls.agreeing(tables, _versions_in)
@@ -486,75 +485,3 @@ def _touch(store: Store, group: list[Pending]) -> None:
         store.touch_many((i.edge_id for i in group), time.time())
     except StoreError as exc:  # last_seen is informational; the rows are committed
         log.warning("cannot record last_seen after a commit: %s", exc)
-
-
-def _until_enough(
-    files: pa.Table,
-    need: int,
-    start_ms: int | None,
-    end_ms: int | None,
-    load: Callable[[pa.Table], list[pa.Table]],
-) -> list[pa.Table]:
-    """The rows `load` keeps (a row filter) of files read in the requested order (newest
-    first, or oldest first in a time range), 1, 2, 4, ... files at a time, until `need` rows
-    are kept and no unread file can hold a row that ranks before the `need`-th of them."""
-    mins = files.column("min_time").to_numpy(zero_copy_only=False)
-    maxs = files.column("max_time").to_numpy(zero_copy_only=False)
-    chronological = start_ms is not None and end_ms is not None
-    if chronological:
-        overlapping = np.flatnonzero((maxs >= start_ms) & (mins <= end_ms))
-        order = overlapping[np.argsort(mins[overlapping], kind="stable")]
-    else:
-        order = np.argsort(-maxs, kind="stable")
-    kept: list[pa.Table] = []
-    times: list[np.ndarray] = []
-    done, step = 0, 1
-    while done < len(order):
-        parts = load(files.take(order[done : done + step]))
-        done, step = done + step, step * 2
-        kept += parts
-        times += [p.column("time").cast(pa.int64()).to_numpy() for p in parts]
-        seen = np.concatenate(times) if times else np.empty(0, np.int64)
-        if len(seen) < need or done >= len(order):
-            continue
-        if chronological:
-            if mins[order[done]] > np.partition(seen, need - 1)[need - 1]:
-                break
-        elif maxs[order[done]] < -np.partition(-seen, need - 1)[need - 1]:
-            break
-    return kept
-
-
-def _covering(files: pa.Table, need: int, start_ms: int | None, end_ms: int | None) -> pa.Table:
-    """The files that can hold the first `need` rows in the requested order.
-
-    Take files from the front of that order until they surely hold `need` rows (with a time
-    range, only files wholly inside it count); every row that can rank in the first `need` then
-    lies before the cutoff those files reach, so keep every file reaching past it.
-    """
-    mins = files.column("min_time").to_numpy(zero_copy_only=False)
-    maxs = files.column("max_time").to_numpy(zero_copy_only=False)
-    rows = files.column("rows").to_numpy(zero_copy_only=False)
-    if start_ms is not None and end_ms is not None:
-        overlapping = (maxs >= start_ms) & (mins <= end_ms)
-        files, mins, maxs, rows = (
-            files.filter(pa.array(overlapping)),
-            mins[overlapping],
-            maxs[overlapping],
-            rows[overlapping],
-        )
-        ranked = np.argsort(mins, kind="stable")
-        inside = (mins >= start_ms) & (maxs <= end_ms)
-        total = np.cumsum(np.where(inside[ranked], rows[ranked], 0))
-        enough = np.flatnonzero(total >= need)
-        if not len(enough):
-            return files
-        cutoff = maxs[ranked[: enough[0] + 1]].max()
-        return files.filter(pa.array(mins <= cutoff))
-    ranked = np.argsort(-maxs, kind="stable")
-    total = np.cumsum(rows[ranked])
-    enough = np.flatnonzero(total >= need)
-    if not len(enough):
-        return files
-    cutoff = mins[ranked[: enough[0] + 1]].min()
-    return files.filter(pa.array(maxs >= cutoff))

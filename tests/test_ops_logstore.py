@@ -177,6 +177,39 @@ def test_a_filtered_read_reads_files_in_order_until_it_has_enough(
     assert got(None, None, 10, lone) == only
 
 
+def test_a_compacted_file_is_read_by_row_group(ops: Ops, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After compaction an edge's rows are one large file of many row groups: the newest rows,
+    the first rows of a range, and a filtered read open only the row groups that hold them."""
+    edge, logs = edge_record(ops), ops.center.logs
+    for first in range(1, 60_000, 6_000):
+        logs.ingest(edge, "e1", first, first + 5_999, batch(first, first + 5_999), ops.clock())
+    assert logs.compact(min_files=2) == 10
+    (path,) = logs._reader(logs.table_url("ccfraud")).files().column("path").to_pylist()
+    opened: list[int] = []
+    original = TableReader.read_row_group
+
+    def counted(self: TableReader, path: str, index: int) -> pa.Table:
+        opened.append(index)
+        return original(self, path, index)
+
+    monkeypatch.setattr(TableReader, "read_row_group", counted)
+    groups = logs._reader(logs.table_url("ccfraud")).row_groups(path)
+    assert groups is not None and len(groups) == 4  # 60,000 rows in groups of 16,384
+
+    def seqs(start: int | None, end: int | None, limit: int, where: Any = None) -> list[int]:
+        opened.clear()
+        return (
+            logs.read("ccfraud", "edge-a", start, end, limit, where)[0].column("_seq").to_pylist()
+        )
+
+    assert seqs(None, None, 100) == list(range(60_000, 59_900, -1)) and len(opened) == 1
+    assert seqs(T0 + 20_000, T0 + 30_000, 10) == list(range(20_000, 20_010))
+    assert len(opened) == 1
+    odd = seqs(None, None, 5, lambda t: t.filter(pa.array(t.column("_seq").to_numpy() % 2 == 1)))
+    assert odd == [59_999, 59_997, 59_995, 59_993, 59_991] and len(opened) == 1
+    assert len(seqs(None, None, 60_000)) == 60_000 and len(opened) == 4
+
+
 def test_a_failed_commit_stores_nothing_and_the_resend_stores_once(
     ops: Ops, monkeypatch: pytest.MonkeyPatch
 ) -> None:
