@@ -82,6 +82,16 @@ def time_reads(server: OpsServer, args: argparse.Namespace, one_edge: bool) -> l
     return took
 
 
+def memory(server: OpsServer, when: str) -> None:
+    """The ops center's resident memory now and at its peak (VmRSS, VmHWM)."""
+    assert server.process is not None
+    status = Path(f"/proc/{server.process.pid}/status").read_text().splitlines()
+    values = {
+        line.split(":")[0]: int(line.split()[1]) >> 10 for line in status if line.startswith("Vm")
+    }
+    print(f"server_rss_{when} {values['VmRSS']} MiB (peak {values['VmHWM']} MiB)")
+
+
 def report(name: str, took: list[float]) -> bool:
     p50 = statistics.median(took)
     worst = max(took)
@@ -98,6 +108,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--reads", type=int, default=20)
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     work = Path(tempfile.mkdtemp(prefix="read-bench-"))
     server = OpsServer(work / "ops", extra=["--upkeep-interval", "100000"])
     server.start()
@@ -113,8 +124,10 @@ def main() -> int:
         files = len(list((server.data / "tables" / "ccfraud").rglob("*.parquet")))
         print(f"rows_stored {stored} rows ({stored / seconds:,.0f} rows/s ingested)")
         print(f"files_before_compaction {files}")
+        memory(server, "after_fill")
         ok = report("newest100_one_edge", time_reads(server, args, True))
         report("newest100_all_edges", time_reads(server, args, False))
+        memory(server, "after_reads")
         server.stop()
         server.extra = ["--upkeep-interval", "1"]
         server.start()
@@ -128,6 +141,7 @@ def main() -> int:
         print(f"files_after_compaction {files} (still listed: vacuum keeps the old ones a while)")
         ok = report("compacted_newest100_one_edge", time_reads(server, args, True)) and ok
         report("compacted_newest100_all_edges", time_reads(server, args, False))
+        memory(server, "after_compaction_and_reads")
         print(f"{'PASS' if ok else 'MISS'} newest 100 rows of one edge <= {TARGET_MS:.0f} ms")
         return 0 if ok else 1
     finally:
