@@ -330,7 +330,7 @@ PAGES |= {"assay": "/ui/assays/probability-drift"}
 
 
 @pytest.mark.parametrize("size", ["desktop", "phone"])
-def test_every_page_fits_is_labelled_and_loads_nothing_from_elsewhere(
+def test_every_page_fits_is_labelled_readable_and_loads_nothing_from_elsewhere(
     page: Page, fleet: Fleet, size: str
 ) -> None:
     page.size(size)
@@ -343,6 +343,7 @@ def test_every_page_fits_is_labelled_and_loads_nothing_from_elsewhere(
             time.sleep(0.2)  # the first poll's layout
             assert page.overflow() <= 0, f"{name} at {size} scrolls sideways"
             assert page.unlabelled() == [], name
+            assert page.low_contrast() == [], name  # WCAG AA: 4.5:1 for text
             sources = page.js(
                 "return performance.getEntriesByType('resource').map(e => e.name)"
                 ".concat(Array.from(document.scripts).map(s => s.src).filter(Boolean))"

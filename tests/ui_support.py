@@ -114,3 +114,49 @@ class Page:
                 " && !e.getAttribute('aria-label')).map(e => e.name || e.id)"
             )
         )
+
+    def low_contrast(self, minimum: float = 4.5) -> list[str]:
+        """Visible text whose WCAG contrast ratio against its background (the first opaque
+        one up the tree) is below `minimum`: 'tag.class "text" ratio' for each."""
+        return list(self.js(_CONTRAST, minimum))
+
+
+_CONTRAST = """
+const minimum = arguments[0];
+function rgb(text) {
+  const m = text.match(/rgba?\\(([^)]+)\\)/);
+  if (!m) return null;
+  const p = m[1].split(',').map(Number);
+  return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1};
+}
+function luminance(c) {
+  const f = (v) => {
+    v /= 255;
+    return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+  };
+  return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+}
+function background(e) {
+  for (; e; e = e.parentElement) {
+    const c = rgb(getComputedStyle(e).backgroundColor);
+    if (c && c.a >= 0.99) return c;
+  }
+  return {r: 255, g: 255, b: 255, a: 1};
+}
+const found = [];
+for (const e of document.querySelectorAll('body *')) {
+  const own = Array.from(e.childNodes).some((n) => n.nodeType === 3 && n.textContent.trim());
+  const box = e.getBoundingClientRect();
+  if (!own || box.width === 0 || box.height === 0) continue;
+  const style = getComputedStyle(e);
+  if (style.visibility === 'hidden') continue;
+  const fg = rgb(style.color), bg = background(e);
+  const [hi, lo] = [luminance(fg), luminance(bg)].sort((a, b) => b - a);
+  const ratio = (hi + 0.05) / (lo + 0.05);
+  if (ratio < minimum) {
+    const text = e.textContent.trim().slice(0, 30);
+    found.push(`${e.tagName.toLowerCase()}.${e.className} "${text}" ${ratio.toFixed(2)}`);
+  }
+}
+return found;
+"""
