@@ -23,6 +23,7 @@ from typing import Any
 from ops_sync.errors import BadRequest, NotFound
 
 MAX_TEXT = 1024  # what an edge reports is cut to this (reasons, URLs)
+LATEST = 2**33  # epoch seconds (the year 2242): a later `updated_at` an edge reports is ignored
 
 
 def in_percent(edge_id: str, percent: int) -> bool:
@@ -83,7 +84,7 @@ def views(edge: dict[str, Any]) -> dict[str, Any]:
         else:
             rollout = {"state": "pending", "reason": reason, "attempts": attempts}
         reported_at = attempt.get("updated_at") if mine else None
-        if isinstance(reported_at, int | float) and reported_at > updated:
+        if isinstance(reported_at, int | float) and updated < reported_at < LATEST:
             updated = float(reported_at)
     rollout["updated_at"] = _iso(updated)
     return {"desired": desired, "running": running, "rollout": rollout}

@@ -93,6 +93,13 @@ def test_rollout_sets_desired_and_heartbeats_make_it_pending_failed_current(ops:
     run(heartbeat(ops, cert, {"running": {"pipeline_url": 7}, "rollout": "x"}))
     edge = edges(ops)["edge-a"]
     assert edge["running"] is None and edge["rollout"]["state"] == "pending"
+    for when in (1e300, 2.0**62, -5, "soon"):  # a hostile updated_at is not a time
+        rollout = {"pipeline_url": V2, "state": "failed", "updated_at": when}
+        assert run(heartbeat(ops, cert, {"rollout": rollout})) is not None
+        listed = run(admin(ops, "GET", "/v1/edges"))
+        assert listed.status_code == 200, listed.text
+        (shown,) = [e for e in listed.json()["edges"] if e["name"] == "edge-a"]
+        assert shown["rollout"]["updated_at"] == desired["set_at"]
 
 
 def test_rollout_refusals_name_what_is_wrong(ops: Ops) -> None:
