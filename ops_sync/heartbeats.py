@@ -16,8 +16,13 @@ HISTORY = 24 * 3600.0
 MAX_POINTS = 5000  # a series read is capped whatever the range
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+MAX_COUNT = 2**62  # row counts at or past this (or below 0) are not believed
+LATEST_MS = 32_503_680_000_000  # epoch ms of the year 3000: a later (or negative) time is not
+
+
+def _number(value: Any, limit: float) -> float | None:
+    """`value` when it is a number in [0, limit), else None (unknown)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < limit:
         return None
     return float(value)
 
@@ -26,12 +31,15 @@ def facts(report: dict[str, Any], now: float) -> dict[str, float | None]:
     """Buffer rows, unsynced rows and sync lag (seconds) from a heartbeat's report."""
     buffer = report.get("buffer")
     buffer = buffer if isinstance(buffer, dict) else {}
-    rows = _number(buffer.get("rows"))
-    unsynced = _number(buffer.get("unsynced_rows"))
-    oldest = _number(buffer.get("oldest_unsynced"))  # epoch ms of the oldest unsynced row
+    rows = _number(buffer.get("rows"), MAX_COUNT)
+    unsynced = _number(buffer.get("unsynced_rows"), MAX_COUNT)
+    # epoch ms of the oldest unsynced row
+    oldest = _number(buffer.get("oldest_unsynced"), LATEST_MS)
     lag: float | None = None
-    if unsynced is not None:
-        lag = max(0.0, now - oldest / 1000.0) if unsynced > 0 and oldest is not None else 0.0
+    if unsynced is not None and unsynced > 0:
+        lag = max(0.0, now - oldest / 1000.0) if oldest is not None else None
+    elif unsynced is not None:
+        lag = 0.0
     return {"buffer_rows": rows, "unsynced_rows": unsynced, "sync_lag": lag}
 
 

@@ -179,6 +179,45 @@ def test_heartbeat_facts_without_a_buffer_report_are_unknown_not_zero() -> None:
     assert facts["sync_lag"] == 0.0
 
 
+def test_hostile_heartbeat_numbers_are_stored_as_unknown(db_url: str, tmp_path: Path) -> None:
+    """Counts past 2**62 or below 0 and times past the year 3000 in a heartbeat are answered
+    200 and kept as unknown (BIGINT columns on PostgreSQL), and the fleet page still shows."""
+    ops = Ops(tmp_path / "ops", metadata_url=db_url)
+    token = protocol.decode(ops.add_edge("edge-a")["docker_run_variables"]["EDGE_BUNDLE"])
+    joined = ops.join(token["JOIN_TOKEN"])
+    hostile = [
+        {"rows": 2**70, "unsynced_rows": 1e300, "oldest_unsynced": 1e300},
+        {"rows": -1, "unsynced_rows": 3, "oldest_unsynced": -(2**70)},
+    ]
+
+    async def scenario() -> list[int]:
+        codes = []
+        async with httpx.AsyncClient(
+            transport=cert_transport(ops.app, joined.cert), base_url="https://ops"
+        ) as edge:
+            for buffer in hostile:
+                ops.clock.now += 30
+                reply = await edge.post("/v1/edge/heartbeat", json={"buffer": buffer})
+                codes.append(reply.status_code)
+        async with browser(ops) as client:
+            await signed_in(client)
+            codes.append((await client.get("/ui/")).status_code)
+            codes.append((await client.get("/ui/api/edges/edge-a/series")).status_code)
+        return codes
+
+    try:
+        assert run(scenario()) == [200, 200, 200, 200]
+        kept = ops.center.store.db.reader().all(
+            "SELECT buffer_rows, unsynced_rows, sync_lag FROM edge_heartbeats ORDER BY at"
+        )
+    finally:
+        ops.center.close()
+    assert [(r["buffer_rows"], r["unsynced_rows"], r["sync_lag"]) for r in kept] == [
+        (None, None, None),
+        (None, 3, None),
+    ]
+
+
 def test_every_route_is_in_the_openapi_document_or_excluded_with_a_reason(
     tmp_path: Path,
 ) -> None:
