@@ -249,6 +249,13 @@ class OpsCenter:
                 "--opscenter` (or `ops-sync publishes --register URL`) first"
             ) from None
         chosen = rollout.choose(self.store.edges(), edge, tag, percent)
+        others = sorted(e["name"] for e in chosen if e["pipeline_name"] != publish["pipeline_name"])
+        if others:  # its rows would be refused: an edge's logs belong to its own pipeline
+            raise BadRequest(
+                f"rollout: {url} is pipeline {publish['pipeline_name']!r}, but edge(s) "
+                f"{', '.join(others[:5])} serve another pipeline; roll out a version of their "
+                "own pipeline, or add them again for this one"
+            )
         now = self.clock()
         self.store.set_desired([e["id"] for e in chosen], publish["id"], now)
         return {

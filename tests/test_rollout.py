@@ -104,8 +104,11 @@ def test_rollout_sets_desired_and_heartbeats_make_it_pending_failed_current(ops:
 
 def test_rollout_refusals_name_what_is_wrong(ops: Ops) -> None:
     enrol(ops, "edge-a", ["canary"])
+    other = PIPELINE_URL.replace("/ccfraud:", "/churn:")
+    run(admin(ops, "POST", "/v1/publishes", json={"pipeline_url": other}))
     cases = [
         ({"pipeline_url": V2, "edge": "edge-a"}, 404, "no publish is registered"),
+        ({"pipeline_url": other, "tag": "canary"}, 400, "edge(s) edge-a serve another pipeline"),
         ({"pipeline_url": PIPELINE_URL}, 400, "exactly one of edge"),
         ({"pipeline_url": PIPELINE_URL, "edge": "edge-a", "tag": "canary"}, 400, "exactly one"),
         ({"pipeline_url": PIPELINE_URL, "edge": "edge-a", "percent": 50}, 400, "give tag"),
