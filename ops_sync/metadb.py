@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -51,6 +51,8 @@ DIALECTS: dict[str, dict[str, str]] = {
         "for_update": "FOR UPDATE",
     },
 }
+POOL_SIZE = 16  # connections per process (replicas x this stays under PostgreSQL's 100)
+POOL_WAIT = 30.0  # seconds a thread waits for a free connection
 PG_OPTIONS = (
     "-c statement_timeout=30000 -c lock_timeout=10000 -c idle_in_transaction_session_timeout=60000"
 )
@@ -102,6 +104,86 @@ class Tx:
             self.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
 
 
+class Reads:
+    """Reads outside a transaction (autocommit on PostgreSQL; a WAL snapshot per statement on
+    SQLite): each statement borrows a pooled connection and gives it back."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def one(self, sql: str, args: Sequence[Any] = ()) -> dict[str, Any] | None:
+        with self._db._pool.borrow() as conn:
+            return Tx(conn, self._db.dialect, self._db._secret).one(sql, args)
+
+    def all(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._db._pool.borrow() as conn:
+            return Tx(conn, self._db.dialect, self._db._secret).all(sql, args)
+
+
+class _Pool:
+    """At most `size` connections for the process's threads (per-thread connections leaked:
+    worker threads come and go, and PostgreSQL ran out of connections with three replicas).
+    A connection is borrowed for one statement or transaction; a broken one is dropped."""
+
+    def __init__(self, connect: Callable[[], Any], size: int, wait: float) -> None:
+        self._connect, self._wait, self._size = connect, wait, size
+        self._slots = threading.BoundedSemaphore(size)
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def borrow(self) -> Iterator[Any]:
+        if not self._slots.acquire(timeout=self._wait):
+            raise StoreError(
+                f"the metadata database's {self._size} connections were all busy for "
+                f"{self._wait:.0f} s"
+            )
+        conn = None
+        try:
+            with self._lock:
+                while self._idle and conn is None:
+                    conn = self._idle.pop()
+                    if _unusable(conn):
+                        _close(conn)
+                        conn = None
+            if conn is None:
+                conn = self._connect()
+            yield conn
+        finally:
+            if conn is not None:
+                if _unusable(conn) or _in_transaction(conn):
+                    _close(conn)
+                else:
+                    with self._lock:
+                        self._idle.append(conn)
+            self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            _close(conn)
+
+
+def _unusable(conn: Any) -> bool:
+    return bool(getattr(conn, "closed", False) or getattr(conn, "broken", False))
+
+
+def _in_transaction(conn: Any) -> bool:
+    if isinstance(conn, sqlite3.Connection):
+        return conn.in_transaction
+    from psycopg.pq import TransactionStatus
+
+    return bool(conn.info.transaction_status != TransactionStatus.IDLE)
+
+
+def _close(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception:  # closing a broken connection may raise; nothing to keep
+        pass
+
+
 class UniqueViolation(StoreError):
     """An insert broke a unique constraint (the caller turns it into a domain error)."""
 
@@ -124,9 +206,8 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.shown = redact(url)
-        self._local = threading.local()
         self._lock = threading.RLock()
-        self._conns: list[Any] = []
+        self._pool = _Pool(self._connect, POOL_SIZE, POOL_WAIT)
         if url.startswith(("postgresql://", "postgres://")):
             self.dialect = "postgresql"
             self._secret = urlsplit(url).password
@@ -151,11 +232,8 @@ class Database:
                 db.execute("PRAGMA busy_timeout=10000")
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open the metadata database {self.path}: {exc}") from exc
-        else:
-            db = self._connect_pg()
-        with self._lock:
-            self._conns.append(db)
-        return db
+            return db
+        return self._connect_pg()
 
     def _connect_pg(self) -> Any:
         try:
@@ -183,22 +261,10 @@ class Database:
                 f"{_as_store_error(exc, self._secret)}"
             ) from None
 
-    def _thread_conn(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self.dialect == "postgresql" and (conn.closed or conn.broken):
-            conn = None
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
-
     def close(self) -> None:
-        with self._lock:
-            for conn in self._conns:
-                try:
-                    conn.close()
-                except Exception:  # closing a broken connection may raise; nothing to keep
-                    pass
-            self._conns.clear()
+        self._pool.close()
+        if self._writer is not None:
+            _close(self._writer)
 
     # -- transactions ---------------------------------------------------------------------
     @contextmanager
@@ -216,9 +282,8 @@ class Database:
                         self._writer.execute("ROLLBACK")
                     raise
             return
-        conn = self._thread_conn()
         try:
-            with conn.transaction():
+            with self._pool.borrow() as conn, conn.transaction():
                 yield Tx(conn, "postgresql", self._secret)
         except StoreError:
             raise
@@ -229,9 +294,9 @@ class Database:
                 raise _as_store_error(exc, self._secret) from None
             raise
 
-    def reader(self) -> Tx:
-        """A connection for reads (autocommit on PostgreSQL; WAL snapshot per statement)."""
-        return Tx(self._thread_conn(), self.dialect, self._secret)
+    def reader(self) -> Reads:
+        """Reads outside a transaction (see `Reads`)."""
+        return Reads(self)
 
     def ping(self) -> None:
         """Raise `StoreError` unless the database answers a query now."""

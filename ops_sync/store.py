@@ -35,7 +35,7 @@ from ops_sync.errors import (
     TokenUnknown,
     TokenUsed,
 )
-from ops_sync.metadb import Database, Tx, UniqueViolation
+from ops_sync.metadb import Database, Reads, Tx, UniqueViolation
 
 T = TypeVar("T")
 TOKEN_TTL = 24 * 3600.0
@@ -159,7 +159,7 @@ class Store:
     def ping(self) -> None:
         self.db.ping()
 
-    def _reader(self) -> Tx:
+    def _reader(self) -> Reads:
         return self.db.reader()
 
     def schema_version(self) -> int:
@@ -501,7 +501,7 @@ _EDGE_SELECT = (
 )
 
 
-def _edge(db: Tx, row: dict[str, Any]) -> dict[str, Any]:
+def _edge(db: Tx | Reads, row: dict[str, Any]) -> dict[str, Any]:
     edge = dict(row)
     edge["tags"] = json.loads(edge["tags"])
     edge["additional_properties"] = json.loads(edge["additional_properties"] or "{}")

@@ -202,11 +202,13 @@ def test_a_compacted_file_is_read_by_row_group(ops: Ops, monkeypatch: pytest.Mon
             logs.read("ccfraud", "edge-a", start, end, limit, where)[0].column("_seq").to_pylist()
         )
 
-    assert seqs(None, None, 100) == list(range(60_000, 59_900, -1)) and len(opened) == 1
+    # compaction keeps each batch's rows together but not the batches in time order, so the
+    # rows asked for lie in one batch: at most the 2 row groups it straddles are opened
+    assert seqs(None, None, 100) == list(range(60_000, 59_900, -1)) and len(opened) <= 2
     assert seqs(T0 + 20_000, T0 + 30_000, 10) == list(range(20_000, 20_010))
-    assert len(opened) == 1
+    assert len(opened) <= 2
     odd = seqs(None, None, 5, lambda t: t.filter(pa.array(t.column("_seq").to_numpy() % 2 == 1)))
-    assert odd == [59_999, 59_997, 59_995, 59_993, 59_991] and len(opened) == 1
+    assert odd == [59_999, 59_997, 59_995, 59_993, 59_991] and len(opened) <= 2
     assert len(seqs(None, None, 60_000)) == 60_000 and len(opened) == 4
 
 
