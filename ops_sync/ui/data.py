@@ -5,8 +5,9 @@
   Desired and running versions come from the rollout fields when the ops center has them
   (`desired`, `running`, `rollout`) and fall back to the publish's version and "-".
 - `series`: inferences per minute, anomaly rate and p50/p99 latency from the edge's synced
-  logs over the last `minutes` (one bounded read: at most `MAX_ROWS` rows, by time and
-  partition), and buffer depth and sync lag from its heartbeat history (`ops_sync.heartbeats`).
+  logs over the last `minutes` (`LogStore.scan`: only the edge's files of that range, and only
+  `time`, `anomaly.count` and `metadata.elapsed` from them; past `MAX_ROWS` rows the newest are
+  kept), and buffer depth and sync lag from its heartbeat history (`ops_sync.heartbeats`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 from ops_sync import heartbeats
 from ops_sync.center import OpsCenter
 
-MAX_ROWS = 50_000
+MAX_ROWS = 200_000  # rows of three narrow columns a chart read keeps (the newest)
 ELAPSED = "metadata.elapsed"  # nanoseconds per step, a list per row
 ANOMALY = "anomaly.count"
 COLUMNS = [
@@ -158,13 +159,44 @@ def log_series(table: pa.Table) -> dict[str, list[Any]]:
     return out
 
 
+def _window(
+    center: OpsCenter, edge: dict[str, Any], start_ms: int, end_ms: int
+) -> tuple[pa.Table, bool]:
+    """`time`, `anomaly.count` and `metadata.elapsed` of the edge's rows in the range, and
+    whether older rows were left out to keep `MAX_ROWS`."""
+    parts: list[pa.Table] = []
+    rows, truncated = 0, False
+    scan = center.logs.scan(edge["pipeline_name"], edge["name"], start_ms, end_ms + 1, _CHARTED)
+    for part in scan:
+        parts.append(part)
+        rows += part.num_rows
+        if rows > 2 * MAX_ROWS:  # bounded memory: keep the newest as the scan goes
+            parts, rows, truncated = [_newest(_joined(parts), MAX_ROWS)], MAX_ROWS, True
+    if not parts:
+        return pa.table({"time": pa.array([], pa.timestamp("ms", tz="UTC"))}), False
+    table = _joined(parts)
+    if table.num_rows > MAX_ROWS:
+        table, truncated = _newest(table, MAX_ROWS), True
+    return table, truncated
+
+
+_CHARTED = [ANOMALY, ELAPSED]
+
+
+def _joined(parts: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _newest(table: pa.Table, rows: int) -> pa.Table:
+    order = pc.sort_indices(table, sort_keys=[("time", "descending")])
+    return table.take(order[:rows])
+
+
 def series(center: OpsCenter, edge: dict[str, Any], minutes: int) -> dict[str, Any]:
     now = center.clock()
     end_ms = int(now * 1000) + 60_000  # a minute of clock skew between edge and center
     start_ms = end_ms - minutes * 60_000 - 60_000
-    table, more, _ = center.logs.read(
-        edge["pipeline_name"], edge["name"], start_ms, end_ms, MAX_ROWS
-    )
+    table, more = _window(center, edge, start_ms, end_ms)
     beats = heartbeats.series(center.store.db, edge["id"], now - minutes * 60)
     return {
         "minutes": minutes,
