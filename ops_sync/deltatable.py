@@ -41,6 +41,7 @@ from ops_sync.logschema import PARTITION_COLUMNS
 
 log = logging.getLogger("ops_sync.deltatable")
 COMMIT_ATTEMPTS = 20
+FOOTERS = 512  # Parquet footers a reader keeps (of the large files it read by row group)
 SMALL_WRITES = WriterProperties(compression="SNAPPY")
 # compacted files: row groups of 16,384 rows, so a read of the newest rows opens the last ones
 LARGE_WRITES = WriterProperties(compression="ZSTD", compression_level=3, max_row_group_size=16_384)
@@ -214,6 +215,8 @@ class TableReader:
         self._handle: DeltaTable | None = None
         self._files: tuple[int, pa.Table] | None = None
         self._fs: pafs.FileSystem | None = None
+        self._footers: dict[str, pq.FileMetaData] = {}  # path -> footer, oldest first
+        self._footer_lock = threading.Lock()
 
     def files(self) -> pa.Table | None:
         """path, rows, min_time, max_time (ms), partition, date of every file; None if the
@@ -253,12 +256,8 @@ class TableReader:
 
     def row_groups(self, path: str) -> list[tuple[int, int, int, int]] | None:
         """(index, rows, min time, max time in ms) of each row group of one file, from its
-        footer; None when a row group has no statistics of `time`."""
-        try:
-            with self._filesystem().open_input_file(path) as source:
-                meta = pq.ParquetFile(source).metadata
-        except OSError as exc:
-            raise StoreError(f"cannot read log file {path}: {exc}") from exc
+        footer (kept for `read_part`); None when a row group has no statistics of `time`."""
+        meta = self._footer(path)
         names = [meta.schema.column(i).path for i in range(meta.num_columns)]
         if "time" not in names:
             return None
@@ -272,13 +271,31 @@ class TableReader:
             groups.append((index, group.num_rows, _millis(stats.min), _millis(stats.max)))
         return groups
 
-    def read_row_group(self, path: str, index: int) -> pa.Table:
-        """One row group of one file (without the partition columns)."""
+    def read_part(self, path: str, row_group: int | None) -> pa.Table:
+        """One file, or one of its row groups (without the partition columns)."""
         try:
             with self._filesystem().open_input_file(path) as source:
-                return pq.ParquetFile(source).read_row_group(index)
+                if row_group is None:
+                    return pq.read_table(source)
+                parquet = pq.ParquetFile(source, metadata=self._footers.get(path))
+                return parquet.read_row_group(row_group)
         except OSError as exc:
             raise StoreError(f"cannot read log file {path}: {exc}") from exc
+
+    def _footer(self, path: str) -> pq.FileMetaData:
+        """A file's Parquet footer, read once (Delta files never change; a few hundred kept)."""
+        meta = self._footers.get(path)
+        if meta is None:
+            try:
+                with self._filesystem().open_input_file(path) as source:
+                    meta = pq.ParquetFile(source).metadata
+            except OSError as exc:
+                raise StoreError(f"cannot read log file {path}: {exc}") from exc
+            with self._footer_lock:  # readers run on several worker threads
+                if len(self._footers) >= FOOTERS:
+                    self._footers.pop(next(iter(self._footers)))
+                self._footers[path] = meta
+        return meta
 
     def _filesystem(self) -> pafs.FileSystem:
         if self._fs is None:

@@ -327,11 +327,7 @@ class LogStore:
             def load(
                 path: str, group: int | None, reader: TableReader = reader, logical: Any = logical
             ) -> pa.Table:
-                if group is None:
-                    (part,) = reader.read(pa.table({"path": [path]}))
-                else:
-                    part = reader.read_row_group(path, group)
-                part = ls.to_logical(part, logical)
+                part = ls.to_logical(reader.read_part(path, group), logical)
                 if chronological:
                     millis = part.column("time").cast(pa.int64())
                     keep = pc.and_(

@@ -186,13 +186,14 @@ def test_a_compacted_file_is_read_by_row_group(ops: Ops, monkeypatch: pytest.Mon
     assert logs.compact(min_files=2) == 10
     (path,) = logs._reader(logs.table_url("ccfraud")).files().column("path").to_pylist()
     opened: list[int] = []
-    original = TableReader.read_row_group
+    original = TableReader.read_part
 
-    def counted(self: TableReader, path: str, index: int) -> pa.Table:
+    def counted(self: TableReader, path: str, index: int | None) -> pa.Table:
+        assert index is not None  # a compacted file is read by row group
         opened.append(index)
         return original(self, path, index)
 
-    monkeypatch.setattr(TableReader, "read_row_group", counted)
+    monkeypatch.setattr(TableReader, "read_part", counted)
     groups = logs._reader(logs.table_url("ccfraud")).row_groups(path)
     assert groups is not None and len(groups) == 4  # 60,000 rows in groups of 16,384
 
