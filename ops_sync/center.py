@@ -44,7 +44,7 @@ from ops_sync.identity import (
     not_after,
     spiffe_id,
 )
-from ops_sync.logstore import WAIT_LIMIT, LogStore, Upload
+from ops_sync.logstore import LogStore, Upload
 from ops_sync.metrics import Metrics
 from ops_sync.protocol import token_digest
 from ops_sync.store import Store
@@ -382,17 +382,9 @@ class OpsCenter:
             "desired": rollout.desired_view(edge),  # the edge rolls it out when it differs
         }
 
-    def upload(
-        self, edge: dict[str, Any], batch: protocol.BatchRange, body: bytes
-    ) -> dict[str, Any]:
-        """Store one compressed Arrow IPC batch exactly once; the reply is the ack. Blocking
-        (the HTTP route uses `begin_upload` and `finish_upload`, waiting without a thread)."""
-        upload = self.begin_upload(edge, batch, body)
-        upload.item.done.wait(WAIT_LIMIT)
-        return self.finish_upload(batch, upload)
-
     def begin_upload(self, edge: dict[str, Any], batch: protocol.BatchRange, body: bytes) -> Upload:
-        """Decode and check the batch, and queue it for its table's next commit."""
+        """Decode and check the batch, and queue it for its table's next commit (the route
+        then waits for it on the event loop, `ops_sync.server.committed`)."""
         table = protocol.decode_batch(body)
         return self.logs.submit(
             edge, batch.epoch, batch.first_seq, batch.last_seq, table, self.clock()
