@@ -142,13 +142,13 @@ def test_sign_in_shows_both_edges_with_last_seen_and_live_updates(page: Page, fl
     assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
     assert ADMIN not in page.driver.page_source and ADMIN not in page.driver.current_url
     assert page.js("return document.cookie") == ""  # HttpOnly: no script reads it
-    rows = page.wait(lambda: page.all("#fleet tbody tr"), "the fleet rows")
-    assert sorted(r.get_attribute("data-name") for r in rows) == ["edge-1", "edge-2"]
+    rows = page.wait(lambda: page.rows("#fleet"), "the fleet rows")
+    assert sorted(r["name"] for r in rows) == ["edge-1", "edge-2"]
     for row in rows:
-        seen = row.find_element("css selector", "td[data-col=last_seen]").text
+        seen = row["last_seen"]
         assert seen != "never" and "UTC" in seen and "ago" in seen
-        assert row.find_element("css selector", "td[data-col=credentials]").text == "valid"
-        assert row.find_element("css selector", "td[data-col=running]").text != "-"
+        assert row["credentials"] == "valid"
+        assert row["running"] != "-"
     health = "#fleet tr[data-name=edge-1] td[data-col=health]"
     page.wait(lambda: page.css(health).text == "Running", "a heartbeat once loaded")
     # live: the table is refreshed from /ui/api/fleet without a reload
@@ -156,16 +156,12 @@ def test_sign_in_shows_both_edges_with_last_seen_and_live_updates(page: Page, fl
     page.wait(lambda: int(page.css("#fleet").get_attribute("data-updates") or 0) >= 2, "2 polls")
     assert page.js("return window.__noReload") == marker
     page.css("#fleet-filter").send_keys("edge-2")
-    page.wait(lambda: len(page.all("#fleet tbody tr")) == 1, "the filter")
-    assert page.css("#fleet tbody tr").get_attribute("data-name") == "edge-2"
+    page.wait(lambda: [r["name"] for r in page.rows("#fleet")] == ["edge-2"], "the filter")
     page.css("#fleet-filter").clear()
     page.js("document.getElementById('fleet-filter').dispatchEvent(new Event('input'))")
     page.click("button[data-sort=name]")  # name is the default key: now descending
     page.wait(
-        lambda: (
-            [r.get_attribute("data-name") for r in page.all("#fleet tbody tr")]
-            == ["edge-2", "edge-1"]
-        ),
+        lambda: [r["name"] for r in page.rows("#fleet")] == ["edge-2", "edge-1"],
         "the sort",
     )
     assert page.css("th[aria-sort=descending] button").get_attribute("data-sort") == "name"

@@ -80,6 +80,21 @@ class Page:
 
         return list(self.driver.find_elements(By.CSS_SELECTOR, selector))
 
+    def rows(self, table: str) -> list[dict[str, str]]:
+        """The rows of a live table read in one script: a redraw cannot stale them midway.
+
+        Each row is its `data-name` under "name" and each `td[data-col]`'s text under its column.
+        """
+        return list(
+            self.js(
+                "return [...document.querySelectorAll(arguments[0] + ' tbody tr')].map(r =>"
+                " Object.assign({name: r.dataset.name}, Object.fromEntries("
+                "[...r.querySelectorAll('td[data-col]')].map(td => [td.dataset.col,"
+                " td.innerText]))))",
+                table,
+            )
+        )
+
     def js(self, script: str, *args: Any) -> Any:
         return self.driver.execute_script(script, *args)
 
