@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from edge.ipc_template import BatchTemplate, EncodedBatch
 from edge.tensors import ndarray_to_column
 
 TIME = "time"
@@ -51,6 +53,9 @@ ELAPSED_TYPE = pa.list_(pa.int64())
 DROPPED = "metadata.dropped"
 DROPPED_TYPE = pa.list_(pa.string())
 PARTITION = "metadata.partition"
+
+# a loop turn's rows up to this many are journaled from a template (`ResultRows.encoded`)
+TEMPLATE_ROWS = 256
 
 # the seed's `dataset` names, in column order
 DATASETS = ("time", "in", "out", "anomaly", "metadata")
@@ -106,6 +111,7 @@ class ResultBuilder:
         self._constants: dict[tuple[str, int], pa.Array] = {}
         self._schemas: dict[tuple[Any, ...], pa.Schema] = {}
         self._last_models: dict[tuple[str, str], str] = {}
+        self._templates: dict[Any, BatchTemplate | None] = {}
 
     @staticmethod
     def now_ms() -> int:
@@ -147,6 +153,16 @@ class ResultBuilder:
                 {"model_name": model, "model_sha": sha}
             )
         return last
+
+    def template(self, key: Any, make: Callable[[], BatchTemplate | None]) -> BatchTemplate | None:
+        """The journal's message template for `key` (a layout and row count), made once by
+        `make` (None: that layout has none, also remembered); the first 256 are kept."""
+        if key in self._templates:
+            return self._templates[key]
+        template = make()
+        if len(self._templates) < 256:
+            self._templates[key] = template
+        return template
 
     def _tail(self, model: str, sha: str, elapsed: pa.Array, rows: int) -> list[pa.Array]:
         """`anomaly.count` and the `metadata.*` columns."""
@@ -259,23 +275,56 @@ class ResultRows:
     @staticmethod
     def table(group: list[ResultRows]) -> pa.Table:
         """The rows of `group` (one `key`) as one result table, in order."""
+        return group[0]._build(ResultRows._arrays(group))
+
+    @staticmethod
+    def encoded(group: list[ResultRows]) -> EncodedBatch | None:
+        """The rows of `group` (one `key`) as the journal takes them: `table`'s record batch
+        message, written from the builder's template for this layout and row count
+        (`edge.ipc_template`). None when the layout has no template: use `table`."""
         first = group[0]
-        builder = first.builder
+        arrays = ResultRows._arrays(group)
+        rows = len(arrays[0])
+        if rows > TEMPLATE_ROWS:
+            return None
+        layout = [(a.dtype, a.shape) for a in arrays]
+        template = first.builder.template(
+            (first.key(), rows), lambda: BatchTemplate.make(first._build, layout)
+        )
+        if template is None:
+            return None
+        times = arrays[0]
+        bounds = (int(times.min()), int(times.max()))
+        return EncodedBatch(template.schema, template.fill(arrays), rows, bounds)
+
+    @staticmethod
+    def _arrays(group: list[ResultRows]) -> list[np.ndarray]:
+        """What varies between requests of one key, joined in order: the times, the inputs,
+        the outputs and the step timings, one row per result row."""
+        first = group[0]
         counts = [r.rows for r in group]
-        total = sum(counts)
-        times = np.repeat(np.array([r.time_ms for r in group], np.int64), counts)
-        names = [TIME]
-        columns: list[Any] = [_times(times)]
-        for prefix, part in ((IN, "inputs"), (OUT, "outputs")):
+        arrays = [np.repeat(np.array([r.time_ms for r in group], np.int64), counts)]
+        for part in ("inputs", "outputs"):
             for name in getattr(first, part):
                 joined = [getattr(r, part)[name] for r in group]
-                array = joined[0] if len(joined) == 1 else np.concatenate(joined)
+                arrays.append(joined[0] if len(joined) == 1 else np.concatenate(joined))
+        arrays.append(np.repeat(np.array([r.elapsed for r in group], np.int64), counts, axis=0))
+        return arrays
+
+    def _build(self, arrays: list[np.ndarray]) -> pa.Table:
+        """The result table of `_arrays`' arrays (for rows of this one's key)."""
+        builder = self.builder
+        names = [TIME]
+        columns: list[Any] = [_times(arrays[0])]
+        values = iter(arrays[1:-1])
+        for prefix, part in ((IN, self.inputs), (OUT, self.outputs)):
+            for name in part:
                 names.append(prefix + name)
-                columns.append(ndarray_to_column(array))
-        elapsed = np.repeat(np.array([r.elapsed for r in group], np.int64), counts, axis=0)
+                columns.append(ndarray_to_column(next(values)))
         names += _TAIL
-        columns += builder._tail(first.model, first.sha, _elapsed_rows(elapsed), total)
-        return builder._table(names, columns, ("rows", first.key()))
+        rows = len(arrays[0])
+        columns += builder._tail(self.model, self.sha, _elapsed_rows(arrays[-1]), rows)
+        return builder._table(names, columns, ("rows", self.key()))
 
 
 def type_name(dtype: np.dtype) -> str:

@@ -11,6 +11,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -265,3 +266,44 @@ def test_the_small_path_writes_each_records_original_data_and_no_failures(
     written = json.loads(fastpath.encode(answered, codecs.Shape()))
     assert [r["original_data"] for r in written] == json.loads(body)
     assert [r["check_failures"] for r in written] == [[], []]
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_a_turn_journaled_from_its_template_reads_back_as_its_table(
+    pipelines: dict[str, Pipeline], name: str
+) -> None:
+    pipeline = pipelines[name]
+    assert pipeline.fast is not None
+    answered = [pipeline.fast.run(body) for body in CORPUS[name]]
+    results = [a.rows for a in answered if a is not None]
+    by_layout: dict[object, list[ResultRows]] = {}
+    for one in results:
+        by_layout.setdefault(one.key(), []).append(one)
+    for group in [*by_layout.values(), *([r] for r in results)]:
+        for _ in range(2):  # made, then taken from the builder's cache
+            encoded = ResultRows.encoded(group)
+            assert encoded is not None
+            expected = ResultRows.table(group)
+            assert encoded.schema.equals(expected.schema)
+            batch = pa.ipc.read_record_batch(pa.py_buffer(encoded.message), encoded.schema)
+            assert pa.Table.from_batches([batch]).equals(expected)
+            assert encoded.rows == expected.num_rows
+            assert encoded.bounds == (1_790_000_000_123, 1_790_000_000_123)
+
+
+def test_a_layout_whose_values_are_not_kept_as_they_are_gets_no_template() -> None:
+    from edge.ipc_template import BatchTemplate
+    from edge.tensors import ndarray_to_column
+
+    def build(arrays: list[np.ndarray]) -> pa.Table:
+        return pa.table({f"c{i}": ndarray_to_column(a) for i, a in enumerate(arrays)})
+
+    floats = BatchTemplate.make(build, [(np.dtype(np.float32), (3, 4))])
+    assert floats is not None
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    batch = pa.ipc.read_record_batch(pa.py_buffer(floats.fill([values])), floats.schema)
+    assert batch.column(0).to_pylist() == values.tolist()
+    with pytest.raises(ValueError, match="12 bytes for a slot of 48"):
+        floats.fill([values[:1, :3]])  # another layout
+    # bools are packed into bits: no value's bytes are in the message as they are
+    assert BatchTemplate.make(build, [(np.dtype(np.bool_), (3, 4))]) is None

@@ -11,7 +11,7 @@ from edge.errors import LogBufferError
 from edge.logbuffer import records
 from edge.logbuffer.codec import Codec, Decoder, Encoder, pack_constants
 from edge.logbuffer.journal import Journal
-from tests.logbuffer_support import result_table, small_table
+from tests.logbuffer_support import T0, result_table, small_table
 
 
 def test_codec_names_are_the_stored_strings() -> None:
@@ -38,8 +38,10 @@ def test_journaled_messages_are_stored_as_they_are(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "journal", tmp_path / "tables")
     tables = [small_table(2), small_table(3, start=2)]
     messages = [m for t in tables for m in journal.encode(t).batches or []]
-    row = Encoder().journaled(tables, messages)
+    bounds = (T0, T0 + 4)
+    row = Encoder().journaled(tables[0].schema, 5, bounds, messages)
     assert row.n_rows == 5 and row.codec is Codec.ZSTD
+    assert (row.min_time, row.max_time) == bounds
     decoded = Decoder(tmp_path).decode(row.schema, row.codec, row.body)
     assert decoded.column("in.x").to_pylist() == [0.0, 1.0, 2.0, 3.0, 4.0]
 

@@ -4,8 +4,9 @@
 turn of the loop are journaled together, as one record, at the start of the next turn: one
 encode and one write for all the requests the loop is serving (3-5 at concurrency 8), each
 waiting one turn for it. A result may come as an Arrow table, or as `Rows` (numpy columns of
-the small requests' path): the rows of one turn are then built into one Arrow table here,
-once, instead of one table per request. Each caller still gets its own sequence range, and
+the small requests' path): the rows of one turn are then written as one record batch
+message from a template of their layout (`edge.ipc_template`), or built into one Arrow
+table, once, instead of one table per request. Each caller still gets its own sequence range, and
 each is answered with the error when the record cannot be written. Larger tables go to a
 worker thread (the caller awaits them while its answer is encoded). With `fsync_interval` 0
 every result also waits for the journal's fsync, one for all the requests in flight.
@@ -19,18 +20,19 @@ from typing import Protocol, TypeAlias
 
 import pyarrow as pa
 
+from edge.ipc_template import EncodedBatch
 from edge.logbuffer.journal import SeqRange
 
 # `submit` journals a table of up to this many rows on the event loop, a larger one on a
 # worker thread
 INLINE_ROWS = 64
 
-Log = Callable[[pa.Table, int], SeqRange]  # log(table, requests it answers)
+Log = Callable[[pa.Table | EncodedBatch, int], SeqRange]  # log(table, requests it answers)
 
 
 class Rows(Protocol):
     """A result not yet in Arrow (`edge.result.ResultRows`): rows of one `key` join into one
-    table, in order, with `table`."""
+    record batch message, in order, with `encoded`, or else into one table with `table`."""
 
     rows: int
 
@@ -38,6 +40,9 @@ class Rows(Protocol):
 
     @staticmethod
     def table(group: Sequence[Rows]) -> pa.Table: ...
+
+    @staticmethod
+    def encoded(group: Sequence[Rows]) -> EncodedBatch | None: ...
 
 
 Item: TypeAlias = pa.Table | Rows
@@ -96,7 +101,7 @@ class TurnBatcher:
         self._log_group([one], table)
 
     def _log_group(
-        self, group: list[tuple[Item, asyncio.Future[SeqRange]]], joined: pa.Table
+        self, group: list[tuple[Item, asyncio.Future[SeqRange]]], joined: pa.Table | EncodedBatch
     ) -> None:
         try:
             seqs = self._log(joined, len(group))
@@ -133,12 +138,14 @@ def _rows(item: Item) -> int:
     return item.num_rows if isinstance(item, pa.Table) else item.rows
 
 
-def _join(items: list[Item]) -> pa.Table:
-    """Tables of one schema, or rows of one key, as one table of one record batch."""
+def _join(items: list[Item]) -> pa.Table | EncodedBatch:
+    """Tables of one schema as one table of one record batch; rows of one key as one
+    message, or one table when their layout has no template."""
     tables = [item for item in items if isinstance(item, pa.Table)]
     if not tables:
         rows: list[Rows] = [item for item in items if not isinstance(item, pa.Table)]
-        return type(rows[0]).table(rows)
+        kind = type(rows[0])
+        return kind.encoded(rows) or kind.table(rows)
     return tables[0] if len(tables) == 1 else _joined(tables)
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import pyarrow as pa
 
 from edge.errors import LogBufferError, LogBufferFull
+from edge.ipc_template import EncodedBatch
 from edge.logbuffer import schema
 from edge.logbuffer.batcher import INLINE_ROWS, Rows, TurnBatcher
 from edge.logbuffer.codec import pack_constants
@@ -184,16 +185,29 @@ class LogBuffer:
             return
         self._writer.call(lambda: self._store.transact(lambda txn: txn.ack(last_seq)))
 
-    def _log(self, table: pa.Table, requests: int) -> SeqRange:
-        """`log` for a table that answers `requests` callers (the `rejected` counter counts
-        them)."""
+    def _log(self, table: pa.Table | EncodedBatch, requests: int) -> SeqRange:
+        """`log` for a table, or a turn's rows as one message, that answers `requests`
+        callers (the `rejected` counter counts them)."""
         if not self._writer.running:
             raise LogBufferError(f"log buffer {self.path} is not running")
+        if isinstance(table, EncodedBatch):
+            encoded = table
+            payload: Any = self._journal.encode(encoded)
+            nbytes = payload.length
+
+            def queue(written: Written) -> None:
+                schema, rows, first = encoded.schema, encoded.rows, written.seqs.first
+                messages, bounds = written.batches, encoded.bounds
+                self._inbox.add(
+                    Append(None, schema, rows, nbytes, first, None, 0, messages, bounds)
+                )
+
+            return self._append(payload, nbytes, queue, requests)
         if table.num_rows == 0:
             return SeqRange(self.epoch, 0, -1)  # an empty range: nothing stored
         # A table of a few rows is encoded for the journal first and its encoded size
         # decides; a larger one is measured, and a large one gets a file of its own.
-        payload: Any = None
+        payload = None
         nbytes = table.get_total_buffer_size() if table.num_rows > INLINE_ROWS else 0
         if nbytes <= LARGE_TABLE_BYTES:
             payload = self._journal.encode(table)
@@ -201,10 +215,15 @@ class LogBuffer:
         if nbytes > LARGE_TABLE_BYTES:
             payload = pack_constants(table)
 
-        def queue(written: Written) -> None:
+        def queue_table(written: Written) -> None:
             first, file, size = written.seqs.first, written.file, written.file_bytes
-            self._inbox.add(Append(table, nbytes, first, file, size, written.batches))
+            self._inbox.add(Append.of(table, nbytes, first, file, size, written.batches))
 
+        return self._append(payload, nbytes, queue_table, requests)
+
+    def _append(
+        self, payload: Any, nbytes: int, queue: Callable[[Written], None], requests: int
+    ) -> SeqRange:
         written = self._journal.append(payload, lambda: self._inbox.has_room(nbytes), queue)
         if written is None:
             self._writer.count("rejected", requests)

@@ -81,16 +81,22 @@ class Encoder:
         body = self._compressor.compress(raw) if codec is Codec.ZSTD else raw.to_pybytes()
         return StoredRow(schema, fingerprint, body, batch.num_rows, lo, hi, codec)
 
-    def journaled(self, tables: list[pa.Table], messages: list[bytes | pa.Buffer]) -> StoredRow:
+    def journaled(
+        self,
+        schema: pa.Schema,
+        n_rows: int,
+        bounds: tuple[int | None, int | None],
+        messages: list[bytes | pa.Buffer],
+    ) -> StoredRow:
         """Small tables as one stored row: their record batch messages as the journal wrote
-        them, joined (`Decoder` reads the messages back one by one)."""
-        schema, fingerprint, _ = self.fingerprint(tables[0].schema)
+        them, joined (`Decoder` reads the messages back one by one); `bounds`: their
+        earliest and latest `time`."""
+        schema, fingerprint, _ = self.fingerprint(schema)
         raw = b"".join(messages)
-        n_rows = sum(table.num_rows for table in tables)
-        lo, hi = time_bounds(tables[0] if len(tables) == 1 else pa.concat_tables(tables))
+        lo, hi = bounds
         # each message repeats its metadata, which zstd folds away: compress unless the
         # tables are large (tensors of floats barely compress)
-        small = len(raw) <= max(COMPRESS_BELOW, len(tables) * (16 << 10))
+        small = len(raw) <= max(COMPRESS_BELOW, len(messages) * (16 << 10))
         codec = Codec.ZSTD if small else Codec.NONE
         body = self._compressor.compress(raw) if codec is Codec.ZSTD else raw
         return StoredRow(schema, fingerprint, body, n_rows, lo, hi, codec)

@@ -19,23 +19,49 @@ from typing import Any
 import pyarrow as pa
 
 from edge.errors import LogBufferError
+from edge.result import time_bounds
 
 
 @dataclass
 class Append:
-    """A journaled table for SQLite."""
+    """A journaled table for SQLite: the table itself, or only the record batch messages
+    the journal wrote (`messages`), which SQLite stores as they are."""
 
-    table: pa.Table
+    table: pa.Table | None  # None: `messages` alone (a turn's rows written from a template)
+    schema: pa.Schema
+    rows: int
     nbytes: int
     first_seq: int
     file: str | None = None  # a large table's own file, which the row will name
     file_bytes: int = 0
     # the journal's record batch messages, which SQLite stores as they are (None: encode)
     messages: list[bytes | pa.Buffer] | None = None
+    # earliest and latest `time` in epoch ms, when known without the table
+    bounds: tuple[int | None, int | None] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        table: pa.Table,
+        nbytes: int,
+        first_seq: int,
+        file: str | None = None,
+        file_bytes: int = 0,
+        messages: list[bytes | pa.Buffer] | None = None,
+    ) -> Append:
+        return cls(
+            table, table.schema, table.num_rows, nbytes, first_seq, file, file_bytes, messages
+        )
+
+    def time_bounds(self) -> tuple[int | None, int | None]:
+        if self.bounds is None:
+            assert self.table is not None
+            self.bounds = time_bounds(self.table)
+        return self.bounds
 
     @property
     def last_seq(self) -> int:
-        return self.first_seq + self.table.num_rows - 1
+        return self.first_seq + self.rows - 1
 
 
 @dataclass

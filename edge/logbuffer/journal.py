@@ -34,6 +34,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from edge.errors import LogBufferDiskFull, LogBufferError
+from edge.ipc_template import EncodedBatch
 from edge.logbuffer import records
 from edge.logbuffer.records import HEADER, MAGIC, TABLE_SUFFIX, Encoded
 
@@ -151,20 +152,30 @@ class Journal:
 
     # ---------------------------------------------------------------- writing
 
-    def encode(self, table: pa.Table) -> Encoded:
+    def encode(self, table: pa.Table | EncodedBatch) -> Encoded:
         """`table` as a record's payload: an Arrow IPC stream, the schema message (cached)
-        then its batches. Encode before `append`: its lock is not needed for this."""
-        schema = table.schema
+        then its batches (an `EncodedBatch` is one already). Encode before `append`: its
+        lock is not needed for this."""
+        schema_message = self._schema_message(table.schema)
+        if isinstance(table, EncodedBatch):  # never with dictionaries (`BatchTemplate`)
+            batches: list[bytes | pa.Buffer] = [table.message]
+            length = len(schema_message) + len(table.message)
+            return Encoded([schema_message, *batches], table.rows, length, batches)
+        if not schema_message:  # dictionaries: the stream writer writes them too
+            return records.stream(table)
+        batches = [b.serialize() for b in table.to_batches()]
+        length = len(schema_message) + sum(len(b) for b in batches)
+        return Encoded([schema_message, *batches], table.num_rows, length, batches)
+
+    def _schema_message(self, schema: pa.Schema) -> bytes:
+        """The stream's schema message, cached for the last schema; b"" when the schema has
+        dictionaries."""
         cached = self._schema_bytes
         if cached is None or not (cached[0] is schema or cached[0].equals(schema)):
             dictionaries = any(map(pa.types.is_dictionary, schema.types))
             cached = (schema, b"" if dictionaries else schema.serialize().to_pybytes())
             self._schema_bytes = cached
-        if not cached[1]:  # dictionaries: the stream writer writes them too
-            return records.stream(table)
-        batches: list[bytes | pa.Buffer] = [b.serialize() for b in table.to_batches()]
-        length = len(cached[1]) + sum(len(b) for b in batches)
-        return Encoded([cached[1], *batches], table.num_rows, length, batches)
+        return cached[1]
 
     def append(
         self,

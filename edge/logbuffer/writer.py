@@ -130,7 +130,7 @@ class Writer:
             if record.epoch != epoch:
                 item = _replayed(record, next_seq)
                 items.append(item)
-                next_seq += item.table.num_rows if item is not None else 0
+                next_seq += item.rows if item is not None else 0
         fresh = [item for item in items if item is not None]
         try:
             self._commit(fresh, replay=True, through=next_seq - 1)
@@ -141,7 +141,7 @@ class Writer:
         if found:
             store.checkpoint()  # durable before the journal deletes its files
         self.journal.begin(epoch, max(next_seq, store.state.last_seq + 1))
-        replayed = sum(item.table.num_rows for item in fresh)
+        replayed = sum(item.rows for item in fresh)
         if replayed:
             self.count("replayed", replayed)
             log.warning("log buffer stored %d rows from the journal (after a crash)", replayed)
@@ -273,11 +273,15 @@ class Writer:
         try:
             first = run[0]
             if first.file is not None:  # `_runs` gives such a table a run of its own
+                assert first.table is not None
                 return [(run, encoder.file(first.table, first.file, first.file_bytes))]
-            tables = [item.table for item in run]
             if all(item.messages is not None for item in run):
                 messages = [m for item in run for m in item.messages or ()]
-                return [(run, encoder.journaled(tables, messages))]
+                rows = sum(item.rows for item in run)
+                bounds = _bounds([item.time_bounds() for item in run])
+                return [(run, encoder.journaled(first.schema, rows, bounds, messages))]
+            tables = [item.table for item in run if item.table is not None]
+            assert len(tables) == len(run)  # an append without messages keeps its table
             return [(run, encoder.tables(tables))]
         except Exception as exc:
             if len(run) > 1:
@@ -286,7 +290,7 @@ class Writer:
             log.error(
                 "log buffer cannot store a table first_seq=%d rows=%d error=%r",
                 run[0].first_seq,
-                run[0].table.num_rows,
+                run[0].rows,
                 exc,
             )
             return []
@@ -329,7 +333,7 @@ def _runs(appends: list[Append], max_bytes: int = 1 << 20) -> Iterator[list[Appe
             or item.file is not None
             or run[0].file is not None
             or item.first_seq != run[-1].last_seq + 1
-            or not item.table.schema.equals(run[0].table.schema, check_metadata=True)
+            or not item.schema.equals(run[0].schema, check_metadata=True)
         ):
             yield run
             run, size = [], 0
@@ -337,6 +341,13 @@ def _runs(appends: list[Append], max_bytes: int = 1 << 20) -> Iterator[list[Appe
         size += item.nbytes
     if run:
         yield run
+
+
+def _bounds(bounds: list[tuple[int | None, int | None]]) -> tuple[int | None, int | None]:
+    """The earliest and the latest of several tables' (earliest, latest) times."""
+    los = [lo for lo, _ in bounds if lo is not None]
+    his = [hi for _, hi in bounds if hi is not None]
+    return (min(los) if los else None, max(his) if his else None)
 
 
 def _replayed(record: Record, first_seq: int | None = None) -> Append | None:
@@ -354,9 +365,9 @@ def _replayed(record: Record, first_seq: int | None = None) -> Append | None:
         return None
     seq = record.first_seq if first_seq is None else first_seq
     if record.path is None:
-        return Append(table, table.get_total_buffer_size(), seq)
+        return Append.of(table, table.get_total_buffer_size(), seq)
     size = record.path.stat().st_size
-    return Append(table, table.get_total_buffer_size(), seq, record.path.name, size)
+    return Append.of(table, table.get_total_buffer_size(), seq, record.path.name, size)
 
 
 def _settle(fut: concurrent.futures.Future[Any], error: BaseException) -> None:
