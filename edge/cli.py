@@ -179,6 +179,16 @@ def _setup_logging(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
+def _http_protocol() -> Any:
+    """uvicorn's httptools protocol sending a response's head and body in one write
+    (`edge.wire`), or h11 where httptools is missing."""
+    if not _has("httptools"):
+        return "h11"
+    from edge.wire import Protocol
+
+    return Protocol
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -199,7 +209,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level="debug" if settings.debug else "warning",
         access_log=settings.debug,
         loop="uvloop" if _has("uvloop") else "asyncio",
-        http="httptools" if _has("httptools") else "h11",
+        http=_http_protocol(),
         lifespan="on",
         limit_concurrency=settings.max_connections,  # past it, 503 (the SDK retries)
         timeout_keep_alive=30,

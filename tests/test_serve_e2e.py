@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -346,3 +347,40 @@ def ready(edge: Edge) -> bool:
         return httpx.get(f"{edge.url}/health/ready", timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _response(sock: socket.socket) -> bytes:
+    """One whole HTTP response (head, then a body of its content-length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    assert len(body) == length, "a response carried bytes of the next one"
+    return head + b"\r\n\r\n" + body
+
+
+def test_served_answers_arrive_whole_and_in_order_on_one_connection(served: Edge) -> None:
+    body = b'[{"tensor": [' + b", ".join([b"1.0"] * 30) + b"]}]"
+    inference = (
+        b"POST /pipelines/breast-cancer HTTP/1.1\r\nhost: x\r\n"
+        b"content-type: application/json; format=pandas-records\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    listing = b"GET /pipelines HTTP/1.1\r\nhost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.sendall(inference)
+        first = sock.recv(65536)  # a small answer is one write: head and body arrive together
+        assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"}]")
+        sock.sendall(inference + listing + inference)  # pipelined
+        answers = [_response(sock) for _ in range(3)]
+    assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"HTTP/1.1 200 OK"] * 3
+    assert b'"pipeline_name":"breast-cancer"' in answers[0]
+    assert answers[1].endswith(b'{"pipelines":[{"id":"breast-cancer","status":"Running"}]}')
+    assert b'"pipeline_name":"breast-cancer"' in answers[2]

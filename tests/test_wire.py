@@ -1,0 +1,63 @@
+"""`edge.wire`: a response's head and body go out in one write, bytes and order unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from edge.wire import CoalescingTransport
+
+
+class Recording:
+    """Stands in for uvloop's transport: what was written, in one list entry per write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+
+def _transport() -> tuple[CoalescingTransport, Recording, asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    inner = Recording()
+    wrapped: Any = inner
+    return CoalescingTransport(wrapped, loop), inner, loop
+
+
+def test_a_head_and_its_body_go_out_as_one_write() -> None:
+    transport, inner, loop = _transport()
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    assert inner.writes == [] and transport.get_write_buffer_size() == 38
+    transport.write(b"{}")
+    assert inner.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    loop.run_until_complete(asyncio.sleep(0))  # the step's flush finds nothing held
+    assert len(inner.writes) == 1
+    loop.close()
+
+
+def test_a_lone_write_goes_out_at_the_end_of_the_loop_step_and_before_a_close() -> None:
+    transport, inner, loop = _transport()
+    transport.write(b"head")  # a streamed response: the next chunk comes later
+    loop.run_until_complete(asyncio.sleep(0))
+    assert inner.writes == [b"head"]
+    transport.write(b"last")
+    transport.close()
+    assert inner.writes == [b"head", b"last"] and inner.closed
+    transport.pause_reading()  # the rest is the transport's own
+    assert inner.paused
+    loop.close()
