@@ -302,6 +302,14 @@ class ResultRows:
         """What varies between requests of one key, joined in order: the times, the inputs,
         the outputs and the step timings, one row per result row."""
         first = group[0]
+        if len(group) == 1:  # most turns at low concurrency: nothing to join
+            rows = first.rows
+            return [
+                np.full(rows, first.time_ms, np.int64),
+                *first.inputs.values(),
+                *first.outputs.values(),
+                np.tile(np.asarray(first.elapsed, np.int64), (rows, 1)),
+            ]
         counts = [r.rows for r in group]
         arrays = [np.repeat(np.array([r.time_ms for r in group], np.int64), counts)]
         for part in ("inputs", "outputs"):

@@ -74,10 +74,10 @@ def fresh_clone(dest: Path) -> Path:
     return dest
 
 
-def port_8080_free() -> bool:
+def port_free(port: int) -> bool:
     with socket.socket() as sock:
         try:
-            sock.bind(("0.0.0.0", 8080))
+            sock.bind(("0.0.0.0", port))
         except OSError:
             return False
     return True
@@ -91,6 +91,9 @@ def newcomer_env(port: int) -> dict[str, str]:
     env.pop("PORT", None)
     if port != 8080:
         env["PORT"] = str(port)  # 8080 is taken on this machine: the Makefile's PORT variable
+    env.pop("GRPC_PORT", None)
+    if not port_free(8081):  # gRPC's default port is taken here: the appliance's own setting
+        env["GRPC_PORT"] = str(free_port())
     return env
 
 
@@ -104,7 +107,7 @@ def test_readme_first_command_serves_the_example(tmp_path: Path) -> None:
     assert first == "make demo"  # what README tells a newcomer to type
     clone = fresh_clone(tmp_path / "clone")
     assert not (clone / ".venv").exists() and not (clone / "demo").exists()
-    port = 8080 if port_8080_free() else free_port()
+    port = 8080 if port_free(8080) else free_port()
     log_path = tmp_path / "demo.log"
     started = time.monotonic()
     with open(log_path, "wb") as log:

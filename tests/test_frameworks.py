@@ -339,6 +339,7 @@ def test_serve_without_the_extra_exits_naming_it(tmp_path: Path) -> None:
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('No module named sklearn')\n")
     env = dict(os.environ, PIPELINE_URL=published.pipeline_url, PYTHONPATH=str(blocker.parent))
+    env["GRPC_PORT"] = "0"  # tests run side by side: no fixed port
     done = subprocess.run(
         edge_cmd("serve", "--host", "127.0.0.1", "--port", str(free_port()),
                  "--persist-dir", str(tmp_path / "p")),

@@ -124,6 +124,7 @@ def make_app(served: Served, tmp_path: Path) -> Iterator[Callable[..., tuple[App
     buffers: list[LogBuffer] = []
 
     def make(name: str = "iris", logging: bool = True, **settings: Any) -> tuple[Appliance, App]:
+        settings.setdefault("grpc_port", 0)  # tests run side by side: no fixed port
         config = Settings(
             pipeline_url=served.urls[name], persist_dir=tmp_path, partition="edge-1", **settings
         )
@@ -523,7 +524,8 @@ def test_while_loading_then_running(
         return load_pipeline(settings, echo=lambda line: None)
 
     monkeypatch.setattr(appliance_module, "load_pipeline", slow_load)
-    appliance = Appliance(Settings(pipeline_url=served.urls["iris"], persist_dir=tmp_path))
+    settings = Settings(pipeline_url=served.urls["iris"], persist_dir=tmp_path, grpc_port=0)
+    appliance = Appliance(settings)
     app = create_app(appliance)
 
     async def scenario() -> dict[str, httpx.Response]:
@@ -578,6 +580,7 @@ def test_a_load_failure_is_retried_until_it_loads(
         persist_dir=tmp_path / "persist",
         oci_password="s3cret-in-no-log",
         pull_retry_max=0.05,
+        grpc_port=0,
     )
     appliance = Appliance(settings, on_fatal=fatal.append)
     app = create_app(appliance)
