@@ -22,6 +22,7 @@ from edge.logbuffer import LogBuffer
 from edge.pipeline import Pipeline
 from edge.v2.model import Outcome, V2Model
 from edge.v2.request import InferRequest
+from edge.v2.small import SMALL_BODY, Small, SmallPath
 
 INLINE_BYTES = 64 << 10  # smaller requests run on the event loop: a thread hop costs more
 EXTENSIONS = ["binary_tensor_data"]
@@ -51,6 +52,7 @@ class V2Service:
     def __init__(self, appliance: Appliance) -> None:
         self.appliance = appliance
         self._model: V2Model | None = None
+        self._small: SmallPath | None = None  # the model's small requests' path
         self.server_metadata: dict[str, Any] = {
             "name": SERVER_NAME,
             "version": _version(),
@@ -73,6 +75,7 @@ class V2Service:
         model = self._model
         if model is None or model.pipeline is not pipeline:
             model = self._model = V2Model(pipeline)
+            self._small = SmallPath.compile(model)
         if model_version and model_version != model.version:
             raise NotFound(
                 f"model {name!r} has no version {model_version!r}; it serves {model.version!r}"
@@ -98,12 +101,24 @@ class V2Service:
         read: Callable[[], InferRequest],
         size: int,
         encode: Callable[[InferRequest, Outcome], Answer],
+        small: Callable[[SmallPath], Small | None] | None = None,
     ) -> Answer:
         """Read the request (`read`: parse and decode), run it, journal its rows and encode
         the answer (`encode`) while they are written; small requests on the event loop, the
-        rest on a worker thread within the appliance's model budget."""
+        rest on a worker thread within the appliance's model budget. A request the small
+        path takes (`small`, see `edge.v2.small`) is answered by it instead."""
         with self.appliance.hold() as pipeline:  # a swap meanwhile: this one answers
             model = self._model_of(pipeline, name, model_version)
+            path = self._small
+            if small is not None and path is not None and size <= SMALL_BODY:
+                done = small(path)
+                if done is not None:
+                    logged = journal(self.appliance.buffer, done.rows)
+                    if logged is not None:
+                        await logged
+                    self.appliance.metrics.count_rows(model.name, done.rows.rows)
+                    answer: Answer = done.answer
+                    return answer
             return await self._infer(model, read, size, encode)
 
     async def _infer(
