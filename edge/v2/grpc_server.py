@@ -33,13 +33,14 @@ from edge.v2.status import V2_STATUS
 log = logging.getLogger("edge.v2")
 SERVICE = "inference.GRPCInferenceService"
 STOP_GRACE = 5.0  # seconds calls in flight get at shutdown
+GATHER_TURNS = 16  # loop turns at most a call's rows wait for others' (`service.Journal`)
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class GrpcServer:
     def __init__(self, appliance: Appliance) -> None:
         self.appliance = appliance
-        self.service = V2Service(appliance)
+        self.service = V2Service(appliance, GATHER_TURNS)
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
