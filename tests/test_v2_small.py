@@ -8,9 +8,12 @@ declined and the general path answers it, errors included; pipelines it cannot r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from typing import Any
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -302,3 +305,50 @@ def test_pipelines_without_a_compiled_plan_have_no_small_path(
         assert any(o["name"].startswith("out_b.") for o in doc["outputs"])
     if name == "validated":
         assert "anomaly.high" in doc["parameters"]
+
+
+def test_grpc_results_of_calls_that_keep_coming_share_one_journal_record(
+    pipelines: dict[str, Pipeline],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """gRPC's journal (`service.Journal`): results of calls that begin a turn or so apart
+    are handed to the log buffer in one turn, one journal record for all, each caller told
+    its own rows; a lone call is handed over within `IDLE_TURNS` turns, not `turns`."""
+    from edge.logbuffer import LogBuffer
+    from edge.v2.service import IDLE_TURNS, Journal
+
+    small = SmallPath.compile(V2Model(pipelines["single"]))
+    assert small is not None
+    answered = [
+        small.rest(body(tensor(ROWS[i : i + 2], data=flat(ROWS[i : i + 2])))) for i in (0, 4, 8)
+    ]
+    with LogBuffer(tmp_path / "logbuffer.db") as buffer:
+        journal = Journal(cast(Any, SimpleNamespace(buffer=buffer)), turns=16)
+
+        async def calls_a_turn_apart() -> list[tuple[int, int]]:
+            logged = []
+            for done in answered:
+                assert done is not None
+                journal.started += 1
+                logged.append(journal.submit(done.rows))
+                await asyncio.sleep(0)
+            return [(r.first, r.last) for r in await asyncio.gather(*logged)]
+
+        async def lone_call() -> int:
+            journal.started += 1
+            assert answered[0] is not None
+            logged = asyncio.ensure_future(journal.submit(answered[0].rows))
+            turns = 0
+            while not logged.done():
+                await asyncio.sleep(0)
+                turns += 1
+            return turns
+
+        assert asyncio.run(calls_a_turn_apart()) == [(1, 2), (3, 4), (5, 6)]
+        buffer.flush()
+        assert buffer.stats()["appends"] == 1
+        assert asyncio.run(lone_call()) <= IDLE_TURNS + 3
+        buffer.flush()
+        assert buffer.stats()["appends"] == 2
+        stored, _ = buffer.query(limit=10)
+    assert stored.num_rows == 8
