@@ -5,7 +5,10 @@ inference is the same pipeline run, logged like any other.
 tensors.py              V2 tensors <-> numpy: datatypes, JSON data, raw bytes, BYTES lengths
 request.py              REST bodies (JSON, binary extension) and gRPC messages -> InferRequest
 model.py                the pipeline as a model: metadata, input checks, one inference
+small.py                small requests on the compiled plan (declines the rest to the above)
+answer.py               the REST body and gRPC response writers, for both paths
 service.py              what both front ends share: lookup, readiness, infer + journal
+                        (gRPC's gathers calls a few loop turns apart into one hand-over)
 status.py               the protocol's status table (HTTP status and gRPC code per error)
 rest.py                 the `/v2` routes, a plain ASGI endpoint (edge.server dispatches)
 grpc_server.py          inference.GRPCInferenceService on GRPC_PORT (grpc.aio)

@@ -23,8 +23,8 @@ from google.protobuf.message import DecodeError
 from edge.appliance import Appliance
 from edge.errors import BadInput, ConfigError
 from edge.httpio import log_unexpected
+from edge.v2 import answer
 from edge.v2 import grpc_predict_v2_pb2 as pb
-from edge.v2 import tensors
 from edge.v2.model import Outcome
 from edge.v2.request import InferRequest, from_grpc
 from edge.v2.service import V2Service
@@ -33,13 +33,14 @@ from edge.v2.status import V2_STATUS
 log = logging.getLogger("edge.v2")
 SERVICE = "inference.GRPCInferenceService"
 STOP_GRACE = 5.0  # seconds calls in flight get at shutdown
+GATHER_TURNS = 16  # loop turns at most a call's rows wait for others' (`service.Journal`)
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class GrpcServer:
     def __init__(self, appliance: Appliance) -> None:
         self.appliance = appliance
-        self.service = V2Service(appliance)
+        self.service = V2Service(appliance, GATHER_TURNS)
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -142,6 +143,7 @@ class GrpcServer:
                 lambda: from_grpc(message, len(data)),
                 len(data),
                 encode_grpc,
+                lambda small: small.grpc(message),
             )
         except Exception as exc:
             self._observe(name, V2_STATUS.status(exc), started)
@@ -182,28 +184,5 @@ def _serialize(message: Any) -> bytes:
 def encode_grpc(request: InferRequest, outcome: Outcome) -> Any:
     """A `ModelInferResponse` with every selected output in `raw_output_contents`."""
     model = outcome.model
-    answer = pb.ModelInferResponse(
-        model_name=model.name, model_version=model.version, id=request.id
-    )
-    for key, value in outcome.parameters.items():
-        _set_parameter(answer.parameters[key], value)
-    raw = []
-    for name, _ in outcome.selected(request):
-        array = outcome.tensor(name)
-        answer.outputs.add(
-            name=name, datatype=tensors.datatype_of(array.dtype), shape=list(array.shape)
-        )
-        raw.append(tensors.to_raw(array))
-    answer.raw_output_contents.extend(raw)
-    return answer
-
-
-def _set_parameter(parameter: Any, value: Any) -> None:
-    if isinstance(value, bool):
-        parameter.bool_param = value
-    elif isinstance(value, int):
-        parameter.int64_param = value
-    elif isinstance(value, float):
-        parameter.double_param = value
-    else:
-        parameter.string_param = str(value)
+    chosen = [(name, outcome.tensor(name), False) for name, _ in outcome.selected(request)]
+    return answer.grpc(model.name, model.version, request.id, outcome.parameters, chosen)

@@ -62,7 +62,7 @@ def from_rest(body: bytes, header_length: str | None) -> InferRequest:
         header, binary = body[:split], memoryview(body)[split:]
     doc = parse_json(header, BadInput, "inference request")
     fields = Fields(doc, "inference request")
-    parameters = _parameters(fields.mapping("parameters"), "inference request")
+    parameters = check_parameters(fields.mapping("parameters"), "inference request")
     items = doc.get("inputs")
     if not isinstance(items, list) or not items or len(items) > MAX_TENSORS:
         raise BadInput(f"inference request: inputs must be a list of 1 to {MAX_TENSORS} tensors")
@@ -96,7 +96,7 @@ def _rest_input(
     where = f"input {name!r}"
     datatype = str(fields.text("datatype", max_len=16))
     shape = tensors.parse_shape(item.get("shape"), where)
-    parameters = _parameters(fields.mapping("parameters"), where)
+    parameters = check_parameters(fields.mapping("parameters"), where)
     size = parameters.get("binary_data_size")
     if size is None:
         if "data" not in item:
@@ -126,7 +126,7 @@ def _rest_outputs(items: Any) -> list[RequestedOutput] | None:
     for index, item in enumerate(items):
         fields = Fields(item, f"outputs[{index}]")
         name = _name(fields)
-        parameters = _parameters(fields.mapping("parameters"), f"output {name!r}")
+        parameters = check_parameters(fields.mapping("parameters"), f"output {name!r}")
         outputs.append(RequestedOutput(name, _output_binary(parameters, name)))
     return outputs
 
@@ -135,7 +135,7 @@ def _name(fields: Fields) -> str:
     return str(fields.text("name", max_len=NAME_LEN))
 
 
-def _parameters(raw: dict[str, Any] | None, where: str) -> dict[str, Any]:
+def check_parameters(raw: dict[str, Any] | None, where: str) -> dict[str, Any]:
     """Parameters: names to booleans, numbers or strings (bounded)."""
     if not raw:
         return {}

@@ -22,7 +22,7 @@ import orjson
 
 from edge.errors import NotFound
 from edge.httpio import log_unexpected, read_asgi_body
-from edge.v2 import tensors
+from edge.v2 import answer
 from edge.v2.model import Outcome
 from edge.v2.request import InferRequest, from_rest
 from edge.v2.service import V2Service
@@ -34,7 +34,6 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 HEADER_LENGTH = "inference-header-content-length"
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
-_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 # the status says it (Triton's client reads only that); KServe's client reads these bodies
 _LIVE, _READY = b'{"live":true}', b'{"ready":true}'
 
@@ -109,7 +108,12 @@ class V2Endpoint:
         limit = self.appliance.settings.max_body_bytes
         body = await read_asgi_body(receive, declared, limit)
         payload, length = await self.service.infer(
-            name, version, lambda: from_rest(body, header_length), len(body), encode_rest
+            name,
+            version,
+            lambda: from_rest(body, header_length),
+            len(body),
+            encode_rest,
+            None if header_length is not None else lambda small: small.rest(body),
         )
         if length is None:
             return 200, payload, []
@@ -145,30 +149,5 @@ def _method(method: str, allowed: str, path: str) -> None:
 def encode_rest(request: InferRequest, outcome: Outcome) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary tensors follow it."""
     model = outcome.model
-    outputs: list[dict[str, Any]] = []
-    binary: list[bytes] = []
-    for name, in_binary in outcome.selected(request):
-        array = outcome.tensor(name)
-        item: dict[str, Any] = {
-            "name": name,
-            "datatype": tensors.datatype_of(array.dtype),
-            "shape": list(array.shape),
-        }
-        if in_binary:
-            raw = tensors.to_raw(array)
-            item["parameters"] = {"binary_data_size": len(raw)}
-            binary.append(raw)
-        else:
-            item["data"] = tensors.to_json_data(array)
-        outputs.append(item)
-    doc = {
-        "model_name": model.name,
-        "model_version": model.version,
-        "id": request.id,
-        "parameters": outcome.parameters,
-        "outputs": outputs,
-    }
-    header = orjson.dumps(doc, option=_NUMPY)
-    if not binary:
-        return header, None
-    return b"".join([header, *binary]), len(header)
+    chosen = [(name, outcome.tensor(name), binary) for name, binary in outcome.selected(request)]
+    return answer.rest(model.name, model.version, request.id, outcome.parameters, chosen)
