@@ -3,17 +3,17 @@ file (or stream), checked by the seed's input rules (a bad body is a `BadInput` 
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
 
+from edge.codecs.decode_columns import numeric_columns
 from edge.errors import BadInput
 from edge.tensors import ndarray_to_column
 
-ORJSON_BODY = 4096  # bodies below this are parsed with orjson, larger ones with polars
+ORJSON_BODY = 4096  # bodies from this size try the columnar parse (`decode_columns`) first
 
 
 def decode_records(body: bytes) -> pa.Table:
@@ -24,22 +24,15 @@ def decode_records(body: bytes) -> pa.Table:
             "body is not pandas-records JSON: expected a JSON list of row objects, like "
             '[{"tensor": [1.0, 2.0]}]'
         )
-    if len(body) < ORJSON_BODY:  # small bodies: orjson and pyarrow beat polars' fixed cost
-        try:
-            rows = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadInput(f"malformed JSON at byte {exc.pos}: {exc.msg}") from exc
-        return _rows_to_table(rows)
-    import polars as pl  # imported on first large body: it costs ~50 MB resident
-
+    if len(body) >= ORJSON_BODY:  # numeric rows of one shape, parsed by columns
+        table = numeric_columns(body)
+        if table is not None:
+            return table
     try:
-        # every row decides the column types (polars' default looks at the first 100 only)
-        table = pl.read_json(io.BytesIO(body), infer_schema_length=None).to_arrow()
-    except Exception as exc:  # polars raises ComputeError/SchemaError with a text
-        raise BadInput(f"malformed pandas-records JSON: {str(exc).splitlines()[0]}") from exc
-    if table.num_rows == 0 or table.num_columns == 0:
-        raise BadInput("the request holds no rows (an empty list)")
-    return _plain_offsets(table)
+        rows = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadInput(f"malformed JSON at byte {exc.pos}: {exc.msg}") from exc
+    return _rows_to_table(rows)
 
 
 def _rows_to_table(rows: Any) -> pa.Table:
@@ -106,28 +99,6 @@ def numeric_tensor(values: list[Any]) -> np.ndarray | None:
 
 def _numeric_start(first: Any) -> bool:
     return isinstance(first, list | int | float) and not isinstance(first, bool)
-
-
-def _plain_offsets(table: pa.Table) -> pa.Table:
-    """large_list/large_string (what polars writes) to list/string, so every request's
-    columns have one type whichever decoder read them."""
-    fields = []
-    for f in table.schema:
-        kind = f.type
-        if pa.types.is_large_list(kind) or pa.types.is_large_string(kind):
-            fields.append(pa.field(f.name, _plain_type(kind)))
-        else:
-            fields.append(f)
-    schema = pa.schema(fields)
-    return table if schema == table.schema else table.cast(schema)
-
-
-def _plain_type(kind: pa.DataType) -> pa.DataType:
-    if pa.types.is_large_list(kind) or pa.types.is_list(kind):
-        return pa.list_(_plain_type(kind.value_type))
-    if pa.types.is_large_string(kind):
-        return pa.string()
-    return kind
 
 
 def decode_arrow(body: bytes) -> pa.Table:
