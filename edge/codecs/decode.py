@@ -9,11 +9,10 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from edge.codecs.decode_columns import numeric_columns
 from edge.errors import BadInput
 from edge.tensors import ndarray_to_column
 
-ORJSON_BODY = 4096  # bodies from this size try the columnar parse (`decode_columns`) first
+ORJSON_BODY = 4096  # bodies below this may take the small requests' path (`edge.fastpath`)
 
 
 def decode_records(body: bytes) -> pa.Table:
@@ -24,10 +23,6 @@ def decode_records(body: bytes) -> pa.Table:
             "body is not pandas-records JSON: expected a JSON list of row objects, like "
             '[{"tensor": [1.0, 2.0]}]'
         )
-    if len(body) >= ORJSON_BODY:  # numeric rows of one shape, parsed by columns
-        table = numeric_columns(body)
-        if table is not None:
-            return table
     try:
         rows = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
