@@ -1,0 +1,27 @@
+"""edge.memory: which requests are followed by a trim, and the trim itself."""
+
+from __future__ import annotations
+
+from edge import memory
+
+
+def scope(*headers: tuple[bytes, bytes]) -> dict[str, object]:
+    return {"type": "http", "headers": list(headers)}
+
+
+def test_only_large_declared_bodies_are_followed_by_a_trim() -> None:
+    big = str(memory.LARGE_BODY).encode()
+    assert memory.large_request(scope((b"host", b"x"), (b"content-length", big)))
+    assert not memory.large_request(scope((b"content-length", b"4096")))
+    assert not memory.large_request(scope())  # chunked: no length declared
+    assert not memory.large_request(scope((b"content-length", b"-5")))
+
+
+def test_release_trims_with_glibc() -> None:
+    import platform
+
+    if platform.libc_ver()[0] == "glibc":  # the machines this ships on
+        assert memory._TRIM is not None
+    blocks = [bytearray(1 << 20) for _ in range(32)]
+    del blocks
+    memory.release()
