@@ -105,3 +105,15 @@ def test_no_pandas_records_request_imports_polars() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["10000", "False"]
+
+
+def test_the_garbage_collector_is_on_again_after_a_large_body() -> None:
+    import gc
+
+    good = body_of([{"tensor": [1.5, 2.5]}] * 10_000)
+    assert gc.isenabled()
+    codecs.decode_records(good)
+    assert gc.isenabled()
+    with pytest.raises(BadInput):
+        codecs.decode_records(good[:-1])
+    assert gc.isenabled()

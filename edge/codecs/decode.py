@@ -3,6 +3,7 @@ file (or stream), checked by the seed's input rules (a bad body is a `BadInput` 
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from edge.errors import BadInput
 from edge.tensors import ndarray_to_column
 
 ORJSON_BODY = 4096  # bodies below this may take the small requests' path (`edge.fastpath`)
+NO_GC_BODY = 64 << 10  # bodies from this size are parsed with the garbage collector paused
 
 
 def decode_records(body: bytes) -> pa.Table:
@@ -23,6 +25,18 @@ def decode_records(body: bytes) -> pa.Table:
             "body is not pandas-records JSON: expected a JSON list of row objects, like "
             '[{"tensor": [1.0, 2.0]}]'
         )
+    if len(body) < NO_GC_BODY or not gc.isenabled():
+        return _parse(body)
+    # A large body makes tens of thousands of lists and dicts (no cycles among them): the
+    # collector would walk them, and now and then the whole heap, for nothing.
+    gc.disable()
+    try:
+        return _parse(body)
+    finally:
+        gc.enable()
+
+
+def _parse(body: bytes) -> pa.Table:
     try:
         rows = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -33,6 +47,11 @@ def decode_records(body: bytes) -> pa.Table:
 def _rows_to_table(rows: Any) -> pa.Table:
     if not isinstance(rows, list) or not rows:
         raise BadInput("the request holds no rows (expected a non-empty JSON list of objects)")
+    first = rows[0]
+    if isinstance(first, dict) and all(type(r) is dict and r.keys() == first.keys() for r in rows):
+        # every row has the same keys (the usual request): a column is one comprehension
+        same: dict[str, list[Any]] = {key: [row[key] for row in rows] for key in first}
+        return pa.table({name: _column(name, values) for name, values in same.items()})
     columns: dict[str, list[Any]] = {}
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
@@ -49,7 +68,7 @@ def _column(name: str, values: list[Any]) -> pa.Array:
     """One JSON column as Arrow; numeric tensors go through numpy (much faster than
     pyarrow's inference on nested Python lists), everything else through `pa.array`."""
     first = values[0]
-    if _numeric_start(first) and any(v is None for v in values):
+    if _numeric_start(first) and None in values:
         # rows without a value: a null (the model step says whether it takes one)
         _check_shapes(name, [v for v in values if v is not None])
     elif _numeric_start(first):

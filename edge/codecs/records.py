@@ -58,6 +58,8 @@ class RecordInfo:
             from edge.codecs.records_large import row_objects
 
             texts = row_objects(inputs, shared)
+        if max(map(len, texts), default=0) <= ORIGINAL_DATA_BYTES:
+            return texts  # the usual case: one pass in C
         return [t if len(t) <= ORIGINAL_DATA_BYTES else b"null" for t in texts]
 
     def model_of(self, row: int) -> tuple[str, str]:
