@@ -213,7 +213,7 @@ def create_app(appliance: Appliance) -> Callable[..., Awaitable[None]]:
                 if path.startswith(PIPELINES) and "/" not in path[len(PIPELINES) :]:
                     await infer(scope, receive, send, path[len(PIPELINES) :])
                     if memory.large_request(scope):  # its freed memory back to the system
-                        memory.release()
+                        memory.release_soon()
                     return
             if path.startswith(V2) and (len(path) == len(V2) or path[len(V2)] == "/"):
                 await v2(scope, receive, send)

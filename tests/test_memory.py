@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edge import memory
 
 
@@ -25,3 +27,22 @@ def test_release_trims_with_glibc() -> None:
     blocks = [bytearray(1 << 20) for _ in range(32)]
     del blocks
     memory.release()
+
+
+def test_a_burst_of_large_requests_is_followed_by_one_trim(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "release", lambda: trims.append(1))
+
+    async def burst() -> None:
+        for _ in range(5):
+            memory.release_soon(0.05)
+        await asyncio.sleep(0.2)
+        memory.release_soon(0.05)  # a later request: a later trim
+        await asyncio.sleep(0.2)
+
+    if memory._TRIM is None:
+        return  # not glibc: nothing is ever scheduled
+    asyncio.run(burst())
+    assert trims == [1, 1]
