@@ -50,16 +50,20 @@ def release() -> None:
         _TRIM(0)
 
 
-_pending: list[asyncio.TimerHandle] = []  # the trim to come, if any
+_pending: list[asyncio.AbstractEventLoop] = []  # the loop a trim is due on, if any
 
 
 def release_soon(delay: float = RELEASE_DELAY) -> None:
-    """`release` on the running event loop in `delay` seconds, unless one is due already."""
-    if _TRIM is None or _pending:
+    """`release` on the running event loop in `delay` seconds, unless one is due on it already
+    (a trim due on a loop that has since closed does not count)."""
+    loop = asyncio.get_running_loop()
+    if _TRIM is None or (_pending and _pending[0] is loop):
         return
-    _pending.append(asyncio.get_running_loop().call_later(delay, _release_due))
+    _pending[:] = [loop]
+    loop.call_later(delay, _release_due, loop)
 
 
-def _release_due() -> None:
-    _pending.clear()
+def _release_due(loop: asyncio.AbstractEventLoop) -> None:
+    if _pending and _pending[0] is loop:
+        _pending.clear()
     release()

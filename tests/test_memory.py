@@ -46,3 +46,22 @@ def test_a_burst_of_large_requests_is_followed_by_one_trim(monkeypatch: pytest.M
         return  # not glibc: nothing is ever scheduled
     asyncio.run(burst())
     assert trims == [1, 1]
+
+
+def test_a_trim_due_on_a_closed_loop_does_not_stop_later_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "release", lambda: trims.append(1))
+
+    async def request(wait: float) -> None:
+        memory.release_soon(0.05)
+        await asyncio.sleep(wait)
+
+    if memory._TRIM is None:
+        return
+    asyncio.run(request(0))  # the loop closes before its trim is due
+    asyncio.run(request(0.2))
+    assert trims == [1]
