@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from edge import codecs, openapi
+from edge import codecs, memory, openapi
 from edge.appliance import Appliance
 from edge.errors import (
     EdgeError,
@@ -212,6 +212,8 @@ def create_app(appliance: Appliance) -> Callable[..., Awaitable[None]]:
             if scope["method"] == "POST":
                 if path.startswith(PIPELINES) and "/" not in path[len(PIPELINES) :]:
                     await infer(scope, receive, send, path[len(PIPELINES) :])
+                    if memory.large_request(scope):  # its freed memory back to the system
+                        memory.release_soon()
                     return
             if path.startswith(V2) and (len(path) == len(V2) or path[len(V2)] == "/"):
                 await v2(scope, receive, send)

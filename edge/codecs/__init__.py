@@ -3,7 +3,7 @@
 decode.py         pandas-records JSON / Arrow IPC requests to Arrow tables
 shape.py          the seed's dataset selection, content negotiation (both servers)
 records.py        result tables to pandas-records JSON (small results, per row)
-records_large.py  ... large results, columnar with polars
+records_large.py  ... large results, column by column
 arrow.py          result tables to Arrow IPC files
 """
 

@@ -3,7 +3,7 @@ file (or stream), checked by the seed's input rules (a bad body is a `BadInput` 
 
 from __future__ import annotations
 
-import io
+import gc
 from typing import Any
 
 import numpy as np
@@ -13,7 +13,8 @@ import pyarrow as pa
 from edge.errors import BadInput
 from edge.tensors import ndarray_to_column
 
-ORJSON_BODY = 4096  # bodies below this are parsed with orjson, larger ones with polars
+ORJSON_BODY = 4096  # bodies below this may take the small requests' path (`edge.fastpath`)
+NO_GC_BODY = 64 << 10  # bodies from this size are parsed with the garbage collector paused
 
 
 def decode_records(body: bytes) -> pa.Table:
@@ -24,27 +25,33 @@ def decode_records(body: bytes) -> pa.Table:
             "body is not pandas-records JSON: expected a JSON list of row objects, like "
             '[{"tensor": [1.0, 2.0]}]'
         )
-    if len(body) < ORJSON_BODY:  # small bodies: orjson and pyarrow beat polars' fixed cost
-        try:
-            rows = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadInput(f"malformed JSON at byte {exc.pos}: {exc.msg}") from exc
-        return _rows_to_table(rows)
-    import polars as pl  # imported on first large body: it costs ~50 MB resident
-
+    if len(body) < NO_GC_BODY or not gc.isenabled():
+        return _parse(body)
+    # A large body makes tens of thousands of lists and dicts (no cycles among them): the
+    # collector would walk them, and now and then the whole heap, for nothing.
+    gc.disable()
     try:
-        # every row decides the column types (polars' default looks at the first 100 only)
-        table = pl.read_json(io.BytesIO(body), infer_schema_length=None).to_arrow()
-    except Exception as exc:  # polars raises ComputeError/SchemaError with a text
-        raise BadInput(f"malformed pandas-records JSON: {str(exc).splitlines()[0]}") from exc
-    if table.num_rows == 0 or table.num_columns == 0:
-        raise BadInput("the request holds no rows (an empty list)")
-    return _plain_offsets(table)
+        return _parse(body)
+    finally:
+        gc.enable()
+
+
+def _parse(body: bytes) -> pa.Table:
+    try:
+        rows = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadInput(f"malformed JSON at byte {exc.pos}: {exc.msg}") from exc
+    return _rows_to_table(rows)
 
 
 def _rows_to_table(rows: Any) -> pa.Table:
     if not isinstance(rows, list) or not rows:
         raise BadInput("the request holds no rows (expected a non-empty JSON list of objects)")
+    first = rows[0]
+    if isinstance(first, dict) and all(type(r) is dict and r.keys() == first.keys() for r in rows):
+        # every row has the same keys (the usual request): a column is one comprehension
+        same: dict[str, list[Any]] = {key: [row[key] for row in rows] for key in first}
+        return pa.table({name: _column(name, values) for name, values in same.items()})
     columns: dict[str, list[Any]] = {}
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
@@ -61,7 +68,7 @@ def _column(name: str, values: list[Any]) -> pa.Array:
     """One JSON column as Arrow; numeric tensors go through numpy (much faster than
     pyarrow's inference on nested Python lists), everything else through `pa.array`."""
     first = values[0]
-    if _numeric_start(first) and any(v is None for v in values):
+    if _numeric_start(first) and None in values:
         # rows without a value: a null (the model step says whether it takes one)
         _check_shapes(name, [v for v in values if v is not None])
     elif _numeric_start(first):
@@ -106,28 +113,6 @@ def numeric_tensor(values: list[Any]) -> np.ndarray | None:
 
 def _numeric_start(first: Any) -> bool:
     return isinstance(first, list | int | float) and not isinstance(first, bool)
-
-
-def _plain_offsets(table: pa.Table) -> pa.Table:
-    """large_list/large_string (what polars writes) to list/string, so every request's
-    columns have one type whichever decoder read them."""
-    fields = []
-    for f in table.schema:
-        kind = f.type
-        if pa.types.is_large_list(kind) or pa.types.is_large_string(kind):
-            fields.append(pa.field(f.name, _plain_type(kind)))
-        else:
-            fields.append(f)
-    schema = pa.schema(fields)
-    return table if schema == table.schema else table.cast(schema)
-
-
-def _plain_type(kind: pa.DataType) -> pa.DataType:
-    if pa.types.is_large_list(kind) or pa.types.is_list(kind):
-        return pa.list_(_plain_type(kind.value_type))
-    if pa.types.is_large_string(kind):
-        return pa.string()
-    return kind
 
 
 def decode_arrow(body: bytes) -> pa.Table:

@@ -4,8 +4,7 @@ JSON records carry the seed's edge fields (`check_failures`, `elapsed`, `model_n
 `model_version`, `original_data`, `outputs`, `pipeline_name`, `shadow_data`, `time`) plus
 `in`/`out`/`anomaly`/`metadata`, nested, or flat keys joined by `separator` when the client
 asks (Wallaroo's SDK does). Two writers produce the same records: a per-row one with orjson
-for small results (polars' fixed cost is about a millisecond) and a columnar one with polars
-for large ones (`edge.codecs.records_large`).
+for small results and a columnar one for large ones (`edge.codecs.records_large`).
 """
 
 from __future__ import annotations
@@ -42,9 +41,10 @@ class RecordInfo:
     # per record (model_name, model_version), when an A/B split chose per row
     row_models: list[tuple[str, str]] | None = None
 
-    def original_data(self, rows: int) -> list[bytes]:
+    def original_data(self, rows: int, shared: Any = None) -> list[bytes]:
         """Each record's `original_data`: its row of the input, as JSON text, or null past
-        `ORIGINAL_DATA_BYTES` (the seed: null "if the input may be too long")."""
+        `ORIGINAL_DATA_BYTES` (the seed: null "if the input may be too long"); `shared`:
+        the columnar writer's columns, whose JSON is reused for the same arrays."""
         inputs = self.inputs
         if inputs is None or inputs.num_columns == 0:
             return [b"null"] * rows
@@ -57,7 +57,9 @@ class RecordInfo:
         else:
             from edge.codecs.records_large import row_objects
 
-            texts = row_objects(inputs)
+            texts = row_objects(inputs, shared)
+        if max(map(len, texts), default=0) <= ORIGINAL_DATA_BYTES:
+            return texts  # the usual case: one pass in C
         return [t if len(t) <= ORIGINAL_DATA_BYTES else b"null" for t in texts]
 
     def model_of(self, row: int) -> tuple[str, str]:

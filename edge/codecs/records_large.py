@@ -33,11 +33,13 @@ from edge.tensors import numbers, single_array
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 Fragments = list[bytes] | bytes  # one per row, or one for every row
 Pieces = list[Fragments]  # in order; constant text between per-row fragments
+Shared = dict[tuple[Any, ...], "_Column"]  # columns by array (`_shared`)
 
 
 def records_large(table: pa.Table, info: RecordInfo | None, separator: str | None) -> bytes:
     rows = table.num_rows
-    values = {field.name: _Column(table.column(field.name), rows) for field in table.schema}
+    shared: Shared = {}
+    values = {field.name: _shared(table.column(field.name), rows, shared) for field in table.schema}
     if result.MODEL_SPLIT in values:
         values[result.MODEL_SPLIT] = _SplitColumn(table.column(result.MODEL_SPLIT), rows)
     pieces: list[Fragments] = []
@@ -62,7 +64,8 @@ def records_large(table: pa.Table, info: RecordInfo | None, separator: str | Non
         else:
             put(b',"model_name":', [orjson.dumps(m[0]) for m in info.row_models])
             put(b',"model_version":', [orjson.dumps(m[1]) for m in info.row_models], b",")
-        put(b'"original_data":', info.original_data(rows), b',"outputs":[')
+        # `in.*` and the input rows hold the same arrays: their JSON is written once
+        put(b'"original_data":', info.original_data(rows, shared), b',"outputs":[')
         kinds = {field.name: _type_name(field.type) for field in table.schema}
         _entries(put, [(n, kinds[n]) for n in result.output_columns(table.column_names)], values)
         put(b"]," + _key_value("pipeline_name", info.pipeline_name) + b',"shadow_data":')
@@ -127,15 +130,15 @@ def _per_record(values: list[Any] | None, default: Any) -> Fragments:
     return out
 
 
-def row_objects(table: pa.Table) -> list[bytes]:
+def row_objects(table: pa.Table, shared: Shared | None = None) -> list[bytes]:
     """Each row of `table` as one JSON object (`{"<column>": value, ...}`), with the values
-    written as the per-row writer writes them."""
+    written as the per-row writer writes them (columns met before in `shared` reused)."""
     rows = table.num_rows
     pieces: list[Fragments] = []
     text = [b"{"]
     for i, name in enumerate(table.column_names):
         text.append((b"," if i else b"") + orjson.dumps(name) + b":")
-        for piece in _Column(table.column(name), rows).json():
+        for piece in _shared(table.column(name), rows, {} if shared is None else shared).json():
             if isinstance(piece, bytes):
                 text.append(piece)
             else:
@@ -159,10 +162,26 @@ def _assemble(pieces: list[Fragments], rows: int) -> Iterator[bytes]:
     return map(b"".join, zip(*streams, strict=False))
 
 
+def _shared(column: pa.ChunkedArray, rows: int, shared: Shared) -> _Column:
+    """The column's `_Column`, one for every column holding the same array (same type and
+    buffers), so its JSON is made once."""
+    array = single_array(column)
+    key = (
+        str(array.type),
+        array.offset,
+        len(array),
+        tuple(0 if b is None else b.address for b in array.buffers()),
+    )
+    found = shared.get(key)
+    if found is None:
+        found = shared[key] = _Column(array, rows)
+    return found
+
+
 class _Column:
     """One column's JSON fragments, made once, as the per-row writer writes its values."""
 
-    def __init__(self, column: pa.ChunkedArray, rows: int) -> None:
+    def __init__(self, column: pa.ChunkedArray | pa.Array, rows: int) -> None:
         self.array = single_array(column)
         self.rows = rows
         self._json: Pieces | None = None
