@@ -4,9 +4,9 @@
 turn of the loop are journaled together, as one record, at the start of the next turn: one
 encode and one write for all the requests the loop is serving (3-5 at concurrency 8), each
 waiting one turn for it. A result may come as an Arrow table, or as `Rows` (numpy columns of
-the small requests' path): the rows of one turn are then written as one record batch
-message from a template of their layout (`edge.ipc_template`), or built into one Arrow
-table, once, instead of one table per request. Each caller still gets its own sequence range, and
+the small requests' path): the rows of one turn are then written as one record batch message
+from a template of their layout (`edge.ipc_template`), or else built into one Arrow table,
+once, instead of one table per request. Each caller still gets its own sequence range, and
 each is answered with the error when the record cannot be written. Larger tables go to a
 worker thread (the caller awaits them while its answer is encoded). With `fsync_interval` 0
 every result also waits for the journal's fsync, one for all the requests in flight.
