@@ -111,28 +111,38 @@ class InferenceEndpoint:
             table = decode(body)
             return pipeline.run(table, time.perf_counter_ns() - parse_started)
 
-        if len(body) <= INLINE_BYTES and pipeline.quick:
-            inference = work()
-        else:
-            inference = await anyio.to_thread.run_sync(work, limiter=self.appliance.limiter)
-        result = inference.table
-        shown = codecs.shape(result, shape)
-        # Journal the rows (large tables on a thread, while the answer is encoded); answer
-        # only once they are written (LogBufferFull / LogBufferDiskFull become 503 / 507).
-        buffer = self.appliance.buffer
-        logged = buffer.submit(without_nulls(result)) if buffer is not None else None
-
-        def encode() -> bytes:
+        def encode(inference: Inference) -> bytes:
+            shown = codecs.shape(inference.table, shape)
             if want_arrow:
                 return codecs.encode_arrow(shown)
             info = inference.record_info(pipeline.name)
             return codecs.encode_records(shown, info, shape.separator)
 
+        media = _ARROW if want_arrow else _JSON
+        buffer = self.appliance.buffer
+        if len(body) > INLINE_BYTES or not pipeline.quick:
+            # One thread hop for all of it: decode, run, journal (answered only once the rows
+            # are written: LogBufferFull / LogBufferDiskFull become 503 / 507), encode.
+            def answer() -> tuple[int, bytes]:
+                inference = work()
+                result = inference.table
+                if buffer is not None:
+                    buffer.log_answered(without_nulls(result))
+                return result.num_rows, encode(inference)
+
+            rows, payload = await anyio.to_thread.run_sync(answer, limiter=self.appliance.limiter)
+            self.metrics.count_rows(name, rows)
+            return media, payload
+        inference = work()
+        result = inference.table
+        # Journal the rows (large tables on a thread, while the answer is encoded); answer
+        # only once they are written.
+        logged = buffer.submit(without_nulls(result)) if buffer is not None else None
         if result.num_rows < codecs.SMALL:
-            payload = encode()
+            payload = encode(inference)
         else:
-            payload = await anyio.to_thread.run_sync(encode)
+            payload = await anyio.to_thread.run_sync(encode, inference)
         if logged is not None:
             await logged
         self.metrics.count_rows(name, result.num_rows)
-        return (_ARROW if want_arrow else _JSON), payload
+        return media, payload

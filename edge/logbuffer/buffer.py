@@ -100,7 +100,8 @@ class LogBuffer:
             group_limit=group_limit,
             commit_timeout=commit_timeout,
         )
-        self._batcher = TurnBatcher(self._log, self._journal.sync if fsync_interval == 0 else None)
+        self._sync_each = fsync_interval == 0
+        self._batcher = TurnBatcher(self._log, self._journal.sync if self._sync_each else None)
 
     @property
     def epoch(self) -> str:
@@ -156,6 +157,14 @@ class LogBuffer:
         machine). Never blocks on SQLite: a full queue raises `LogBufferFull`, a full disk
         `LogBufferDiskFull`, a closed or stopped buffer `LogBufferError`. Thread-safe."""
         return self._log(table, 1)
+
+    def log_answered(self, table: pa.Table) -> SeqRange:
+        """`log` for a worker thread that answers once this returns: with `fsync_interval`
+        0 it also waits for the journal's fsync, as `submit` does."""
+        seqs = self._log(table, 1)
+        if self._sync_each:
+            self._journal.sync()
+        return seqs
 
     def submit(self, result: pa.Table | Rows) -> asyncio.Future[SeqRange]:
         """`log` for the event loop: the small results of one turn (tables, or the small
