@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from edge import codecs
 from edge.errors import LogBufferDiskFull
 from edge.logbuffer import LogBuffer, SeqRange, records
 from edge.logbuffer.journal import Journal, Written
@@ -112,6 +113,8 @@ def test_submit_waits_for_the_journal_fsync_when_asked(tmp_path: Path) -> None:
         assert not buffer._journal.unsynced
         assert sorted(r.first for r in ranges) == list(range(1, 101, 2))
         assert len(buffer.query(limit=1000)[0]) == 100  # query sees every logged row
+        buffer.log_answered(small_table(2, start=200))  # from a worker thread: the same
+        assert not buffer._journal.unsynced
 
 
 def test_fsync_interval_setting() -> None:
@@ -195,6 +198,44 @@ def test_a_large_table_is_written_once_to_its_own_file_and_referenced(
     (tmp_path / "tables" / written.file).unlink()  # as if a power loss took it
     with pytest.raises(OSError):
         journal.read(live=True)[1].table()
+
+
+def test_a_large_arrow_requests_input_is_journaled_from_the_bodys_own_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14: the input columns a client sent as Arrow are written to the table's file
+    from the request body's buffer (no copy), and the file holds the very bytes of the
+    table's IPC stream."""
+    rows = 5000
+    tensor = pa.FixedSizeListArray.from_arrays(pa.array([0.5, 1.5, 2.5] * rows * 10), 30)
+    sent = pa.table({"tensor": tensor.cast(pa.list_(pa.float32(), 30))})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, sent.schema) as writer:
+        writer.write_table(sent)
+    body = sink.getvalue().to_pybytes()
+    request = codecs.decode_arrow(body)
+    times = pa.array([1_700_000_000_000] * rows, TIME)
+    logged = pa.table({"time": times, "in.tensor": request.column("tensor")})
+    writes: list[list[bytes | pa.Buffer]] = []
+    write_all = records.write_all
+
+    def kept(fd: int, parts: list[bytes | pa.Buffer], size: int) -> None:
+        writes.append(list(parts))
+        write_all(fd, parts, size)
+
+    monkeypatch.setattr(records, "write_all", kept)
+    journal, queued = opened(tmp_path)
+    written = journal.append(logged, lambda: True, queued.append)
+    assert written is not None and written.file is not None
+    start = pa.py_buffer(body).address
+    from_body = [
+        p for p in writes[0] if isinstance(p, pa.Buffer) and start <= p.address < start + len(body)
+    ]
+    assert [len(p) for p in from_body] == [rows * 30 * 4]  # the tensor, by reference
+    expected, _ = records.record(written.seqs.first, records.stream(logged))
+    on_disk = (tmp_path / "tables" / written.file).read_bytes()
+    assert on_disk == b"".join(bytes(p) for p in expected)
+    assert journal.read(live=True)[0].table().equals(logged)
 
 
 def test_a_small_current_segment_is_kept_until_the_end(tmp_path: Path) -> None:
