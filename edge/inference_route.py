@@ -30,6 +30,7 @@ INLINE_BYTES = 64 << 10  # smaller bodies run on the event loop: a thread hop co
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ErrorAnswer = Callable[[str, Exception], tuple[int, bytes]]
+Body = bytes | memoryview  # an Arrow answer is a view of Arrow's buffer (no copy into bytes)
 _JSON = codecs.JSON_TYPE.encode()
 _ARROW = codecs.ARROW_FILE_TYPE.encode()
 _ERROR = b"application/json"
@@ -61,13 +62,13 @@ class InferenceEndpoint:
 
     async def _infer(
         self, scope: dict[str, Any], receive: Receive, name: str
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[bytes, Body]:
         with self.appliance.hold(name) as pipeline:  # a swap meanwhile: this one answers
             return await self._infer_on(pipeline, scope, receive, name)
 
     async def _infer_on(
         self, pipeline: Pipeline, scope: dict[str, Any], receive: Receive, name: str
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[bytes, Body]:
         appliance = self.appliance
         headers = {
             key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]
@@ -105,16 +106,16 @@ class InferenceEndpoint:
         body: bytes,
         shape: codecs.Shape,
         want_arrow: bool,
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[bytes, Body]:
         def work() -> Inference:
             parse_started = time.perf_counter_ns()
             table = decode(body)
             return pipeline.run(table, time.perf_counter_ns() - parse_started)
 
-        def encode(inference: Inference) -> bytes:
+        def encode(inference: Inference) -> Body:
             shown = codecs.shape(inference.table, shape)
             if want_arrow:
-                return codecs.encode_arrow(shown)
+                return memoryview(codecs.arrow_file(shown))
             info = inference.record_info(pipeline.name)
             return codecs.encode_records(shown, info, shape.separator)
 
@@ -123,7 +124,7 @@ class InferenceEndpoint:
         if len(body) > INLINE_BYTES or not pipeline.quick:
             # One thread hop for all of it: decode, run, journal (answered only once the rows
             # are written: LogBufferFull / LogBufferDiskFull become 503 / 507), encode.
-            def answer() -> tuple[int, bytes]:
+            def answer() -> tuple[int, Body]:
                 inference = work()
                 result = inference.table
                 if buffer is not None:
