@@ -16,6 +16,7 @@ from edge.errors import LogBufferDiskFull
 from edge.logbuffer import LogBuffer, SeqRange, records
 from edge.logbuffer.journal import Journal, Written
 from tests.logbuffer_support import (
+    T0,
     TIME,
     crash,
     eventually,
@@ -236,6 +237,40 @@ def test_a_large_arrow_requests_input_is_journaled_from_the_bodys_own_memory(
     on_disk = (tmp_path / "tables" / written.file).read_bytes()
     assert on_disk == b"".join(bytes(p) for p in expected)
     assert journal.read(live=True)[0].table().equals(logged)
+
+
+def test_the_writers_queue_holds_large_tables_by_their_files_not_their_memory(
+    tmp_path: Path,
+) -> None:
+    """A large result's per-request strings take megabytes in memory and almost nothing in
+    its file: the queue counts the file (more such tables wait before a 503) and keeps no
+    table in memory; each is stored and read back whole, time range included."""
+    rows = 6000
+    model = "a-model-name-of-some-length:" + "f" * 64
+
+    def result(i: int) -> pa.Table:
+        return pa.table(
+            {
+                "time": pa.array([T0 + i] * rows, TIME),
+                "in.x": pa.array([float(i)] * rows),
+                "metadata.last_model": pa.array([model] * rows),
+            }
+        )
+
+    assert 8 * result(0).get_total_buffer_size() > 5 << 20  # past the queue's 4 MiB
+    db = tmp_path / "logbuffer.db"
+    with LogBuffer(db, max_queue_bytes=4 << 20) as buffer:
+        release = parked_writer(buffer)
+        try:
+            logged = [buffer.log(result(i)) for i in range(8)]  # none refused
+            assert all(item.table is None for item in buffer._inbox._items)
+        finally:
+            release.set()
+        buffer.flush()
+        back, _ = buffer.query(limit=100_000, start=T0, end=T0 + 7)
+    assert [r.count for r in logged] == [rows] * 8
+    assert back.num_rows == 8 * rows
+    assert back.column("metadata.last_model").unique().to_pylist() == [model]
 
 
 def test_a_small_current_segment_is_kept_until_the_end(tmp_path: Path) -> None:

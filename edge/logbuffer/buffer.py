@@ -44,6 +44,7 @@ from edge.logbuffer.journal import Journal, SeqRange, Written
 from edge.logbuffer.reader import Batch, Reads
 from edge.logbuffer.store import Store
 from edge.logbuffer.writer import Writer
+from edge.result import time_bounds
 
 log = logging.getLogger("edge.logbuffer")
 
@@ -221,11 +222,20 @@ class LogBuffer:
         if nbytes <= LARGE_TABLE_BYTES:
             payload = self._journal.encode(table)
             nbytes = payload.length
+        bounds = None
         if nbytes > LARGE_TABLE_BYTES:
             payload = pack_constants(table)
+            # Its file is the stored copy: the writer's queue keeps only what its row needs
+            # (not the table), and counts the file's bytes, which are not under the cap yet.
+            nbytes = payload.nbytes
+            bounds = time_bounds(table)
 
         def queue_table(written: Written) -> None:
             first, file, size = written.seqs.first, written.file, written.file_bytes
+            if file is not None and bounds is not None:
+                schema, rows = table.schema, table.num_rows
+                self._inbox.add(Append(None, schema, rows, nbytes, first, file, size, None, bounds))
+                return
             self._inbox.add(Append.of(table, nbytes, first, file, size, written.batches))
 
         return self._append(payload, nbytes, queue_table, requests)
