@@ -30,6 +30,7 @@ INLINE_BYTES = 64 << 10  # smaller bodies run on the event loop: a thread hop co
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ErrorAnswer = Callable[[str, Exception], tuple[int, bytes]]
+Body = bytes | memoryview  # an Arrow answer is a view of Arrow's buffer (no copy into bytes)
 _JSON = codecs.JSON_TYPE.encode()
 _ARROW = codecs.ARROW_FILE_TYPE.encode()
 _ERROR = b"application/json"
@@ -61,13 +62,13 @@ class InferenceEndpoint:
 
     async def _infer(
         self, scope: dict[str, Any], receive: Receive, name: str
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[bytes, Body]:
         with self.appliance.hold(name) as pipeline:  # a swap meanwhile: this one answers
             return await self._infer_on(pipeline, scope, receive, name)
 
     async def _infer_on(
         self, pipeline: Pipeline, scope: dict[str, Any], receive: Receive, name: str
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[bytes, Body]:
         appliance = self.appliance
         headers = {
             key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]
@@ -105,34 +106,44 @@ class InferenceEndpoint:
         body: bytes,
         shape: codecs.Shape,
         want_arrow: bool,
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[bytes, Body]:
         def work() -> Inference:
             parse_started = time.perf_counter_ns()
             table = decode(body)
             return pipeline.run(table, time.perf_counter_ns() - parse_started)
 
-        if len(body) <= INLINE_BYTES and pipeline.quick:
-            inference = work()
-        else:
-            inference = await anyio.to_thread.run_sync(work, limiter=self.appliance.limiter)
-        result = inference.table
-        shown = codecs.shape(result, shape)
-        # Journal the rows (large tables on a thread, while the answer is encoded); answer
-        # only once they are written (LogBufferFull / LogBufferDiskFull become 503 / 507).
-        buffer = self.appliance.buffer
-        logged = buffer.submit(without_nulls(result)) if buffer is not None else None
-
-        def encode() -> bytes:
+        def encode(inference: Inference) -> Body:
+            shown = codecs.shape(inference.table, shape)
             if want_arrow:
-                return codecs.encode_arrow(shown)
+                return memoryview(codecs.arrow_file(shown))
             info = inference.record_info(pipeline.name)
             return codecs.encode_records(shown, info, shape.separator)
 
+        media = _ARROW if want_arrow else _JSON
+        buffer = self.appliance.buffer
+        if len(body) > INLINE_BYTES or not pipeline.quick:
+            # One thread hop for all of it: decode, run, journal (answered only once the rows
+            # are written: LogBufferFull / LogBufferDiskFull become 503 / 507), encode.
+            def answer() -> tuple[int, Body]:
+                inference = work()
+                result = inference.table
+                if buffer is not None:
+                    buffer.log_answered(without_nulls(result))
+                return result.num_rows, encode(inference)
+
+            rows, payload = await anyio.to_thread.run_sync(answer, limiter=self.appliance.limiter)
+            self.metrics.count_rows(name, rows)
+            return media, payload
+        inference = work()
+        result = inference.table
+        # Journal the rows (large tables on a thread, while the answer is encoded); answer
+        # only once they are written.
+        logged = buffer.submit(without_nulls(result)) if buffer is not None else None
         if result.num_rows < codecs.SMALL:
-            payload = encode()
+            payload = encode(inference)
         else:
-            payload = await anyio.to_thread.run_sync(encode)
+            payload = await anyio.to_thread.run_sync(encode, inference)
         if logged is not None:
             await logged
         self.metrics.count_rows(name, result.num_rows)
-        return (_ARROW if want_arrow else _JSON), payload
+        return media, payload

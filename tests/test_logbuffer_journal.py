@@ -11,10 +11,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from edge import codecs
 from edge.errors import LogBufferDiskFull
 from edge.logbuffer import LogBuffer, SeqRange, records
 from edge.logbuffer.journal import Journal, Written
 from tests.logbuffer_support import (
+    T0,
     TIME,
     crash,
     eventually,
@@ -112,6 +114,8 @@ def test_submit_waits_for_the_journal_fsync_when_asked(tmp_path: Path) -> None:
         assert not buffer._journal.unsynced
         assert sorted(r.first for r in ranges) == list(range(1, 101, 2))
         assert len(buffer.query(limit=1000)[0]) == 100  # query sees every logged row
+        buffer.log_answered(small_table(2, start=200))  # from a worker thread: the same
+        assert not buffer._journal.unsynced
 
 
 def test_fsync_interval_setting() -> None:
@@ -195,6 +199,78 @@ def test_a_large_table_is_written_once_to_its_own_file_and_referenced(
     (tmp_path / "tables" / written.file).unlink()  # as if a power loss took it
     with pytest.raises(OSError):
         journal.read(live=True)[1].table()
+
+
+def test_a_large_arrow_requests_input_is_journaled_from_the_bodys_own_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14: the input columns a client sent as Arrow are written to the table's file
+    from the request body's buffer (no copy), and the file holds the very bytes of the
+    table's IPC stream."""
+    rows = 5000
+    tensor = pa.FixedSizeListArray.from_arrays(pa.array([0.5, 1.5, 2.5] * rows * 10), 30)
+    sent = pa.table({"tensor": tensor.cast(pa.list_(pa.float32(), 30))})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, sent.schema) as writer:
+        writer.write_table(sent)
+    body = sink.getvalue().to_pybytes()
+    request = codecs.decode_arrow(body)
+    times = pa.array([1_700_000_000_000] * rows, TIME)
+    logged = pa.table({"time": times, "in.tensor": request.column("tensor")})
+    writes: list[list[bytes | pa.Buffer]] = []
+    write_all = records.write_all
+
+    def kept(fd: int, parts: list[bytes | pa.Buffer], size: int) -> None:
+        writes.append(list(parts))
+        write_all(fd, parts, size)
+
+    monkeypatch.setattr(records, "write_all", kept)
+    journal, queued = opened(tmp_path)
+    written = journal.append(logged, lambda: True, queued.append)
+    assert written is not None and written.file is not None
+    start = pa.py_buffer(body).address
+    from_body = [
+        p for p in writes[0] if isinstance(p, pa.Buffer) and start <= p.address < start + len(body)
+    ]
+    assert [len(p) for p in from_body] == [rows * 30 * 4]  # the tensor, by reference
+    expected, _ = records.record(written.seqs.first, records.stream(logged))
+    on_disk = (tmp_path / "tables" / written.file).read_bytes()
+    assert on_disk == b"".join(bytes(p) for p in expected)
+    assert journal.read(live=True)[0].table().equals(logged)
+
+
+def test_the_writers_queue_holds_large_tables_by_their_files_not_their_memory(
+    tmp_path: Path,
+) -> None:
+    """A large result's per-request strings take megabytes in memory and almost nothing in
+    its file: the queue counts the file (more such tables wait before a 503) and keeps no
+    table in memory; each is stored and read back whole, time range included."""
+    rows = 6000
+    model = "a-model-name-of-some-length:" + "f" * 64
+
+    def result(i: int) -> pa.Table:
+        return pa.table(
+            {
+                "time": pa.array([T0 + i] * rows, TIME),
+                "in.x": pa.array([float(i)] * rows),
+                "metadata.last_model": pa.array([model] * rows),
+            }
+        )
+
+    assert 8 * result(0).get_total_buffer_size() > 5 << 20  # past the queue's 4 MiB
+    db = tmp_path / "logbuffer.db"
+    with LogBuffer(db, max_queue_bytes=4 << 20) as buffer:
+        release = parked_writer(buffer)
+        try:
+            logged = [buffer.log(result(i)) for i in range(8)]  # none refused
+            assert all(item.table is None for item in buffer._inbox._items)
+        finally:
+            release.set()
+        buffer.flush()
+        back, _ = buffer.query(limit=100_000, start=T0, end=T0 + 7)
+    assert [r.count for r in logged] == [rows] * 8
+    assert back.num_rows == 8 * rows
+    assert back.column("metadata.last_model").unique().to_pylist() == [model]
 
 
 def test_a_small_current_segment_is_kept_until_the_end(tmp_path: Path) -> None:

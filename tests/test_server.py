@@ -265,6 +265,38 @@ def test_arrow_in_and_out(
     assert table.column("out.label").to_pylist() == served.model.predict(features).tolist()
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_a_large_arrow_request_is_answered_only_once_its_rows_are_logged(
+    make_app: Any, served: Served, full: bool
+) -> None:
+    """A body past 64 KiB runs on a worker thread (decode, run, journal, encode): its rows
+    are in the journal when it is answered, and a full journal is a 503 without an answer."""
+    appliance, app = make_app()
+    features = np.resize(FEATURES, (6000, FEATURES.shape[1]))
+    body = arrow_file(tensor_table(features))
+    assert len(body) > 64 << 10
+    buffer = appliance.buffer
+    if full:
+
+        def refuse(table: pa.Table) -> Any:
+            raise LogBufferFull("the writer queue is full")
+
+        buffer.log_answered = refuse  # type: ignore[method-assign]
+    before = buffer._journal.last_seq
+    headers = {"content-type": ARROW_FILE, "accept": ARROW_FILE}
+    reply = call(app, "POST", "/pipelines/iris", content=body, headers=headers)
+    if full:
+        assert_error(reply, 503, "engine", "the writer queue is full")
+        assert buffer._journal.last_seq == before
+        return
+    assert reply.status_code == 200, reply.text
+    assert buffer._journal.last_seq == before + len(features)  # journaled before the answer
+    table = pa.ipc.open_file(pa.py_buffer(reply.content)).read_all()
+    assert table.column("out.label").to_pylist() == served.model.predict(features).tolist()
+    logs = call(app, "GET", "/logs", params={"limit": "7000", "dataset": "out"})
+    assert [r["out"]["label"] for r in logs.json()][::-1] == table["out.label"].to_pylist()
+
+
 @pytest.mark.parametrize(
     "accept", ["", "*/*", "application/json", JSON_TYPE, "text/html, application/*;q=0.5"]
 )

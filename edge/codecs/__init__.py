@@ -7,7 +7,7 @@ records_large.py  ... large results, column by column
 arrow.py          result tables to Arrow IPC files
 """
 
-from edge.codecs.arrow import encode_arrow
+from edge.codecs.arrow import arrow_file, encode_arrow
 from edge.codecs.decode import decode_arrow, decode_records
 from edge.codecs.records import SMALL, RecordInfo, encode_records
 from edge.codecs.shape import (
@@ -32,6 +32,7 @@ __all__ = [
     "SMALL",
     "RecordInfo",
     "Shape",
+    "arrow_file",
     "decode_arrow",
     "decode_records",
     "encode_arrow",

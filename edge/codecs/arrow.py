@@ -33,11 +33,17 @@ SPLIT_TYPE = pa.list_(
 
 
 def encode_arrow(table: pa.Table) -> bytes:
+    return arrow_file(table).to_pybytes()
+
+
+def arrow_file(table: pa.Table) -> pa.Buffer:
+    """`encode_arrow` as Arrow's own buffer: a large answer is not copied once more into
+    `bytes` (send it as `memoryview(buffer)`)."""
     table = seed_types(table)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return sink.getvalue()
 
 
 def seed_types(table: pa.Table) -> pa.Table:

@@ -44,6 +44,7 @@ from edge.logbuffer.journal import Journal, SeqRange, Written
 from edge.logbuffer.reader import Batch, Reads
 from edge.logbuffer.store import Store
 from edge.logbuffer.writer import Writer
+from edge.result import time_bounds
 
 log = logging.getLogger("edge.logbuffer")
 
@@ -100,7 +101,8 @@ class LogBuffer:
             group_limit=group_limit,
             commit_timeout=commit_timeout,
         )
-        self._batcher = TurnBatcher(self._log, self._journal.sync if fsync_interval == 0 else None)
+        self._sync_each = fsync_interval == 0
+        self._batcher = TurnBatcher(self._log, self._journal.sync if self._sync_each else None)
 
     @property
     def epoch(self) -> str:
@@ -157,6 +159,14 @@ class LogBuffer:
         `LogBufferDiskFull`, a closed or stopped buffer `LogBufferError`. Thread-safe."""
         return self._log(table, 1)
 
+    def log_answered(self, table: pa.Table) -> SeqRange:
+        """`log` for a worker thread that answers once this returns: with `fsync_interval`
+        0 it also waits for the journal's fsync, as `submit` does."""
+        seqs = self._log(table, 1)
+        if self._sync_each:
+            self._journal.sync()
+        return seqs
+
     def submit(self, result: pa.Table | Rows) -> asyncio.Future[SeqRange]:
         """`log` for the event loop: the small results of one turn (tables, or the small
         requests' numpy rows) are journaled as one record (`edge.logbuffer.batcher`)."""
@@ -212,11 +222,20 @@ class LogBuffer:
         if nbytes <= LARGE_TABLE_BYTES:
             payload = self._journal.encode(table)
             nbytes = payload.length
+        bounds = None
         if nbytes > LARGE_TABLE_BYTES:
             payload = pack_constants(table)
+            # Its file is the stored copy: the writer's queue keeps only what its row needs
+            # (not the table), and counts the file's bytes, which are not under the cap yet.
+            nbytes = payload.nbytes
+            bounds = time_bounds(table)
 
         def queue_table(written: Written) -> None:
             first, file, size = written.seqs.first, written.file, written.file_bytes
+            if file is not None and bounds is not None:
+                schema, rows = table.schema, table.num_rows
+                self._inbox.add(Append(None, schema, rows, nbytes, first, file, size, None, bounds))
+                return
             self._inbox.add(Append.of(table, nbytes, first, file, size, written.batches))
 
         return self._append(payload, nbytes, queue_table, requests)

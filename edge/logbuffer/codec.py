@@ -103,11 +103,20 @@ class Encoder:
 
     def file(self, table: pa.Table, name: str, size: int) -> StoredRow:
         """A table in a file of its own (written by the journal): the row holds its name."""
-        schema, fingerprint, _ = self.fingerprint(table.schema)
-        lo, hi = time_bounds(table)
-        return StoredRow(
-            schema, fingerprint, name.encode(), table.num_rows, lo, hi, Codec.FILE, size
-        )
+        return self.file_row(table.schema, table.num_rows, time_bounds(table), name, size)
+
+    def file_row(
+        self,
+        schema: pa.Schema,
+        rows: int,
+        bounds: tuple[int | None, int | None],
+        name: str,
+        size: int,
+    ) -> StoredRow:
+        """`file` from what the row needs of the table (the writer need not hold it)."""
+        stored, fingerprint, _ = self.fingerprint(schema)
+        lo, hi = bounds
+        return StoredRow(stored, fingerprint, name.encode(), rows, lo, hi, Codec.FILE, size)
 
     def fingerprint(self, schema: pa.Schema) -> tuple[pa.Schema, str, bool]:
         """The stored schema (dictionaries decoded), its fingerprint, and whether `schema`

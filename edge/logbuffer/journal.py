@@ -314,8 +314,9 @@ class Journal:
         """A large table in a file of its own, then its reference record; its name and size."""
         name = records.table_file_name(self._epoch, first_seq)
         path = self.tables / name
-        # one stream, not `encode`: the small tables' cached schema stays
-        parts, size = records.record(first_seq, records.stream(table))
+        # one stream, not `encode` (the small tables' cached schema stays), its large
+        # buffers written from the table's own memory
+        parts, size = records.record(first_seq, records.stream_parts(table))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             records.write_all(fd, parts, size)

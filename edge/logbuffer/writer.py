@@ -273,8 +273,11 @@ class Writer:
         try:
             first = run[0]
             if first.file is not None:  # `_runs` gives such a table a run of its own
-                assert first.table is not None
-                return [(run, encoder.file(first.table, first.file, first.file_bytes))]
+                bounds = first.time_bounds()
+                row = encoder.file_row(
+                    first.schema, first.rows, bounds, first.file, first.file_bytes
+                )
+                return [(run, row)]
             if all(item.messages is not None for item in run):
                 messages = [m for item in run for m in item.messages or ()]
                 rows = sum(item.rows for item in run)
