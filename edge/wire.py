@@ -15,6 +15,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+JOIN_BYTES = 64 << 10  # a write up to this joins the held one; a larger one goes beside it
+
 
 class CoalescingTransport:
     """A transport whose writes made back to back go out as one (see the module doc)."""
@@ -31,7 +33,10 @@ class CoalescingTransport:
             self._loop.call_soon(self.flush)
             return
         self._held = None
-        self._transport.write(held + data)
+        if len(data) <= JOIN_BYTES:
+            self._transport.write(held + data)
+        else:  # a large body is not copied to join it: one vectored write of both
+            self._transport.writelines([held, data])
 
     def writelines(self, parts: Any) -> None:
         self.write(b"".join(parts))

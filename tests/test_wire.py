@@ -13,11 +13,16 @@ class Recording:
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+        self.vectored: list[int] = []  # the parts' sizes of the last vectored write
         self.closed = False
         self.paused = False
 
     def write(self, data: bytes) -> None:
         self.writes.append(bytes(data))
+
+    def writelines(self, parts: list[bytes]) -> None:  # one vectored write
+        self.writes.append(b"".join(parts))
+        self.vectored = [len(p) for p in parts]
 
     def close(self) -> None:
         self.closed = True
@@ -47,6 +52,15 @@ def test_a_head_and_its_body_go_out_as_one_write() -> None:
     assert inner.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
     loop.run_until_complete(asyncio.sleep(0))  # the step's flush finds nothing held
     assert len(inner.writes) == 1
+    loop.close()
+
+
+def test_a_large_body_goes_out_beside_its_head_in_one_vectored_write() -> None:
+    transport, inner, loop = _transport()
+    body = memoryview(b"x" * (1 << 20))  # as the Arrow answer is sent: not copied to bytes
+    transport.write(b"head")
+    transport.write(body)
+    assert inner.writes == [b"head" + bytes(body)] and inner.vectored == [4, 1 << 20]
     loop.close()
 
 
