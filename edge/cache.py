@@ -36,7 +36,6 @@ from edge.errors import (
 )
 from edge.registry import (
     Reference,
-    RemoteRegistry,
     Store,
     download_blob,
     open_store,
@@ -263,7 +262,11 @@ def _credentials_for(
 def _login(store: Store, username: str | None, password: str | None, echo: Echo) -> None:
     """The seed's `Login Succeeded`: with credentials, the registry accepts them before the
     pull (a refusal is a RegistryAuthError, as it would be on the manifest)."""
-    if isinstance(store, RemoteRegistry) and username and password:
+    if not (username and password):
+        return
+    from edge.remote import RemoteRegistry  # loaded already: a registry's store is one
+
+    if isinstance(store, RemoteRegistry):
         store.check_api()
         echo("Login Succeeded")
 

@@ -39,7 +39,8 @@ from edge.errors import (
     RegistryError,
     SpecError,
 )
-from edge.registry import Reference, RemoteRegistry, is_loopback
+from edge.registry import Reference, is_loopback
+from edge.remote import RemoteRegistry
 
 CHART_CONFIG_MEDIA_TYPE = "application/vnd.cncf.helm.config.v1+json"
 CHART_LAYER_MEDIA_TYPE = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"

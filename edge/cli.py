@@ -190,6 +190,10 @@ def _http_protocol() -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from edge import memory
+
+    memory.configure()  # before any import starts a thread
+
     import uvicorn
 
     from edge.appliance import Appliance, say

@@ -28,15 +28,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING, Any
 
 from edge.artifact import MANIFEST_MEDIA_TYPE
 from edge.errors import ConfigError, NotPublished, SignatureError
 from edge.registry import Reference, Store, read_blob
+
+if TYPE_CHECKING:  # cryptography (~6 MiB resident) is imported when keys are used
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 PAYLOAD_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
@@ -69,6 +68,8 @@ class Signature:
 
 def fingerprint(key: ec.EllipticCurvePublicKey) -> str:
     """A short name for a public key that is safe to print: sha256 of its DER, 16 hex."""
+    from cryptography.hazmat.primitives import serialization
+
     der = key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -105,6 +106,8 @@ def load_public_keys(
 
 def public_pem(value: str, where: str) -> str:
     """The keys `value` names (as `load_public_keys` reads it), as one PEM text."""
+    from cryptography.hazmat.primitives import serialization
+
     return "".join(
         key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -114,6 +117,9 @@ def public_pem(value: str, where: str) -> str:
 
 
 def _parse_public_pem(text: str, where: str) -> list[ec.EllipticCurvePublicKey]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     blocks = _pem_blocks(text)
     if not blocks:
         raise ConfigError(f"{where} holds no PEM block (-----BEGIN PUBLIC KEY-----)")
@@ -145,6 +151,9 @@ def _pem_blocks(text: str) -> list[str]:
 
 def load_private_key(path: Path, password: str | None) -> ec.EllipticCurvePrivateKey:
     """The signing key at `path` (PKCS8 PEM, encrypted when `password` is given)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -171,6 +180,9 @@ def load_private_key(path: Path, password: str | None) -> ec.EllipticCurvePrivat
 def generate_key_pair(directory: Path, password: str | None) -> tuple[Path, Path]:
     """Write `cosign.key` (PKCS8 PEM, mode 0600, encrypted with `password` when given) and
     `cosign.pub` into `directory`; never overwrites."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     directory.mkdir(parents=True, exist_ok=True)
     private, public = directory / "cosign.key", directory / "cosign.pub"
     for path in (private, public):
@@ -221,6 +233,9 @@ def payload(docker_reference: str, digest: str) -> bytes:
 
 
 def sign(key: ec.EllipticCurvePrivateKey, docker_reference: str, digest: str) -> Signature:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     body = payload(docker_reference, digest)
     der = key.sign(body, ec.ECDSA(hashes.SHA256()))
     return Signature(body, base64.b64encode(der).decode())
@@ -358,6 +373,10 @@ def verify(
 def _key_for(
     signature: Signature, keys: list[ec.EllipticCurvePublicKey]
 ) -> ec.EllipticCurvePublicKey | None:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         der = base64.b64decode(signature.signature, validate=True)
     except (binascii.Error, ValueError):

@@ -65,3 +65,42 @@ def test_a_trim_due_on_a_closed_loop_does_not_stop_later_ones(
     asyncio.run(request(0))  # the loop closes before its trim is due
     asyncio.run(request(0.2))
     assert trims == [1]
+
+
+def _python(code: str, **env: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("ARROW_DEFAULT_MEMORY_POOL",)}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+POOL = (
+    "from edge import memory; memory.configure(); import pyarrow as pa; "
+    "print(pa.default_memory_pool().backend_name)"
+)
+
+
+def test_serving_allocates_arrow_from_the_c_heap_unless_told_otherwise() -> None:
+    assert _python(POOL) == "system"  # where malloc_trim reaches it
+    assert _python(POOL, ARROW_DEFAULT_MEMORY_POOL="mimalloc") == "mimalloc"
+
+
+def test_serving_from_a_layout_imports_no_registry_client_nor_cryptography() -> None:
+    """What `edge serve` imports to serve a pipeline from a local layout without verify keys
+    or gRPC leaves out httpx, cryptography and protobuf (~14 MiB resident together)."""
+    loaded = _python(
+        "import sys; import edge.cli, edge.appliance, edge.server, edge.cache, edge.signing; "
+        "print(' '.join(m for m in ('httpx', 'cryptography', 'google.protobuf', 'grpc') "
+        "if m in sys.modules))"
+    )
+    assert loaded == ""

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from edge import registry
+from edge import remote
 from edge.errors import RegistryError, RegistryUnreachable
-from edge.registry import Reference, RemoteRegistry, is_loopback
+from edge.registry import Reference, is_loopback
+from edge.remote import RemoteRegistry
 
 
 def test_references() -> None:
@@ -37,8 +38,8 @@ def test_loopback_hosts() -> None:
 
 
 def test_a_trickling_download_is_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "DOWNLOAD_GRACE", 0.2)
-    monkeypatch.setattr(registry, "MIN_RATE", 1 << 30)
+    monkeypatch.setattr(remote, "DOWNLOAD_GRACE", 0.2)
+    monkeypatch.setattr(remote, "MIN_RATE", 1 << 30)
 
     class Trickle(httpx.SyncByteStream):
         def __iter__(self) -> Iterator[bytes]:

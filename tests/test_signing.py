@@ -30,7 +30,8 @@ from edge.appliance import Appliance, load_pipeline
 from edge.config import load_settings
 from edge.errors import ConfigError, DigestMismatch, SignatureError
 from edge.publish import publish as publish_in_process
-from edge.registry import Reference, RemoteRegistry
+from edge.registry import Reference
+from edge.remote import RemoteRegistry
 from tests.conftest import Registry, edge_cmd, publish
 from tests.test_ops_support import ADMIN, REPO, OpsServer
 

@@ -57,6 +57,7 @@ class OnnxRuntime(Runtime):
         options.intra_op_num_threads = max(1, self.context.threads)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.enable_cpu_mem_arena = False  # its arena keeps a 10k-row run's peak (~8 MiB)
         providers, warning = choose_providers(self.context.gpus, ort.get_available_providers())
         if warning:
             log.warning("model=%s %s", self.info.name, warning)

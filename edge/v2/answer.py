@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import orjson
 
-from edge.v2 import grpc_predict_v2_pb2 as pb
 from edge.v2 import tensors
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -56,6 +55,8 @@ def grpc(
     name: str, version: str, request_id: str, parameters: dict[str, Any], chosen: Chosen
 ) -> Any:
     """A `ModelInferResponse` with every chosen output in `raw_output_contents`."""
+    from edge.v2 import grpc_predict_v2_pb2 as pb  # protobuf: only once gRPC answers
+
     answer = pb.ModelInferResponse(model_name=name, model_version=version, id=request_id)
     for key, value in parameters.items():
         _set_parameter(answer.parameters[key], value)
