@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,10 +33,29 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
 
 
+# Ports for the servers tests start: below the kernel's ephemeral range (32768-60999 here), so
+# no outgoing connection takes one between `free_port` and the server's bind (a test's server
+# takes a second or two to bind), and never the same one twice in a run.
+_PORTS = range(20000, 32000)
+_next_port = [_PORTS.start + random.randrange(len(_PORTS))]
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port no listener holds, not given out before in this run."""
+    for _ in range(len(_PORTS)):
+        port = _next_port[0]
+        _next_port[0] = _PORTS.start + (port + 1 - _PORTS.start) % len(_PORTS)
+        if port in _given:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {_PORTS}")
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:

@@ -12,18 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 # ---- ARM64 parity under QEMU (opt-in) -------------------------------------------------------
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -95,7 +89,7 @@ def test_arm64_parity(tmp_path: Path) -> None:
     pipeline_url = json.loads(published.stdout)["pipeline_url"]
     version = pipeline_url.rsplit(":", 1)[1]
 
-    x86_port, arm_port = _free_port(), _free_port()
+    x86_port, arm_port = free_port(), free_port()
     x86_env = {k: v for k, v in os.environ.items() if not k.startswith(("OCI_", "EDGE_BUNDLE"))}
     x86_env.update(PIPELINE_URL=pipeline_url, CONFIG_CPUS="1", GRPC_PORT="0")
     x86 = subprocess.Popen(

@@ -24,6 +24,7 @@ import yaml
 
 from edge import chart
 from edge.errors import RegistryAuthError, RegistryError, RegistryUnreachable
+from tests.conftest import free_port
 
 helm = pytest.importorskip("helm_python")
 
@@ -43,17 +44,11 @@ class Registry:
         return (self.username, self.password) if self.username and self.password else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start_registry(root: Path, username: str | None, password: str | None) -> Iterator[Registry]:
     binary = shutil.which("docker-registry")
     if not binary or (username and not shutil.which("htpasswd")):
         pytest.skip("needs Debian's docker-registry and apache2-utils (htpasswd)")
-    host = f"127.0.0.1:{_free_port()}"
+    host = f"127.0.0.1:{free_port()}"
     config: dict[str, Any] = {
         "version": 0.1,
         "log": {"level": "error"},
@@ -230,7 +225,7 @@ def test_wrong_or_missing_credentials_are_auth_errors(
 
 
 def test_unreachable_registry_fails_fast_with_the_cause(tmp_path: Path) -> None:
-    registry = Registry(f"127.0.0.1:{_free_port()}", None, None)
+    registry = Registry(f"127.0.0.1:{free_port()}", None, None)
     tgz = _build(tmp_path, registry)
     started = time.monotonic()
     with pytest.raises(RegistryUnreachable, match=f"cannot reach registry {registry.host}"):

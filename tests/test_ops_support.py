@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from ops_sync.center import OpsCenter
 from ops_sync.identity import build_ssl_context, key_pem, make_csr, new_key
 from ops_sync.serve import with_tls_extension
 from ops_sync.server import create_app
+from tests.conftest import free_port as free_port  # the ops tests import it from here
 
 ADMIN = "admin-token-for-tests-0123456789"
 PIPELINE_URL = "127.0.0.1:5000/edge/pipelines/ccfraud:3b49fba8-94d8-4fca-aecc-c75257fd16c6"
@@ -140,12 +140,6 @@ def table_rows(url: str, where: str = "true", storage: dict[str, str] | None = N
     dataset = DeltaTable(url, storage_options=storage).to_pyarrow_dataset()  # noqa: F841
     sql = f"SELECT partition, _epoch, _seq FROM dataset WHERE {where} ORDER BY 1, 2, 3"
     return duckdb.sql(sql).fetchall()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
