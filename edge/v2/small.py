@@ -112,12 +112,10 @@ class SmallPath:
         wanted = self._rest_outputs(doc.get("outputs"), binary)
         if wanted is None:
             return None
-        done = self._run(columns, started)
-        if done is None:
+        ran = self._run(columns, started, wanted, binary)
+        if ran is None:
             return None
-        chosen = _chosen(done.outputs, wanted, binary)
-        if chosen is None:
-            return None
+        done, chosen = ran
         model = self.model
         return Small(
             done, answer.rest(model.name, model.version, request_id, dict(_ANOMALY), chosen)
@@ -176,12 +174,10 @@ class SmallPath:
             if len(requested.parameters) or not _name(name) or name not in self.outputs:
                 return None
             wanted.append((name, False))
-        done = self._run(columns, started)
-        if done is None:
+        ran = self._run(columns, started, wanted, False)
+        if ran is None:
             return None
-        chosen = _chosen(done.outputs, wanted, False)
-        if chosen is None:
-            return None
+        done, chosen = ran
         model = self.model
         request_id = message.id[:NAME_LEN]
         return Small(
@@ -220,9 +216,20 @@ class SmallPath:
             return None
         return declared
 
-    def _run(self, columns: dict[str, np.ndarray], started: int) -> result.ResultRows | None:
+    def _run(
+        self,
+        columns: dict[str, np.ndarray],
+        started: int,
+        wanted: list[tuple[str, bool]],
+        default: bool,
+    ) -> tuple[result.ResultRows, list[tuple[str, np.ndarray, bool]]] | None:
+        """The run's rows and the answer's tensors (`_chosen`), or None: the general path
+        answers it."""
         done = self.fast.run_columns(columns, time.perf_counter_ns() - started)
-        return None if done is None else done.rows
+        if done is None:
+            return None
+        chosen = _chosen(done.rows.outputs, wanted, default)
+        return None if chosen is None else (done.rows, chosen)
 
 
 def _name(value: Any, empty: bool = False) -> bool:
