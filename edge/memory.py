@@ -29,18 +29,20 @@ ARENAS = 1  # glibc heaps at most (M_ARENA_MAX): measured, 2 keep ~20 MiB more
 _M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
 
 
-def _trimmer() -> Callable[[int], int] | None:
+def _glibc() -> Any:
+    """glibc (its `malloc_trim` and `mallopt`), or None elsewhere (musl, macOS)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.malloc_trim.restype = ctypes.c_int
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    except (OSError, AttributeError):  # not glibc: nothing to trim
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+    return libc
 
 
-_TRIM = _trimmer()
+_LIBC = _glibc()
+_TRIM: Callable[[int], int] | None = None if _LIBC is None else _LIBC.malloc_trim
 
 
 def configure() -> None:
@@ -48,10 +50,8 @@ def configure() -> None:
     on the C heap (unless ARROW_DEFAULT_MEMORY_POOL names a pool), where `release` reaches
     them. First thing in `edge serve`, before numpy's, onnxruntime's and the server's threads
     start: a thread keeps the heap it first allocates from."""
-    if _TRIM is not None and "MALLOC_ARENA_MAX" not in os.environ:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        libc.mallopt(_M_ARENA_MAX, ARENAS)
+    if _LIBC is not None and "MALLOC_ARENA_MAX" not in os.environ:
+        _LIBC.mallopt(_M_ARENA_MAX, ARENAS)
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # read as Arrow starts
 
 
