@@ -103,3 +103,58 @@ def test_a_rollout_checks_signatures_as_the_start_does(example: Path, tmp_path: 
         assert appliance.pipeline.url == v3
     finally:
         stop(appliance)
+
+
+def test_a_version_that_fails_its_smoke_inference_is_refused(example: Path, tmp_path: Path) -> None:
+    """A version that loads but cannot answer (here a Python step that raises) is caught by
+    the smoke inference before the swap: the rollout fails with the step's reason and the
+    current version serves on."""
+    layout = tmp_path / "layout"
+    v1 = publish(example / "pipeline.yaml", layout=layout)["pipeline_url"]
+    smoky = tmp_path / "smoky"
+    shutil.copytree(example, smoky)
+    (smoky / "steps").mkdir()
+    (smoky / "steps/refuse.py").write_text(
+        "def wallaroo_json(data):\n    raise ValueError('this step answers nothing')\n"
+    )
+    spec = (smoky / "pipeline.yaml").read_text()
+    (smoky / "pipeline.yaml").write_text(
+        spec.replace("deployment:", "  - {python: refuse, file: steps/refuse.py}\ndeployment:")
+    )
+    v2 = publish(smoky / "pipeline.yaml", layout=layout)["pipeline_url"]
+    flags = {"pipeline_url": v1, "persist_dir": tmp_path / "persist", "logging_enabled": False}
+    appliance = Appliance.from_settings(load_settings(flags, environ={}))
+    appliance.pipeline = load_quietly(v1, tmp_path / "persist")
+    try:
+        appliance.switch_to(v2)
+        wait(lambda: appliance.rollout_status()["state"] == "failed")
+        assert "this step answers nothing" in appliance.rollout_status()["reason"]
+        assert appliance.pipeline.url == v1 and not appliance.pipeline.closed
+    finally:
+        stop(appliance)
+    assert LastGood.read(tmp_path / "persist") is None  # nothing was installed
+
+
+def test_a_pull_that_fails_is_retried_until_the_version_is_there(
+    example: Path, tmp_path: Path
+) -> None:
+    """The new version cannot be pulled (its layout is not there, as a registry that is down
+    and a cache that never held it): the rollout fails with the reason, the current version
+    serves on, and a later attempt installs it once it can be pulled."""
+    v1 = publish(example / "pipeline.yaml", layout=tmp_path / "layout")["pipeline_url"]
+    v2 = publish(example / "pipeline.yaml", layout=tmp_path / "other")["pipeline_url"]
+    (tmp_path / "other").rename(tmp_path / "away")
+    flags = {"pipeline_url": v1, "persist_dir": tmp_path / "persist", "logging_enabled": False}
+    appliance = Appliance.from_settings(load_settings(flags, environ={}))
+    appliance.pipeline = load_quietly(v1, tmp_path / "persist")
+    try:
+        appliance.switch_to(v2)
+        wait(lambda: appliance.rollout_status()["state"] == "failed")
+        failed = appliance.rollout_status()
+        assert str(tmp_path / "other") in failed["reason"] and failed["next_retry"] is not None
+        assert appliance.pipeline.url == v1 and not appliance.pipeline.closed
+        (tmp_path / "away").rename(tmp_path / "other")
+        wait(lambda: appliance.rollout_status()["state"] == "current")
+        assert appliance.pipeline.url == v2
+    finally:
+        stop(appliance)
