@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.sync import bundle_of, join, rows_table  # noqa: E402
 from ops_sync.client import AdminClient  # noqa: E402
-from ops_sync.protocol import encode_batch  # noqa: E402
+from ops_sync.protocol import BatchRange, encode_batch  # noqa: E402
 from tests.test_ops_support import ADMIN, OpsServer  # noqa: E402
 
 TARGET_MS = 200.0
@@ -50,11 +50,7 @@ async def fill(server: OpsServer, contexts: list[object], args: argparse.Namespa
                 first = b * args.batch_rows + 1
                 t0 = T0 + i * 7 + b * args.batch_rows * 10
                 body = encode_batch(rows_table(args.batch_rows, t0, f"edge-{i:03d}"))
-                headers = {
-                    "x-sync-epoch": "read-bench",
-                    "x-sync-first-seq": str(first),
-                    "x-sync-last-seq": str(first + args.batch_rows - 1),
-                }
+                headers = BatchRange("read-bench", first, first + args.batch_rows - 1).headers()
                 async with gate:
                     reply = await http.post(
                         f"{server.url}/v1/edge/logs", content=body, headers=headers

@@ -41,7 +41,7 @@ from ops_sync import protocol as bundle  # noqa: E402
 from ops_sync.agent import SyncAgent  # noqa: E402
 from ops_sync.client import AdminClient  # noqa: E402
 from ops_sync.identity import build_ssl_context, key_pem, make_csr, new_key  # noqa: E402
-from ops_sync.protocol import encode_batch  # noqa: E402
+from ops_sync.protocol import BatchRange, encode_batch  # noqa: E402
 from tests.test_ops_support import ADMIN, PIPELINE_URL, OpsServer, table_rows  # noqa: E402
 
 TARGET = 100_000
@@ -129,11 +129,7 @@ async def fifty_edges(
             stored = 0
             for b, body in enumerate(bodies):
                 first = b * args.batch_rows + 1
-                headers = {
-                    "x-sync-epoch": "bench",
-                    "x-sync-first-seq": str(first),
-                    "x-sync-last-seq": str(first + args.batch_rows - 1),
-                }
+                headers = BatchRange("bench", first, first + args.batch_rows - 1).headers()
                 reply = await http.post(f"{server.url}/v1/edge/logs", content=body, headers=headers)
                 reply.raise_for_status()
                 stored += reply.json()["stored"]

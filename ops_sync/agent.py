@@ -3,15 +3,17 @@
 `SyncAgent` runs inside `edge serve`. It redeems the bundle's join token once (the key pair is
 made on the device; only a CSR leaves it), then loops: renew the certificate at about half its
 life (with jitter), heartbeat with the appliance's health and the buffer's counters, and ship
-`buffer.pending()` batches in sequence order as zstd-compressed Arrow IPC, each with its
-(epoch, first_seq, last_seq). `buffer.ack()` runs only after the ops center's reply says the
-batch is stored; a batch sent twice is stored once there. Failures back off exponentially
-(capped, with jitter); every call has a finite timeout. A heartbeat's reply carries the
-pipeline version the ops center wants here (`desired`): the agent hands its URL to the
-appliance (`PipelineSwitch.switch_to`, which rolls it out in the background) and heartbeats
-again as soon as the rollout's state changes, so the ops center sees it within a round. Past
-its certificate's life (7 days without contact) the agent stops calling, keeps the buffer and
-keys, and reports `credentials expired` until a new bundle arrives.
+`buffer.pending()` batches in sequence order as Arrow IPC, each with its (epoch, first_seq,
+last_seq): in one zstd frame once the ops center's replies say it reads that
+(`Accept-Encoding: zstd`), else with zstd-compressed buffers (`protocol.encode_batch`).
+`buffer.ack()` runs only after the ops center's reply says the batch is stored; a batch sent
+twice is stored once there. Failures back off exponentially (capped, with jitter); every call
+has a finite timeout. A heartbeat's reply carries the pipeline version the ops center wants
+here (`desired`): the agent hands its URL to the appliance (`PipelineSwitch.switch_to`, which
+rolls it out in the background) and heartbeats again as soon as the rollout's state changes,
+so the ops center sees it within a round. Past its certificate's life (7 days without contact)
+the agent stops calling, keeps the buffer and keys, and reports `credentials expired` until a
+new bundle arrives.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ops_sync import protocol
 from ops_sync.client import check
 from ops_sync.credentials import CredentialFiles, Credentials
 from ops_sync.errors import (
+    BadRequest,
     BundleError,
     CredentialsExpired,
     EdgeRemoved,
@@ -88,6 +91,7 @@ class SyncAgent:
         self._pin = protocol.ca_pem(bundle)
         self._files = CredentialFiles(persist_dir)
         self._rows = batch_rows  # rows per batch now: halved while batches are too large
+        self._coding: str | None = None  # the batches' Content-Encoding the ops center reads
         self._buffer, self._health, self._clock = buffer, health, clock
         self._transport, self._timeout, self._join_timeout = transport, timeout, join_timeout
         self._batch_rows, self._ship_interval = batch_rows, ship_interval
@@ -220,6 +224,8 @@ class SyncAgent:
             raise Unreachable(f"ops center {self._host}: {type(exc).__name__}: {exc}") from exc
         body: dict[str, Any] = check(response).json()
         self._last_contact, self._last_error, self._refused = self._clock(), None, None
+        if path in _CODING_PATHS:  # the replies that say which batch coding it reads
+            self._coding = protocol.accepts_coding(response.headers)
         return body
 
     def _client(self) -> httpx.AsyncClient:
@@ -322,9 +328,17 @@ class SyncAgent:
         return shipped
 
     async def _send(self, batch: Batch) -> None:
-        body = await asyncio.to_thread(protocol.encode_batch, batch.table)
-        headers = protocol.BatchRange(batch.epoch, batch.first_seq, batch.last_seq).headers()
-        reply = await self._post(protocol.LOGS_PATH, content=body, headers=headers)
+        coding = self._coding
+        body = await asyncio.to_thread(protocol.encode_batch, batch.table, coding)
+        span = protocol.BatchRange(batch.epoch, batch.first_seq, batch.last_seq)
+        try:
+            reply = await self._post(protocol.LOGS_PATH, content=body, headers=span.headers(coding))
+        except BadRequest as exc:  # UnsupportedCoding, or an older one read the frame as IPC
+            if coding is None or isinstance(exc, PayloadTooLarge):  # too large: `_ship` cuts
+                raise
+            self._coding = None  # it was downgraded meanwhile: the body every one reads
+            await self._send(batch)
+            return
         if (reply.get("epoch"), reply.get("last_seq")) != (batch.epoch, batch.last_seq):
             raise SyncError(f"the ops center acknowledged {reply}, not batch {batch.first_seq}")
         log.debug(
@@ -338,6 +352,9 @@ class SyncAgent:
 
     def _note_error(self, exc: BaseException) -> None:
         self._last_error = f"{type(exc).__name__}: {exc}"
+
+
+_CODING_PATHS = (protocol.HEARTBEAT_PATH, protocol.LOGS_PATH)
 
 
 def _iso(seconds: float | None) -> str | None:

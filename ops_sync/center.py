@@ -382,10 +382,18 @@ class OpsCenter:
             "desired": rollout.desired_view(edge),  # the edge rolls it out when it differs
         }
 
-    def begin_upload(self, edge: dict[str, Any], batch: protocol.BatchRange, body: bytes) -> Upload:
-        """Decode and check the batch, and queue it for its table's next commit (the route
-        then waits for it on the event loop, `ops_sync.server.committed`)."""
-        table = protocol.decode_batch(body)
+    def begin_upload(
+        self,
+        edge: dict[str, Any],
+        batch: protocol.BatchRange,
+        body: bytes,
+        coding: str | None = None,
+        limit: int = 64 << 20,
+    ) -> Upload:
+        """Decode (`protocol.decode_batch`: `coding` is the body's Content-Encoding, `limit`
+        its decoded size at most) and check the batch, and queue it for its table's next
+        commit (the route then waits for it on the event loop, `ops_sync.server.committed`)."""
+        table = protocol.decode_batch(body, coding, limit)
         return self.logs.submit(
             edge, batch.epoch, batch.first_seq, batch.last_seq, table, self.clock()
         )

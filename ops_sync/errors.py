@@ -14,7 +14,8 @@ only in `ops_sync.server`'s mapping (and the client maps them back by `reason`, 
     │   ├── EdgeRemoved        the edge was removed: its token and certificates are revoked
     │   └── CredentialsExpired the edge was silent for more than 7 days, or its cert expired
     ├── BadRequest             the request body or a parameter is wrong (an edge BadInput)
-    │   └── PayloadTooLarge    (an edge PayloadTooLarge)
+    │   ├── PayloadTooLarge    (an edge PayloadTooLarge)
+    │   └── UnsupportedCoding  a batch's Content-Encoding is not read (an edge UnsupportedMediaType)
     ├── NotFound               no such publish, edge or pipeline (an edge NotFound)
     ├── Conflict               the name is taken
     ├── StoreError             metadata or log files cannot be written
@@ -79,6 +80,10 @@ class PayloadTooLarge(BadRequest, edge_errors.PayloadTooLarge):
     """The request body is larger than the server accepts."""
 
 
+class UnsupportedCoding(BadRequest, edge_errors.UnsupportedMediaType):
+    """A batch's Content-Encoding is not one the ops center reads (the agent falls back)."""
+
+
 class NotFound(SyncError, edge_errors.NotFound):
     """No such publish, edge or pipeline."""
 
@@ -111,6 +116,7 @@ REFUSALS: dict[str, type[SyncError]] = {
         CredentialsExpired,
         BadRequest,
         PayloadTooLarge,
+        UnsupportedCoding,
         RequestTimeout,
         NotFound,
         Conflict,

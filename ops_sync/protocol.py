@@ -7,7 +7,11 @@
   bundle of ours stays readable by anything that reads the seed's; PIPELINE_VERIFY_KEYS (base64
   of PEM public keys, when the ops center pins them) is another. Errors never quote the token.
 - The edge API's paths, and a log batch on the wire: an Arrow IPC stream of result-table rows
-  (`edge.result`), zstd-compressed buffers, with its (epoch, first_seq, last_seq) in headers.
+  (`edge.result`) with its (epoch, first_seq, last_seq) in headers, sent as one zstd frame
+  (`Content-Encoding: zstd`, RFC 8878) to an ops center that says it reads that (its edge
+  replies carry `Accept-Encoding: zstd`, RFC 7694), else with zstd-compressed buffers (what
+  every ops center reads). One frame costs ~20x less to write and read than Arrow's
+  per-buffer zstd (a compression context per buffer) and is smaller.
 - Refusal reasons: an error reply's `reason` names an `ops_sync.errors` class, which the other
   end raises again (`errors.REFUSALS`).
 - The seed's `pipeline.logs` query rules are the appliance's own (`edge.logquery`): one parser
@@ -20,14 +24,16 @@ import base64
 import binascii
 import hashlib
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import zstandard
 
 from edge import result
-from ops_sync.errors import BadRequest, BundleError
+from ops_sync.errors import BadRequest, BundleError, PayloadTooLarge, UnsupportedCoding
 
 STANDARD_KEYS = (
     "BUNDLE_VERSION",
@@ -156,7 +162,12 @@ BATCH_TYPE = "application/vnd.apache.arrow.stream"
 WARNING_HEADER = "x-ops-warning"
 MAX_SEQ = 2**63 - 2  # int64 (SQLite, Arrow), with room for the store's `last + 1`
 EPOCH = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+BATCH_CODING = "zstd"  # a batch body's Content-Encoding: the whole IPC stream, one zstd frame
+CODING_HEADER = "content-encoding"
+ACCEPT_CODING_HEADER = "accept-encoding"  # on the ops center's edge replies (RFC 7694)
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")  # the body without a coding
+_READ_OPTIONS = pa.ipc.IpcReadOptions(use_threads=False)  # small batches: threads cost more
+_ZSTD = threading.local()  # a zstd context per thread (they are not shared)
 
 
 @dataclass(frozen=True)
@@ -171,13 +182,17 @@ class BatchRange:
     def rows(self) -> int:
         return self.last_seq - self.first_seq + 1
 
-    def headers(self) -> dict[str, str]:
-        return {
+    def headers(self, coding: str | None = BATCH_CODING) -> dict[str, str]:
+        """The batch's headers, for a body `encode_batch(table, coding)` wrote."""
+        headers = {
             "content-type": BATCH_TYPE,
             EPOCH_HEADER: self.epoch,
             FIRST_SEQ_HEADER: str(self.first_seq),
             LAST_SEQ_HEADER: str(self.last_seq),
         }
+        if coding:
+            headers[CODING_HEADER] = coding
+        return headers
 
 
 def read_batch_range(headers: Mapping[str, str]) -> BatchRange:
@@ -198,23 +213,74 @@ def read_batch_range(headers: Mapping[str, str]) -> BatchRange:
 _SEQ = re.compile(r"[0-9]{1,19}")
 
 
-def encode_batch(table: pa.Table) -> bytes:
-    """A batch on the wire: an Arrow IPC stream with zstd-compressed buffers, one record
-    batch (the buffer hands out many small chunks; compressing each alone is ~10x slower)."""
+def encode_batch(table: pa.Table, coding: str | None = BATCH_CODING) -> bytes:
+    """A batch on the wire, as one record batch: with `coding` (`BATCH_CODING`) a plain IPC
+    stream in one zstd frame that records its size; without, an IPC stream with zstd-compressed
+    buffers (for an ops center that does not say it reads the coding)."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
-        writer.write_table(table.combine_chunks())
-    return sink.getvalue().to_pybytes()
+    options = None if coding else _IPC_OPTIONS
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+        writer.write_table(table.combine_chunks())  # one batch: the buffer hands out many
+    if not coding:
+        return sink.getvalue().to_pybytes()
+    return _compressor().compress(sink.getvalue())
 
 
-def decode_batch(body: bytes) -> pa.Table:
-    """A batch from the wire, checked in full (a damaged body is a `BadRequest`)."""
+def decode_batch(body: bytes, coding: str | None = None, limit: int = 64 << 20) -> pa.Table:
+    """A batch from the wire, checked in full (a damaged body is a `BadRequest`). `coding` is
+    the request's Content-Encoding: none or `zstd` (one frame that records its size, at most
+    `limit` bytes decoded: `PayloadTooLarge`); another is `UnsupportedCoding`."""
+    if coding:
+        body = _decoded(body, coding.strip().lower(), limit)
     try:
-        table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+        table = pa.ipc.open_stream(pa.py_buffer(body), options=_READ_OPTIONS).read_all()
         table.validate(full=True)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise BadRequest(f"the batch is not a valid Arrow IPC stream: {exc}") from exc
     return table
+
+
+def accepts_coding(headers: Mapping[str, str]) -> str | None:
+    """`BATCH_CODING` if a reply's Accept-Encoding names it (the ops center reads it), else None."""
+    offered = headers.get(ACCEPT_CODING_HEADER, "")
+    codings = {part.split(";")[0].strip().lower() for part in offered.split(",")}
+    return BATCH_CODING if BATCH_CODING in codings else None
+
+
+def _decoded(body: bytes, coding: str, limit: int) -> bytes:
+    if coding == "identity":
+        return body
+    if coding != BATCH_CODING:
+        raise UnsupportedCoding(
+            f"batch Content-Encoding {coding[:40]!r} is not read here; send {BATCH_CODING} or none"
+        )
+    try:
+        size = zstandard.frame_content_size(body)
+    except zstandard.ZstdError as exc:
+        raise BadRequest(f"the batch is not a zstd frame: {exc}") from exc
+    if size < 0:
+        raise BadRequest("a zstd batch must record its decoded size in its frame header")
+    if size > limit:
+        raise PayloadTooLarge(f"the batch decodes to {size} bytes; at most {limit}")
+    try:
+        decoded: bytes = _decompressor().decompress(body, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise BadRequest(f"the batch's zstd frame cannot be read: {exc}") from exc
+    return decoded
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    if not hasattr(_ZSTD, "compressor"):
+        _ZSTD.compressor = zstandard.ZstdCompressor(level=1, write_content_size=True)
+    compressor: zstandard.ZstdCompressor = _ZSTD.compressor
+    return compressor
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_ZSTD, "decompressor"):
+        _ZSTD.decompressor = zstandard.ZstdDecompressor()
+    decompressor: zstandard.ZstdDecompressor = _ZSTD.decompressor
+    return decompressor
 
 
 # ---------------------------------------------------------------------- the log row schema

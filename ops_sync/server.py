@@ -68,6 +68,7 @@ MAX_PROPERTIES = 16 << 10  # an edge's additional_properties, as JSON
 NDJSON = "application/x-ndjson"
 PLATFORM = "platform"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+READS_CODING = {protocol.ACCEPT_CODING_HEADER: protocol.BATCH_CODING}  # RFC 7694, to the agent
 # The one place that knows the ops center's status codes (walked along each error's MRO).
 STATUS = ErrorMapping(
     {
@@ -252,15 +253,17 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
 
     async def heartbeat(request: Request) -> Response:
         who = await edge(request)
-        return JSONResponse(await call(center.heartbeat, who, await _json(request)))
+        reply = await call(center.heartbeat, who, await _json(request))
+        return JSONResponse(reply, headers=READS_CODING)
 
     async def upload(request: Request) -> Response:
         who = await edge(request)
         batch = protocol.read_batch_range(request.headers)
+        coding = request.headers.get(protocol.CODING_HEADER)
         body = await read_body(request, max_body, errors.PayloadTooLarge, errors.RequestTimeout)
-        upload = await call(center.begin_upload, who, batch, body)
+        upload = await call(center.begin_upload, who, batch, body, coding, max_body)
         await committed(upload.item, WAIT_LIMIT)  # no worker thread held while the commit runs
-        return JSONResponse(center.finish_upload(batch, upload))
+        return JSONResponse(center.finish_upload(batch, upload), headers=READS_CODING)
 
     routes = [
         Route("/healthz", health, methods=["GET"]),

@@ -372,3 +372,90 @@ def test_batches_over_the_body_limit_shrink_until_they_fit(
 
     asyncio.run(scenario())
     assert stored_rows(ops, "edge-a") == list(range(1, 201))
+
+
+def _codings(transport: Recording) -> list[str | None]:
+    """The Content-Encoding of each batch the agent sent, in order (set by `record`)."""
+    return transport.codings  # type: ignore[attr-defined, no-any-return]
+
+
+def recording_codings(transport: Recording, then: Fault | None = None) -> None:
+    transport.codings = []  # type: ignore[attr-defined]
+
+    async def record(request: httpx.Request, forward: Any) -> httpx.Response:
+        if request.url.path == "/v1/edge/logs":
+            _codings(transport).append(request.headers.get("content-encoding"))
+        return await (then(request, forward) if then is not None else forward())
+
+    transport.fault = record
+
+
+@pytest.mark.parametrize("server", ["current", "older"])
+def test_batches_go_as_one_zstd_frame_only_to_an_ops_center_that_reads_it(
+    ops: Ops, buffer: LogBuffer, tmp_path: Path, server: str
+) -> None:
+    """Our ops center's replies say `Accept-Encoding: zstd`, so every batch goes as one zstd
+    frame; an older one says nothing (stripped here), so batches keep the compressed-buffers
+    body every ops center reads. Both store every row once."""
+    persist = tmp_path / "persist"
+
+    async def older(request: httpx.Request, forward: Any) -> httpx.Response:
+        response = await forward()
+        response.headers.pop("accept-encoding", None)
+        return response
+
+    async def scenario() -> None:
+        for i in range(3):
+            buffer.log(result_table(40, T0 + 100 * i))
+            await asyncio.to_thread(buffer.flush)
+        agent, transport = make_agent(
+            ops, persist, buffer, new_bundle(ops, "edge-a"), batch_rows=40
+        )
+        recording_codings(transport, older if server == "older" else None)
+        await agent.start()
+        await wait_until(lambda: buffer.stats()["unsynced_rows"] == 0)
+        await agent.stop()
+        expected = "zstd" if server == "current" else None
+        assert _codings(transport) == [expected] * 3
+
+    asyncio.run(scenario())
+    assert stored_rows(ops, "edge-a") == list(range(1, 121))
+
+
+def test_a_framed_batch_refused_as_unreadable_is_sent_again_as_every_ops_center_reads_it(
+    ops: Ops, buffer: LogBuffer, tmp_path: Path
+) -> None:
+    """An ops center downgraded between its reply and the next batch reads the zstd frame as
+    Arrow IPC and answers 400: the agent sends that batch again at once, without the coding,
+    and keeps to that body while the replies no longer say zstd."""
+    persist = tmp_path / "persist"
+
+    async def downgraded(request: httpx.Request, forward: Any) -> httpx.Response:
+        if request.url.path != "/v1/edge/logs":
+            return await forward()  # the heartbeat's reply still came from the newer one
+        if request.headers.get("content-encoding"):
+            body = {"error": "the batch is not a valid Arrow IPC stream", "reason": "BadRequest"}
+            return httpx.Response(400, json=body)
+        response = await forward()
+        response.headers.pop("accept-encoding", None)
+        return response
+
+    async def scenario() -> None:
+        buffer.log(result_table(30, T0))
+        await asyncio.to_thread(buffer.flush)
+        agent, transport = make_agent(
+            ops, persist, buffer, new_bundle(ops, "edge-a"), heartbeat_interval=3600
+        )
+        recording_codings(transport, downgraded)
+        await agent.start()
+        await wait_until(lambda: buffer.stats()["unsynced_rows"] == 0)
+        buffer.log(result_table(30, T0 + 1000))
+        await asyncio.to_thread(buffer.flush)
+        await wait_until(lambda: buffer.stats()["unsynced_rows"] == 0)
+        await agent.stop()
+        assert transport.paths.count("/v1/edge/heartbeat") == 1
+        assert _codings(transport) == ["zstd", None, None]
+        assert agent.status()["last_error"] is None
+
+    asyncio.run(scenario())
+    assert stored_rows(ops, "edge-a") == list(range(1, 61))

@@ -29,7 +29,7 @@ from ops_sync.identity import (
     make_csr,
     new_key,
 )
-from ops_sync.protocol import encode_batch
+from ops_sync.protocol import BatchRange, encode_batch
 from tests.test_ops_support import (
     ADMIN,
     DAY,
@@ -162,7 +162,7 @@ def test_identity_comes_from_the_tls_peer_certificate(server: OpsServer, tmp_pat
             key_file=tmp_path / f"{name}.key",
         )
     table = result_table(7, T0, partition="edge-b")  # edge-a claims to be edge-b
-    headers = {"x-sync-epoch": "e", "x-sync-first-seq": "1", "x-sync-last-seq": "7"}
+    headers = BatchRange("e", 1, 7).headers()
     reply = httpx.post(
         f"{server.url}/v1/edge/logs",
         content=encode_batch(table),

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pyarrow as pa
 import pytest
+import zstandard
 
 from ops_sync import protocol
 from ops_sync.identity import make_csr, new_key
@@ -67,7 +68,7 @@ def test_a_lone_surrogate_in_the_token_or_csr_is_400(ops: Ops) -> None:
 def test_sequence_numbers_outside_int64_are_400(ops: Ops, first: int) -> None:
     cert = joined_edge(ops, "edge-a")
     headers = {"x-sync-epoch": "ep", "x-sync-first-seq": str(first), "x-sync-last-seq": str(first)}
-    body = encode_batch(result_table(1, T0))
+    body = encode_batch(result_table(1, T0), None)  # headers as written: no Content-Encoding
     reply = run(edge_call(ops, cert, "/v1/edge/logs", content=body, headers=headers))
     refused(reply, says="x-sync" if first < 0 or first > 2**64 else "first_seq")
 
@@ -166,3 +167,37 @@ def test_bad_logs_query_parameters_are_400(ops: Ops, params: dict[str, str]) -> 
 
 def logs_of(ops: Ops, **params: str) -> httpx.Response:
     return run(admin(ops, "GET", "/v1/pipelines/ccfraud/logs", params=params))
+
+
+# -- 8. a batch's Content-Encoding ------------------------------------------------------------
+def _framed(data: bytes, **options: Any) -> bytes:
+    return zstandard.ZstdCompressor(**options).compress(data)
+
+
+_IPC = encode_batch(result_table(3, T0), None)
+_FRAME = _framed(encode_batch(result_table(3, T0), None))
+
+
+@pytest.mark.parametrize(
+    ("coding", "body", "status", "says"),
+    [
+        ("gzip", _IPC, 415, "'gzip' is not read here; send zstd"),
+        ("zstd", b"not zstd", 400, "not a zstd frame"),
+        ("zstd", _framed(b"x" * 100, write_content_size=False), 400, "record its decoded size"),
+        ("zstd", _framed(bytes(65 << 20)), 413, "decodes to 68157440 bytes; at most 67108864"),
+        ("zstd", _FRAME + b"tail", 400, "unused data"),
+        ("zstd", _FRAME[:-3], 400, "zstd frame cannot be read"),
+        ("zstd", _framed(b"not arrow"), 400, "Arrow IPC"),
+    ],
+    ids=["other-coding", "not-zstd", "no-size", "bomb", "trailing", "truncated", "not-arrow"],
+)
+def test_a_batch_body_that_does_not_decode_is_4xx_and_stores_nothing(
+    ops: Ops, coding: str, body: bytes, status: int, says: str
+) -> None:
+    cert = joined_edge(ops, "edge-a")
+    headers = {**protocol.BatchRange("ep", 1, 3).headers(None), "content-encoding": coding}
+    reply = run(edge_call(ops, cert, "/v1/edge/logs", content=body, headers=headers))
+    refused(reply, status=status, says=says)
+    headers["content-encoding"] = "zstd"
+    good = run(edge_call(ops, cert, "/v1/edge/logs", content=_FRAME, headers=headers))
+    assert good.status_code == 200 and good.json()["stored"] == 3  # none stored before it

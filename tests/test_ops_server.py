@@ -21,7 +21,7 @@ from ops_sync import protocol as bundle
 from ops_sync.center import OpsCenter
 from ops_sync.deltatable import TableWriter
 from ops_sync.identity import CertificateAuthority, cert_pem, load_cert, make_csr, new_key
-from ops_sync.protocol import encode_batch
+from ops_sync.protocol import BatchRange, encode_batch
 from ops_sync.server import create_app
 from tests.test_ops_support import ADMIN, DAY, PIPELINE_URL, Ops, result_table
 
@@ -60,11 +60,7 @@ def join(ops: Ops, token: str, key: Any = None) -> Any:
 
 
 def upload(ops: Ops, cert: str, first: int, table: pa.Table, epoch: str = "ep1") -> Any:
-    headers = {
-        "x-sync-epoch": epoch,
-        "x-sync-first-seq": str(first),
-        "x-sync-last-seq": str(first + table.num_rows - 1),
-    }
+    headers = BatchRange(epoch, first, first + table.num_rows - 1).headers()
     return run(edge_call(ops, cert, "/v1/edge/logs", content=encode_batch(table), headers=headers))
 
 
@@ -248,7 +244,7 @@ def test_uploads_waiting_for_their_commit_hold_no_worker_thread(
     body = encode_batch(result_table(5, T0))
 
     def headers(i: int) -> dict[str, str]:
-        return {"x-sync-epoch": f"ep{i}", "x-sync-first-seq": "1", "x-sync-last-seq": "5"}
+        return BatchRange(f"ep{i}", 1, 5).headers()
 
     async def scenario() -> tuple[Any, list[Any]]:
         async with ops.edge_client(cert) as client:
@@ -445,3 +441,29 @@ def test_the_openapi_document_is_valid_and_lists_every_route(ops: Ops) -> None:
         if method != "HEAD"
     }
     assert served - listed == set()
+
+
+def test_batches_are_read_as_one_zstd_frame_or_with_compressed_buffers(ops: Ops) -> None:
+    """The agent's body (one zstd frame, `Content-Encoding: zstd`) and the one every ops
+    center reads (buffers compressed inside the IPC stream, no coding) store the same rows;
+    the edge's replies say the ops center reads the frame (RFC 7694's Accept-Encoding)."""
+    cert = joined_edge(ops, "edge-a")
+    framed = upload(ops, cert, 1, result_table(20, T0))
+    assert framed.status_code == 200 and framed.json()["stored"] == 20
+    assert framed.headers["accept-encoding"] == "zstd"
+    body = encode_batch(result_table(20, T0 + 20), None)
+    assert len(encode_batch(result_table(20, T0 + 20))) < len(body)
+    plain = run(
+        edge_call(
+            ops,
+            cert,
+            "/v1/edge/logs",
+            content=body,
+            headers=BatchRange("ep1", 21, 40).headers(None),
+        )
+    )
+    assert plain.status_code == 200 and plain.json()["stored"] == 20
+    beat = run(edge_call(ops, cert, "/v1/edge/heartbeat", json={}))
+    assert beat.status_code == 200 and beat.headers["accept-encoding"] == "zstd"
+    got, _, _ = ops.center.logs.read("ccfraud", None, None, None, 100)
+    assert sorted(got.column("time").cast("int64").to_pylist()) == list(range(T0, T0 + 40))

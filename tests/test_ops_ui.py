@@ -146,7 +146,7 @@ def test_heartbeats_feed_a_bounded_history_and_the_series(tmp_path: Path) -> Non
             await edge.post(
                 "/v1/edge/logs",
                 content=protocol.encode_batch(result_table(30, now_ms - 90_000)),
-                headers={"x-sync-epoch": "e", "x-sync-first-seq": "1", "x-sync-last-seq": "30"},
+                headers=protocol.BatchRange("e", 1, 30).headers(),
             )
         async with browser(ops) as client:
             await signed_in(client)
