@@ -1,10 +1,13 @@
 """Rollout in the ops center (on SQLite and PostgreSQL) and in the sync agent, in process:
 the desired version per edge, the stable percent of a tag, the 4xx refusals, the state the
-edges' heartbeats make of it, and the agent handing the desired URL to the appliance."""
+edges' heartbeats make of it, the agent handing the desired URL to the appliance, and what
+`ops-sync list-edges` / `rollout` print."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +15,14 @@ import httpx
 import pytest
 
 from edge.logbuffer import LogBuffer
+from ops_sync import cli
+from ops_sync import client as client_module
 from ops_sync import protocol as bundle
 from ops_sync.agent import SyncAgent
-from ops_sync.rollout import in_percent
-from tests.test_ops_support import PIPELINE_URL, Ops, cert_transport
+from ops_sync.client import AdminClient
+from ops_sync.rollout import choose
+from tests.test_ops_records import _SyncASGI
+from tests.test_ops_support import ADMIN, PIPELINE_URL, Ops, cert_transport
 
 V2 = PIPELINE_URL.rsplit(":", 1)[0] + ":v2"
 DIGEST = "sha256:" + "ab" * 32
@@ -46,6 +53,40 @@ def edges(ops: Ops) -> dict[str, dict[str, Any]]:
 @pytest.fixture()
 def ops(tmp_path: Path, db_url: str) -> Ops:
     return Ops(tmp_path / "ops", metadata_url=db_url)
+
+
+def documented_pick(edge_id: str, percent: int) -> bool:
+    """README's rule, written out here: the first 8 bytes of sha256(edge id), as a number,
+    modulo 100, below the percent."""
+    return int(hashlib.sha256(edge_id.encode()).hexdigest()[:16], 16) % 100 < percent
+
+
+@pytest.fixture()
+def ops_sync(ops: Ops, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> Any:
+    """Run `ops-sync ARGS` against `ops` (the CLI's own parsing and printing); its stdout."""
+
+    def local(url: str, token: str, ca: Any = None, **kw: Any) -> AdminClient:
+        return AdminClient(url, token, ca, transport=_SyncASGI(ops))
+
+    monkeypatch.setattr(client_module, "AdminClient", local)
+
+    def run_cli(*argv: str) -> str:
+        capsys.readouterr()
+        status = cli.main([*argv, "--opscenter", "https://ops", "--admin-token", ADMIN])
+        out, err = capsys.readouterr()
+        assert status == 0, err
+        return out
+
+    return run_cli
+
+
+def table(text: str) -> dict[str, dict[str, str]]:
+    """A tab-separated table the CLI printed, as {NAME: {COLUMN: cell}}."""
+    header, *lines = text.splitlines()
+    columns = header.split("\t")
+    rows = [line.split("\t") for line in lines]
+    assert all(len(row) == len(columns) for row in rows), text
+    return {row[columns.index("NAME")]: dict(zip(columns, row, strict=True)) for row in rows}
 
 
 def enrol(ops: Ops, name: str, tags: list[str]) -> str:
@@ -136,10 +177,82 @@ def test_percent_is_a_stable_subset_that_only_grows(ops: Ops) -> None:
         body = {"pipeline_url": PIPELINE_URL, "tag": "fleet", "percent": percent}
         reply = run(admin(ops, "POST", "/v1/rollouts", json=body))
         picked[percent] = set(reply.json()["edges"])
-        assert picked[percent] == {n for n, i in ids.items() if in_percent(i, percent)}
+        assert picked[percent] == {n for n, i in ids.items() if documented_pick(i, percent)}
     assert picked[20] < picked[50] < picked[100] == set(ids)
     again = {"pipeline_url": PIPELINE_URL, "tag": "fleet", "percent": 20}
     assert set(run(admin(ops, "POST", "/v1/rollouts", json=again)).json()["edges"]) == picked[20]
+
+
+def test_list_edges_and_rollout_status_print_desired_running_and_state(
+    ops: Ops, ops_sync: Any
+) -> None:
+    failing, done = enrol(ops, "edge-a", ["canary"]), enrol(ops, "edge-b", ["canary"])
+    enrol(ops, "edge-c", ["other"])
+    run(admin(ops, "POST", "/v1/publishes", json={"pipeline_url": V2, "manifest_digest": DIGEST}))
+    said = ops_sync("rollout", V2, "--tag", "canary")
+    assert said.strip() == f"Rollout of v2 ({V2}) to edge-a, edge-b"
+    v1 = {"pipeline_url": PIPELINE_URL, "pipeline_version": "v1", "digest": None}
+    attempt = {"pipeline_url": V2, "state": "failed", "reason": "model will not load"}
+    run(heartbeat(ops, failing, {"running": v1, "rollout": {**attempt, "attempts": 2}}))
+    v2 = {"pipeline_url": V2, "pipeline_version": "v2", "digest": DIGEST}
+    run(heartbeat(ops, done, {"running": v2, "rollout": {"pipeline_url": V2}}))
+    expected = {
+        "edge-a": ("v2", "v1", "failed (attempt 2): model will not load"),
+        "edge-b": ("v2", "v2", "current"),
+        "edge-c": ("None", "None", "none"),  # no rollout asked, never heard from
+    }
+
+    listed = table(ops_sync("list-edges"))
+    shown = {n: (r["DESIRED"], r["RUNNING"], r["ROLLOUT"]) for n, r in listed.items()}
+    assert shown == expected
+    assert listed["edge-c"]["TAGS"] == "['other']"
+
+    status = table(ops_sync("rollout", "--status"))
+    assert list(next(iter(status.values()))) == ["NAME", "TAGS", "DESIRED", "RUNNING", "ROLLOUT"]
+    shown = {n: (r["DESIRED"], r["RUNNING"], r["ROLLOUT"]) for n, r in status.items()}
+    assert shown == expected
+    assert status["edge-a"]["TAGS"] == "canary"
+
+
+def test_rollout_percent_through_the_cli_picks_the_documented_stable_subset(
+    ops: Ops, ops_sync: Any
+) -> None:
+    for i in range(30):
+        ops.center.add_edge(f"edge-{i}", PIPELINE_URL, ["fleet"])
+    ops.center.add_edge("elsewhere", PIPELINE_URL, ["other"])
+    run(admin(ops, "POST", "/v1/publishes", json={"pipeline_url": V2}))
+    ids = {e["name"]: e["id"] for e in ops.center.list_edges() if "fleet" in e["tags"]}
+    expected = {name for name, edge_id in ids.items() if documented_pick(edge_id, 50)}
+    assert 0 < len(expected) < 30  # a real subset (the ids are random: 2 in 10**9 it is not)
+
+    argv = ("rollout", V2, "--tag", "fleet", "--percent", "50")
+    first = json.loads(ops_sync(*argv, "--json"))
+    assert (first["pipeline_version"], set(first["edges"])) == ("v2", expected)
+    said = ops_sync(*argv).strip()  # the same again, as text
+    prefix = f"Rollout of v2 ({V2}) to "
+    assert said.startswith(prefix) and set(said[len(prefix) :].split(", ")) == expected
+    body = {"pipeline_url": V2, "tag": "fleet", "percent": 50}
+    api = run(admin(ops, "POST", "/v1/rollouts", json=body)).json()
+    assert set(api["edges"]) == expected  # the API picks what the CLI picked
+
+    desired = {
+        e["name"] for e in json.loads(ops_sync("list-edges", "--json")) if e["desired"] is not None
+    }
+    assert desired == expected  # only those were told to move
+
+
+def test_percent_takes_the_points_below_n_and_not_n_itself() -> None:
+    """At the edge of the rule: ids whose point (`documented_pick`: sha256, first 8 bytes,
+    modulo 100) is N-1, N and N+1; a tag's N% takes only the first. The ids are found here."""
+    point: dict[int, str] = {}
+    for i in range(5000):
+        edge_id = f"00000000-0000-4000-8000-{i:012d}"
+        point.setdefault(int(hashlib.sha256(edge_id.encode()).hexdigest()[:16], 16) % 100, edge_id)
+    for n in (1, 37, 99):
+        near = [p for p in (n - 1, n, n + 1) if p < 100]
+        edges = [{"name": f"at-{p}", "id": point[p], "tags": ["fleet"]} for p in near]
+        assert [e["name"] for e in choose(edges, None, "fleet", n)] == [f"at-{n - 1}"]
+        assert choose(edges, None, "fleet", None) == edges  # a tag without percent: all
 
 
 class Switch:
