@@ -1,20 +1,24 @@
 """Rollout in the ops center (on SQLite and PostgreSQL) and in the sync agent, in process:
 the desired version per edge, the stable percent of a tag, the 4xx refusals, the state the
-edges' heartbeats make of it, the agent handing the desired URL to the appliance, and what
-`ops-sync list-edges` / `rollout` print."""
+edges' heartbeats make of it, the agent handing the desired URL to the appliance, what
+`ops-sync list-edges` / `rollout` print, and the edge's rollout worker backing off."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from edge.appliance import Backoff
 from edge.logbuffer import LogBuffer
+from edge.rollout import Rollout
 from ops_sync import cli
 from ops_sync import client as client_module
 from ops_sync import protocol as bundle
@@ -313,3 +317,45 @@ def test_the_agent_hands_the_desired_url_over_and_reports_at_once(
         buffer.close()
     assert switch.asked[0] == V2
     assert edges(ops)["edge-a"]["rollout"]["reason"] == "no"
+
+
+def test_a_failing_rollout_retries_after_growing_waits() -> None:
+    """The edge's rollout worker, with the appliance's own `Backoff` and a load that always
+    fails: each failed attempt's status says when it retries (`next_retry`), the waits double
+    (each in [half, all] of its step, so each is at least the one before) up to the cap, and
+    the next attempt does wait that long."""
+    stopping = threading.Event()
+    seen: list[tuple[float, dict[str, Any]]] = []  # (when a load began, the status then)
+
+    def load(url: str) -> Any:
+        seen.append((time.time(), worker.status()))
+        if len(seen) == 7:
+            stopping.set()
+        raise RuntimeError("registry unreachable")
+
+    worker = Rollout(
+        load,
+        install=lambda pipeline: pytest.fail("nothing loads"),
+        serving_url=lambda: PIPELINE_URL,
+        may_start=lambda url: True,
+        backoff=lambda: Backoff(first=0.05, cap=0.4),
+        stopping=stopping,
+        redact=lambda text: text,
+    )
+    worker.switch_to(V2)
+    worker.join(timeout=10)
+    assert stopping.is_set() and len(seen) == 7, seen
+
+    failed = [status for _, status in seen[1:]]  # each load after the first follows a failure
+    assert [s["attempts"] for s in failed] == [1, 2, 3, 4, 5, 6]
+    assert {(s["state"], s["reason"], s["pipeline_url"]) for s in failed} == {
+        ("failed", "registry unreachable", V2)
+    }
+    waits = [s["next_retry"] - s["updated_at"] for s in failed]
+    steps = [0.05, 0.1, 0.2, 0.4, 0.4, 0.4]  # doubling from `first`, then the cap
+    for wait, step in zip(waits, steps, strict=True):
+        assert step / 2 - 0.01 <= wait <= step, (waits, steps)
+    assert waits[0] <= waits[1] <= waits[2] <= waits[3], waits
+    assert waits[3] > 2 * waits[0], waits
+    for began, status in seen[1:]:
+        assert began >= status["next_retry"], (began, status)  # it did wait
