@@ -406,7 +406,7 @@ def _edge_lines(edges: list[dict[str, Any]]) -> list[str]:
     lines = ["\t".join(c.upper() for c in columns + rollout) + "\tHEALTH"]
     for edge in edges:
         health = json.dumps(edge.get("health"), sort_keys=True)
-        cells = [str(edge.get(c)) for c in columns] + _rollout_cells(edge)
+        cells = [_cell(edge.get(c)) for c in columns] + _rollout_cells(edge)
         lines.append("\t".join(cells) + "\t" + health)
     return lines
 
@@ -420,13 +420,22 @@ def _rollout_cells(edge: dict[str, Any]) -> list[str]:
         status += f" (attempt {state['attempts']})"
     if state.get("reason"):
         status += f": {state['reason']}"
-    return [str(desired.get("pipeline_version")), str(running.get("pipeline_version")), status]
+    return [_cell(desired.get("pipeline_version")), _cell(running.get("pipeline_version")), status]
+
+
+def _cell(value: Any) -> str:
+    """A table cell: '-' for nothing, a list's items joined by commas."""
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    return str(value)
 
 
 def _rollout_lines(edges: list[dict[str, Any]]) -> list[str]:
     lines = ["NAME\tTAGS\tDESIRED\tRUNNING\tROLLOUT"]
     for edge in edges:
-        lines.append("\t".join([edge["name"], ",".join(edge["tags"]), *_rollout_cells(edge)]))
+        lines.append("\t".join([edge["name"], _cell(edge["tags"]), *_rollout_cells(edge)]))
     return lines
 
 

@@ -203,13 +203,13 @@ def test_list_edges_and_rollout_status_print_desired_running_and_state(
     expected = {
         "edge-a": ("v2", "v1", "failed (attempt 2): model will not load"),
         "edge-b": ("v2", "v2", "current"),
-        "edge-c": ("None", "None", "none"),  # no rollout asked, never heard from
+        "edge-c": ("-", "-", "none"),  # no rollout asked, never heard from
     }
 
     listed = table(ops_sync("list-edges"))
     shown = {n: (r["DESIRED"], r["RUNNING"], r["ROLLOUT"]) for n, r in listed.items()}
     assert shown == expected
-    assert listed["edge-c"]["TAGS"] == "['other']"
+    assert listed["edge-c"]["TAGS"] == "other"
 
     status = table(ops_sync("rollout", "--status"))
     assert list(next(iter(status.values()))) == ["NAME", "TAGS", "DESIRED", "RUNNING", "ROLLOUT"]
