@@ -121,6 +121,7 @@ class LogStore:
         self._writers: dict[str, _Committer] = {}
         self._readers: dict[str, TableReader] = {}
         self._floors: dict[tuple[str, str], int] = {}
+        self._published: dict[str, set[str]] = {}  # pipeline -> versions seen published
         self._guard = threading.Lock()
         self._closed = False
 
@@ -203,7 +204,9 @@ class LogStore:
         if not pa.types.is_string(column.type) or column.null_count:
             raise BadRequest(f"the batch's {PIPELINE_VERSION} must be text, never null")
         versions = sorted(pc.unique(column).to_pylist())
-        known = self.store.pipeline_versions(pipeline)
+        known = self._published.get(pipeline, set())
+        if not known.issuperset(versions):  # publishes are never deleted: ask only for news
+            known = self._published[pipeline] = self.store.pipeline_versions(pipeline)
         unknown = [v for v in versions if v not in known]
         if unknown:
             raise BadRequest(

@@ -467,3 +467,19 @@ def test_batches_are_read_as_one_zstd_frame_or_with_compressed_buffers(ops: Ops)
     assert beat.status_code == 200 and beat.headers["accept-encoding"] == "zstd"
     got, _, _ = ops.center.logs.read("ccfraud", None, None, None, 100)
     assert sorted(got.column("time").cast("int64").to_pylist()) == list(range(T0, T0 + 40))
+
+
+def test_a_version_published_after_an_edge_began_uploading_is_accepted(ops: Ops) -> None:
+    """The ops center keeps the versions it has seen published (publishes are never deleted)
+    and asks its database again for one it has not: a version registered later, on any
+    replica, is accepted at once; one never registered stays refused."""
+    cert = joined_edge(ops, "edge-a")
+    assert upload(ops, cert, 1, result_table(2, T0)).json()["stored"] == 2
+    newer = result_table(2, T0 + 2)
+    index = newer.schema.get_field_index("metadata.pipeline_version")
+    newer = newer.set_column(index, "metadata.pipeline_version", pa.array(["v-next"] * 2))
+    refused = upload(ops, cert, 3, newer)
+    assert refused.status_code == 400 and "not a published version" in refused.json()["error"]
+    url = PIPELINE_URL.rsplit(":", 1)[0] + ":v-next"
+    assert run(admin(ops, "POST", "/v1/publishes", json={"pipeline_url": url})).status_code == 201
+    assert upload(ops, cert, 3, newer).json()["stored"] == 2
