@@ -55,6 +55,11 @@ BASELINE, DRIFTED, NORMAL = normal(1), normal(2, SHIFT), normal(3)
 def independent_psi(baseline: np.ndarray, window: np.ndarray, bins: int = 5) -> float:
     """Textbook PSI over quantile bins plus two outlier bins; an empty bin's density is 0.005
     (the seed's rule: its 8.868614 for a window wholly in the right outlier bin)."""
+    return float(np.sum(independent_psi_terms(baseline, window, bins)))
+
+
+def independent_psi_terms(baseline: np.ndarray, window: np.ndarray, bins: int = 5) -> np.ndarray:
+    """The PSI's term of each bin (left outlier, the `bins` bins, right outlier)."""
     b64, w64 = baseline.astype(np.float64), window.astype(np.float64)
     edges = np.quantile(b64, np.linspace(0, 1, bins + 1))
 
@@ -66,7 +71,7 @@ def independent_psi(baseline: np.ndarray, window: np.ndarray, bins: int = 5) -> 
         return np.where(share == 0, 0.005, share)
 
     b, w = densities(b64), densities(w64)
-    return float(np.sum((w - b) * np.log(w / b)))
+    return np.asarray((w - b) * np.log(w / b))
 
 
 DEFINITION = {
@@ -313,3 +318,102 @@ def test_ops_sync_assay_commands(
     assert ops_sync("delete", "dense drift") == {"name": "dense drift", "deleted": True}
     assert cli.main(["assay", "results", "dense drift", *where]) == 1
     assert "no assay is named 'dense drift'" in capsys.readouterr().err
+
+
+# -- the rules the definition documents: warning, weights, defaults, windows -------------------
+DRIFTED_PSI = independent_psi(BASELINE, DRIFTED)  # ~0.19
+NORMAL_PSI = independent_psi(BASELINE, NORMAL)  # ~0.014
+DAY_1_3 = {"start": iso(B0 + DAY_MS), "end": iso(B0 + 3 * DAY_MS)}
+
+
+def test_a_score_between_the_warning_and_alert_thresholds_warns_and_does_not_alert(
+    drift: Ops,
+) -> None:
+    """README: a window over `warning_threshold` but not over `threshold` warns; one under
+    both is neither."""
+    assert NORMAL_PSI < 0.1 < DRIFTED_PSI < 0.5
+    body = {**DEFINITION, "threshold": 0.5, "warning_threshold": 0.1}
+    assert call(drift, "POST", "/v1/assays", json=body).status_code == 201
+    drifted, back = call(drift, "POST", "/v1/assays/dense drift/run", json=DAY_1_3).json()[
+        "results"
+    ]
+    assert drifted["score"] == pytest.approx(DRIFTED_PSI, abs=1e-6)
+    assert (drifted["warning"], drifted["alert"], drifted["assessment"]) == (True, False, "Warning")
+    assert (back["warning"], back["alert"], back["assessment"]) == (False, False, "Ok")
+    status = call(drift, "GET", "/v1/assays/dense drift").json()["status"]
+    assert (status["num_warnings"], status["num_alerts"], status["num_ok"]) == (1, 0, 1)
+    # over both thresholds: an alert, not a warning
+    body = {**DEFINITION, "name": "strict", "threshold": 0.15, "warning_threshold": 0.01}
+    assert call(drift, "POST", "/v1/assays", json=body).status_code == 201
+    drifted, back = call(drift, "POST", "/v1/assays/strict/run", json=DAY_1_3).json()["results"]
+    assert (drifted["alert"], drifted["warning"]) == (True, False)
+    assert (back["alert"], back["warning"]) == (False, True)  # 0.014 is over 0.01
+
+
+def test_custom_bin_weights_multiply_each_bins_score(drift: Ops) -> None:
+    """The seed's rule: each bin's PSI term times its weight, summed."""
+    weights = [0.0, 1.0, 2.0, 0.5, 3.0, 1.5, 4.0]
+    body = {**DEFINITION, "bin_weights": weights}
+    created = call(drift, "POST", "/v1/assays", json=body)
+    assert created.status_code == 201 and created.json()["bin_weights"] == weights
+    drifted, back = call(drift, "POST", "/v1/assays/dense drift/run", json=DAY_1_3).json()[
+        "results"
+    ]
+    for result, window in ((drifted, DRIFTED), (back, NORMAL)):
+        terms = independent_psi_terms(BASELINE, window)
+        expected = float(np.dot(terms, weights))
+        assert abs(expected - float(np.sum(terms))) > 0.01  # the weights matter here
+        assert result["score"] == pytest.approx(expected, abs=1e-6)
+        assert result["weighted"] is True
+
+
+def test_a_definition_left_to_its_defaults_gets_the_seeds(drift: Ops) -> None:
+    """Threshold 0.1, PSI, 5 bins, quantile, density, equal weights, windows 24 h every 24 h,
+    the first starting where the baseline ends."""
+    body = {k: DEFINITION[k] for k in ("name", "pipeline", "column", "baseline")}
+    drift.clock.now = (B0 + 2 * DAY_MS) / 1000 + 1
+    created = call(drift, "POST", "/v1/assays", json=body)
+    assert created.status_code == 201, created.text
+    view = created.json()
+    assert (view["threshold"], view["warning_threshold"]) == (0.1, None)
+    assert (view["metric"], view["num_bins"], view["bin_mode"]) == ("psi", 5, "quantile")
+    assert (view["aggregation"], view["bin_weights"], view["index"]) == ("density", None, 0)
+    assert view["window"] == {"width": 86400, "interval": 86400, "start": iso(B0 + DAY_MS)}
+    assert view["next_run"] == iso(B0 + 2 * DAY_MS)
+    assert drift.center.assays.run_due("replica-a") == 1
+    (result,) = call(drift, "GET", "/v1/assays/dense drift/results").json()["results"]
+    assert (result["window_start"], result["window_end"]) == (
+        iso(B0 + DAY_MS),
+        iso(B0 + 2 * DAY_MS),
+    )
+    assert result["score"] == pytest.approx(DRIFTED_PSI, abs=1e-6)  # equal weights
+    assert result["alert"] is True and result["threshold"] == 0.1
+
+
+def test_an_interval_shorter_than_the_width_gives_overlapping_windows(drift: Ops) -> None:
+    """Window k covers [start + k * interval, start + k * interval + width): 24 h windows
+    every 12 h, the middle one holding the drifted day's second half and the next day's
+    first."""
+    body = {**DEFINITION, "window": {"width": "24h", "interval": "12h", "start": iso(B0 + DAY_MS)}}
+    assert call(drift, "POST", "/v1/assays", json=body).status_code == 201
+    results = call(drift, "POST", "/v1/assays/dense drift/run", json=DAY_1_3).json()["results"]
+    half = DAY_MS // 2
+    starts = [B0 + DAY_MS, B0 + DAY_MS + half, B0 + 2 * DAY_MS]
+    assert [(r["window_start"], r["window_end"]) for r in results] == [
+        (iso(s), iso(s + DAY_MS)) for s in starts
+    ]
+    times = np.linspace(0, DAY_MS - 1, ROWS).astype(np.int64)  # as `logged` spreads them
+    middle = np.concatenate([DRIFTED[times >= half], NORMAL[times < half]])
+    expected = [DRIFTED, middle, NORMAL]
+    for result, window in zip(results, expected, strict=True):
+        assert result["window_rows"] == len(window)
+        assert result["score"] == pytest.approx(independent_psi(BASELINE, window), abs=1e-6)
+    # scheduled: the same rule, window by window
+    body = {**body, "name": "scheduled"}
+    assert call(drift, "POST", "/v1/assays", json=body).status_code == 201
+    assert call(drift, "POST", "/v1/assays/dense drift/pause").status_code == 200
+    assert drift.center.assays.run_due("replica-a") == 5  # ends 2, 2.5, 3, 3.5, 4 days in
+    stored = call(drift, "GET", "/v1/assays/scheduled/results").json()["results"]
+    assert [r["window_start"] for r in reversed(stored)] == [
+        iso(B0 + DAY_MS + k * half) for k in range(5)
+    ]
