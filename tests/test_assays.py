@@ -417,3 +417,37 @@ def test_an_interval_shorter_than_the_width_gives_overlapping_windows(drift: Ops
     assert [r["window_start"] for r in reversed(stored)] == [
         iso(B0 + DAY_MS + k * half) for k in range(5)
     ]
+
+
+def test_a_window_reads_only_its_edges_files_of_its_range_and_only_its_column(
+    drift: Ops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pushdown in `LogStore.scan`, seen at the Delta table reader: a run over day 1 of edge-a
+    opens neither day 0's nor day 2's files, nor edge-b's file of day 1, and reads `time` and
+    the assay's column only."""
+    from ops_sync.deltatable import TableReader
+
+    other = joined_edge(drift, "edge-b")
+    assert upload(drift, other, 1, logged(normal(9, 5.0), B0 + DAY_MS, "edge-b")).is_success
+    body = {**DEFINITION, "partition": "edge-a"}
+    assert call(drift, "POST", "/v1/assays", json=body).status_code == 201
+    opened: list[dict[str, Any]] = []
+    read = TableReader.read
+
+    def spy(self: TableReader, files: pa.Table, columns: list[str] | None = None) -> Any:
+        parts = read(self, files, columns)
+        for row, part in zip(files.to_pylist(), parts, strict=True):
+            opened.append({**row, "columns": columns, "read": part.column_names})
+        return parts
+
+    monkeypatch.setattr(TableReader, "read", spy)
+    window = {"start": iso(B0 + DAY_MS), "end": iso(B0 + 2 * DAY_MS)}
+    (result,) = call(drift, "POST", "/v1/assays/dense drift/run", json=window).json()["results"]
+    assert result["window_rows"] == ROWS
+    assert opened, "the run read no file"
+    assert {f["partition"] for f in opened} == {"edge-a"}
+    for f in opened:  # each file's rows lie in the window
+        assert B0 + DAY_MS <= f["min_time"] and f["max_time"] < B0 + 2 * DAY_MS, f
+        assert f["columns"] == ["time", "out.dense_1"]
+        assert sorted(f["read"]) == ["out.dense_1", "time"]
+    assert sum(f["rows"] for f in opened) == ROWS
