@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -20,9 +22,11 @@ from ops_sync import cli
 from ops_sync import client as client_module
 from ops_sync.assays import metrics
 from ops_sync.client import AdminClient
+from ops_sync.identity import build_ssl_context
+from tests.conftest import wait_for
 from tests.test_ops_records import _SyncASGI
 from tests.test_ops_server import admin, joined_edge, run, upload
-from tests.test_ops_support import ADMIN, Clock, Ops, result_table
+from tests.test_ops_support import ADMIN, Clock, Ops, OpsServer, result_table
 
 DAY_MS = 24 * 3600 * 1000
 B0 = 1_790_000_000_000  # the baseline day starts here (2026-09-21)
@@ -34,10 +38,13 @@ def iso(millis: int) -> str:
     return dt.datetime.fromtimestamp(millis / 1000, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def logged(values: np.ndarray, start_ms: int, partition: str = "device") -> pa.Table:
-    """Result-table rows whose out.dense_1[0] is `values`, spread over the day from start_ms."""
+def logged(
+    values: np.ndarray, start_ms: int, partition: str = "device", span_ms: int = DAY_MS
+) -> pa.Table:
+    """Result-table rows whose out.dense_1[0] is `values`, spread over the day (span_ms) from
+    start_ms."""
     table = result_table(len(values), start_ms, partition=partition)
-    times = start_ms + np.linspace(0, DAY_MS - 1, len(values)).astype(np.int64)
+    times = start_ms + np.linspace(0, span_ms - 1, len(values)).astype(np.int64)
     column = pa.array([[float(v)] for v in values], pa.list_(pa.float32()))
     table = table.set_column(table.schema.get_field_index("out.dense_1"), "out.dense_1", column)
     time = pa.array(times, pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
@@ -451,3 +458,54 @@ def test_a_window_reads_only_its_edges_files_of_its_range_and_only_its_column(
         assert f["columns"] == ["time", "out.dense_1"]
         assert sorted(f["read"]) == ["out.dense_1", "time"]
     assert sum(f["rows"] for f in opened) == ROWS
+
+
+def test_ops_sync_serve_runs_scheduled_windows_by_itself(tmp_path: Path) -> None:
+    """A real `ops-sync serve --assay-interval 0.2`: an assay created over the admin API gets
+    the results of its due windows without anyone calling run (the scheduler thread)."""
+    hour = 3600 * 1000
+    t0 = (int(time.time() * 1000) // 60_000 - 4 * 60 - 1) * 60_000  # 4 h 1 min ago or so
+    ops = Ops(tmp_path / "ops", clock=Clock(time.time()))
+    try:  # the logs synced before the server starts: baseline, drifted, normal hours
+        cert = joined_edge(ops, "edge-a")
+        for i, values in enumerate((BASELINE, DRIFTED, NORMAL)):
+            table = logged(values, t0 + i * hour, span_ms=hour)
+            assert upload(ops, cert, 1 + i * ROWS, table).is_success
+    finally:
+        ops.center.close()
+    server = OpsServer(tmp_path / "ops", extra=["--assay-interval", "0.2"])
+    server.start()
+    try:
+        trust = build_ssl_context("client", ca_pem=server.ca.read_bytes())
+
+        def admin_api(method: str, path: str, **kw: Any) -> Any:
+            headers = {"authorization": f"Bearer {ADMIN}"}
+            return httpx.request(
+                method, server.url + path, headers=headers, verify=trust, timeout=30, **kw
+            )
+
+        body = {
+            **DEFINITION,
+            "baseline": {"start": iso(t0), "end": iso(t0 + hour)},
+            "window": {"width": "1h"},  # from the baseline's end, every hour
+        }
+        created = admin_api("POST", "/v1/assays", json=body)
+        assert created.status_code == 201, created.text
+
+        def results() -> list[dict[str, Any]]:
+            reply = admin_api("GET", "/v1/assays/dense drift/results")
+            return list(reply.json()["results"])
+
+        wait_for(lambda: len(results()) == 3, 30, "3 scheduled windows")  # ended 2, 3, 4 h in
+        empty, back, drifted = results()
+        assert [r["window_start"] for r in (drifted, back, empty)] == [
+            iso(t0 + k * hour) for k in (1, 2, 3)
+        ]
+        assert drifted["score"] == pytest.approx(DRIFTED_PSI, abs=1e-6) and drifted["alert"]
+        assert back["score"] == pytest.approx(NORMAL_PSI, abs=1e-6) and not back["alert"]
+        assert empty["status"] == "no rows"
+        assert [r["index"] for r in (drifted, back, empty)] == [0, 1, 2]  # scheduled, not run
+        listed = admin_api("GET", "/v1/assays/dense drift").json()
+        assert listed["next_run"] == iso(t0 + 5 * hour)
+    finally:
+        server.stop()
