@@ -310,3 +310,101 @@ def test_assay_pages_run_with_csrf_and_show_results(tmp_path: Path) -> None:
         run(scenario())
     finally:
         ops.center.close()
+
+
+def test_edge_series_give_the_anomaly_rate_and_p99_of_synced_rows(tmp_path: Path) -> None:
+    """Two minutes of synced rows, some with anomalies and latencies that differ: the series
+    hold each minute's anomaly share and its 99th percentile latency (numpy's, computed here
+    from the rows' step times)."""
+    import numpy as np
+    import pyarrow as pa
+
+    ops = Ops(tmp_path / "ops")
+    token = protocol.decode(ops.add_edge("edge-a")["docker_run_variables"]["EDGE_BUNDLE"])
+    joined = ops.join(token["JOIN_TOKEN"])
+    t0 = (int(ops.clock.now * 1000) // 60_000 - 3) * 60_000  # a whole minute, 3 minutes ago
+    n = 100  # 50 rows in each of two minutes
+    times = np.concatenate([t0 + np.arange(50) * 1000, t0 + 60_000 + np.arange(50) * 1000])
+    anomalies = np.zeros(n, np.uint32)
+    anomalies[[3, 7, 20, 41, 49]] = [1, 2, 1, 1, 3]  # 5 of the first minute's 50
+    anomalies[[60, 99]] = 1  # 2 of the second's
+    steps = [[int(1_000_000 * (1 + i % 50) ** 1.5), 250_000 * (i % 7)] for i in range(n)]
+    table = result_table(n, t0)
+    for name, column in (
+        ("time", pa.array(times, pa.int64()).cast(pa.timestamp("ms", tz="UTC"))),
+        ("anomaly.count", pa.array(anomalies)),
+        ("metadata.elapsed", pa.array(steps, pa.list_(pa.int64()))),
+    ):
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+
+    async def scenario() -> dict[str, Any]:
+        async with httpx.AsyncClient(
+            transport=cert_transport(ops.app, joined.cert), base_url="https://ops"
+        ) as edge:
+            reply = await edge.post(
+                "/v1/edge/logs",
+                content=protocol.encode_batch(table),
+                headers=protocol.BatchRange("e", 1, n).headers(),
+            )
+            assert reply.status_code == 200, reply.text
+        async with browser(ops) as client:
+            await signed_in(client)
+            return dict((await client.get("/ui/api/edges/edge-a/series?minutes=10")).json())
+
+    try:
+        logs = run(scenario())["logs"]
+    finally:
+        ops.center.close()
+    assert logs["time"] == [t0 // 1000, t0 // 1000 + 60]
+    assert logs["inferences"] == [50, 50]
+    assert logs["anomaly_rate"] == [pytest.approx(5 / 50), pytest.approx(2 / 50)]
+    totals = np.array([sum(s) for s in steps]) / 1e6  # ms per row
+    for minute, rows in enumerate((totals[:50], totals[50:])):
+        assert logs["p99_ms"][minute] == pytest.approx(np.percentile(rows, 99), abs=1e-3)
+        assert logs["p50_ms"][minute] == pytest.approx(np.percentile(rows, 50), abs=1e-3)
+        assert logs["p99_ms"][minute] > 2 * logs["p50_ms"][minute]  # not the same series
+
+
+def test_sign_out_needs_its_csrf_token(tmp_path: Path) -> None:
+    ops = Ops(tmp_path / "ops")
+
+    async def scenario() -> None:
+        async with browser(ops) as client:
+            await signed_in(client)
+            for data in ({"token": ADMIN}, {"csrf": "x" * 64}):  # none, or a forged one
+                refused = await client.post("/ui/signout", data=data)
+                assert refused.status_code == 403 and "CSRF" in refused.text
+                assert SESSION_COOKIE in client.cookies
+                assert (await client.get("/ui/")).status_code == 200  # still signed in
+            assert len(ops.center.store.db.reader().all("SELECT * FROM ui_sessions")) == 1
+
+    try:
+        run(scenario())
+    finally:
+        ops.center.close()
+
+
+def test_the_fleet_shows_each_edges_publish(tmp_path: Path) -> None:
+    ops = Ops(tmp_path / "ops")
+    other = "127.0.0.1:5000/edge/pipelines/other:11111111-94d8-4fca-aecc-c75257fd16c6"
+    ops.add_edge("edge-a")
+    ops.add_edge("edge-b", other)
+    publishes = {p["pipeline_url"]: p["id"] for p in ops.center.store.publishes()}
+    assert publishes[PIPELINE_URL] != publishes[other]
+
+    async def scenario() -> tuple[list[dict[str, Any]], str]:
+        async with browser(ops) as client:
+            await signed_in(client)
+            feed = (await client.get("/ui/api/fleet")).json()["edges"]
+            return feed, (await client.get("/ui/")).text
+
+    try:
+        feed, html = run(scenario())
+    finally:
+        ops.center.close()
+    cells = {e["name"]: e["cells"]["publish"] for e in feed}
+    assert cells == {
+        "edge-a": f"#{publishes[PIPELINE_URL]} ccfraud",
+        "edge-b": f"#{publishes[other]} other",
+    }
+    assert f"#{publishes[other]} other" in html  # the page's first render, before any poll

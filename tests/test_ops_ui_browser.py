@@ -93,7 +93,9 @@ def fleet(
             edge = Edge(free_port(), root / name, environment)
             started.append(edge)
             fleet.edges[name] = edge.start()
-            _infer(edge, features[100 * i : 100 * i + SENT[name]])
+            rows = features[100 * i : 100 * i + SENT[name]]
+            for chunk in range(0, len(rows), 5):  # requests of 5: latencies that differ
+                _infer(edge, rows[chunk : chunk + 5])
         for name, count in SENT.items():
             wait_for(lambda n=name, c=count: fleet.synced(n) == c, 60, f"{name}'s logs")
         yield fleet
@@ -182,9 +184,41 @@ def test_an_edge_page_draws_its_charts_with_data_points(page: Page, fleet: Fleet
     assert total == SENT["edge-1"]  # every synced inference is counted, in the last hour
     latency = page.css(".plot[data-chart=latency]")
     assert int(latency.get_attribute("data-points")) > 0
+    labels, data = page.js(
+        "const p = document.querySelector('.plot[data-chart=latency]')._plot;"
+        " return [p.series.map(s => s.label), p.data]"
+    )
+    assert labels[1:] == ["p50 ms", "p99 ms"]
+    expected = _percentiles(fleet, "edge-1")
+    drawn = {int(t): (p50, p99) for t, p50, p99 in zip(*data, strict=True)}
+    assert sorted(drawn) == sorted(expected)
+    assert any(p99 > p50 for p50, p99 in expected.values())  # p99 is not p50 again
+    for minute, (p50, p99) in expected.items():  # each minute's p50 and p99, from the rows
+        assert drawn[minute] == (pytest.approx(p50, abs=1e-3), pytest.approx(p99, abs=1e-3))
     assert int(page.css(".plot[data-chart=lag]").get_attribute("data-points")) >= 2
     assert len(page.all("#recent-logs tbody tr")) == 20
     page.shot("edge")
+
+
+def _synced(fleet: Fleet) -> list[dict[str, Any]]:
+    """Every synced row's time and metadata, from the admin API."""
+    params = {"limit": 1000, "dataset": ["time", "metadata"]}
+    reply = fleet.admin("GET", "/v1/pipelines/breast-cancer/logs", params=params)
+    assert reply.status_code == 200, reply.text
+    return list(reply.json())
+
+
+def _percentiles(fleet: Fleet, edge: str) -> dict[int, tuple[float, float]]:
+    """Minute (epoch s) -> (p50, p99) latency in ms of the edge's synced rows, by numpy."""
+    minutes: dict[int, list[float]] = {}
+    for row in _synced(fleet):
+        if row["metadata"]["partition"] == edge:
+            spent = sum(row["metadata"]["elapsed"]) / 1e6
+            minutes.setdefault(int(row["time"]) // 60_000 * 60, []).append(spent)
+    return {
+        t: (round(float(np.percentile(v, 50)), 3), round(float(np.percentile(v, 99)), 3))
+        for t, v in minutes.items()
+    }
 
 
 def test_logs_are_filtered_by_edge_and_download_as_ndjson_and_arrow(
@@ -216,6 +250,48 @@ def test_logs_are_filtered_by_edge_and_download_as_ndjson_and_arrow(
     arrow = page.wait(lambda: _downloaded(downloads, ".arrow"), "the Arrow download")
     table = pa.ipc.open_file(io.BytesIO(arrow.read_bytes())).read_all()
     assert table.num_rows == SENT["edge-2"]
+
+
+def test_the_log_viewers_time_range_and_limit_cut_the_rows_shown(page: Page, fleet: Fleet) -> None:
+    """edge-2 answered its 25 inferences seconds after edge-1 its 40 (it started later): a
+    From/To range around edge-2's rows shows those only, over all edges; a limit of 7 shows 7."""
+    from selenium.webdriver.support.ui import Select
+
+    times: dict[str, list[int]] = {name: [] for name in SENT}
+    for row in _synced(fleet):
+        times[row["metadata"]["partition"]].append(int(row["time"]))
+    first, second = times["edge-1"], times["edge-2"]
+    assert max(first) // 1000 < min(second) // 1000, "the edges' rows share a second"
+    span = (min(second) // 1000, max(second) // 1000 + 1)
+
+    def shown(start: int | None, end: int | None, limit: str) -> list[str]:
+        page.open("/ui/logs")
+        Select(page.css("#f-edge")).select_by_value("")  # all edges
+        for name, at in (("start", start), ("end", end)):
+            value = "" if at is None else _iso(at)
+            page.js("arguments[0].value = arguments[1]", page.css(f"#f-{name}"), value)
+        page.css("#f-limit").clear()
+        page.css("#f-limit").send_keys(limit)
+        page.css("#f-dataset").clear()
+        page.css("#f-dataset").send_keys("time,metadata")
+        page.css("form.filters button").click()
+        page.wait(lambda: "pipeline=" in page.driver.current_url, "the filtered page")
+        heads = [th.text for th in page.all("#logs thead th")]
+        column = heads.index("metadata.partition")
+        return list(
+            page.js(
+                "return [...document.querySelectorAll('#logs tbody tr')]"
+                ".map(r => r.querySelectorAll('td')[arguments[0]].innerText)",
+                column,
+            )
+        )
+
+    assert sorted(set(shown(None, None, "1000"))) == ["edge-1", "edge-2"]
+    in_range = shown(*span, "1000")
+    assert len(in_range) == SENT["edge-2"] and set(in_range) == {"edge-2"}
+    page.shot("logs-time-range")
+    assert len(shown(None, None, "7")) == 7  # of 65 rows
+    assert len(shown(*span, "7")) == 7
 
 
 def _downloaded(folder: Path, suffix: str) -> Path | None:
@@ -289,6 +365,7 @@ def test_an_assay_runs_from_its_page_and_draws_its_scores(page: Page, fleet: Fle
         "index": 1,
         "baseline": {"values": [i / 100 for i in range(101)]},
         "window": {"width": "1h", "interval": "1h", "start": _iso(start)},
+        "threshold": 0.25,
     }
     created = fleet.admin("POST", "/v1/assays", json=definition)
     assert created.status_code == 201, created.text
@@ -313,6 +390,14 @@ def test_an_assay_runs_from_its_page_and_draws_its_scores(page: Page, fleet: Fle
         if r["status"] == "ok"
     ]
     assert stored["window_rows"] == sum(SENT.values()) and stored["score"] == drawn[0]
+    # the threshold line is at the assay's threshold, at every window
+    assert page.js("return document.querySelector('#assay-scores')._plot.data[2]") == [0.25] * 2
+    # the bins: the latest window with rows against the baseline, bin by bin
+    bins = page.js("return document.querySelector('#assay-bins')._plot.data")
+    assert bins[0] == list(range(7))
+    assert bins[1] == pytest.approx(stored["baseline_aggregate"], abs=1e-12)
+    assert bins[2] == pytest.approx(stored["window_aggregate"], abs=1e-12)
+    assert sum(bins[2]) == pytest.approx(1.0) and bins[1] != pytest.approx(bins[2])
     page.shot("assay")
 
 
@@ -320,7 +405,8 @@ def _iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
-PAGES = {"fleet": "/ui/", "edge": "/ui/edges/edge-1", "logs": "/ui/logs?pipeline=breast-cancer"}
+PAGES = {"signin": "/ui/signin", "fleet": "/ui/", "edge": "/ui/edges/edge-1"}
+PAGES |= {"logs": "/ui/logs?pipeline=breast-cancer"}
 PAGES |= {"add": "/ui/edges/new", "remove": "/ui/edges/edge-2/remove", "assays": "/ui/assays"}
 PAGES |= {"assay": "/ui/assays/probability-drift"}
 
@@ -330,10 +416,15 @@ def test_every_page_fits_is_labelled_readable_and_loads_nothing_from_elsewhere(
     page: Page, fleet: Fleet, size: str
 ) -> None:
     page.size(size)
+    added = f"edge-fits-{size}"
     try:
-        for name, path in PAGES.items():
+        for name, path in [*PAGES.items(), ("added", "/ui/edges/new")]:
             page.open(path)
             page.wait(lambda: page.js("return document.readyState") == "complete", "load")
+            if name == "added":  # the page a new edge's bundle is shown on, once
+                page.css("#f-name").send_keys(added)
+                page.css("form.card button[type=submit]").click()
+                page.wait(lambda: page.css("#bundle"), "the bundle")
             if name == "edge":
                 page.wait(lambda: int(page.css(".plot").get_attribute("data-points")) > 0, "chart")
             time.sleep(0.2)  # the first poll's layout
@@ -355,3 +446,4 @@ def test_every_page_fits_is_labelled_readable_and_loads_nothing_from_elsewhere(
         assert outline == "solid"
     finally:
         page.size("desktop")
+        fleet.admin("DELETE", f"/v1/edges/{added}")
