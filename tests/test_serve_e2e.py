@@ -349,21 +349,25 @@ def ready(edge: Edge) -> bool:
         return False
 
 
-def _response(sock: socket.socket) -> bytes:
-    """One whole HTTP response (head, then a body of its content-length)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        body += sock.recv(65536)
-    assert len(body) == length, "a response carried bytes of the next one"
-    return head + b"\r\n\r\n" + body
+def _responses(sock: socket.socket, count: int) -> list[bytes]:
+    """`count` whole HTTP responses read off one connection in order (each a head, then a
+    body of its content-length; consecutive answers may share a segment)."""
+    data, answers = b"", []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, data = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(data) < length:
+            data += sock.recv(65536)
+        answers.append(head + b"\r\n\r\n" + data[:length])
+        data = data[length:]
+    assert data == b"", "bytes after the last answer"
+    return answers
 
 
 def test_served_answers_arrive_whole_and_in_order_on_one_connection(served: Edge) -> None:
@@ -379,7 +383,7 @@ def test_served_answers_arrive_whole_and_in_order_on_one_connection(served: Edge
         first = sock.recv(65536)  # a small answer is one write: head and body arrive together
         assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"}]")
         sock.sendall(inference + listing + inference)  # pipelined
-        answers = [_response(sock) for _ in range(3)]
+        answers = _responses(sock, 3)
     assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"HTTP/1.1 200 OK"] * 3
     assert b'"pipeline_name":"breast-cancer"' in answers[0]
     assert answers[1].endswith(b'{"pipelines":[{"id":"breast-cancer","status":"Running"}]}')
