@@ -45,6 +45,7 @@ from ops_sync.errors import (
     Refused,
     SyncError,
     Unreachable,
+    UnsupportedCoding,
 )
 from ops_sync.identity import build_ssl_context, make_csr
 
@@ -333,10 +334,10 @@ class SyncAgent:
         span = protocol.BatchRange(batch.epoch, batch.first_seq, batch.last_seq)
         try:
             reply = await self._post(protocol.LOGS_PATH, content=body, headers=span.headers(coding))
-        except BadRequest as exc:  # UnsupportedCoding, or an older one read the frame as IPC
-            if coding is None or isinstance(exc, PayloadTooLarge):  # too large: `_ship` cuts
+        except BadRequest as exc:
+            if coding is None or not _refused_coding(exc, batch):
                 raise
-            self._coding = None  # it was downgraded meanwhile: the body every one reads
+            self._coding = None  # the body every ops center reads, this batch and on
             await self._send(batch)
             return
         if (reply.get("epoch"), reply.get("last_seq")) != (batch.epoch, batch.last_seq):
@@ -355,6 +356,18 @@ class SyncAgent:
 
 
 _CODING_PATHS = (protocol.HEARTBEAT_PATH, protocol.LOGS_PATH)
+
+
+def _refused_coding(exc: BadRequest, batch: Batch) -> bool:
+    """Whether a framed batch's refusal is one the compressed-buffers body may not meet: its
+    coding is not read (an ops center downgraded since its reply said it was: its 415, or
+    an older one's 400 for a body that is not Arrow IPC), or one row decodes past the limit
+    (a smaller batch would not help; the other body may still fit, as it did before)."""
+    if isinstance(exc, UnsupportedCoding):
+        return True
+    if isinstance(exc, PayloadTooLarge):
+        return batch.table.num_rows == 1  # `_ship` halves larger batches
+    return type(exc) is BadRequest and "not a valid Arrow IPC stream" in str(exc)
 
 
 def _iso(seconds: float | None) -> str | None:

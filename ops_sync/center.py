@@ -388,7 +388,7 @@ class OpsCenter:
         batch: protocol.BatchRange,
         body: bytes,
         coding: str | None = None,
-        limit: int = 64 << 20,
+        limit: int = protocol.MAX_BODY,
     ) -> Upload:
         """Decode (`protocol.decode_batch`: `coding` is the body's Content-Encoding, `limit`
         its decoded size at most) and check the batch, and queue it for its table's next

@@ -420,16 +420,20 @@ def _rollout_cells(edge: dict[str, Any]) -> list[str]:
         status += f" (attempt {state['attempts']})"
     if state.get("reason"):
         status += f": {state['reason']}"
-    return [_cell(desired.get("pipeline_version")), _cell(running.get("pipeline_version")), status]
+    return [
+        _cell(desired.get("pipeline_version")),
+        _cell(running.get("pipeline_version")),
+        _cell(status),
+    ]
 
 
 def _cell(value: Any) -> str:
-    """A table cell: '-' for nothing, a list's items joined by commas."""
+    """A table cell on one line: '-' for nothing, a list's items joined by commas, runs of
+    whitespace (tabs and newlines of a reason an edge sent) as one space."""
     if value is None:
         return "-"
-    if isinstance(value, list):
-        return ",".join(map(str, value)) or "-"
-    return str(value)
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return " ".join(text.split()) or "-"
 
 
 def _rollout_lines(edges: list[dict[str, Any]]) -> list[str]:

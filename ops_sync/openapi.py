@@ -66,8 +66,26 @@ def document() -> dict[str, Any]:
         {"name": protocol.EPOCH_HEADER, "in": "header", "required": True, "schema": _TEXT},
         {"name": protocol.FIRST_SEQ_HEADER, "in": "header", "required": True, "schema": seq},
         {"name": protocol.LAST_SEQ_HEADER, "in": "header", "required": True, "schema": seq},
+        {
+            "name": protocol.CODING_HEADER,
+            "in": "header",
+            "required": False,
+            "description": "zstd: the IPC stream is one zstd frame that records its size",
+            "schema": {"type": "string", "enum": [protocol.BATCH_CODING, "identity"]},
+        },
     ]
     binary = {"type": "string", "format": "binary"}
+    reads_coding = {
+        "200": {
+            **json_ok()["200"],
+            "headers": {
+                protocol.ACCEPT_CODING_HEADER: {
+                    "description": "the batch coding this ops center reads (RFC 7694)",
+                    "schema": _TEXT,
+                }
+            },
+        }
+    }
     paths = {
         "/healthz": {"get": {"summary": "the process answers", "responses": json_ok()}},
         "/openapi.json": {"get": {"summary": "this document", "responses": json_ok()}},
@@ -181,7 +199,7 @@ def document() -> dict[str, Any]:
             "post": {
                 "security": EDGE,
                 "requestBody": _json_body({"health": {"type": "object"}, "buffer": {}}, []),
-                "responses": {**json_ok(), **_errors(400, 401, 403)},
+                "responses": {**reads_coding, **_errors(400, 401, 403)},
             }
         },
         protocol.LOGS_PATH: {
@@ -193,7 +211,7 @@ def document() -> dict[str, Any]:
                     "required": True,
                     "content": {protocol.BATCH_TYPE: {"schema": binary}},
                 },
-                "responses": {**json_ok(), **_errors(400, 401, 403, 408, 413, 507)},
+                "responses": {**reads_coding, **_errors(400, 401, 403, 408, 413, 415, 507)},
             }
         },
     }

@@ -162,6 +162,7 @@ BATCH_TYPE = "application/vnd.apache.arrow.stream"
 WARNING_HEADER = "x-ops-warning"
 MAX_SEQ = 2**63 - 2  # int64 (SQLite, Arrow), with room for the store's `last + 1`
 EPOCH = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_BODY = 64 << 20  # a batch body at most, as sent; a zstd frame's decoded IPC stream too
 BATCH_CODING = "zstd"  # a batch body's Content-Encoding: the whole IPC stream, one zstd frame
 CODING_HEADER = "content-encoding"
 ACCEPT_CODING_HEADER = "accept-encoding"  # on the ops center's edge replies (RFC 7694)
@@ -226,10 +227,11 @@ def encode_batch(table: pa.Table, coding: str | None = BATCH_CODING) -> bytes:
     return _compressor().compress(sink.getvalue())
 
 
-def decode_batch(body: bytes, coding: str | None = None, limit: int = 64 << 20) -> pa.Table:
+def decode_batch(body: bytes, coding: str | None = BATCH_CODING, limit: int = MAX_BODY) -> pa.Table:
     """A batch from the wire, checked in full (a damaged body is a `BadRequest`). `coding` is
     the request's Content-Encoding: none or `zstd` (one frame that records its size, at most
-    `limit` bytes decoded: `PayloadTooLarge`); another is `UnsupportedCoding`."""
+    `limit` bytes decoded: `PayloadTooLarge`); another is `UnsupportedCoding`. (Buffers that
+    Arrow compressed inside the stream are decoded to the sizes they declare, as before.)"""
     if coding:
         body = _decoded(body, coding.strip().lower(), limit)
     try:
@@ -241,10 +243,24 @@ def decode_batch(body: bytes, coding: str | None = None, limit: int = 64 << 20) 
 
 
 def accepts_coding(headers: Mapping[str, str]) -> str | None:
-    """`BATCH_CODING` if a reply's Accept-Encoding names it (the ops center reads it), else None."""
-    offered = headers.get(ACCEPT_CODING_HEADER, "")
-    codings = {part.split(";")[0].strip().lower() for part in offered.split(",")}
-    return BATCH_CODING if BATCH_CODING in codings else None
+    """`BATCH_CODING` if a reply's Accept-Encoding names it (the ops center reads it) with a
+    weight above 0, else None."""
+    for part in headers.get(ACCEPT_CODING_HEADER, "").split(","):
+        coding, *params = (p.strip().lower() for p in part.split(";"))
+        if coding == BATCH_CODING and all(_weight(p) > 0 for p in params):
+            return BATCH_CODING
+    return None
+
+
+def _weight(param: str) -> float:
+    """An Accept-Encoding parameter's weight: `q=W`, 1 for any other parameter."""
+    name, _, value = param.partition("=")
+    if name.strip() != "q":
+        return 1.0
+    try:
+        return float(value)
+    except ValueError:
+        return 0.0
 
 
 def _decoded(body: bytes, coding: str, limit: int) -> bytes:

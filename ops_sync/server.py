@@ -61,7 +61,7 @@ from ops_sync.logstore import WAIT_LIMIT
 
 T = TypeVar("T")
 log = logging.getLogger("ops_sync.server")
-MAX_BODY = 64 << 20
+MAX_BODY = protocol.MAX_BODY
 JSON_LIMIT = 1 << 20
 MAX_PEM = 16 << 10  # a CSR's PEM
 MAX_PROPERTIES = 16 << 10  # an edge's additional_properties, as JSON
@@ -316,7 +316,8 @@ async def _our_error(request: Request, exc: edge_errors.EdgeError) -> Response:
     status = STATUS.status(exc)
     if status >= 500:
         log.error("path=%s error=%s", request.url.path, exc)
-    return JSONResponse(error_body(str(exc), status, errors.reason(exc)), status)
+    headers = READS_CODING if isinstance(exc, errors.UnsupportedCoding) else None  # RFC 7694
+    return JSONResponse(error_body(str(exc), status, errors.reason(exc)), status, headers)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:

@@ -422,8 +422,15 @@ def test_batches_go_as_one_zstd_frame_only_to_an_ops_center_that_reads_it(
     assert stored_rows(ops, "edge-a") == list(range(1, 121))
 
 
+REFUSED_CODING = {
+    "older": (400, "BadRequest", "the batch is not a valid Arrow IPC stream: Expected to read"),
+    "415": (415, "UnsupportedCoding", "batch Content-Encoding 'zstd' is not read here"),
+}
+
+
+@pytest.mark.parametrize("refusal", sorted(REFUSED_CODING))
 def test_a_framed_batch_refused_as_unreadable_is_sent_again_as_every_ops_center_reads_it(
-    ops: Ops, buffer: LogBuffer, tmp_path: Path
+    ops: Ops, buffer: LogBuffer, tmp_path: Path, refusal: str
 ) -> None:
     """An ops center downgraded between its reply and the next batch reads the zstd frame as
     Arrow IPC and answers 400: the agent sends that batch again at once, without the coding,
@@ -434,8 +441,8 @@ def test_a_framed_batch_refused_as_unreadable_is_sent_again_as_every_ops_center_
         if request.url.path != "/v1/edge/logs":
             return await forward()  # the heartbeat's reply still came from the newer one
         if request.headers.get("content-encoding"):
-            body = {"error": "the batch is not a valid Arrow IPC stream", "reason": "BadRequest"}
-            return httpx.Response(400, json=body)
+            status, reason, message = REFUSED_CODING[refusal]
+            return httpx.Response(status, json={"error": message, "reason": reason})
         response = await forward()
         response.headers.pop("accept-encoding", None)
         return response
@@ -459,3 +466,66 @@ def test_a_framed_batch_refused_as_unreadable_is_sent_again_as_every_ops_center_
 
     asyncio.run(scenario())
     assert stored_rows(ops, "edge-a") == list(range(1, 61))
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "message"),
+    [
+        (400, "BadRequest", "the batch's metadata.pipeline_version 'x' is not a published version"),
+        (408, "RequestTimeout", "the request body did not arrive within 30 s"),
+    ],
+)
+def test_a_framed_batch_refused_for_another_reason_is_not_sent_twice(
+    ops: Ops, buffer: LogBuffer, tmp_path: Path, status: int, reason: str, message: str
+) -> None:
+    """Only a refusal of the coding itself makes the agent send the other body: any other 400
+    or a 408 is retried as the same framed batch, after the usual backoff, and not acked."""
+    persist = tmp_path / "persist"
+
+    async def refuse(request: httpx.Request, forward: Any) -> httpx.Response:
+        if request.url.path == "/v1/edge/logs":
+            return httpx.Response(status, json={"error": message, "reason": reason})
+        return await forward()
+
+    async def scenario() -> None:
+        buffer.log(result_table(10, T0))
+        await asyncio.to_thread(buffer.flush)
+        agent, transport = make_agent(ops, persist, buffer, new_bundle(ops, "edge-a"))
+        recording_codings(transport, refuse)
+        await agent.start()
+        await wait_until(lambda: len(_codings(transport)) >= 3)
+        await agent.stop()
+        assert set(_codings(transport)) == {"zstd"}
+        assert message[:20] in (agent.status()["last_error"] or "")
+        assert buffer.stats()["unsynced_rows"] == 10
+
+    asyncio.run(scenario())
+
+
+def test_one_row_over_the_decoded_limit_is_sent_again_with_compressed_buffers(
+    ops: Ops, buffer: LogBuffer, tmp_path: Path
+) -> None:
+    """A framed one-row batch whose decoded stream is over the ops center's limit cannot be
+    cut smaller; the agent sends it as compressed buffers, which may fit (as before)."""
+    persist = tmp_path / "persist"
+
+    async def too_large_framed(request: httpx.Request, forward: Any) -> httpx.Response:
+        if request.url.path == "/v1/edge/logs" and request.headers.get("content-encoding"):
+            body = {"error": "the batch decodes to 70000000 bytes", "reason": "PayloadTooLarge"}
+            return httpx.Response(413, json=body)
+        return await forward()
+
+    async def scenario() -> None:
+        buffer.log(result_table(1, T0))
+        await asyncio.to_thread(buffer.flush)
+        agent, transport = make_agent(
+            ops, persist, buffer, new_bundle(ops, "edge-a"), heartbeat_interval=3600
+        )
+        recording_codings(transport, too_large_framed)
+        await agent.start()
+        await wait_until(lambda: buffer.stats()["unsynced_rows"] == 0)
+        await agent.stop()
+        assert _codings(transport) == ["zstd", None]
+
+    asyncio.run(scenario())
+    assert stored_rows(ops, "edge-a") == [1]

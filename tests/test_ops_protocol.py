@@ -95,3 +95,33 @@ def test_encode_refuses_values_a_shell_would_misread() -> None:
         bundle.encode({**values, "EDGE_NAME": "two words"})
     with pytest.raises(BundleError, match="JOIN_TOKEN"):
         bundle.encode({k: v for k, v in values.items() if k != "JOIN_TOKEN"})
+
+
+def test_a_batch_reads_back_from_either_body_and_the_frame_is_smaller() -> None:
+    from tests.test_ops_support import result_table
+
+    table = result_table(55, 1_790_000_000_000)
+    framed, buffers = bundle.encode_batch(table), bundle.encode_batch(table, None)
+    assert bundle.decode_batch(framed).equals(table)
+    assert bundle.decode_batch(buffers, None).equals(table)
+    assert bundle.decode_batch(buffers, "identity").equals(table)
+    assert len(framed) < len(buffers)
+
+
+@pytest.mark.parametrize(
+    ("offered", "reads"),
+    [
+        ("zstd", "zstd"),
+        ("gzip, ZSTD", "zstd"),
+        ("zstd;q=0.5", "zstd"),
+        ("zstd;q=0", None),
+        ("zstd; q=0.000", None),
+        ("zstd;q=bad", None),
+        ("gzip, br", None),
+        ("", None),
+    ],
+)
+def test_the_agent_reads_which_batch_coding_a_reply_accepts(
+    offered: str, reads: str | None
+) -> None:
+    assert bundle.accepts_coding({"accept-encoding": offered}) == reads

@@ -196,7 +196,7 @@ def test_list_edges_and_rollout_status_print_desired_running_and_state(
     said = ops_sync("rollout", V2, "--tag", "canary")
     assert said.strip() == f"Rollout of v2 ({V2}) to edge-a, edge-b"
     v1 = {"pipeline_url": PIPELINE_URL, "pipeline_version": "v1", "digest": None}
-    attempt = {"pipeline_url": V2, "state": "failed", "reason": "model will not load"}
+    attempt = {"pipeline_url": V2, "state": "failed", "reason": "model will\n\tnot load"}
     run(heartbeat(ops, failing, {"running": v1, "rollout": {**attempt, "attempts": 2}}))
     v2 = {"pipeline_url": V2, "pipeline_version": "v2", "digest": DIGEST}
     run(heartbeat(ops, done, {"running": v2, "rollout": {"pipeline_url": V2}}))

@@ -105,6 +105,14 @@ def test_a_rollout_checks_signatures_as_the_start_does(example: Path, tmp_path: 
         stop(appliance)
 
 
+def serving(url: str, persist: Path) -> Appliance:
+    """An appliance serving `url` (loaded as the start-up would), logging off."""
+    flags = {"pipeline_url": url, "persist_dir": persist, "logging_enabled": False}
+    appliance = Appliance.from_settings(load_settings(flags, environ={}))
+    appliance.pipeline = load_quietly(url, persist)
+    return appliance
+
+
 def test_a_version_that_fails_its_smoke_inference_is_refused(example: Path, tmp_path: Path) -> None:
     """A version that loads but cannot answer (here a Python step that raises) is caught by
     the smoke inference before the swap: the rollout fails with the step's reason and the
@@ -122,9 +130,7 @@ def test_a_version_that_fails_its_smoke_inference_is_refused(example: Path, tmp_
         spec.replace("deployment:", "  - {python: refuse, file: steps/refuse.py}\ndeployment:")
     )
     v2 = publish(smoky / "pipeline.yaml", layout=layout)["pipeline_url"]
-    flags = {"pipeline_url": v1, "persist_dir": tmp_path / "persist", "logging_enabled": False}
-    appliance = Appliance.from_settings(load_settings(flags, environ={}))
-    appliance.pipeline = load_quietly(v1, tmp_path / "persist")
+    appliance = serving(v1, tmp_path / "persist")
     try:
         appliance.switch_to(v2)
         wait(lambda: appliance.rollout_status()["state"] == "failed")
@@ -144,9 +150,7 @@ def test_a_pull_that_fails_is_retried_until_the_version_is_there(
     v1 = publish(example / "pipeline.yaml", layout=tmp_path / "layout")["pipeline_url"]
     v2 = publish(example / "pipeline.yaml", layout=tmp_path / "other")["pipeline_url"]
     (tmp_path / "other").rename(tmp_path / "away")
-    flags = {"pipeline_url": v1, "persist_dir": tmp_path / "persist", "logging_enabled": False}
-    appliance = Appliance.from_settings(load_settings(flags, environ={}))
-    appliance.pipeline = load_quietly(v1, tmp_path / "persist")
+    appliance = serving(v1, tmp_path / "persist")
     try:
         appliance.switch_to(v2)
         wait(lambda: appliance.rollout_status()["state"] == "failed")

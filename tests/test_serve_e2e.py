@@ -355,7 +355,7 @@ def _responses(sock: socket.socket, count: int) -> list[bytes]:
     data, answers = b"", []
     while len(answers) < count:
         while b"\r\n\r\n" not in data:
-            data += sock.recv(65536)
+            data += _received(sock)
         head, _, data = data.partition(b"\r\n\r\n")
         length = next(
             int(line.split(b":", 1)[1])
@@ -363,11 +363,17 @@ def _responses(sock: socket.socket, count: int) -> list[bytes]:
             if line.lower().startswith(b"content-length:")
         )
         while len(data) < length:
-            data += sock.recv(65536)
+            data += _received(sock)
         answers.append(head + b"\r\n\r\n" + data[:length])
         data = data[length:]
     assert data == b"", "bytes after the last answer"
     return answers
+
+
+def _received(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    assert data, "the server closed the connection before the answers were whole"
+    return data
 
 
 def test_served_answers_arrive_whole_and_in_order_on_one_connection(served: Edge) -> None:
@@ -378,7 +384,7 @@ def test_served_answers_arrive_whole_and_in_order_on_one_connection(served: Edge
         b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
     listing = b"GET /pipelines HTTP/1.1\r\nhost: x\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+    with socket.create_connection(("127.0.0.1", served.port), timeout=30) as sock:
         sock.sendall(inference)
         first = sock.recv(65536)  # a small answer is one write: head and body arrive together
         assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"}]")
