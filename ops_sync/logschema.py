@@ -158,25 +158,30 @@ def normalize(table: pa.Table, partition: str, epoch: str, seqs: np.ndarray) -> 
         time = time.cast(TIME_TYPE)
     table = table.set_column(table.schema.get_field_index("time"), "time", time)
     n = table.num_rows
-    table = put(table, PARTITION, pa.array([partition] * n, pa.string()))
+    table = put(table, PARTITION, _repeat(partition, n))
     if DROPPED in table.column_names:
         empty = pa.scalar([], _DROPPED_TYPE)
         dropped = pc.coalesce(table.column(DROPPED).cast(_DROPPED_TYPE), empty)
     else:
         dropped = pa.array([[]] * n, _DROPPED_TYPE)
     table = put(table, DROPPED, dropped)
-    table = put(table, "_epoch", pa.array([epoch] * n, pa.string()))
+    table = put(table, "_epoch", _repeat(epoch, n))
     return put(table, "_seq", pa.array(seqs, pa.int64()))
 
 
 def with_partitions(table: pa.Table, pipeline: str, partition: str) -> pa.Table:
     """The table's partition columns: pipeline, partition (the edge) and the UTC date."""
     millis = table.column("time").cast(pa.int64()).to_numpy()
-    dates = (millis // 86_400_000).astype("datetime64[D]").astype(str)
+    days, index = np.unique(millis // 86_400_000, return_inverse=True)  # a batch spans few
+    dates = pa.array(days.astype("datetime64[D]").astype(str), pa.string()).take(index)
     n = table.num_rows
-    table = table.append_column("pipeline", pa.array([pipeline] * n, pa.string()))
-    table = table.append_column("partition", pa.array([partition] * n, pa.string()))
-    return table.append_column("date", pa.array(dates, pa.string()))
+    table = table.append_column("pipeline", _repeat(pipeline, n))
+    table = table.append_column("partition", _repeat(partition, n))
+    return table.append_column("date", dates)
+
+
+def _repeat(text: str, n: int) -> pa.Array:
+    return pa.repeat(pa.scalar(text, pa.string()), n)
 
 
 def put(table: pa.Table, name: str, values: Any) -> pa.Table:
