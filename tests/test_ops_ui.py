@@ -154,6 +154,15 @@ def test_heartbeats_feed_a_bounded_history_and_the_series(tmp_path: Path) -> Non
             assert bad.status_code == 400 and "minutes" in bad.json()["error"]
             missing = await client.get("/ui/api/edges/nobody/series")
             assert missing.status_code == 404
+            day = await client.get("/ui/edges/edge-a?minutes=1440")  # the page's range control
+            assert day.status_code == 200 and "<h2>Last 24 hours</h2>" in day.text
+            assert (
+                'series?minutes=1440"' in day.text and '<option value="1440" selected>' in day.text
+            )
+            hour = await client.get("/ui/edges/edge-a")
+            assert "<h2>Last hour</h2>" in hour.text and 'series?minutes=60"' in hour.text
+            too_long = await client.get("/ui/edges/edge-a?minutes=2000")
+            assert too_long.status_code == 400 and "1 to 1440" in too_long.text
             return dict((await client.get("/ui/api/edges/edge-a/series?minutes=120")).json())
 
     try:

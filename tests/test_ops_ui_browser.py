@@ -198,6 +198,14 @@ def test_an_edge_page_draws_its_charts_with_data_points(page: Page, fleet: Fleet
     assert int(page.css(".plot[data-chart=lag]").get_attribute("data-points")) >= 2
     assert len(page.all("#recent-logs tbody tr")) == 20
     page.shot("edge")
+    from selenium.webdriver.support.ui import Select
+
+    Select(page.css("#f-minutes")).select_by_value("1440")  # the charts' range
+    page.css("form.filters button").click()
+    page.wait(lambda: page.driver.current_url.endswith("?minutes=1440"), "the 24-hour page")
+    note = page.css("#series-note")
+    page.wait(lambda: "in the last 1440 minutes" in note.text, "the 24-hour series")
+    assert "<h2>Last 24 hours</h2>" in page.driver.page_source
 
 
 def _synced(fleet: Fleet) -> list[dict[str, Any]]:

@@ -127,8 +127,19 @@ def chart(key: str, title: str, source: str, fields: list[str], url: str) -> str
     )
 
 
-def edge(e: dict[str, Any], row: dict[str, Any], logs: list[dict[str, str]], csrf: str) -> str:
-    url = f"/ui/api/edges/{e['name']}/series?minutes=60"
+RANGES = [("15", "15 minutes"), ("60", "hour"), ("360", "6 hours"), ("1440", "24 hours")]
+
+
+def edge(
+    e: dict[str, Any], row: dict[str, Any], logs: list[dict[str, str]], csrf: str, minutes: int
+) -> str:
+    url = f"/ui/api/edges/{e['name']}/series?minutes={minutes}"
+    span = dict(RANGES).get(str(minutes), f"{minutes} minutes")
+    ranges = (
+        f'<form method="get" action="/ui/edges/{h(e["name"])}" class="filters">'
+        + _select("minutes", "Charts over the last", RANGES, str(minutes))
+        + '<button type="submit">Show</button></form>'
+    )
     cells = row["cells"]
     facts = _facts(
         [
@@ -161,7 +172,8 @@ def edge(e: dict[str, Any], row: dict[str, Any], logs: list[dict[str, str]], csr
     )
     body = (
         facts
-        + '<h2>Last hour</h2><p class="hint" id="series-note" role="status"></p>'
+        + f"<h2>Last {h(span)}</h2>{ranges}"
+        + '<p class="hint" id="series-note" role="status"></p>'
         + f'<div class="charts">{charts}</div>'
         + f'<h2>Recent logs</h2>{table}<p><a href="{h(logs_link)}">All its logs</a></p>'
     )

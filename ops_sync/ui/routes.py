@@ -53,6 +53,14 @@ def page(html: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(html, status, headers=HEADERS)
 
 
+def chart_minutes(request: Request) -> int:
+    """The `minutes` an edge's charts span (1-1440, default 60), else a 400 naming it."""
+    minutes = request.query_params.get("minutes", "60")
+    if not minutes.isdigit() or not 1 <= int(minutes) <= 24 * 60:
+        raise errors.BadRequest(f"minutes must be 1 to 1440, not {minutes[:20]!r}")
+    return int(minutes)
+
+
 def mount(
     center: OpsCenter,
     status_of: StatusOf,
@@ -143,17 +151,15 @@ def mount(
 
     async def edge(request: Request, csrf: str) -> Response:
         found = await call(data.find_edge, center, request.path_params["name"])
+        minutes = chart_minutes(request)
         beats = await call(data.heartbeats.latest, center.store.db)
         row = data.fleet_row(found, beats.get(found["id"]), center.clock())
         recent = await call(data.recent_logs, center, found)
-        return page(pages.edge(found, row, recent, csrf))
+        return page(pages.edge(found, row, recent, csrf, minutes))
 
     async def edge_series(request: Request, csrf: str) -> Response:
         found = await call(data.find_edge, center, request.path_params["name"])
-        minutes = request.query_params.get("minutes", "60")
-        if not minutes.isdigit() or not 1 <= int(minutes) <= 24 * 60:
-            raise errors.BadRequest(f"minutes must be 1 to 1440, not {minutes[:20]!r}")
-        body = await call(data.series, center, found, int(minutes))
+        body = await call(data.series, center, found, chart_minutes(request))
         return JSONResponse(body, headers=HEADERS)
 
     async def new_edge_form(request: Request, csrf: str) -> Response:
