@@ -73,6 +73,7 @@ def fleet(
             ]
         fleet = Fleet(server, url, {})
         features = np.load(example / "data/10k-rows.npy")
+        answered = 0.0  # when the last edge's last inference was answered (monotonic)
         for i, name in enumerate(SENT):
             added = fleet.admin("POST", "/v1/edges", json={"name": name, "pipeline_url": url})
             assert added.status_code == 201, added.text
@@ -94,8 +95,12 @@ def fleet(
             started.append(edge)
             fleet.edges[name] = edge.start()
             rows = features[100 * i : 100 * i + SENT[name]]
+            # a second at least after the last edge's rows, so their times never share one
+            # (the log viewer's From/To test tells the edges apart by time)
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - answered)))
             for chunk in range(0, len(rows), 5):  # requests of 5: latencies that differ
                 _infer(edge, rows[chunk : chunk + 5])
+            answered = time.monotonic()
         for name, count in SENT.items():
             wait_for(lambda n=name, c=count: fleet.synced(n) == c, 60, f"{name}'s logs")
         yield fleet
@@ -261,8 +266,9 @@ def test_logs_are_filtered_by_edge_and_download_as_ndjson_and_arrow(
 
 
 def test_the_log_viewers_time_range_and_limit_cut_the_rows_shown(page: Page, fleet: Fleet) -> None:
-    """edge-2 answered its 25 inferences seconds after edge-1 its 40 (it started later): a
-    From/To range around edge-2's rows shows those only, over all edges; a limit of 7 shows 7."""
+    """edge-2 answered its 25 inferences at least a second after edge-1 its 40 (the fixture
+    waits): a From/To range around edge-2's rows shows those only, over all edges; a limit of
+    7 shows 7."""
     from selenium.webdriver.support.ui import Select
 
     times: dict[str, list[int]] = {name: [] for name in SENT}
