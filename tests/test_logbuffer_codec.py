@@ -11,6 +11,7 @@ from edge.errors import LogBufferError
 from edge.logbuffer import records
 from edge.logbuffer.codec import Codec, Decoder, Encoder, pack_constants
 from edge.logbuffer.journal import Journal
+from edge.result import time_bounds
 from tests.logbuffer_support import T0, result_table, small_table
 
 
@@ -50,7 +51,8 @@ def test_a_file_row_names_its_file_and_reads_it_back(tmp_path: Path) -> None:
     table = result_table(50)
     parts, size = records.record(7, records.stream(pack_constants(table)))
     (tmp_path / "e-0000000000000007.table").write_bytes(b"".join(bytes(p) for p in parts))
-    row = Encoder().file(table, "e-0000000000000007.table", size)
+    name = "e-0000000000000007.table"
+    row = Encoder().file(table.schema, table.num_rows, time_bounds(table), name, size)
     assert row.codec is Codec.FILE and row.stored_bytes == size
     assert row.body == b"e-0000000000000007.table"
     assert Decoder(tmp_path).decode(row.schema, row.codec, row.body).equals(table)

@@ -101,11 +101,7 @@ class Encoder:
         body = self._compressor.compress(raw) if codec is Codec.ZSTD else raw
         return StoredRow(schema, fingerprint, body, n_rows, lo, hi, codec)
 
-    def file(self, table: pa.Table, name: str, size: int) -> StoredRow:
-        """A table in a file of its own (written by the journal): the row holds its name."""
-        return self.file_row(table.schema, table.num_rows, time_bounds(table), name, size)
-
-    def file_row(
+    def file(
         self,
         schema: pa.Schema,
         rows: int,
@@ -113,7 +109,8 @@ class Encoder:
         name: str,
         size: int,
     ) -> StoredRow:
-        """`file` from what the row needs of the table (the writer need not hold it)."""
+        """A table in a file of its own (written by the journal): the row holds its name,
+        and what it needs of the table (the writer need not hold it)."""
         stored, fingerprint, _ = self.fingerprint(schema)
         lo, hi = bounds
         return StoredRow(stored, fingerprint, name.encode(), rows, lo, hi, Codec.FILE, size)

@@ -274,9 +274,7 @@ class Writer:
             first = run[0]
             if first.file is not None:  # `_runs` gives such a table a run of its own
                 bounds = first.time_bounds()
-                row = encoder.file_row(
-                    first.schema, first.rows, bounds, first.file, first.file_bytes
-                )
+                row = encoder.file(first.schema, first.rows, bounds, first.file, first.file_bytes)
                 return [(run, row)]
             if all(item.messages is not None for item in run):
                 messages = [m for item in run for m in item.messages or ()]
