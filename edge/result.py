@@ -56,6 +56,7 @@ PARTITION = "metadata.partition"
 
 # a loop turn's rows up to this many are journaled from a template (`ResultRows.encoded`)
 TEMPLATE_ROWS = 256
+TEMPLATES_KEPT = 256  # templates (layout, row count) a builder keeps
 
 # the seed's `dataset` names, in column order
 DATASETS = ("time", "in", "out", "anomaly", "metadata")
@@ -156,11 +157,12 @@ class ResultBuilder:
 
     def template(self, key: Any, make: Callable[[], BatchTemplate | None]) -> BatchTemplate | None:
         """The journal's message template for `key` (a layout and row count), made once by
-        `make` (None: that layout has none, also remembered); the first 256 are kept."""
+        `make` (None: that layout has none, also remembered); the first `TEMPLATES_KEPT` are
+        kept."""
         if key in self._templates:
             return self._templates[key]
         template = make()
-        if len(self._templates) < 256:
+        if len(self._templates) < TEMPLATES_KEPT:
             self._templates[key] = template
         return template
 
