@@ -134,11 +134,12 @@ def row_objects(table: pa.Table, shared: Shared | None = None) -> list[bytes]:
     """Each row of `table` as one JSON object (`{"<column>": value, ...}`), with the values
     written as the per-row writer writes them (columns met before in `shared` reused)."""
     rows = table.num_rows
+    shared = {} if shared is None else shared
     pieces: list[Fragments] = []
     text = [b"{"]
     for i, name in enumerate(table.column_names):
         text.append((b"," if i else b"") + orjson.dumps(name) + b":")
-        for piece in _shared(table.column(name), rows, {} if shared is None else shared).json():
+        for piece in _shared(table.column(name), rows, shared).json():
             if isinstance(piece, bytes):
                 text.append(piece)
             else:
