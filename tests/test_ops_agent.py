@@ -422,6 +422,25 @@ def test_batches_go_as_one_zstd_frame_only_to_an_ops_center_that_reads_it(
     assert stored_rows(ops, "edge-a") == list(range(1, 121))
 
 
+async def synced_one_by_one(
+    ops: Ops, buffer: LogBuffer, persist: Path, fault: Fault, batches: list[int]
+) -> tuple[SyncAgent, Recording]:
+    """An agent of edge-a (one heartbeat, as it starts) whose calls go through `fault`, given
+    batches of `batches` rows one at a time, each shipped to the end; then stopped."""
+    agent, transport = make_agent(
+        ops, persist, buffer, new_bundle(ops, "edge-a"), heartbeat_interval=3600
+    )
+    recording_codings(transport, fault)
+    for i, rows in enumerate(batches):
+        buffer.log(result_table(rows, T0 + 1000 * i))
+        await asyncio.to_thread(buffer.flush)
+        if i == 0:
+            await agent.start()
+        await wait_until(lambda: buffer.stats()["unsynced_rows"] == 0)
+    await agent.stop()
+    return agent, transport
+
+
 REFUSED_CODING = {
     "older": (400, "BadRequest", "the batch is not a valid Arrow IPC stream: Expected to read"),
     "415": (415, "UnsupportedCoding", "batch Content-Encoding 'zstd' is not read here"),
@@ -448,18 +467,7 @@ def test_a_framed_batch_refused_as_unreadable_is_sent_again_as_every_ops_center_
         return response
 
     async def scenario() -> None:
-        buffer.log(result_table(30, T0))
-        await asyncio.to_thread(buffer.flush)
-        agent, transport = make_agent(
-            ops, persist, buffer, new_bundle(ops, "edge-a"), heartbeat_interval=3600
-        )
-        recording_codings(transport, downgraded)
-        await agent.start()
-        await wait_until(lambda: buffer.stats()["unsynced_rows"] == 0)
-        buffer.log(result_table(30, T0 + 1000))
-        await asyncio.to_thread(buffer.flush)
-        await wait_until(lambda: buffer.stats()["unsynced_rows"] == 0)
-        await agent.stop()
+        agent, transport = await synced_one_by_one(ops, buffer, persist, downgraded, [30, 30])
         assert transport.paths.count("/v1/edge/heartbeat") == 1
         assert _codings(transport) == ["zstd", None, None]
         assert agent.status()["last_error"] is None
@@ -516,15 +524,7 @@ def test_one_row_over_the_decoded_limit_is_sent_again_with_compressed_buffers(
         return await forward()
 
     async def scenario() -> None:
-        buffer.log(result_table(1, T0))
-        await asyncio.to_thread(buffer.flush)
-        agent, transport = make_agent(
-            ops, persist, buffer, new_bundle(ops, "edge-a"), heartbeat_interval=3600
-        )
-        recording_codings(transport, too_large_framed)
-        await agent.start()
-        await wait_until(lambda: buffer.stats()["unsynced_rows"] == 0)
-        await agent.stop()
+        _, transport = await synced_one_by_one(ops, buffer, persist, too_large_framed, [1])
         assert _codings(transport) == ["zstd", None]
 
     asyncio.run(scenario())
