@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from edge.codecs import Shape, parse_shape
 from edge.errors import BadInput
-from edge.result import ANOMALY_COUNT, PIPELINE_VERSION
+from edge.result import ANOMALY_COUNT, PIPELINE_VERSION, scalar
 
 _EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -108,11 +108,13 @@ class LogQuery:
             if version is not None:
                 if PIPELINE_VERSION not in table.column_names:
                     return table.slice(0, 0)
-                table = table.filter(pc.equal(table.column(PIPELINE_VERSION), version))
+                wanted = scalar(version, pa.string())  # a Python value would import pandas
+                table = table.filter(pc.equal(table.column(PIPELINE_VERSION), wanted))
             if valid is not None:
                 if ANOMALY_COUNT in table.column_names:
-                    count = pc.fill_null(table.column(ANOMALY_COUNT), 0)
-                    flagged = pc.greater(count, 0)
+                    count = table.column(ANOMALY_COUNT)
+                    zero = scalar(0, count.type)
+                    flagged = pc.and_kleene(pc.greater(count, zero), pc.is_valid(count))
                     table = table.filter(pc.invert(flagged) if valid else flagged)
                 elif not valid:  # no validations: no anomalies
                     table = table.slice(0, 0)

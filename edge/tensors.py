@@ -102,7 +102,11 @@ def single_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     """A column as one contiguous array (no copy for the usual single chunk)."""
     if isinstance(column, pa.Array):
         return column
-    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    if column.num_chunks == 0:  # `combine_chunks` would import pandas
+        return pa.nulls(0, column.type)
+    return column.combine_chunks()
 
 
 def _uniform_width(values: pa.Array, where: str, per_row: int = 1) -> tuple[int, int]:

@@ -120,6 +120,7 @@ def test_schema_is_versioned_with_migrations(buf: LogBuffer, db: Path) -> None:
             (1, "batches"),
             (2, "journaled batches"),
             (3, "table files in their own folder"),
+            (4, "trimmed rows as packed streams"),
         ]
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -497,3 +498,34 @@ def test_the_cap_counts_and_trims_tables_in_their_own_files(db: Path) -> None:
             }
         # trimmed tables moved into SQLite; their files go after the next WAL fsync
         assert eventually(lambda: table_files(db) == refs)
+
+
+def test_a_trimmed_table_reads_back_whole_but_its_inputs_and_is_stored_small(db: Path) -> None:
+    originals = [result_table(rows=2_000, big=64, time_ms=T0 + i) for i in range(6)]
+    with LogBuffer(db, max_bytes=3 << 20) as buffer:
+        for table in originals:
+            stored(buffer, table)
+        with sqlite3.connect(db) as conn:
+            trimmed = conn.execute(
+                "SELECT first_seq, bytes, min_time, max_time FROM batches"
+                " WHERE codec = 'stream' ORDER BY first_seq"
+            ).fetchall()
+        assert trimmed and trimmed[0][0] == 1  # the oldest went first
+        for first_seq, size, low, high in trimmed:
+            i = (first_seq - 1) // 2_000
+            assert (low, high) == (T0 + i, T0 + i)  # its time range is still known
+            # left: time, outputs, anomaly, metadata; one-value columns stored once
+            assert size < 40_000
+            read, more = buffer.query(start=T0 + i, end=T0 + i, limit=2_000)
+            assert read.num_rows == 2_000 and not more
+            dropped = read.column("metadata.dropped")[0].as_py()
+            assert dropped[0] == "in.image" and set(dropped) <= {"in.image", "in.tensor"}
+            assert read.column("metadata.dropped").to_pylist() == [dropped] * 2_000
+            expected = originals[i].drop_columns(dropped)
+            assert read.column_names == expected.column_names
+            for name in expected.column_names:
+                if name != "metadata.dropped":
+                    assert read.column(name).equals(expected.column(name)), name
+        assert buffer.pending(20_000)[0].table.num_rows == 12_000  # and they sync as rows
+    with LogBuffer(db, max_bytes=3 << 20) as again:  # a restart reads them alike
+        assert again.query(start=T0, end=T0, limit=2_000)[0].num_rows == 2_000

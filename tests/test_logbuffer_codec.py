@@ -17,7 +17,7 @@ from tests.logbuffer_support import T0, result_table, small_table
 
 def test_codec_names_are_the_stored_strings() -> None:
     # the file's `batches.codec` column holds these: changing one needs a migration
-    assert [c.value for c in Codec] == ["zstd", "none", "file"]
+    assert [c.value for c in Codec] == ["zstd", "none", "file", "stream"]
 
 
 def test_small_tables_round_trip_compressed_and_large_ones_raw(tmp_path: Path) -> None:
@@ -99,3 +99,26 @@ def test_per_request_constants_are_packed_and_read_back_as_they_were() -> None:
     assert "in.x" in packed.column_names and packed.column("in.x").type == pa.float64()
     same = pa.table({"in.same": pa.array(["v"] * 300)})  # an input, one value: not packed
     assert pack_constants(same).schema.field("in.same").type == pa.string()
+
+
+def test_a_stream_row_keeps_one_value_columns_packed_and_reads_back_plain(
+    tmp_path: Path,
+) -> None:
+    table = result_table(2_000)  # every per-request column holds one value
+    row = Encoder().stream(table)
+    assert row.codec is Codec.STREAM and row.n_rows == 2_000
+    assert (row.min_time, row.max_time) == (T0, T0)
+    assert row.schema.equals(table.schema)  # the stored schema is the plain one
+    decoder = Decoder(tmp_path)
+    assert decoder.decode(row.schema, row.codec, row.body).equals(table)
+    packed = decoder.decode(row.schema, row.codec, row.body, packed=True)
+    assert pa.types.is_dictionary(packed.schema.field("metadata.last_model").type)
+    assert records.plain(packed).equals(table)
+    # packed, the 2,000 copies of each value are stored once: what a trim leaves of a row
+    # (time, anomaly, metadata) takes a fraction of the bytes
+    skeleton = table.drop_columns(["in.tensor", "out.dense_1"])
+    plain_bytes = len(Encoder().tables([skeleton], compress=True).body)
+    assert Encoder().stream(skeleton).stored_bytes * 4 < plain_bytes
+    # a packed table (as a rewrite reads it) is stored alike, its time bounds known
+    again = Encoder().stream(packed)
+    assert (again.min_time, again.max_time) == (T0, T0) and again.body == row.body

@@ -182,6 +182,41 @@ def test_arrow_in_and_out(served, example: Path) -> None:
     )
 
 
+def test_serving_logging_past_the_cap_and_reading_logs_never_load_pandas(
+    registry: Registry, published: dict, example: Path, start_edge
+) -> None:
+    """pandas costs ~48 MiB resident and ~0.35 s to import; only Python steps need it (they
+    hand users' code a DataFrame). pyarrow imports it when given a Python value (`pa.array`,
+    `pa.scalar`, `to_numpy`), which the request path, the log buffer's trims past its cap and
+    the logs reader avoid."""
+    edge = start_edge(published["pipeline_url"], registry, env={"LOG_BUFFER_BYTES": str(4 << 20)})
+    url = f"{edge.url}/pipelines/breast-cancer"
+    features = rows(example, 10_000)
+    one = json.dumps([{"tensor": features[0].tolist()}])
+    assert httpx.post(url, content=one, headers=JSON).status_code == 200
+    many = json.dumps([{"tensor": r} for r in features.tolist()])
+    assert httpx.post(url, content=many, headers=JSON, timeout=60).status_code == 200
+    arrow = {"Content-Type": ARROW, "Accept": ARROW}
+    for _ in range(4):  # 10,000 rows each: past the cap, the oldest lose their inputs
+        reply = httpx.post(url, content=arrow_body(features), headers=arrow, timeout=60)
+        assert reply.status_code == 200, reply.text
+    tensor = {"name": "tensor", "shape": [2, 30], "datatype": "FP32"}
+    v2 = {"inputs": [{**tensor, "data": features[:2].reshape(-1).tolist()}]}
+    assert httpx.post(f"{edge.url}/v2/models/breast-cancer/infer", json=v2).status_code == 200
+
+    def dropped_inputs() -> bool:
+        text = httpx.get(f"{edge.url}/metrics").text
+        return 'edge_log_buffer_dropped{reason="input_values"} 0.0' not in text
+
+    wait_for(dropped_inputs, 10, "a trim past the cap")
+    version = published["pipeline_version"]
+    for query in ("?limit=5", "?valid=false", f"?pipeline_version={version}"):
+        reply = httpx.get(f"{edge.url}/logs{query}")
+        assert reply.status_code == 200, reply.text
+    assert edge.process is not None
+    assert "pandas/_libs" not in Path(f"/proc/{edge.process.pid}/maps").read_text()
+
+
 def test_wallaroo_sdk_wire_format(served, example: Path) -> None:
     """What Wallaroo's own SDK sends: flat keys with dataset.separator, `format: arrow`."""
     features = rows(example, 3)

@@ -64,7 +64,7 @@ def _seed_column(field: pa.Field, column: pa.ChunkedArray) -> tuple[pa.Field, pa
     if name == result.TIME and pa.types.is_timestamp(kind):
         return field.with_type(SEED_TIME_TYPE), column.cast(SEED_TIME_TYPE)
     if name == result.ANOMALY_COUNT and pa.types.is_integer(kind):
-        capped = pc.min_element_wise(column, pa.scalar(result.MAX_VALIDATIONS, kind))
+        capped = pc.min_element_wise(column, result.scalar(result.MAX_VALIDATIONS, kind))
         return field.with_type(SEED_ANOMALY_COUNT_TYPE), capped.cast(SEED_ANOMALY_COUNT_TYPE)
     if name == result.MODEL_SPLIT and pa.types.is_string(kind):
         return field.with_type(SPLIT_TYPE), split_lists(column)

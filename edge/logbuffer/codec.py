@@ -8,6 +8,8 @@ once in `schemas`, by fingerprint). `Codec` says how:
     none   the messages as they are (large tensors of floats barely compress)
     file   the body is the name of the table's own file in the store's tables folder (a large
            table: SQLite is slow at multi-megabyte blobs, a file of its own costs one write)
+    stream a whole IPC stream, dictionaries included, zstd-compressed: what the cap leaves of
+           a table it trimmed (`Encoder.stream`), its one-value columns kept packed
 
 Small tables are stored as the very messages the journal wrote (`Encoder.journaled`: no Arrow
 work on the writer). A large table's per-request columns are packed as one-value dictionaries
@@ -28,7 +30,7 @@ import pyarrow.ipc as ipc
 import zstandard
 
 from edge.errors import LogBufferError
-from edge.logbuffer.records import plain, plain_schema, read_table
+from edge.logbuffer.records import plain, plain_schema, read_table, stream
 from edge.result import is_per_request, time_bounds
 
 COMPRESS_BELOW = 256 << 10  # serialized tables above this are stored uncompressed
@@ -38,6 +40,7 @@ class Codec(enum.StrEnum):
     ZSTD = "zstd"
     NONE = "none"
     FILE = "file"
+    STREAM = "stream"
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,16 @@ class Encoder:
         lo, hi = bounds
         return StoredRow(stored, fingerprint, name.encode(), rows, lo, hi, Codec.FILE, size)
 
+    def stream(self, table: pa.Table) -> StoredRow:
+        """`table` as one stored row of codec `stream`, its one-value columns packed
+        (`pack_constants`): a large table the cap trimmed keeps only small columns, and
+        packed they are a fraction of its decoded size, with no decode on the way."""
+        table = pack_constants(table)
+        schema, fingerprint, _ = self.fingerprint(table.schema)
+        lo, hi = time_bounds(table)
+        body = self._compressor.compress(stream(table).parts[0])
+        return StoredRow(schema, fingerprint, body, table.num_rows, lo, hi, Codec.STREAM)
+
     def fingerprint(self, schema: pa.Schema) -> tuple[pa.Schema, str, bool]:
         """The stored schema (dictionaries decoded), its fingerprint, and whether `schema`
         has dictionaries. Cached: most tables share the last one's schema, and hashing it
@@ -136,12 +149,17 @@ class Decoder:
         self.tables = tables  # the store's folder of tables in files of their own
         self._decompressor = zstandard.ZstdDecompressor()
 
-    def decode(self, schema: pa.Schema, codec: str, body: bytes) -> pa.Table:
+    def decode(self, schema: pa.Schema, codec: str, body: bytes, packed: bool = False) -> pa.Table:
+        """A stored row's table. `packed`: one-value columns may stay packed as dictionaries
+        (for a rewrite, which packs them anyway); else every column is of its stored type."""
         if codec == Codec.FILE:
             try:
-                return read_table(self.tables / file_name(body))
+                return read_table(self.tables / file_name(body), packed)
             except OSError as exc:
                 raise LogBufferError(f"log buffer table file is unreadable: {exc}") from exc
+        if codec == Codec.STREAM:
+            table = ipc.open_stream(pa.py_buffer(self._decompressor.decompress(body))).read_all()
+            return table if packed else plain(table)
         if codec == Codec.ZSTD:
             raw = self._decompressor.decompress(body)
         elif codec == Codec.NONE:

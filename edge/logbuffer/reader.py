@@ -24,7 +24,7 @@ from edge.errors import LogBufferError
 from edge.logbuffer.codec import Decoder
 from edge.logbuffer.schema import UNSYNCED, stored_schema
 from edge.logquery import to_ms
-from edge.result import TIME, TIME_TYPE, time_ms
+from edge.result import TIME, TIME_TYPE, scalar, time_ms
 
 
 @dataclass
@@ -226,8 +226,9 @@ def _between(table: pa.Table, lo: int, hi: int) -> pa.Table:
     times = time_ms(table)
     if times is None:
         return table.slice(0, 0)
-    return table.filter(pc.and_(pc.greater_equal(times, lo), pc.less_equal(times, hi)))
+    low, high = scalar(lo, pa.int64()), scalar(hi, pa.int64())  # Python ints import pandas
+    return table.filter(pc.and_(pc.greater_equal(times, low), pc.less_equal(times, high)))
 
 
 def _result(tables: list[pa.Table]) -> pa.Table:
-    return concat(tables) if tables else pa.table({TIME: pa.array([], TIME_TYPE)})
+    return concat(tables) if tables else pa.Table.from_batches([], pa.schema([(TIME, TIME_TYPE)]))

@@ -172,12 +172,12 @@ def read_records(
         )
 
 
-def read_table(path: Path) -> pa.Table:
-    """The table in a file of its own, dictionary columns decoded; OSError when the file
-    is missing or holds no whole record."""
+def read_table(path: Path, packed: bool = False) -> pa.Table:
+    """The table in a file of its own, dictionary columns decoded unless `packed`; OSError
+    when the file is missing or holds no whole record."""
     for _, _, table in read_records(path, live=False):
         if table is not None:
-            return plain(table)
+            return table if packed else plain(table)
     raise OSError(f"{path}: no whole record")
 
 

@@ -71,6 +71,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     # journal's folder; `Store.adopt_legacy_tables` links version 2's over), and journal segments
     # hold reference records for them, which an older image would read as a torn tail.
     (3, "table files in their own folder", ""),
+    # No change of tables: rows the cap trimmed are of codec "stream" (a whole IPC stream,
+    # one-value columns kept packed), which an older image would refuse as unknown.
+    (4, "trimmed rows as packed streams", ""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -87,7 +87,7 @@ class Transaction:
             "SELECT bytes, codec, body FROM batches WHERE first_seq = ?", (first_seq,)
         ).fetchone()
         self._forget(old_codec, old_body)
-        row = self.store.encoder.tables([table], compress=True)  # what is left: mostly strings
+        row = self.store.encoder.stream(table)  # what is left: mostly one-value columns
         self.conn.execute(
             "UPDATE batches SET first_seq = ?, n_rows = ?, min_time = ?, max_time = ?, bytes = ?,"
             " schema_id = ?, codec = ?, trimmed = ?, body = ? WHERE first_seq = ?",
@@ -216,11 +216,13 @@ class Transaction:
             self.state.files.discard(file_name(body))
 
     def _table(self, schema_id: int, codec: str, body: bytes) -> pa.Table:
+        """A row's table, to rewrite: its one-value columns may stay packed (the rewrite
+        packs them, `Encoder.stream`)."""
         known = self.store.schemas.get(schema_id)
         if known is None:
             new = [s for i, s in self.new_schemas.values() if i == schema_id]
             known = new[0] if new else schema.stored_schema(self.conn, schema_id)
-        return self.store.decoder.decode(known, codec, body)
+        return self.store.decoder.decode(known, codec, body, packed=True)
 
     def _schema_id(self, stored: pa.Schema, fingerprint: str) -> int:
         known = self.store.schema_ids.get(fingerprint)
