@@ -30,8 +30,11 @@ from edge.result import (
     SHADOW,
     ResultBuilder,
     is_input,
+    repeated,
+    texts,
 )
 from edge.runtimes import Runtime
+from edge.tensors import ndarray_to_column, numbers, single_array
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,9 @@ def _keys(table: pa.Table, name: str) -> np.ndarray:
     rule = f"random split hash_key column {name!r}: the key must be a number between 0.0 and 1.0"
     if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
         raise BadInput(f"{rule}, not {column.type} values")
-    values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+    array = single_array(column)
+    # off its buffers unless nulls need NaN (`to_numpy` imports pandas)
+    values = (numbers(array) if not array.null_count else array.to_numpy(False)).astype(np.float64)
     bad = np.flatnonzero(~((values >= 0.0) & (values <= 1.0)))  # NaN and nulls too
     if len(bad):
         raise BadInput(f"{rule}; row {int(bad[0])} holds {column[int(bad[0])].as_py()!r}")
@@ -183,7 +188,7 @@ class Pipeline:
         if row_models is not None:  # the last step chose its model per row
             last_models = [self._builder.last_model(m.name, m.sha256) for m in row_models]
             index = result.column_names.index(LAST_MODEL)
-            result = result.set_column(index, LAST_MODEL, pa.array(last_models, pa.string()))
+            result = result.set_column(index, LAST_MODEL, texts(last_models))
         check_failures = None
         if self.validator is not None:
             result, check_failures = self._validate(result)
@@ -213,7 +218,7 @@ class Pipeline:
                 if not isinstance(exc, EdgeError):
                     message = f"step {challenger!r}: {type(exc).__name__}: {exc}"
                 log.warning("shadow model=%s failed: %s", challenger, message)
-                extra[f"{SHADOW}{challenger}.error"] = pa.array([message] * rows, pa.string())
+                extra[f"{SHADOW}{challenger}.error"] = repeated(message, pa.string(), rows)
                 shadow_data[challenger] = {"error": message}
                 continue
             # the JSON writer takes each row's shadow_data from these columns
@@ -241,15 +246,17 @@ class Pipeline:
         infos = [self.definition.models[choice.model] for choice in step.models]
         picks = self._choose(step, table, rows)
         used = np.unique(picks).tolist()
-        texts = [_split_text(info) for info in infos]
-        extra[MODEL_SPLIT] = pa.array([texts[k] for k in picks.tolist()], pa.string())
+        choices = [_split_text(info) for info in infos]
+        extra[MODEL_SPLIT] = texts(choices).take(ndarray_to_column(picks))
         if len(used) == 1:
             info = infos[used[0]]
             return self._predict(info.name, table, rows), info, None
         parts, order = [], []
         for k in used:
             where = np.flatnonzero(picks == k)
-            parts.append(self._predict(infos[k].name, table.take(where), len(where)))
+            parts.append(
+                self._predict(infos[k].name, table.take(ndarray_to_column(where)), len(where))
+            )
             order.append(where)
         try:
             joined = pa.concat_tables(parts, promote_options="permissive")
@@ -262,7 +269,7 @@ class Pipeline:
         back = np.empty(rows, np.int64)
         back[np.concatenate(order)] = np.arange(rows)
         row_models = [infos[k] for k in picks.tolist()]
-        return joined.take(pa.array(back)), row_models[0], row_models
+        return joined.take(ndarray_to_column(back)), row_models[0], row_models
 
     def _choose(self, step: RandomSplitStep, table: pa.Table, rows: int) -> np.ndarray:
         """Each row's model (an index into `step.models`), as the seed's A/B split routes
@@ -286,13 +293,15 @@ class Pipeline:
         flagged: list[tuple[np.ndarray, dict[str, Any]]] = []
         position = result.column_names.index(ANOMALY_COUNT)
         for offset, (name, array) in enumerate(flags.items(), start=1):
-            values = array.to_numpy(zero_copy_only=False).astype(bool)
+            values = (numbers(array) if not array.null_count else array.to_numpy(False)).astype(
+                bool
+            )
             count += values
             result = result.add_column(position + offset, f"{ANOMALY}{name}", array)
             if values.any():
                 source = self.definition.validations[name].source
                 flagged.append((values, {"True": {"expr": source, "name": name}}))
-        result = result.set_column(position, ANOMALY_COUNT, pa.array(count))
+        result = result.set_column(position, ANOMALY_COUNT, ndarray_to_column(count))
         if not flagged:
             return result, None
         # rows of one pattern share one list (the JSON writer writes each pattern once)

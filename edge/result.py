@@ -367,6 +367,15 @@ def scalar(value: Any, kind: pa.DataType) -> pa.Scalar:
     return ndarray_to_column(np.array([value], kind.to_pandas_dtype()))[0]
 
 
+def texts(values: list[str]) -> pa.Array:
+    """`pa.array(values, pa.string())` from buffers (`pa.array` imports pandas)."""
+    encoded = [value.encode() for value in values]
+    offsets = np.zeros(len(encoded) + 1, np.int32)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    return pa.Array.from_buffers(pa.string(), len(encoded), buffers)
+
+
 def repeated(value: Any, kind: pa.DataType, rows: int) -> pa.Array:
     """`rows` copies of `value`, built from buffers for the result table's constant kinds
     (text, empty lists, integers): `pa.array` would import pandas on the first request."""

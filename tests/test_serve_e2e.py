@@ -217,6 +217,41 @@ def test_serving_logging_past_the_cap_and_reading_logs_never_load_pandas(
     assert "pandas/_libs" not in Path(f"/proc/{edge.process.pid}/maps").read_text()
 
 
+@pytest.mark.parametrize(
+    "steps",
+    [
+        # rows split by key between two models: per-row model columns, rows put back in order
+        "  - random_split:\n      hash_key: key\n      models:\n"
+        "        - {weight: 1, model: a, file: models/breast-cancer.onnx,"
+        " tensor_fields: [tensor]}\n"
+        "        - {weight: 1, model: b, file: models/breast-cancer.onnx,"
+        " tensor_fields: [tensor]}\n",
+        # a challenger's outputs logged beside the champion's
+        "  - shadow:\n"
+        "      champion: {model: a, file: models/breast-cancer.onnx, tensor_fields: [tensor]}\n"
+        "      challengers:\n"
+        "        - {model: b, file: models/breast-cancer.onnx, tensor_fields: [tensor]}\n",
+    ],
+    ids=["split", "shadow"],
+)
+def test_split_and_shadow_pipelines_never_load_pandas(
+    example: Path, tmp_path: Path, start_edge, steps: str
+) -> None:
+    shutil.copytree(example / "models", tmp_path / "models")
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text("name: mixed\nsteps:\n" + steps)
+    edge = start_edge(publish(spec, layout=tmp_path / "layout")["pipeline_url"])
+    features = rows(example, 50)
+    body = json.dumps([{"tensor": r, "key": i / 50} for i, r in enumerate(features.tolist())])
+    reply = httpx.post(f"{edge.url}/pipelines/mixed", content=body, headers=JSON)
+    assert reply.status_code == 200, reply.text
+    answered = reply.json()
+    assert len(answered) == 50
+    assert httpx.get(f"{edge.url}/logs?limit=100").status_code == 200
+    assert edge.process is not None
+    assert "pandas/_libs" not in Path(f"/proc/{edge.process.pid}/maps").read_text()
+
+
 def test_wallaroo_sdk_wire_format(served, example: Path) -> None:
     """What Wallaroo's own SDK sends: flat keys with dataset.separator, `format: arrow`."""
     features = rows(example, 3)
