@@ -293,9 +293,7 @@ class Pipeline:
         flagged: list[tuple[np.ndarray, dict[str, Any]]] = []
         position = result.column_names.index(ANOMALY_COUNT)
         for offset, (name, array) in enumerate(flags.items(), start=1):
-            values = (numbers(array) if not array.null_count else array.to_numpy(False)).astype(
-                bool
-            )
+            values = numbers(array)  # true / false, nulls filled (`Validator.evaluate`)
             count += values
             result = result.add_column(position + offset, f"{ANOMALY}{name}", array)
             if values.any():
