@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -367,13 +367,19 @@ def scalar(value: Any, kind: pa.DataType) -> pa.Scalar:
     return ndarray_to_column(np.array([value], kind.to_pandas_dtype()))[0]
 
 
-def texts(values: list[str]) -> pa.Array:
+def texts(values: Sequence[str | None]) -> pa.Array:
     """`pa.array(values, pa.string())` from buffers (`pa.array` imports pandas)."""
-    encoded = [value.encode() for value in values]
+    encoded = [b"" if value is None else value.encode() for value in values]
     offsets = np.zeros(len(encoded) + 1, np.int32)
     np.cumsum([len(e) for e in encoded], out=offsets[1:])
-    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    buffers = [validity(values), pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
     return pa.Array.from_buffers(pa.string(), len(encoded), buffers)
+
+
+def validity(values: Sequence[object]) -> pa.Buffer | None:
+    """An Arrow validity bitmap for `values` (None: null), or None when none is null."""
+    present = np.fromiter((value is not None for value in values), bool, len(values))
+    return None if present.all() else pa.py_buffer(np.packbits(present, bitorder="little"))
 
 
 def repeated(value: Any, kind: pa.DataType, rows: int) -> pa.Array:
@@ -464,10 +470,8 @@ def _filled(array: pa.Array) -> pa.Array:
         return pc.fill_null(array, scalar(0, kind))
     if pa.types.is_boolean(kind):
         return pc.fill_null(array, scalar(False, kind))
-    if pa.types.is_string(kind):
-        return pc.fill_null(array, scalar("", kind))
-    if pa.types.is_large_string(kind):
-        return pc.fill_null(array, pa.scalar("", kind))
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pc.fill_null(array, scalar("", pa.string()).cast(kind))
     return array
 
 

@@ -500,6 +500,26 @@ def test_the_cap_counts_and_trims_tables_in_their_own_files(db: Path) -> None:
         assert eventually(lambda: table_files(db) == refs)
 
 
+def test_trimming_small_rows_frees_bytes_so_only_the_oldest_lose_inputs(db: Path) -> None:
+    """One-row requests, as a device logs them: a trim must shrink the row it rewrites (a
+    packed stream's own schema and dictionary messages would make a small row bigger, and
+    the cap would then strip every row in one transaction)."""
+    with LogBuffer(db, max_bytes=40_000) as buffer:
+        i = 0
+        while buffer.stats()["dropped"]["input_values"] == 0:
+            stored(buffer, result_table(1, time_ms=T0 + i, big=30))
+            i += 1
+        stats = buffer.stats()
+        assert stats["bytes"] <= 40_000 and i > 20
+        assert stats["dropped"]["output_values"] == stats["dropped"]["rows"] == 0
+        rows = pa.concat_tables(b.table for b in buffer.pending(10_000)).to_pylist()
+        trimmed = [j for j, row in enumerate(rows) if row["metadata.dropped"]]
+        assert trimmed == list(range(len(trimmed))) and len(trimmed) <= 2  # the oldest only
+        with sqlite3.connect(db) as conn:
+            sizes = [b for (b,) in conn.execute("SELECT bytes FROM batches ORDER BY first_seq")]
+        assert max(sizes[: len(trimmed)]) < min(sizes[len(trimmed) :])  # smaller than whole
+
+
 def test_a_trimmed_table_reads_back_whole_but_its_inputs_and_is_stored_small(db: Path) -> None:
     originals = [result_table(rows=2_000, big=64, time_ms=T0 + i) for i in range(6)]
     with LogBuffer(db, max_bytes=3 << 20) as buffer:

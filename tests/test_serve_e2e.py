@@ -245,9 +245,13 @@ def test_split_and_shadow_pipelines_never_load_pandas(
     body = json.dumps([{"tensor": r, "key": i / 50} for i, r in enumerate(features.tolist())])
     reply = httpx.post(f"{edge.url}/pipelines/mixed", content=body, headers=JSON)
     assert reply.status_code == 200, reply.text
-    answered = reply.json()
-    assert len(answered) == 50
-    assert httpx.get(f"{edge.url}/logs?limit=100").status_code == 200
+    assert len(reply.json()) == 50
+    arrow = {"Content-Type": JSON["Content-Type"], "Accept": ARROW}
+    reply = httpx.post(f"{edge.url}/pipelines/mixed", content=body, headers=arrow)
+    assert reply.status_code == 200, reply.text
+    assert pa.ipc.open_file(pa.py_buffer(reply.content)).read_all().num_rows == 50
+    for accept in ("application/json", ARROW):
+        assert httpx.get(f"{edge.url}/logs?limit=100", headers={"Accept": accept}).is_success
     assert edge.process is not None
     assert "pandas/_libs" not in Path(f"/proc/{edge.process.pid}/maps").read_text()
 

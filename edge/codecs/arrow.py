@@ -18,8 +18,7 @@ keep the table's.
 
 from __future__ import annotations
 
-from typing import Any
-
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -106,14 +105,16 @@ def _has_inner_nulls(column: pa.ChunkedArray) -> bool:
 
 
 def split_lists(column: pa.ChunkedArray) -> pa.Array:
-    """The split's JSON text per row as a list of one {name, version, sha} object."""
+    """The split's JSON text per row as a list of one {name, version, sha} object (built from
+    buffers: `pa.array` of Python objects imports pandas)."""
     import json
 
-    rows: list[list[dict[str, Any]] | None] = []
-    for text in column.to_pylist():
-        if text is None:
-            rows.append(None)
-            continue
-        chosen = json.loads(text)
-        rows.append([{k: chosen.get(k) for k in ("name", "version", "sha")}])
-    return pa.array(rows, SPLIT_TYPE)
+    chosen = [None if text is None else json.loads(text) for text in column.to_pylist()]
+    objects = [c for c in chosen if c is not None]
+    struct = pa.StructArray.from_arrays(
+        [result.texts([o.get(key) for o in objects]) for key in ("name", "version", "sha")],
+        fields=list(SPLIT_TYPE.value_type),
+    )
+    offsets = np.cumsum([0] + [c is not None for c in chosen], dtype=np.int32)
+    buffers = [result.validity(chosen), pa.py_buffer(offsets)]
+    return pa.Array.from_buffers(SPLIT_TYPE, len(chosen), buffers, children=[struct])

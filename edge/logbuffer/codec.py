@@ -9,7 +9,7 @@ once in `schemas`, by fingerprint). `Codec` says how:
     file   the body is the name of the table's own file in the store's tables folder (a large
            table: SQLite is slow at multi-megabyte blobs, a file of its own costs one write)
     stream a whole IPC stream, dictionaries included, zstd-compressed: what the cap leaves of
-           a table it trimmed (`Encoder.stream`), its one-value columns kept packed
+           a large table it trimmed (`Encoder.rewritten`), its one-value columns kept packed
 
 Small tables are stored as the very messages the journal wrote (`Encoder.journaled`: no Arrow
 work on the writer). A large table's per-request columns are packed as one-value dictionaries
@@ -34,6 +34,7 @@ from edge.logbuffer.records import plain, plain_schema, read_table, stream
 from edge.result import is_per_request, time_bounds
 
 COMPRESS_BELOW = 256 << 10  # serialized tables above this are stored uncompressed
+COMPARE_BELOW_ROWS = 512  # a rewritten table of fewer rows is stored the smaller way
 
 
 class Codec(enum.StrEnum):
@@ -127,6 +128,17 @@ class Encoder:
         lo, hi = time_bounds(table)
         body = self._compressor.compress(stream(table).parts[0])
         return StoredRow(schema, fingerprint, body, table.num_rows, lo, hi, Codec.STREAM)
+
+    def rewritten(self, table: pa.Table) -> StoredRow:
+        """A trimmed or cut table's new row: `stream`, unless the table is small enough that
+        a stream's own schema and dictionary messages (~600 bytes zstd'd) cost more than its
+        packed columns save; then the smaller of the two (a trim must free bytes)."""
+        row = self.stream(table)
+        if table.num_rows < COMPARE_BELOW_ROWS:
+            messages = self.tables([table], compress=True)
+            if len(messages.body) < len(row.body):
+                return messages
+        return row
 
     def fingerprint(self, schema: pa.Schema) -> tuple[pa.Schema, str, bool]:
         """The stored schema (dictionaries decoded), its fingerprint, and whether `schema`

@@ -87,7 +87,7 @@ class Transaction:
             "SELECT bytes, codec, body FROM batches WHERE first_seq = ?", (first_seq,)
         ).fetchone()
         self._forget(old_codec, old_body)
-        row = self.store.encoder.stream(table)  # what is left: mostly one-value columns
+        row = self.store.encoder.rewritten(table)  # what is left: mostly one-value columns
         self.conn.execute(
             "UPDATE batches SET first_seq = ?, n_rows = ?, min_time = ?, max_time = ?, bytes = ?,"
             " schema_id = ?, codec = ?, trimmed = ?, body = ? WHERE first_seq = ?",
