@@ -242,7 +242,10 @@ def test_split_and_shadow_pipelines_never_load_pandas(
     spec.write_text("name: mixed\nsteps:\n" + steps)
     edge = start_edge(publish(spec, layout=tmp_path / "layout")["pipeline_url"])
     features = rows(example, 50)
-    body = json.dumps([{"tensor": r, "key": i / 50} for i, r in enumerate(features.tolist())])
+    rows_sent = [
+        {"tensor": r, "key": i / 50, "id": f"r{i}"} for i, r in enumerate(features.tolist())
+    ]
+    body = json.dumps(rows_sent)  # `id`: a text column, passed through to the log
     reply = httpx.post(f"{edge.url}/pipelines/mixed", content=body, headers=JSON)
     assert reply.status_code == 200, reply.text
     assert len(reply.json()) == 50

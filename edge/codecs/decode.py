@@ -11,6 +11,7 @@ import orjson
 import pyarrow as pa
 
 from edge.errors import BadInput
+from edge.result import texts
 from edge.tensors import ndarray_to_column
 
 ORJSON_BODY = 4096  # bodies below this may take the small requests' path (`edge.fastpath`)
@@ -83,6 +84,8 @@ def _column(name: str, values: list[Any]) -> pa.Array:
             return ndarray_to_column(tensor)
         if tensor.dtype.kind in "US" and tensor.ndim > 1:
             raise BadInput(f"column {name!r}: mixed element types (numbers and text) in a tensor")
+    if isinstance(first, str) and all(type(v) is str for v in values):
+        return texts(values)  # an id or a key: `pa.array` would import pandas (~48 MiB)
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
