@@ -90,9 +90,7 @@ def _keys(table: pa.Table, name: str) -> np.ndarray:
     rule = f"random split hash_key column {name!r}: the key must be a number between 0.0 and 1.0"
     if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
         raise BadInput(f"{rule}, not {column.type} values")
-    array = single_array(column)
-    # off its buffers unless nulls need NaN (`to_numpy` imports pandas)
-    values = (numbers(array) if not array.null_count else array.to_numpy(False)).astype(np.float64)
+    values = numbers(single_array(column)).astype(np.float64)  # nulls: NaN
     bad = np.flatnonzero(~((values >= 0.0) & (values <= 1.0)))  # NaN and nulls too
     if len(bad):
         raise BadInput(f"{rule}; row {int(bad[0])} holds {column[int(bad[0])].as_py()!r}")

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from edge.ipc_template import BatchTemplate, EncodedBatch
-from edge.tensors import ndarray_to_column
+from edge.tensors import ndarray_to_column, numbers
 
 TIME = "time"
 TIME_TYPE = pa.timestamp("ms", tz="UTC")
@@ -482,15 +482,7 @@ def repeated_list(names: list[str], rows: int) -> pa.Array:
     """`rows` copies of the list `names`, as list<string>, from buffers (`pa.array` would
     import pandas, ~48 MiB resident, on the log buffer's first trim)."""
     width = len(names)
-    encoded = [name.encode() for name in names]
-    lengths = np.tile(np.array([len(e) for e in encoded], np.int32), rows)
-    value_offsets = np.zeros(width * rows + 1, np.int32)
-    np.cumsum(lengths, out=value_offsets[1:])
-    values = pa.Array.from_buffers(
-        pa.string(),
-        width * rows,
-        [None, pa.py_buffer(value_offsets), pa.py_buffer(b"".join(encoded) * rows)],
-    )
+    values = texts(names).take(ndarray_to_column(np.tile(np.arange(width, dtype=np.int32), rows)))
     offsets = pa.py_buffer(np.arange(rows + 1, dtype=np.int32) * np.int32(width))
     return pa.Array.from_buffers(DROPPED_TYPE, rows, [None, offsets], children=[values])
 
@@ -525,16 +517,10 @@ def dropped_names(table: pa.Table) -> list[str]:
 
 def _all_equal_to(lists: pa.Array, first: list[str]) -> bool:
     """Whether every row of a list<string> array is `first` (a null row counts as [])."""
-    # off the offsets' and validity buffers: `to_numpy` and a compute call given a Python 0
-    # import pandas (on the log buffer's writer thread, at its first trim)
-    offsets = lists.offsets
-    lengths = np.diff(
-        np.frombuffer(offsets.buffers()[1], np.int32, len(offsets), offsets.offset * 4)
-    )
+    # off the buffers (`numbers`): `to_numpy` and a compute call given a Python 0 import pandas
+    lengths = np.diff(numbers(lists.offsets))
     if lists.null_count:  # a null row counts as []
-        valid = np.frombuffer(lists.buffers()[0], np.uint8)
-        bits = np.unpackbits(valid, bitorder="little")[lists.offset : lists.offset + len(lists)]
-        lengths[bits == 0] = 0
+        lengths[numbers(lists.is_null())] = 0
     if not (lengths == len(first)).all():
         return False
     if not first:
