@@ -201,13 +201,17 @@ class ResultBuilder:
         cached = self._constants.get(cache_key)
         if cached is None or len(cached) < rows:
             cached = repeated(value, kind, rows if exact else max(rows, 256))
-            if rows > 65536:
+            if rows > CONSTANT_ROWS:
                 return cached
             self._constants[cache_key] = cached
         return cached if exact else cached.slice(0, rows)
 
 
 _TAIL = [ANOMALY_COUNT, LAST_MODEL, PIPELINE_VERSION, ELAPSED, DROPPED, PARTITION]
+# the columns `ResultBuilder._tail` fills from its cache (time and elapsed are per request),
+# for up to this many rows
+CACHED_CONSTANTS = frozenset(_TAIL) - {ELAPSED}
+CONSTANT_ROWS = 65536
 
 
 class ResultRows:

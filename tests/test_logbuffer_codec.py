@@ -90,6 +90,13 @@ def test_per_request_constants_are_packed_and_read_back_as_they_were() -> None:
     assert records.plain(longer).column("metadata.partition").to_pylist() == ["edge-a"] * 1000
     mixed = pack_constants(with_partition(pa.array(["x", "y"] * 250)))  # not one value
     assert mixed.schema.field("metadata.partition").type == pa.string()
+    halves = pa.array(["edge-a"] * 500 + ["edge-c"] * 500)  # one buffer, other offsets
+    for start, want in ((0, ["edge-a"] * 500), (500, ["edge-c"] * 500), (0, ["edge-a"] * 500)):
+        got = pack_constants(with_partition(halves.slice(start, 500)))
+        assert records.plain(got).column("metadata.partition").to_pylist() == want
+    straddling = pack_constants(with_partition(halves.slice(250, 500)))
+    assert straddling.schema.field("metadata.partition").type == pa.string()
+    assert straddling.column("metadata.partition").chunk(0).equals(halves.slice(250, 500))
     lists = pa.array([[7, 8]] * 300, pa.list_(pa.int64()))  # metadata.elapsed: a list
     result = small_table(300).append_column("metadata.elapsed", lists)
     packed = pack_constants(result)
