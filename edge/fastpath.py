@@ -86,11 +86,15 @@ class FastPath:
             return None
         return self.run_columns(columns, time.perf_counter_ns() - started)
 
-    def run_columns(self, columns: dict[str, np.ndarray], parse_ns: int) -> FastInference | None:
+    def run_columns(
+        self, columns: dict[str, np.ndarray], parse_ns: int, max_rows: int | None = MAX_ROWS
+    ) -> FastInference | None:
         """The inference of numeric columns shaped (rows, *dims) (of a decoded pandas-records
-        body, or of another protocol's tensors), or None: the general path answers it."""
+        body, or of another protocol's tensors), or None: the general path answers it.
+        `max_rows` None: any number of rows (the Open Inference Protocol's tensors, whose
+        answer is written from numpy whatever their size)."""
         rows = len(next(iter(columns.values())))
-        if not 0 < rows <= MAX_ROWS:
+        if rows <= 0 or (max_rows is not None and rows > max_rows):
             return None
         elapsed = [parse_ns]
         current = columns

@@ -99,6 +99,19 @@ async def read_asgi_body(
     timeout: float = BODY_TIMEOUT,
 ) -> bytes:
     """`read_body` on the ASGI `receive` callable (`declared`: the Content-Length header)."""
+    chunks = await read_asgi_chunks(receive, declared, limit, too_large, too_slow, timeout)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_asgi_chunks(
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+    declared: str,
+    limit: int,
+    too_large: Callable[[str], Exception] = PayloadTooLarge,
+    too_slow: Callable[[str], Exception] = RequestTimeout,
+    timeout: float = BODY_TIMEOUT,
+) -> list[bytes]:
+    """`read_asgi_body`'s chunks as they came (a caller that places them itself)."""
     digits = declared.lstrip("0") or "0"
     if declared.isascii() and declared.isdigit() and (len(digits) > 18 or int(digits) > limit):
         shown = digits if len(digits) <= 18 else f"{digits[:18]}..."  # never a huge int
@@ -122,7 +135,7 @@ async def read_asgi_body(
         raise too_slow(
             f"the request body took more than {timeout:.0f} s to arrive ({size} bytes read)"
         ) from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return chunks or [b""]
 
 
 def parse_json(body: bytes, bad: Callable[[str], Exception] = BadInput, what: str = "body") -> Any:

@@ -169,6 +169,46 @@ def test_small_rest_requests_answer_and_log_byte_for_byte_as_the_general_path(
         assert over_arrow[1].equals(table), case
 
 
+@pytest.mark.parametrize("name", ["single", "chain", "fields"])
+def test_large_requests_on_the_compiled_plan_answer_and_log_as_over_arrow(
+    pipelines: dict[str, Pipeline],  # noqa: F811
+    name: str,
+) -> None:
+    """Past the small path's 64 rows, numeric tensors still run on the compiled plan (numpy
+    in and out, whatever the size): the same answer bytes and logged rows as over Arrow."""
+    pipeline = pipelines[name]
+    model = V2Model(pipeline)
+    label = json.dumps(model.inputs[0].name)
+    for rows in (65, 1000):
+        values = np.resize(ROWS, (rows, 4))
+        raw = values.tobytes()
+        header = json.dumps(
+            {
+                "inputs": [{**tensor(values), "parameters": {"binary_data_size": len(raw)}}],
+                "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+                "id": "big",
+            }
+        ).encode()
+        header = header.replace(b'"X"', label.encode())
+        for request, length in (
+            (body(tensor(values, data=flat(values))).replace(b'"X"', label.encode()), None),
+            (header + raw, str(len(header))),
+        ):
+            planned = from_rest(request, length)
+            outcome = model.run(planned, 0)
+            assert isinstance(outcome.logged, ResultRows), (rows, length)  # the compiled plan
+            answer, table = encode_rest(planned, outcome), _logged(outcome.logged)
+
+            def over_arrow(request: bytes = request, length: str | None = length) -> Any:
+                planned = from_rest(request, length)
+                done = model.run(planned, 0)
+                return encode_rest(planned, done), _logged(done.logged)
+
+            expected, expected_table = arrow_only(pipeline, over_arrow)
+            assert answer == expected, (rows, length)
+            assert table.schema == expected_table.schema and table.equals(expected_table)
+
+
 @pytest.mark.parametrize("case", sorted(REST_DECLINED))
 def test_rest_requests_it_does_not_take_are_the_general_paths(
     pipelines: dict[str, Pipeline],  # noqa: F811

@@ -16,7 +16,7 @@ from google.protobuf import descriptor_pb2
 from edge.errors import BadInput
 from edge.v2 import grpc_predict_v2_pb2 as pb
 from edge.v2 import tensors
-from edge.v2.request import from_grpc, from_rest
+from edge.v2.request import ALIGN, from_grpc, from_rest, placed
 
 V2 = Path(__file__).resolve().parent.parent / "edge/v2"
 
@@ -32,6 +32,7 @@ def _header(**tensor: object) -> bytes:
     [
         (_header(data=[1, 2]), "0", "Inference-Header-Content-Length '0' must be"),
         (_header(data=[1, 2]), "12x", "Inference-Header-Content-Length '12x' must be"),
+        (_header(data=[1, 2]), "9" * 5000, "Inference-Header-Content-Length '999"),
         (_header(parameters={"binary_data_size": 8}), None, "needs the Inference-Header"),
         (_header(parameters={"binary_data_size": 2**40}) + b"\0" * 8, "len", "runs past the body"),
         (_header(parameters={"binary_data_size": -1}) + b"\0" * 8, "len", "binary_data_size must"),
@@ -95,6 +96,29 @@ def test_binary_bytes_and_bool_tensors_are_read() -> None:
         tensors.from_raw(b"\x02", "BOOL", (1,), "b")
     with pytest.raises(BadInput, match="runs past the data"):
         tensors.from_raw(b"\x09\x00\x00\x00ab", "BYTES", (1,), "t")
+
+
+def test_a_binary_body_received_in_chunks_is_read_in_place_from_aligned_memory() -> None:
+    rows = np.arange(3000, dtype=np.float32).reshape(100, 30)
+    tensor = {"name": "X", "shape": [100, 30], "datatype": "FP32"}
+    header = json.dumps(
+        {"inputs": [{**tensor, "parameters": {"binary_data_size": rows.nbytes}}], "id": "a"}
+    ).encode()
+    body = header + rows.tobytes()
+    chunks = [body[at : at + 997] for at in range(0, len(body), 997)]
+    for length in (len(header), len(header) + 1):  # an odd header, then a wrong length
+        joined = placed(chunks, str(length))
+        assert bytes(joined) == body
+        start = np.frombuffer(joined, np.uint8).ctypes.data
+        assert (start + length) % ALIGN == 0
+    joined = placed(chunks, str(len(header)))
+    array = from_rest(joined, str(len(header))).inputs[0].array
+    assert array.tolist() == rows.tolist()
+    assert np.shares_memory(array, np.frombuffer(joined, np.uint8))  # not copied
+    for wrong in ("12x", "9" * 5000, str(len(body) + 1)):
+        with pytest.raises(BadInput, match="Inference-Header-Content-Length"):
+            from_rest(placed(chunks, wrong), wrong)
+    assert placed([body], str(len(header))) is body  # one chunk: as it came
 
 
 @pytest.mark.parametrize("datatype", [d for d in tensors.DTYPES if d != "BYTES"])

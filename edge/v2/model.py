@@ -8,8 +8,10 @@ one inference (the same `Pipeline` run as every other route).
   declare nothing unless the model layer carries Arrow schemas.
 - Inputs the metadata declares are checked by datatype and shape (as Triton does); the
   tensors become the request's columns, named by the tensors: they are logged as `in.<name>`.
-- Small numeric requests run on `FastPath.run_columns` (no Arrow tables), the rest on
-  `Pipeline.run` over an Arrow table: steps, A/B split, shadow, validations. Outputs are the
+- Numeric requests to a pipeline of model steps only run on `FastPath.run_columns`
+  whatever their size (numpy in, numpy out; only the journal builds an Arrow table), the
+  rest on `Pipeline.run` over an Arrow table: steps, A/B split, shadow, validations, and
+  whatever the compiled plan declines (its errors too). Outputs are the
   `out.*` columns without the prefix, shadow outputs keep theirs; anomaly counts and the
   split's choice are response parameters.
 """
@@ -170,7 +172,7 @@ class V2Model:
         rows = request.inputs[0].shape[0]
         fast = pipeline.fast
         if fast is not None and all(a.dtype.kind in "iuf" for a in columns.values()):
-            done = fast.run_columns(columns, parse_ns)
+            done = fast.run_columns(columns, parse_ns, max_rows=None)
             if done is not None:  # no validations on this path: nothing flagged
                 parameters = {result.ANOMALY_COUNT: 0}
                 return Outcome(self, done.rows, rows, parameters, arrays=done.rows.outputs)

@@ -21,10 +21,10 @@ from typing import Any
 import orjson
 
 from edge.errors import NotFound
-from edge.httpio import log_unexpected, read_asgi_body
+from edge.httpio import log_unexpected, read_asgi_chunks
 from edge.v2 import answer
 from edge.v2.model import Outcome
-from edge.v2.request import InferRequest, from_rest
+from edge.v2.request import InferRequest, from_rest, placed
 from edge.v2.service import V2Service
 from edge.v2.status import V2_STATUS, MethodNotAllowed, UnsupportedEncoding
 
@@ -106,15 +106,22 @@ class V2Endpoint:
                     f"the body uncompressed"
                 )
         limit = self.appliance.settings.max_body_bytes
-        body = await read_asgi_body(receive, declared, limit)
-        payload, length = await self.service.infer(
-            name,
-            version,
-            lambda: from_rest(body, header_length),
-            len(body),
-            encode_rest,
-            None if header_length is not None else lambda small: small.rest(body),
-        )
+        chunks = await read_asgi_chunks(receive, declared, limit)
+        if header_length is None:
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            payload, length = await self.service.infer(
+                name,
+                version,
+                lambda: from_rest(body, None),
+                len(body),
+                encode_rest,
+                lambda small: small.rest(body),
+            )
+        else:
+            raw = placed(chunks, header_length)
+            payload, length = await self.service.infer(
+                name, version, lambda: from_rest(raw, header_length), len(raw), encode_rest
+            )
         if length is None:
             return 200, payload, []
         return 200, payload, [(HEADER_LENGTH.encode(), str(length).encode())]

@@ -68,7 +68,8 @@ class Journal:
         buffer = self.appliance.buffer
         if buffer is None:
             return None
-        if not self.turns or (isinstance(logged, pa.Table) and logged.num_rows > GATHER_ROWS):
+        rows = logged.num_rows if isinstance(logged, pa.Table) else logged.rows
+        if not self.turns or rows > GATHER_ROWS:
             return buffer.submit(logged)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
@@ -197,16 +198,29 @@ class V2Service:
             request = read()
             return request, model.run(request, time.perf_counter_ns() - started)
 
-        if inline:
-            request, outcome = work()
-        else:
-            request, outcome = await anyio.to_thread.run_sync(work, limiter=self.appliance.limiter)
-        logged = self.journal.submit(outcome.logged)
-        if inline:
-            answer = encode(request, outcome)
-        else:
-            answer = await anyio.to_thread.run_sync(encode, request, outcome)
-        if logged is not None:
-            await logged
+        if not inline:
+            # One thread hop for all of it: read, run, journal (answered only once the rows
+            # are written: LogBufferFull / LogBufferDiskFull become 503 / 507), encode.
+            buffer = self.appliance.buffer
+
+            def answer_all() -> tuple[int, Answer]:
+                request, outcome = work()
+                if buffer is not None:
+                    logged = outcome.logged
+                    if isinstance(logged, result.ResultRows):
+                        logged = result.ResultRows.table([logged])
+                    buffer.log_answered(logged)
+                return outcome.rows, encode(request, outcome)
+
+            rows, answer = await anyio.to_thread.run_sync(
+                answer_all, limiter=self.appliance.limiter
+            )
+            self.appliance.metrics.count_rows(model.name, rows)
+            return answer
+        request, outcome = work()
+        submitted = self.journal.submit(outcome.logged)
+        answer = encode(request, outcome)
+        if submitted is not None:
+            await submitted
         self.appliance.metrics.count_rows(model.name, outcome.rows)
         return answer
