@@ -118,6 +118,16 @@ async def read_asgi_chunks(
         raise too_large(f"request body of {shown} bytes exceeds the limit of {limit}")
     chunks: list[bytes] = []
     size = 0
+    if _arrived(receive):  # most small bodies: here whole, and no timer is needed (~5 µs)
+        message = await receive()
+        if message["type"] != "http.request":
+            return [b""]  # the client went away
+        chunks.append(message.get("body", b""))
+        size = len(chunks[0])
+        if size > limit:
+            raise too_large(f"request body exceeds the limit of {limit} bytes")
+        if not message.get("more_body", False):
+            return chunks
     try:
         async with asyncio.timeout(timeout):
             more = True
@@ -136,6 +146,13 @@ async def read_asgi_chunks(
             f"the request body took more than {timeout:.0f} s to arrive ({size} bytes read)"
         ) from None
     return chunks or [b""]
+
+
+def _arrived(receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> bool:
+    """True when `receive` is uvicorn's and will return at once: the request's body, or its
+    first part, has arrived (its cycle's `message_event` is set). Anything else: False."""
+    event = getattr(getattr(receive, "__self__", None), "message_event", None)
+    return isinstance(event, asyncio.Event) and event.is_set()
 
 
 def parse_json(body: bytes, bad: Callable[[str], Exception] = BadInput, what: str = "body") -> Any:

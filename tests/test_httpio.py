@@ -191,6 +191,67 @@ def test_a_body_that_takes_too_long_to_arrive_is_refused() -> None:
         asyncio.run(drip())
 
 
+def test_bodies_read_from_a_real_uvicorn_connection_whole_cut_off_or_too_slow() -> None:
+    """Through uvicorn itself (its receive, whose arrived bodies are read without a timer):
+    a whole body, one sent in parts, one over the limit, and ones that stop coming (a part,
+    or none of it) refused with 408 after the timeout."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from tests.conftest import free_port
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"").decode()
+        try:
+            body = await read_asgi_body(receive, declared, 1000, timeout=0.5)
+            status, answer = 200, str(len(body)).encode()
+        except PayloadTooLarge:
+            status, answer = 413, b"too large"
+        except RequestTimeout:
+            status, answer = 408, b"too slow"
+        headers = [(b"content-length", str(len(answer)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools", log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    def post(length: int, *parts: bytes, pause: float = 0.0) -> tuple[str, float]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            head = f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
+            conn.sendall(head.encode() + (parts[0] if parts else b""))
+            started = time.monotonic()
+            for part in parts[1:]:
+                time.sleep(pause)
+                conn.sendall(part)
+            reply = conn.recv(4096).decode()
+            return reply.split("\r\n")[0] + " " + reply.rsplit("\n", 1)[-1], started
+
+    try:
+        assert post(5, b"hello")[0] == "HTTP/1.1 200 OK 5"
+        assert post(10, b"hello", b"world", pause=0.1)[0] == "HTTP/1.1 200 OK 10"
+        assert post(2000, b"x" * 2000)[0].startswith("HTTP/1.1 413")
+        for parts in ((b"half",), ()):
+            reply, started = post(10, *parts)
+            assert reply == "HTTP/1.1 408 Request Timeout too slow", parts
+            assert 0.4 < time.monotonic() - started < 5
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 def test_each_server_names_its_own_errors_for_a_body() -> None:
     class Huge(Exception):
         pass
