@@ -133,12 +133,17 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
         medians: dict[str, list[float]] = {k: [] for k in servers}
         cpu: dict[str, list[float]] = {k: [] for k in servers}
+        mismatched = []
         for name, (p, _) in servers.items():
             _, first, reply = v2.big(p, data["big_binary"], headers, 3)
             length = reply.get("inference-header-content-length")
             got = v2.v2_answer(first, int(length) if length else None)
             ok = serve.same_answers(got, expect["label10k"], expect["proba10k"])
             serve.out(f"{name}_answers_match_raw_ort", "ok" if ok else "MISMATCH")
+            if not ok:
+                mismatched.append(name)
+        if mismatched:
+            raise SystemExit(f"answers differ from raw onnxruntime: {mismatched}; not timed")
         for rnd in range(args.rounds):
             order = list(servers.items())
             for name, (p, pid) in order if rnd % 2 == 0 else order[::-1]:

@@ -228,21 +228,35 @@ def test_bodies_read_from_a_real_uvicorn_connection_whole_cut_off_or_too_slow() 
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
 
-    def post(length: int, *parts: bytes, pause: float = 0.0) -> tuple[str, float]:
+    def post(length: int | None, *parts: bytes, pause: float = 0.0) -> tuple[str, float]:
+        """The status line and body of the answer to a POST sent in `parts`; `length` None:
+        chunked, with no Content-Length."""
+        framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-            head = f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
-            conn.sendall(head.encode() + (parts[0] if parts else b""))
+            conn.sendall(f"POST / HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n".encode())
             started = time.monotonic()
-            for part in parts[1:]:
-                time.sleep(pause)
+            for i, part in enumerate(parts):
+                time.sleep(pause if i else 0)
                 conn.sendall(part)
-            reply = conn.recv(4096).decode()
-            return reply.split("\r\n")[0] + " " + reply.rsplit("\n", 1)[-1], started
+            reply = b""
+            while True:  # the whole answer: uvicorn may send its head and body apart
+                head, whole, answer = reply.partition(b"\r\n\r\n")
+                length_found = re.search(rb"content-length: (\d+)", head.lower())
+                if whole and length_found and len(answer) >= int(length_found[1]):
+                    break
+                more = conn.recv(4096)
+                if not more:
+                    break
+                reply += more
+            return head.decode().split("\r\n")[0] + " " + answer.decode(), started
 
     try:
         assert post(5, b"hello")[0] == "HTTP/1.1 200 OK 5"
         assert post(10, b"hello", b"world", pause=0.1)[0] == "HTTP/1.1 200 OK 10"
         assert post(2000, b"x" * 2000)[0].startswith("HTTP/1.1 413")
+        chunked = b"7d0\r\n" + b"x" * 2000 + b"\r\n0\r\n\r\n"  # no length declared
+        assert post(None, chunked)[0] == "HTTP/1.1 413 Request Entity Too Large too large"
+        assert post(None, b"5\r\nhello\r\n0\r\n\r\n")[0] == "HTTP/1.1 200 OK 5"
         for parts in ((b"half",), ()):
             reply, started = post(10, *parts)
             assert reply == "HTTP/1.1 408 Request Timeout too slow", parts

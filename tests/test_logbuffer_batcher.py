@@ -51,6 +51,45 @@ def test_a_turn_is_one_call_per_schema_and_each_caller_gets_its_part() -> None:
     assert [r.count for r in ranges] == [1, 2, 2, 1, INLINE_ROWS + 1]
 
 
+class FakeRows:
+    """A result not yet in Arrow (`batcher.Rows`) of `rows` rows; records where it is built."""
+
+    built_on: list[str] = []
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def key(self) -> str:
+        return "one layout"
+
+    @staticmethod
+    def table(group: list[FakeRows]) -> pa.Table:
+        FakeRows.built_on.append(threading.current_thread().name)
+        return small_table(sum(r.rows for r in group))
+
+    @staticmethod
+    def encoded(group: list[FakeRows]) -> None:
+        return None  # no template: built with `table`
+
+
+def test_a_large_result_not_yet_in_arrow_is_built_and_journaled_off_the_loop() -> None:
+    """A large compiled-plan result (numpy rows) would stall every connection if its table
+    were built and written on the event loop: like a large table, it goes to a thread."""
+    log = FakeLog()
+    batcher = TurnBatcher(log, None)
+    FakeRows.built_on = []
+
+    async def one_turn() -> tuple[str, list[SeqRange]]:
+        submits = [batcher.submit(FakeRows(INLINE_ROWS + 1)), batcher.submit(FakeRows(2))]
+        return threading.current_thread().name, list(await asyncio.gather(*submits))
+
+    loop_thread, ranges = asyncio.run(one_turn())
+    assert [r.count for r in ranges] == [INLINE_ROWS + 1, 2]
+    assert sorted(log.calls) == [(2, 1), (INLINE_ROWS + 1, 1)]
+    assert len(FakeRows.built_on) == 2
+    assert FakeRows.built_on.count(loop_thread) == 1  # the small one, at the loop's next turn
+
+
 def test_when_the_call_fails_every_caller_of_the_turn_gets_the_error() -> None:
     log = FakeLog()
     log.error = LogBufferDiskFull("disk full")

@@ -74,27 +74,31 @@ def test_dictionary_columns_are_stored_plain(tmp_path: Path) -> None:
     assert decoded.column("in.kind").to_pylist() == ["a", "b", "a", "b"]
 
 
-def test_per_request_constants_are_packed_and_read_back_as_they_were() -> None:
+@pytest.mark.parametrize("fresh", [False, True])  # True: journaled, the cache remembers
+def test_per_request_constants_are_packed_and_read_back_as_they_were(fresh: bool) -> None:
     def with_partition(values: pa.Array) -> pa.Table:
         rows = len(values)
         return small_table(rows).append_column("metadata.partition", values)
 
+    def pack(table: pa.Table) -> pa.Table:
+        return pack_constants(table, fresh=fresh)
+
     constant = pa.array(["edge-a"] * 1000)
     for _ in range(3):  # the same arrays again and again (the pipeline's cached constants)
-        packed = pack_constants(with_partition(constant.slice(0, 500)))
+        packed = pack(with_partition(constant.slice(0, 500)))
         assert pa.types.is_dictionary(packed.schema.field("metadata.partition").type)
         assert records.plain(packed).column("metadata.partition").to_pylist() == ["edge-a"] * 500
-    other = pack_constants(with_partition(pa.array(["edge-b"] * 500)))  # new buffers
+    other = pack(with_partition(pa.array(["edge-b"] * 500)))  # new buffers
     assert records.plain(other).column("metadata.partition").to_pylist() == ["edge-b"] * 500
-    longer = pack_constants(with_partition(constant))  # same buffer, another length
+    longer = pack(with_partition(constant))  # same buffer, another length
     assert records.plain(longer).column("metadata.partition").to_pylist() == ["edge-a"] * 1000
-    mixed = pack_constants(with_partition(pa.array(["x", "y"] * 250)))  # not one value
+    mixed = pack(with_partition(pa.array(["x", "y"] * 250)))  # not one value
     assert mixed.schema.field("metadata.partition").type == pa.string()
     halves = pa.array(["edge-a"] * 500 + ["edge-c"] * 500)  # one buffer, other offsets
     for start, want in ((0, ["edge-a"] * 500), (500, ["edge-c"] * 500), (0, ["edge-a"] * 500)):
-        got = pack_constants(with_partition(halves.slice(start, 500)))
+        got = pack(with_partition(halves.slice(start, 500)))
         assert records.plain(got).column("metadata.partition").to_pylist() == want
-    straddling = pack_constants(with_partition(halves.slice(250, 500)))
+    straddling = pack(with_partition(halves.slice(250, 500)))
     assert straddling.schema.field("metadata.partition").type == pa.string()
     assert straddling.column("metadata.partition").chunk(0).equals(halves.slice(250, 500))
     lists = pa.array([[7, 8]] * 300, pa.list_(pa.int64()))  # metadata.elapsed: a list

@@ -392,3 +392,82 @@ def test_grpc_results_of_calls_that_keep_coming_share_one_journal_record(
         assert buffer.stats()["appends"] == 2
         stored, _ = buffer.query(limit=10)
     assert stored.num_rows == 8
+
+
+def test_a_large_request_is_journaled_before_its_answer_and_refused_when_the_buffer_is_full(
+    pipelines: dict[str, Pipeline],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`V2Service`'s one thread hop for a large request: its rows reach the log buffer
+    before the answer is written and the answer waits for them; a full buffer
+    (`LogBufferFull`, a 503) refuses the request, and no answer is written."""
+    import contextlib
+
+    import anyio
+
+    from edge.errors import LogBufferFull
+    from edge.logbuffer import LogBuffer
+    from edge.v2.service import INLINE_BYTES, V2Service
+
+    pipeline = pipelines["single"]
+    rows = np.resize(ROWS, (5000, 4))
+    raw = rows.tobytes()
+    header = json.dumps(
+        {"inputs": [{**tensor(rows), "parameters": {"binary_data_size": len(raw)}}]}
+    ).encode()
+    request = header + raw
+    assert len(request) > INLINE_BYTES  # the thread hop, not the event loop
+    events: list[str] = []
+
+    def encode(planned: Any, outcome: Any) -> Any:
+        events.append("encoded")
+        return encode_rest(planned, outcome)
+
+    with LogBuffer(tmp_path / "logbuffer.db") as buffer:
+        logged: list[pa.Table] = []
+        real = buffer.log_answered
+
+        def log_answered(table: pa.Table) -> Any:
+            events.append("logged")
+            logged.append(table)
+            return real(table)
+
+        buffer.log_answered = log_answered  # type: ignore[method-assign]
+        appliance = SimpleNamespace(
+            buffer=buffer,
+            pipeline=pipeline,
+            limiter=None,
+            hold=lambda: contextlib.nullcontext(pipeline),
+            metrics=SimpleNamespace(count_rows=lambda name, count: events.append("counted")),
+        )
+        service = V2Service(cast(Any, appliance))
+
+        async def infer() -> Any:
+            appliance.limiter = anyio.CapacityLimiter(1)
+            read = lambda: from_rest(request, str(len(header)))  # noqa: E731
+            return await service.infer(pipeline.name, None, read, len(request), encode)
+
+        answer = asyncio.run(infer())
+        assert events == ["logged", "encoded", "counted"]
+        expected, table = general_rest_binary(V2Model(pipeline), request, str(len(header)))
+        assert answer == expected
+        assert logged[0].num_rows == 5000 and logged[0].equals(table)
+        buffer.flush()
+        assert buffer.stats()["rows"] == 5000
+
+        events.clear()
+
+        def full(table: pa.Table) -> Any:
+            events.append("refused")
+            raise LogBufferFull("the writer queue is full")
+
+        buffer.log_answered = full  # type: ignore[method-assign]
+        with pytest.raises(LogBufferFull):
+            asyncio.run(infer())
+        assert events == ["refused"]  # no answer written, nothing counted
+
+
+def general_rest_binary(model: V2Model, raw: bytes, length: str) -> tuple[Any, pa.Table]:
+    planned = from_rest(raw, length)
+    outcome = model.run(planned, 0)
+    return encode_rest(planned, outcome), _logged(outcome.logged)

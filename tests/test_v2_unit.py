@@ -33,6 +33,7 @@ def _header(**tensor: object) -> bytes:
         (_header(data=[1, 2]), "0", "Inference-Header-Content-Length '0' must be"),
         (_header(data=[1, 2]), "12x", "Inference-Header-Content-Length '12x' must be"),
         (_header(data=[1, 2]), "9" * 5000, "Inference-Header-Content-Length '999"),
+        (_header(data=[1, 2]), "1\xb2", "Inference-Header-Content-Length '1\xb2' must be"),
         (_header(parameters={"binary_data_size": 8}), None, "needs the Inference-Header"),
         (_header(parameters={"binary_data_size": 2**40}) + b"\0" * 8, "len", "runs past the body"),
         (_header(parameters={"binary_data_size": -1}) + b"\0" * 8, "len", "binary_data_size must"),
@@ -115,7 +116,7 @@ def test_a_binary_body_received_in_chunks_is_read_in_place_from_aligned_memory()
     array = from_rest(joined, str(len(header))).inputs[0].array
     assert array.tolist() == rows.tolist()
     assert np.shares_memory(array, np.frombuffer(joined, np.uint8))  # not copied
-    for wrong in ("12x", "9" * 5000, str(len(body) + 1)):
+    for wrong in ("12x", "9" * 5000, "1\xb2", str(len(body) + 1)):
         with pytest.raises(BadInput, match="Inference-Header-Content-Length"):
             from_rest(placed(chunks, wrong), wrong)
     assert placed([body], str(len(header))) is body  # one chunk: as it came

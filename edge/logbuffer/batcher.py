@@ -7,9 +7,10 @@ waiting one turn for it. A result may come as an Arrow table, or as `Rows` (nump
 the small requests' path): the rows of one turn are then written as one record batch message
 from a template of their layout (`edge.ipc_template`), or else built into one Arrow table,
 once, instead of one table per request. Each caller still gets its own sequence range, and
-each is answered with the error when the record cannot be written. Larger tables go to a
-worker thread (the caller awaits them while its answer is encoded). With `fsync_interval` 0
-every result also waits for the journal's fsync, one for all the requests in flight.
+each is answered with the error when the record cannot be written. Larger results (tables
+or `Rows`) go to a worker thread (the caller awaits them while its answer is encoded). With
+`fsync_interval` 0 every result also waits for the journal's fsync, one for all the requests
+in flight.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ class TurnBatcher:
 
     def submit(self, item: Item) -> asyncio.Future[SeqRange]:
         loop = asyncio.get_running_loop()
-        if isinstance(item, pa.Table) and item.num_rows > INLINE_ROWS:
-            done: asyncio.Future[SeqRange] = loop.run_in_executor(None, self._log, item, 1)
+        if _rows(item) > INLINE_ROWS:  # built (`Rows`) and journaled off the loop
+            done: asyncio.Future[SeqRange] = loop.run_in_executor(None, self._log_large, item)
         else:
             done = loop.create_future()
             if not self._turn:
@@ -70,6 +71,9 @@ class TurnBatcher:
         if self._sync is None:
             return done
         return asyncio.ensure_future(self._synced(done))
+
+    def _log_large(self, item: Item) -> SeqRange:
+        return self._log(_join([item]), 1)
 
     def _log_turn(self) -> None:
         """Journal what was gathered in one turn of the loop: each run of one schema (tables)

@@ -224,7 +224,7 @@ class LogBuffer:
             nbytes = payload.length
         bounds = None
         if nbytes > LARGE_TABLE_BYTES:
-            payload = pack_constants(table)
+            payload = pack_constants(table, fresh=True)
             # Its file is the stored copy: the writer's queue keeps only what its row needs
             # (not the table), and counts the file's bytes, which are not under the cap yet.
             nbytes = payload.nbytes

@@ -190,17 +190,19 @@ def file_name(body: bytes) -> str:
     return bytes(body).decode()
 
 
-def pack_constants(table: pa.Table) -> pa.Table:
+def pack_constants(table: pa.Table, fresh: bool = False) -> pa.Table:
     """Per-request columns (`edge.result.is_per_request`) that hold one value in every row,
     as dictionaries of that value with int8 indices: a large result's file shrinks by about
-    half (and so the cap holds more of them)."""
+    half (and so the cap holds more of them). `fresh`: a result being journaled, whose
+    pipeline-cached columns are remembered (`_packed`); not a table read back from a file,
+    whose arrays are views of the file's bytes."""
     for index, field in enumerate(table.schema):
         if not is_per_request(field.name):
             continue
         column = table.column(index)
         if column.num_chunks != 1 or pa.types.is_dictionary(field.type):
             continue
-        packed = _packed(column.chunk(0), field.name)
+        packed = _packed(column.chunk(0), field.name if fresh else "")
         if packed is not None:
             table = table.set_column(index, pa.field(field.name, packed.type), packed)
     return table
@@ -225,12 +227,12 @@ def _packed(array: pa.Array, name: str = "") -> pa.Array | None:
     packed = None
     if array.slice(1).equals(array.slice(0, rows - 1)):  # a[i+1] == a[i]: one value
         packed = pa.DictionaryArray.from_arrays(_zeros(rows), array.slice(0, 1))
-    if identity is not None:
+    if identity is not None and packed is not None:
         _KEPT[name] = (identity, array, packed)
     return packed
 
 
-_KEPT: dict[str, tuple[tuple[Any, ...], pa.Array, pa.Array | None]] = {}
+_KEPT: dict[str, tuple[tuple[Any, ...], pa.Array, pa.Array]] = {}
 
 
 @functools.lru_cache(maxsize=16)

@@ -8,10 +8,11 @@ one inference (the same `Pipeline` run as every other route).
   declare nothing unless the model layer carries Arrow schemas.
 - Inputs the metadata declares are checked by datatype and shape (as Triton does); the
   tensors become the request's columns, named by the tensors: they are logged as `in.<name>`.
-- Numeric requests to a pipeline of model steps only run on `FastPath.run_columns`
-  whatever their size (numpy in, numpy out; only the journal builds an Arrow table), the
-  rest on `Pipeline.run` over an Arrow table: steps, A/B split, shadow, validations, and
-  whatever the compiled plan declines (its errors too). Outputs are the
+- Numeric requests to a pipeline with a compiled plan (`Pipeline.fast`: model steps whose
+  runtimes take numpy arrays, no validations; `edge.fastpath`) run on
+  `FastPath.run_columns` whatever their size (numpy in, numpy out; only the journal builds
+  an Arrow table), the rest on `Pipeline.run` over an Arrow table: steps, A/B split, shadow,
+  validations, and whatever the compiled plan declines (its errors too). Outputs are the
   `out.*` columns without the prefix, shadow outputs keep theirs; anomaly counts and the
   split's choice are response parameters.
 """

@@ -55,7 +55,8 @@ def placed(chunks: list[bytes], header_length: str) -> bytes | memoryview:
         return chunks[0]
     size = sum(map(len, chunks))
     length = header_length.strip()
-    split = int(length) if length.isdigit() and len(length) <= 18 else 0  # from_rest checks
+    whole = length.isascii() and length.isdigit() and len(length) <= 18  # from_rest checks
+    split = int(length) if whole else 0
     memory = np.empty(size + ALIGN, np.uint8)
     start = -(memory.ctypes.data + min(split, size)) % ALIGN
     body = memoryview(memory)[start : start + size]  # type: ignore[arg-type]
@@ -74,7 +75,8 @@ def from_rest(body: bytes | memoryview, header_length: str | None) -> InferReque
         header = body if isinstance(body, bytes) else bytes(body)
     else:
         length = header_length.strip()
-        if not length.isdigit() or len(length) > 18 or not 0 < int(length) <= len(body):
+        whole = length.isascii() and length.isdigit() and len(length) <= 18  # "²", 5,000 digits
+        if not whole or not 0 < int(length) <= len(body):
             raise BadInput(
                 f"Inference-Header-Content-Length {header_length[:24]!r} must be a whole number "
                 f"from 1 to the body's {len(body)} bytes"

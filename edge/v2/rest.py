@@ -109,6 +109,7 @@ class V2Endpoint:
         chunks = await read_asgi_chunks(receive, declared, limit)
         if header_length is None:
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            del chunks  # not held beside the joined body while the request waits and runs
             payload, length = await self.service.infer(
                 name,
                 version,
@@ -119,6 +120,7 @@ class V2Endpoint:
             )
         else:
             raw = placed(chunks, header_length)
+            del chunks
             payload, length = await self.service.infer(
                 name, version, lambda: from_rest(raw, header_length), len(raw), encode_rest
             )

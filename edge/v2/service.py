@@ -68,8 +68,7 @@ class Journal:
         buffer = self.appliance.buffer
         if buffer is None:
             return None
-        rows = logged.num_rows if isinstance(logged, pa.Table) else logged.rows
-        if not self.turns or rows > GATHER_ROWS:
+        if not self.turns or _rows(logged) > GATHER_ROWS:
             return buffer.submit(logged)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
@@ -95,6 +94,10 @@ class Journal:
                 done.set_exception(exc)
                 continue
             submitted.add_done_callback(functools.partial(_relay, done))
+
+
+def _rows(logged: Logged) -> int:
+    return logged.num_rows if isinstance(logged, pa.Table) else logged.rows
 
 
 def _relay(done: asyncio.Future[Any], submitted: asyncio.Future[Any]) -> None:
@@ -198,28 +201,40 @@ class V2Service:
             request = read()
             return request, model.run(request, time.perf_counter_ns() - started)
 
-        if not inline:
-            # One thread hop for all of it: read, run, journal (answered only once the rows
-            # are written: LogBufferFull / LogBufferDiskFull become 503 / 507), encode.
+        if inline:
+            request, outcome = work()
+            submitted = self.journal.submit(outcome.logged)
+            answer = encode(request, outcome)
+        else:
+            # One thread hop: read, run, encode, and a large result's journal (answered only
+            # once its rows are written: LogBufferFull / LogBufferDiskFull become 503 / 507);
+            # a small one is journaled from the loop, gathered with others (`Journal`).
             buffer = self.appliance.buffer
 
-            def answer_all() -> tuple[int, Answer]:
+            def answer_all() -> tuple[Outcome, bool, Answer | None, Exception | None]:
                 request, outcome = work()
-                if buffer is not None:
+                large = buffer is not None and _rows(outcome.logged) > GATHER_ROWS
+                if large:
                     logged = outcome.logged
                     if isinstance(logged, result.ResultRows):
                         logged = result.ResultRows.table([logged])
+                    assert buffer is not None
                     buffer.log_answered(logged)
-                return outcome.rows, encode(request, outcome)
+                try:  # an answer that cannot be written is an error once its rows are logged
+                    return outcome, large, encode(request, outcome), None
+                except Exception as exc:
+                    return outcome, large, None, exc
 
-            rows, answer = await anyio.to_thread.run_sync(
+            outcome, journaled, done, error = await anyio.to_thread.run_sync(
                 answer_all, limiter=self.appliance.limiter
             )
-            self.appliance.metrics.count_rows(model.name, rows)
-            return answer
-        request, outcome = work()
-        submitted = self.journal.submit(outcome.logged)
-        answer = encode(request, outcome)
+            submitted = None if journaled else self.journal.submit(outcome.logged)
+            if error is not None:
+                if submitted is not None:
+                    await submitted
+                raise error
+            assert done is not None
+            answer = done
         if submitted is not None:
             await submitted
         self.appliance.metrics.count_rows(model.name, outcome.rows)
