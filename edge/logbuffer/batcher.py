@@ -61,7 +61,7 @@ class TurnBatcher:
 
     def submit(self, item: Item) -> asyncio.Future[SeqRange]:
         loop = asyncio.get_running_loop()
-        if _rows(item) > INLINE_ROWS:  # built (`Rows`) and journaled off the loop
+        if rows_of(item) > INLINE_ROWS:  # built (`Rows`) and journaled off the loop
             done: asyncio.Future[SeqRange] = loop.run_in_executor(None, self._log_large, item)
         else:
             done = loop.create_future()
@@ -116,7 +116,7 @@ class TurnBatcher:
             return
         first = seqs.first
         for item, fut in group:
-            last = first + _rows(item) - 1
+            last = first + rows_of(item) - 1
             if not fut.done():  # a caller may be gone
                 fut.set_result(SeqRange(seqs.epoch, first, last))
             first = last + 1
@@ -138,7 +138,8 @@ def _same(kind: object, item: Item) -> bool:
     return not isinstance(kind, pa.Schema) and item.key() == kind
 
 
-def _rows(item: Item) -> int:
+def rows_of(item: Item) -> int:
+    """A result's rows, a table's or `Rows`'."""
     return item.num_rows if isinstance(item, pa.Table) else item.rows
 
 

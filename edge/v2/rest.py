@@ -26,6 +26,7 @@ from edge.v2 import answer
 from edge.v2.model import Outcome
 from edge.v2.request import InferRequest, from_rest, placed
 from edge.v2.service import V2Service
+from edge.v2.small import Small, SmallPath
 from edge.v2.status import V2_STATUS, MethodNotAllowed, UnsupportedEncoding
 
 log = logging.getLogger("edge.v2")
@@ -107,23 +108,17 @@ class V2Endpoint:
                 )
         limit = self.appliance.settings.max_body_bytes
         chunks = await read_asgi_chunks(receive, declared, limit)
+        small: Callable[[SmallPath], Small | None] | None = None
         if header_length is None:
-            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            del chunks  # not held beside the joined body while the request waits and runs
-            payload, length = await self.service.infer(
-                name,
-                version,
-                lambda: from_rest(body, None),
-                len(body),
-                encode_rest,
-                lambda small: small.rest(body),
-            )
+            joined = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            body: bytes | memoryview = joined
+            small = lambda path: path.rest(joined)  # noqa: E731
         else:
-            raw = placed(chunks, header_length)
-            del chunks
-            payload, length = await self.service.infer(
-                name, version, lambda: from_rest(raw, header_length), len(raw), encode_rest
-            )
+            body = placed(chunks, header_length)  # tensors aligned, read in place
+        del chunks  # not held beside the body while the request waits and runs
+        payload, length = await self.service.infer(
+            name, version, lambda: from_rest(body, header_length), len(body), encode_rest, small
+        )
         if length is None:
             return 200, payload, []
         return 200, payload, [(HEADER_LENGTH.encode(), str(length).encode())]

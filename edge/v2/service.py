@@ -20,6 +20,7 @@ import pyarrow as pa
 from edge import result
 from edge.appliance import Appliance
 from edge.errors import NotFound
+from edge.logbuffer.batcher import rows_of
 from edge.pipeline import Pipeline
 from edge.v2.model import Outcome, V2Model
 from edge.v2.request import InferRequest
@@ -68,7 +69,7 @@ class Journal:
         buffer = self.appliance.buffer
         if buffer is None:
             return None
-        if not self.turns or _rows(logged) > GATHER_ROWS:
+        if not self.turns or rows_of(logged) > GATHER_ROWS:
             return buffer.submit(logged)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
@@ -94,10 +95,6 @@ class Journal:
                 done.set_exception(exc)
                 continue
             submitted.add_done_callback(functools.partial(_relay, done))
-
-
-def _rows(logged: Logged) -> int:
-    return logged.num_rows if isinstance(logged, pa.Table) else logged.rows
 
 
 def _relay(done: asyncio.Future[Any], submitted: asyncio.Future[Any]) -> None:
@@ -201,40 +198,34 @@ class V2Service:
             request = read()
             return request, model.run(request, time.perf_counter_ns() - started)
 
-        if inline:
-            request, outcome = work()
-            submitted = self.journal.submit(outcome.logged)
-            answer = encode(request, outcome)
-        else:
-            # One thread hop: read, run, encode, and a large result's journal (answered only
-            # once its rows are written: LogBufferFull / LogBufferDiskFull become 503 / 507);
-            # a small one is journaled from the loop, gathered with others (`Journal`).
+        if not inline:
+            # One thread hop: read, run, and for a large result its journal (answered only
+            # once its rows are written: LogBufferFull / LogBufferDiskFull become 503 / 507)
+            # and its answer; a small one is journaled from the loop below, gathered with
+            # others (`Journal`), and answered there, as an inline request is.
             buffer = self.appliance.buffer
 
-            def answer_all() -> tuple[Outcome, bool, Answer | None, Exception | None]:
+            def run() -> tuple[InferRequest, Outcome, tuple[Answer] | None]:
                 request, outcome = work()
-                large = buffer is not None and _rows(outcome.logged) > GATHER_ROWS
-                if large:
-                    logged = outcome.logged
+                logged = outcome.logged
+                if rows_of(logged) <= GATHER_ROWS:
+                    return request, outcome, None
+                if buffer is not None:
                     if isinstance(logged, result.ResultRows):
                         logged = result.ResultRows.table([logged])
-                    assert buffer is not None
                     buffer.log_answered(logged)
-                try:  # an answer that cannot be written is an error once its rows are logged
-                    return outcome, large, encode(request, outcome), None
-                except Exception as exc:
-                    return outcome, large, None, exc
+                return request, outcome, (encode(request, outcome),)
 
-            outcome, journaled, done, error = await anyio.to_thread.run_sync(
-                answer_all, limiter=self.appliance.limiter
+            request, outcome, done = await anyio.to_thread.run_sync(
+                run, limiter=self.appliance.limiter
             )
-            submitted = None if journaled else self.journal.submit(outcome.logged)
-            if error is not None:
-                if submitted is not None:
-                    await submitted
-                raise error
-            assert done is not None
-            answer = done
+            if done is not None:
+                self.appliance.metrics.count_rows(model.name, outcome.rows)
+                return done[0]
+        else:
+            request, outcome = work()
+        submitted = self.journal.submit(outcome.logged)
+        answer = encode(request, outcome)
         if submitted is not None:
             await submitted
         self.appliance.metrics.count_rows(model.name, outcome.rows)
