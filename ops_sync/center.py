@@ -364,6 +364,7 @@ class OpsCenter:
         buffer = buffer if isinstance(buffer, dict) else {}
         dropped = buffer.get("dropped")
         epoch = buffer.get("epoch")
+        drops = None
         if isinstance(dropped, dict) and isinstance(epoch, str) and protocol.EPOCH.fullmatch(epoch):
             counts = {
                 reason: bounded_int(
@@ -372,9 +373,11 @@ class OpsCenter:
                 for reason, count in dropped.items()
                 if isinstance(reason, str) and len(reason) <= 64
             }
-            self.store.record_drops(edge["id"], epoch, counts, now)
-        self.store.touch(edge["id"], now, health=report)
-        heartbeats.record(self.store.db, edge["id"], report, now)  # the dashboard's charts
+            drops = (epoch, counts)
+        edge_id = edge["id"]
+        self.store.heartbeat(  # one transaction; the history feeds the dashboard's charts
+            edge_id, now, report, drops, lambda tx: heartbeats.record(tx, edge_id, report, now)
+        )
         return {
             "ok": True,
             "edge_id": edge["id"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ops_sync.metadb import Database
+from ops_sync.metadb import Database, Tx
 
 HISTORY = 24 * 3600.0
 MAX_POINTS = 5000  # a series read is capped whatever the range
@@ -43,17 +43,15 @@ def facts(report: dict[str, Any], now: float) -> dict[str, float | None]:
     return {"buffer_rows": rows, "unsynced_rows": unsynced, "sync_lag": lag}
 
 
-def record(db: Database, edge_id: str, report: dict[str, Any], now: float) -> None:
+def record(tx: Tx, edge_id: str, report: dict[str, Any], now: float) -> None:
+    """Keep the heartbeat's facts, in the heartbeat's transaction (`Store.heartbeat`)."""
     values = facts(report, now)
-    with db.tx() as tx:
-        tx.execute(
-            "INSERT INTO edge_heartbeats (edge_id, at, buffer_rows, unsynced_rows, sync_lag)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (edge_id, at) DO NOTHING",
-            (edge_id, now, values["buffer_rows"], values["unsynced_rows"], values["sync_lag"]),
-        )
-        tx.execute(
-            "DELETE FROM edge_heartbeats WHERE edge_id = ? AND at < ?", (edge_id, now - HISTORY)
-        )
+    tx.execute(
+        "INSERT INTO edge_heartbeats (edge_id, at, buffer_rows, unsynced_rows, sync_lag)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (edge_id, at) DO NOTHING",
+        (edge_id, now, values["buffer_rows"], values["unsynced_rows"], values["sync_lag"]),
+    )
+    tx.execute("DELETE FROM edge_heartbeats WHERE edge_id = ? AND at < ?", (edge_id, now - HISTORY))
 
 
 def series(db: Database, edge_id: str, since: float) -> list[dict[str, Any]]:

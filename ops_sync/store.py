@@ -382,11 +382,24 @@ class Store:
     ) -> None:
         """Record a contact (and optionally the reported health or a renewed certificate)."""
         with self.db.tx() as db:
-            db.execute(
-                "UPDATE edges SET last_seen = ?, health = coalesce(?, health),"
-                " cert_not_after = coalesce(?, cert_not_after) WHERE id = ?",
-                (now, json.dumps(health) if health is not None else None, cert_not_after, edge_id),
-            )
+            _touch(db, edge_id, now, health, cert_not_after)
+
+    def heartbeat(
+        self,
+        edge_id: str,
+        now: float,
+        health: dict[str, Any],
+        drops: tuple[str, dict[str, int]] | None,
+        history: Callable[[Tx], None],
+    ) -> None:
+        """One heartbeat in one transaction: the contact and the reported health, the drop
+        counters of a buffer epoch (`drops`: epoch, counters) and the dashboard's history
+        row (`history`, `ops_sync.heartbeats.record`)."""
+        with self.db.tx() as db:
+            _touch(db, edge_id, now, health)  # the edge's row first, as every writer locks it
+            if drops is not None:
+                _record_drops(db, edge_id, *drops, now)
+            history(db)
 
     def touch_many(self, edge_ids: Iterable[str], now: float) -> None:
         """Record a contact for many edges in one transaction (after a log commit)."""
@@ -406,14 +419,7 @@ class Store:
     def record_drops(self, edge_id: str, epoch: str, dropped: dict[str, int], now: float) -> None:
         """Store the edge's cumulative drop counters for one buffer epoch (exact, monotonic)."""
         with self.db.tx() as db:
-            for reason, count in dropped.items():
-                db.execute(
-                    "INSERT INTO edge_drops VALUES (?, ?, ?, ?, ?)"
-                    " ON CONFLICT (edge_id, epoch, reason) DO UPDATE SET"
-                    " count = {greatest}(edge_drops.count, excluded.count),"
-                    " updated_at = excluded.updated_at",
-                    (edge_id, epoch, str(reason), int(count), now),
-                )
+            _record_drops(db, edge_id, epoch, dropped, now)
 
     # -- logs: schemas, tables, legacy dedup state, leases ---------------------------------
     def agree_log_schema(
@@ -520,3 +526,28 @@ def _publish(row: dict[str, Any]) -> dict[str, Any]:
     for key in ("helm", "engine_config"):
         record[key] = json.loads(record[key]) if record[key] else None
     return record
+
+
+def _touch(
+    db: Tx,
+    edge_id: str,
+    now: float,
+    health: dict[str, Any] | None = None,
+    cert_not_after: float | None = None,
+) -> None:
+    db.execute(
+        "UPDATE edges SET last_seen = ?, health = coalesce(?, health),"
+        " cert_not_after = coalesce(?, cert_not_after) WHERE id = ?",
+        (now, json.dumps(health) if health is not None else None, cert_not_after, edge_id),
+    )
+
+
+def _record_drops(db: Tx, edge_id: str, epoch: str, dropped: dict[str, int], now: float) -> None:
+    for reason, count in dropped.items():
+        db.execute(
+            "INSERT INTO edge_drops VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (edge_id, epoch, reason) DO UPDATE SET"
+            " count = {greatest}(edge_drops.count, excluded.count),"
+            " updated_at = excluded.updated_at",
+            (edge_id, epoch, str(reason), int(count), now),
+        )

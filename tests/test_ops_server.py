@@ -213,6 +213,23 @@ def test_heartbeat_health_and_exact_drop_counts_show_in_list_edges(ops: Ops) -> 
     assert edge["health"]["buffer"]["unsynced_rows"] == 12
 
 
+def test_a_heartbeat_is_recorded_whole_or_not_at_all(ops: Ops) -> None:
+    cert = joined_edge(ops, "edge-a")
+    report = {"health": {"n": 1}, "buffer": {"epoch": "ep1", "dropped": {"rows": 1}}}
+    assert run(edge_call(ops, cert, "/v1/edge/heartbeat", json=report)).status_code == 200
+    with ops.center.store.db.tx() as tx:  # the dashboard's history can no longer be written
+        tx.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON edge_heartbeats"
+            " BEGIN SELECT RAISE(ABORT, 'history refused'); END"
+        )
+    report = {"health": {"n": 2}, "buffer": {"epoch": "ep1", "dropped": {"rows": 5}}}
+    reply = run(edge_call(ops, cert, "/v1/edge/heartbeat", json=report))
+    assert (reply.status_code, reply.json()["reason"]) == (507, "StoreError")
+    (edge,) = run(admin(ops, "GET", "/v1/edges")).json()["edges"]
+    assert edge["dropped"] == {"rows": 1}  # neither the counters nor the health half-kept
+    assert edge["health"]["health"] == {"n": 1}
+
+
 def test_upload_validation(ops: Ops) -> None:
     cert = joined_edge(ops, "edge-a")
     reply = run(edge_call(ops, cert, "/v1/edge/logs", content=b"x"))
