@@ -31,7 +31,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake import (
+    ColumnProperties,
+    CommitProperties,
+    DeltaTable,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
 from deltalake.exceptions import CommitFailedError, SchemaMismatchError, TableNotFoundError
 from deltalake.fs import DeltaStorageHandler
 
@@ -42,7 +49,16 @@ from ops_sync.logschema import PARTITION_COLUMNS
 log = logging.getLogger("ops_sync.deltatable")
 COMMIT_ATTEMPTS = 20
 FOOTERS = 512  # Parquet footers a reader keeps (of the large files it read by row group)
-SMALL_WRITES = WriterProperties(compression="SNAPPY")
+# an upload's file (one per edge per commit, ~50 rows): statistics of `time` only, which the
+# logs API prunes by (its file's range in the Delta log, its row groups' in the footer), and
+# no dictionaries. Per-column statistics and dictionaries made a commit of 114 such files cost
+# 0.86 ms of CPU a file against 0.50, and twice the Delta log; compaction rewrites the files
+# with both (`LARGE_WRITES`), so readers of the compacted table lose nothing.
+SMALL_WRITES = WriterProperties(
+    compression="SNAPPY",
+    default_column_properties=ColumnProperties(statistics_enabled="NONE", dictionary_enabled=False),
+    column_properties={"time": ColumnProperties(statistics_enabled="CHUNK")},
+)
 # compacted files: row groups of 16,384 rows, so a read of the newest rows opens the last ones
 LARGE_WRITES = WriterProperties(compression="ZSTD", compression_level=3, max_row_group_size=16_384)
 
