@@ -106,22 +106,6 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
     async def edge(request: Request) -> dict[str, Any]:
         return await call(center.authenticate, peer_certificate(request))
 
-    async def as_edge(request: Request, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(edge, *args)` for the edge that the client certificate of `request` names,
-        authenticated in the same worker thread (one hop: a thread's wake-up costs more
-        than a heartbeat's work here). A request without a certificate is refused before
-        its body is read (`certified`)."""
-
-        def run() -> T:
-            return fn(center.authenticate(cert), *args)
-
-        cert = peer_certificate(request)
-        return await to_thread.run_sync(run)
-
-    async def certified(request: Request) -> None:
-        if peer_certificate(request) is None:
-            await edge(request)  # raises: edge calls need the certificate
-
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -268,16 +252,16 @@ def create_app(center: OpsCenter, max_body: int = MAX_BODY) -> Starlette:
         return JSONResponse(await call(center.renew, who, csr.encode()))
 
     async def heartbeat(request: Request) -> Response:
-        await certified(request)
-        reply = await as_edge(request, center.heartbeat, await _json(request))
+        who = await edge(request)
+        reply = await call(center.heartbeat, who, await _json(request))
         return JSONResponse(reply, headers=READS_CODING)
 
     async def upload(request: Request) -> Response:
-        await certified(request)
+        who = await edge(request)
         batch = protocol.read_batch_range(request.headers)
         coding = request.headers.get(protocol.CODING_HEADER)
         body = await read_body(request, max_body, errors.PayloadTooLarge, errors.RequestTimeout)
-        upload = await as_edge(request, center.begin_upload, batch, body, coding, max_body)
+        upload = await call(center.begin_upload, who, batch, body, coding, max_body)
         await committed(upload.item, WAIT_LIMIT)  # no worker thread held while the commit runs
         return JSONResponse(center.finish_upload(batch, upload), headers=READS_CODING)
 

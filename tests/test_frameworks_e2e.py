@@ -190,8 +190,10 @@ def infer(edge: Edge, name: str, rows: list[dict], **params: Any) -> httpx.Respo
 
 def assert_answers(case: Case, out: dict[str, list[Any]], converted: bool) -> None:
     """Served outputs against the framework's own: exact for labels and text, floats within
-    the stated tolerance when converted (the same code, so 1e-6, when native)."""
-    rtol, atol = (case.rtol, case.atol) if converted else (1e-6, 1e-7)
+    the stated tolerance when converted; when native, the same code, but float32 sums taken
+    in another order when the server's thread count differs from the test's (a transformer's
+    features differed by 1.9e-5 relative once), so 1e-5."""
+    rtol, atol = (case.rtol, case.atol) if converted else (1e-5, 1e-6)
     for name, want in case.expected.items():
         got = out[name]
         assert len(got) == len(want), name
