@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.httpio import Fields, bounded_int
-from ops_sync import heartbeats, protocol, rollout
+from ops_sync import protocol, rollout
 from ops_sync.assays.service import Assays
 from ops_sync.errors import (
     AdminAuthRequired,
@@ -374,10 +374,7 @@ class OpsCenter:
                 if isinstance(reason, str) and len(reason) <= 64
             }
             drops = (epoch, counts)
-        edge_id = edge["id"]
-        self.store.heartbeat(  # one transaction; the history feeds the dashboard's charts
-            edge_id, now, report, drops, lambda tx: heartbeats.record(tx, edge_id, report, now)
-        )
+        self.store.heartbeat(edge["id"], now, report, drops)  # and the dashboard's history
         return {
             "ok": True,
             "edge_id": edge["id"],

@@ -53,7 +53,7 @@ FOOTERS = 512  # Parquet footers a reader keeps (of the large files it read by r
 # logs API prunes by (its file's range in the Delta log, its row groups' in the footer), and
 # no dictionaries. Per-column statistics and dictionaries made a commit of 114 such files cost
 # 0.86 ms of CPU a file against 0.50, and twice the Delta log; compaction rewrites the files
-# with both (`LARGE_WRITES`), so readers of the compacted table lose nothing.
+# with both (`LARGE_WRITES`); other readers skip uncompacted files by `time` only.
 SMALL_WRITES = WriterProperties(
     compression="SNAPPY",
     default_column_properties=ColumnProperties(statistics_enabled="NONE", dictionary_enabled=False),

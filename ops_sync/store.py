@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ops_sync import heartbeats
 from ops_sync.errors import (
     Conflict,
     EdgeRemoved,
@@ -388,18 +389,25 @@ class Store:
         self,
         edge_id: str,
         now: float,
-        health: dict[str, Any],
-        drops: tuple[str, dict[str, int]] | None,
-        history: Callable[[Tx], None],
+        report: dict[str, Any],
+        drops: tuple[str, dict[str, int]] | None = None,
     ) -> None:
-        """One heartbeat in one transaction: the contact and the reported health, the drop
-        counters of a buffer epoch (`drops`: epoch, counters) and the dashboard's history
-        row (`history`, `ops_sync.heartbeats.record`)."""
+        """One heartbeat in one transaction: the contact and the reported health, the
+        cumulative drop counters of a buffer epoch (`drops`: epoch, counters; exact and
+        monotonic) and the dashboard's history row (`heartbeats.record`)."""
         with self.db.tx() as db:
-            _touch(db, edge_id, now, health)  # the edge's row first, as every writer locks it
+            _touch(db, edge_id, now, report)  # the edge's row first, as touch_many locks it
             if drops is not None:
-                _record_drops(db, edge_id, *drops, now)
-            history(db)
+                epoch, dropped = drops
+                for reason, count in dropped.items():
+                    db.execute(
+                        "INSERT INTO edge_drops VALUES (?, ?, ?, ?, ?)"
+                        " ON CONFLICT (edge_id, epoch, reason) DO UPDATE SET"
+                        " count = {greatest}(edge_drops.count, excluded.count),"
+                        " updated_at = excluded.updated_at",
+                        (edge_id, epoch, str(reason), int(count), now),
+                    )
+            heartbeats.record(db, edge_id, report, now)
 
     def touch_many(self, edge_ids: Iterable[str], now: float) -> None:
         """Record a contact for many edges in one transaction (after a log commit)."""
@@ -415,11 +423,6 @@ class Store:
                     " (last_seen IS NULL OR last_seen < ?)",
                     (now, *chunk, now),
                 )
-
-    def record_drops(self, edge_id: str, epoch: str, dropped: dict[str, int], now: float) -> None:
-        """Store the edge's cumulative drop counters for one buffer epoch (exact, monotonic)."""
-        with self.db.tx() as db:
-            _record_drops(db, edge_id, epoch, dropped, now)
 
     # -- logs: schemas, tables, legacy dedup state, leases ---------------------------------
     def agree_log_schema(
@@ -540,14 +543,3 @@ def _touch(
         " cert_not_after = coalesce(?, cert_not_after) WHERE id = ?",
         (now, json.dumps(health) if health is not None else None, cert_not_after, edge_id),
     )
-
-
-def _record_drops(db: Tx, edge_id: str, epoch: str, dropped: dict[str, int], now: float) -> None:
-    for reason, count in dropped.items():
-        db.execute(
-            "INSERT INTO edge_drops VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (edge_id, epoch, reason) DO UPDATE SET"
-            " count = {greatest}(edge_drops.count, excluded.count),"
-            " updated_at = excluded.updated_at",
-            (edge_id, epoch, str(reason), int(count), now),
-        )

@@ -147,10 +147,10 @@ def test_fifty_concurrent_redemptions_give_exactly_one_success(tmp_path: Path) -
 def test_drop_counters_are_exact_and_idempotent(db_url: str) -> None:
     store = Store(db_url)
     edge = store.add_edge("a", publish(store), [], token_digest("t"), T0)
-    store.record_drops(edge["id"], "epoch-1", {"input_values": 7, "rows": 2}, T0)
-    store.record_drops(edge["id"], "epoch-1", {"input_values": 7, "rows": 2}, T0 + 1)  # resent
-    store.record_drops(edge["id"], "epoch-1", {"input_values": 9}, T0 + 2)  # grew
-    store.record_drops(edge["id"], "epoch-2", {"rows": 1}, T0 + 3)  # a new buffer file
+    store.heartbeat(edge["id"], T0, {}, ("epoch-1", {"input_values": 7, "rows": 2}))
+    store.heartbeat(edge["id"], T0 + 1, {}, ("epoch-1", {"input_values": 7, "rows": 2}))  # resent
+    store.heartbeat(edge["id"], T0 + 2, {}, ("epoch-1", {"input_values": 9}))  # grew
+    store.heartbeat(edge["id"], T0 + 3, {}, ("epoch-2", {"rows": 1}))  # a new buffer file
     assert store.edge(edge["id"])["dropped"] == {"input_values": 9, "rows": 3}
 
 
