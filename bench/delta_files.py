@@ -2,7 +2,7 @@
 """What an upload's file costs the ops center's Delta table, in process: group commits like
 the committer's (EDGES uploads of 55 rows, one file per edge per commit) with the upload
 files' writer properties (`deltatable.SMALL_WRITES`) against plain Snappy files, CPU per
-commit as the table grows; then one compaction of the small files (`deltatable.compact`), CPU
+commit as the table grows; then one compaction of the small files (`compaction.compact`), CPU
 per file removed. Run: python bench/delta_files.py [--commits 300] [--edges 114]"""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, WriterPropertie
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.sync import rows_table  # noqa: E402
-from ops_sync import deltatable, logschema  # noqa: E402
+from ops_sync import compaction, deltatable, logschema  # noqa: E402
 from ops_sync.protocol import check_rows  # noqa: E402
 
 ROWS = 55  # an upload's rows (an edge at ~55 rows/s shipping every second)
@@ -88,7 +88,7 @@ def main() -> int:
     commits("plain snappy", WriterProperties(compression="SNAPPY"), args)
     uri = commits("SMALL_WRITES", deltatable.SMALL_WRITES, args)
     began, wall = cpu(), time.perf_counter()
-    removed = deltatable.compact(uri, {}, 16 << 20, 8)
+    removed = compaction.compact(uri, {}, 16 << 20, 8)
     spent = cpu() - began
     per_file = spent / max(removed, 1) * 1e3
     print(

@@ -17,7 +17,8 @@ SQLite or PostgreSQL, through `metadb`) and `logstore` (Delta tables, through `d
     metadb.py       SQLite or PostgreSQL: connections, transactions, dialect, migrations
     logstore.py     log tables: checks, group commits, time-ordered reads, upkeep
     logschema.py    per-version schema rules, table generations, Delta storage types
-    deltatable.py   one Delta table: appends with exactly-once marks, reads, compaction
+    deltatable.py   one Delta table: appends with exactly-once marks, reads, retention
+    compaction.py   size-tiered compaction of a Delta table's small files
     metrics.py      Prometheus metrics (/metrics)
     logs.py         limit / start-end / dataset / partition / export, the seed's warnings
     errors.py       the exception tree

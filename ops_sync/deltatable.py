@@ -1,5 +1,6 @@
 """One Delta table of logs (delta-rs): grouped appends with exactly-once marks, file reads,
-compaction and vacuum. `ops_sync.logstore` decides what goes in; this module knows Delta.
+retention and vacuum (compaction is `ops_sync.compaction`). `ops_sync.logstore` decides what
+goes in; this module knows Delta.
 
 Exactly once: every (edge name, buffer epoch) is a Delta *application id*
 (`<partition>/<epoch>`), and its *transaction version* is the highest sequence number stored.
@@ -53,14 +54,12 @@ FOOTERS = 512  # Parquet footers a reader keeps (of the large files it read by r
 # logs API prunes by (its file's range in the Delta log, its row groups' in the footer), and
 # no dictionaries. Per-column statistics and dictionaries made a commit of 114 such files cost
 # 0.86 ms of CPU a file against 0.50, and twice the Delta log; compaction rewrites the files
-# with both (`LARGE_WRITES`); other readers skip uncompacted files by `time` only.
+# with both (`ops_sync.compaction`); other readers skip uncompacted files by `time` only.
 SMALL_WRITES = WriterProperties(
     compression="SNAPPY",
     default_column_properties=ColumnProperties(statistics_enabled="NONE", dictionary_enabled=False),
     column_properties={"time": ColumnProperties(statistics_enabled="CHUNK")},
 )
-# compacted files: row groups of 16,384 rows, so a read of the newest rows opens the last ones
-LARGE_WRITES = WriterProperties(compression="ZSTD", compression_level=3, max_row_group_size=16_384)
 
 
 @dataclass
@@ -345,46 +344,6 @@ def _file_list(handle: DeltaTable) -> pa.Table:
             "date": column("partition.date", pa.string()),
         }
     )
-
-
-def compact(uri: str, options: dict[str, str], target_bytes: int, min_files: int) -> int:
-    """Merge the small files of each (partition, date) with at least `min_files` of them;
-    files removed. A concurrent append is no conflict (compaction only rewrites what it
-    read, and removes nothing a reader's snapshot still needs until vacuum)."""
-    try:
-        handle = DeltaTable(uri, storage_options=options)
-    except TableNotFoundError:
-        return 0
-    files = _file_list(handle)
-    small = files.filter(pc.less(files.column("bytes"), target_bytes // 2))
-    if small.num_rows == 0:
-        return 0
-    counts = small.group_by(["partition", "date"]).aggregate([("path", "count")])
-    removed = 0
-    for date in sorted(set(counts.column("date").to_pylist())):
-        mine = counts.filter(pc.equal(counts.column("date"), date))
-        edges = [
-            p
-            for p, c in zip(
-                mine.column("partition").to_pylist(),
-                mine.column("path_count").to_pylist(),
-                strict=True,
-            )
-            if c >= min_files
-        ]
-        for start in range(0, len(edges), 200):
-            chunk = edges[start : start + 200]
-            try:
-                metrics = handle.optimize.compact(
-                    partition_filters=[("date", "=", date), ("partition", "in", chunk)],
-                    target_size=target_bytes,
-                    writer_properties=LARGE_WRITES,
-                )
-            except CommitFailedError as exc:  # another compactor, or a delete: next round
-                log.info("compaction conflict table=%s date=%s: %s", uri, date, exc)
-                continue
-            removed += int(metrics.get("numFilesRemoved", 0))
-    return removed
 
 
 def expire(uri: str, options: dict[str, str], before_date: str | None, grace_hours: int) -> int:

@@ -50,12 +50,12 @@ import pyarrow.compute as pc
 from edge.logquery import RowFilter
 from edge.result import PIPELINE_VERSION, TIME_TYPE
 from ops_sync import logschema as ls
+from ops_sync.compaction import compact
 from ops_sync.deltatable import (
     Pending,
     TableReader,
     TableWriter,
     app_id,
-    compact,
     expire,
     probe,
 )

@@ -207,13 +207,15 @@ def test_a_compacted_file_is_read_by_row_group(ops: Ops, monkeypatch: pytest.Mon
         """The row groups whose time range meets [low, high]: the ones a read may open."""
         return {i for i, _, first, last in groups if first <= high and last >= low}
 
-    # compaction does not keep rows in time order, so which row groups hold the rows asked
-    # for is read from the footer: only those (the newest first) are opened, not all four
+    # which row groups hold the rows asked for is read from the footer: only those (the
+    # newest first) are opened, not all four
     newest = seqs(None, None, 100)
     assert newest == list(range(60_000, 59_900, -1))
     assert set(opened) <= holding(T0 + 59_901, T0 + 60_000)
+    assert opened == [3]  # compaction writes rows in time order: the newest are in the last
     assert seqs(T0 + 20_000, T0 + 30_000, 10) == list(range(20_000, 20_010))
     assert set(opened) <= holding(T0 + 20_000, T0 + 30_000)
+    assert opened == [1]
     odd = seqs(None, None, 5, lambda t: t.filter(pa.array(t.column("_seq").to_numpy() % 2 == 1)))
     assert odd == [59_999, 59_997, 59_995, 59_993, 59_991]
     assert set(opened) <= holding(T0 + 59_991, T0 + 60_000)
