@@ -53,8 +53,9 @@ FOOTERS = 512  # Parquet footers a reader keeps (of the large files it read by r
 # an upload's file (one per edge per commit, ~50 rows): statistics of `time` only, which the
 # logs API prunes by (its file's range in the Delta log, its row groups' in the footer), and
 # no dictionaries. Per-column statistics and dictionaries made a commit of 114 such files cost
-# 0.86 ms of CPU a file against 0.50, and twice the Delta log; compaction rewrites the files
-# with both (`ops_sync.compaction`); other readers skip uncompacted files by `time` only.
+# 0.86 ms of CPU a file against 0.50, and twice the Delta log. Compacted files have both in
+# their footers (`ops_sync.compaction`); the Delta log has statistics of `time` only for every
+# file, so other readers skip files by `time` (and row groups by any column).
 SMALL_WRITES = WriterProperties(
     compression="SNAPPY",
     default_column_properties=ColumnProperties(statistics_enabled="NONE", dictionary_enabled=False),
