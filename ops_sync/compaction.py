@@ -4,11 +4,12 @@ merged into larger ones, size-tiered, so that no row is rewritten more than a fe
 An upload is one small file per edge per commit. delta-rs's own `optimize.compact` bins every
 file under its target size, so each pass also rewrote the previous pass's output: a pass's work
 grew with the day's bytes (at 1,000 edges an hour in, more than the machine has). Here a pass
-takes, per partition, its files below half the target: every upload file, then compacted files,
-fewest rows first, while the next holds at most `GROWTH` times the rows taken so far (bytes
-past the target start another merge). A compacted file is rewritten only beside at least half
-its rows of others, so the file holding a row grows by half at least at each rewrite, and a
-row is rewritten a few times, not once a pass. Rows are written in time order.
+takes, per partition, its files below half the target: every upload file (oldest first), then
+compacted files, fewest rows first, while the next holds at most `GROWTH` times the rows taken
+so far (bytes past the target start another merge, so a pass may write several files). A
+compacted file is rewritten only beside at least half its rows of others, so the file holding
+a row grows by half at least at each rewrite, and a row is rewritten a few times, not once a
+pass. Rows are written in time order.
 
 One commit holds up to `MERGES_PER_COMMIT` merges: their new files added, their old files
 removed (`dataChange: false`, as optimize writes them), and the advance of the application id
@@ -16,8 +17,10 @@ removed (`dataChange: false`, as optimize writes them), and the advance of the a
 `dataChange: false`; two compactors (a replica whose upkeep lease ran out, say) would then both
 add a copy of those rows. Each commit advancing that one application id makes the second a
 concurrent transaction, refused; its new files are deleted. A commit that deleted files a merge
-read (retention) is refused by delta-rs itself. Appends commit beside a compaction: it removes
-only the files it read, and a reader's snapshot keeps the old files until vacuum.
+read (retention) is refused by delta-rs itself. Each later commit of a pass is checked against
+the snapshot after the one before: the pass stops if another compactor committed in between,
+and leaves out merges whose files went meanwhile. Appends commit beside a compaction: it
+removes only the files it read, and a reader's snapshot keeps the old files until vacuum.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from deltalake.transaction import AddAction, RemoveAction
 from ops_sync.logschema import PARTITION_COLUMNS
 
 log = logging.getLogger("ops_sync.compaction")
-GROWTH = 2  # a file joins a merge only if it is at most this times the smaller files taken
+GROWTH = 2  # a compacted file joins a merge only if its rows are at most this times those taken
 MERGES_PER_COMMIT = 200
 COMPACTION_APP = "ops-sync/compaction"
 ROW_GROUP_ROWS = 16_384  # a read of the newest rows of a compacted file opens the last ones
@@ -73,27 +76,12 @@ def compact(uri: str, options: dict[str, str], target_bytes: int, min_files: int
     schema = pa.schema(handle.schema().to_arrow())
     stored = pa.schema([f for f in schema if f.name not in PARTITION_COLUMNS])
     removed = 0
-    for start in range(0, len(merges), MERGES_PER_COMMIT):
-        chunk = merges[start : start + MERGES_PER_COMMIT]
+    version = (handle.transaction_version(COMPACTION_APP) or 0) + 1
+    while merges:
+        chunk, merges = merges[:MERGES_PER_COMMIT], merges[MERGES_PER_COMMIT:]
         written: list[str] = []
         try:
-            actions: list[AddAction | RemoveAction] = []
-            now = int(time.time() * 1000)
-            for merge in chunk:
-                add = _rewrite(fs, merge, stored, now)
-                written.append(add.path)
-                actions.append(add)
-                actions.extend(
-                    RemoveAction(
-                        path=path,
-                        data_change=False,
-                        deletion_timestamp=now,
-                        partition_values=merge.partition,
-                        size=size,
-                    )
-                    for path, size in zip(merge.paths, merge.sizes, strict=True)
-                )
-            version = (handle.transaction_version(COMPACTION_APP) or 0) + 1
+            actions = _actions(fs, chunk, stored, written)
             handle.create_write_transaction(
                 actions,
                 mode="append",
@@ -109,11 +97,53 @@ def compact(uri: str, options: dict[str, str], target_bytes: int, min_files: int
             _delete(fs, written)
             return removed
         except BaseException:
-            _delete(fs, written)
+            if not _landed(handle, version):  # an error after the commit keeps its files
+                _delete(fs, written)
             raise
         removed += sum(len(m.paths) for m in chunk)
+        # The next commit is checked against the snapshot after ours: stop if another
+        # compactor committed since, and drop merges whose files went meanwhile (retention).
         handle.update_incremental()
+        if handle.transaction_version(COMPACTION_APP) != version:
+            return removed
+        version += 1
+        paths = pa.table(handle.get_add_actions(flatten=True)).column("path").to_pylist()
+        active = {urllib.parse.unquote(p) for p in paths}
+        merges = [m for m in merges if active.issuperset(m.paths)]
     return removed
+
+
+def _actions(
+    fs: pafs.FileSystem, chunk: list[Merge], stored: pa.Schema, written: list[str]
+) -> list[AddAction | RemoveAction]:
+    """Each merge's new file written (its path put in `written` first), its add action and
+    the remove actions of the files it merges."""
+    actions: list[AddAction | RemoveAction] = []
+    now = int(time.time() * 1000)
+    for merge in chunk:
+        path = f"{merge.paths[0].rsplit('/', 1)[0]}/part-00000-{uuid.uuid4()}-c000.zstd.parquet"
+        written.append(path)
+        actions.append(_rewrite(fs, merge, stored, path, now))
+        actions.extend(
+            RemoveAction(
+                path=old,
+                data_change=False,
+                deletion_timestamp=now,
+                partition_values=merge.partition,
+                size=size,
+            )
+            for old, size in zip(merge.paths, merge.sizes, strict=True)
+        )
+    return actions
+
+
+def _landed(handle: DeltaTable, version: int) -> bool:
+    """Whether our commit of `version` is in the table (unknown counts as yes)."""
+    try:
+        handle.update_incremental()
+        return (handle.transaction_version(COMPACTION_APP) or 0) >= version
+    except Exception:
+        return True
 
 
 def plan(handle: DeltaTable, target_bytes: int, min_files: int) -> list[Merge]:
@@ -128,6 +158,10 @@ def plan(handle: DeltaTable, target_bytes: int, min_files: int) -> list[Merge]:
     names = [f"partition.{c}" for c in PARTITION_COLUMNS]
     keys = actions.select(names).take(small).to_pylist()
     files = actions.select(["path", "size_bytes", "num_records"]).take(small).to_pylist()
+    if "min.time" in actions.column_names:  # uploads go in time order (each merge one span)
+        oldest = actions.column("min.time").cast(pa.int64()).take(small).to_pylist()
+        for file, first in zip(files, oldest, strict=True):
+            file["oldest"] = first or 0
     groups: dict[tuple[str | None, ...], list[dict[str, Any]]] = {}
     for key, file in zip(keys, files, strict=True):
         groups.setdefault(tuple(key.values()), []).append(file)
@@ -135,8 +169,7 @@ def plan(handle: DeltaTable, target_bytes: int, min_files: int) -> list[Merge]:
     for key, members in groups.items():
         if len(members) < min_files:
             continue
-        # uploads first (each is merged the first pass it can be), then compacted files
-        members.sort(key=lambda f: (_compacted(f["path"]), f["num_records"] or 0, f["path"]))
+        members.sort(key=_order)
         for run in _runs(members, target_bytes):
             if len(run) >= min_files:
                 merges.append(
@@ -150,7 +183,7 @@ def plan(handle: DeltaTable, target_bytes: int, min_files: int) -> list[Merge]:
 
 
 def _runs(ordered: list[dict[str, Any]], target_bytes: int) -> list[list[dict[str, Any]]]:
-    """A partition's files (uploads, then compacted files by rows) cut into merges: every
+    """A partition's files (in `_order`) cut into merges: every
     upload, then each compacted file while it holds at most `GROWTH` times the rows taken
     (else it and the larger ones stay as they are); bytes past the target start a new merge."""
     runs: list[list[dict[str, Any]]] = [[]]
@@ -167,14 +200,24 @@ def _runs(ordered: list[dict[str, Any]], target_bytes: int) -> list[list[dict[st
     return runs
 
 
+def _order(file: dict[str, Any]) -> tuple[bool, int, str]:
+    """Uploads first (each is merged the first pass it can be), oldest first, then compacted
+    files, fewest rows first."""
+    if _compacted(file["path"]):
+        return True, int(file["num_records"] or 0), file["path"]
+    return False, int(file.get("oldest", 0)), file["path"]
+
+
 def _compacted(path: str) -> bool:
     """Whether a file is a compaction's output (ours, or delta-rs optimize's before them,
     zstd too), not an upload's (Snappy, `deltatable.SMALL_WRITES`)."""
     return path.endswith(".zstd.parquet")
 
 
-def _rewrite(fs: pafs.FileSystem, merge: Merge, stored: pa.Schema, now: int) -> AddAction:
-    """The merge's files as one Parquet file beside them, in the table's storage types, its
+def _rewrite(
+    fs: pafs.FileSystem, merge: Merge, stored: pa.Schema, path: str, now: int
+) -> AddAction:
+    """The merge's files as one Parquet file at `path`, in the table's storage types, its
     rows in time order (so each row group holds a short span: a read of the newest rows
     opens the last); its add action."""
     parts = [_read(fs, path) for path in merge.paths]
@@ -188,8 +231,6 @@ def _rewrite(fs: pafs.FileSystem, merge: Merge, stored: pa.Schema, now: int) -> 
     rows = pa.Table.from_arrays(columns, schema=stored)
     if "time" in rows.column_names:
         rows = rows.take(pc.sort_indices(rows, [("time", "ascending")]))
-    folder = merge.paths[0].rsplit("/", 1)[0]
-    path = f"{folder}/part-00000-{uuid.uuid4()}-c000.zstd.parquet"
     pq.write_table(
         rows,
         path,
@@ -234,4 +275,4 @@ def _delete(fs: pafs.FileSystem, paths: list[str]) -> None:
         try:
             fs.delete_file(path)
         except OSError:
-            pass  # vacuum deletes what is left
+            pass  # left untracked: no reader sees it (a full vacuum deletes it)

@@ -53,7 +53,7 @@ def test_a_pass_rewrites_its_last_output_only_beside_as_many_new_rows(ops: Ops) 
         after = active_files(logs)
         read += sum(rows for path, rows in new.items() if path not in after)
     assert stored_seqs(ops) == list(range(1, seq))
-    assert len(after) <= 8  # the day so far in a handful of files, largest first
+    assert len(after) <= 8  # the day so far in a handful of files
     assert read <= 6 * uploaded, (read, uploaded)
     # each file's time range in the Delta log is its rows' (the logs API prunes by it)
     reader = logs._reader(logs.table_url("ccfraud"))
@@ -141,3 +141,52 @@ def test_retention_during_a_compaction_wins(ops: Ops, monkeypatch: pytest.Monkey
     race(monkeypatch, lambda: logs.expire(30, 1_790_000_000, grace_hours=1))
     assert logs.compact(min_files=2) == 0
     assert stored_seqs(ops) == list(range(41, 51))
+    url = logs.table_url("ccfraud")
+    on_disk = {str(p.relative_to(url)) for p in Path(url).rglob("*.zstd.parquet")}
+    assert on_disk == set()  # the refused compaction's file is deleted
+
+
+def test_a_pass_of_several_commits_stores_every_row_once(
+    ops: Ops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One merge per commit: each commit is checked against the snapshot after the last, and
+    a day deleted by retention between two commits stays deleted."""
+    monkeypatch.setattr(compaction, "MERGES_PER_COMMIT", 1)
+    edges = [edge_record(ops, f"edge-{i}") for i in range(3)]
+    logs = ops.center.logs
+    old = 1_790_000_000_000 - 40 * 86_400_000
+    for first in range(1, 40, 10):
+        logs.ingest(edges[0], "old", first, first + 9, result_table(10, old + first), 0.0)
+        for edge in edges:
+            logs.ingest(edge, "ep", first + 40, first + 49, batch(first + 40, first + 49), 0.0)
+    real_plan, real_update = compaction.plan, DeltaTable.update_incremental
+
+    def old_day_last(*args: Any) -> list[compaction.Merge]:
+        return sorted(real_plan(*args), key=lambda m: m.partition["date"] == "2026-08-12")
+
+    expired: list[int] = []
+
+    def update(self: DeltaTable) -> None:
+        if not expired:  # right after the first commit: retention deletes the old day
+            expired.append(logs.expire(30, 1_790_000_000, grace_hours=1))
+        real_update(self)
+
+    monkeypatch.setattr(compaction, "plan", old_day_last)
+    monkeypatch.setattr(DeltaTable, "update_incremental", update)
+    assert logs.compact(min_files=2) == 12  # today's three merges; the old day's left out
+    assert expired and len(active_files(logs)) == 3
+    for edge in edges:
+        assert stored_seqs(ops, edge["name"]) == list(range(41, 81))
+
+
+def test_a_compacted_file_joins_a_merge_up_to_twice_the_rows_taken() -> None:
+    def file(name: str, rows: int) -> dict[str, Any]:
+        return {"path": name, "num_records": rows, "size_bytes": 1_000}
+
+    uploads = [file("a.snappy.parquet", 30), file("b.snappy.parquet", 70)]
+    at = compaction._runs([*uploads, file("c.zstd.parquet", 200)], 16 << 20)
+    assert [len(run) for run in at] == [3]
+    past = compaction._runs([*uploads, file("c.zstd.parquet", 201)], 16 << 20)
+    assert [len(run) for run in past] == [2]
+    split = compaction._runs([*uploads, file("c.snappy.parquet", 5)], 2_500)
+    assert [len(run) for run in split] == [2, 1]
