@@ -211,7 +211,9 @@ def test_committed_example_is_what_make_model_makes(example: Path) -> None:
         answers.append(session.run(None, {"X": features}))
     (committed_label, committed_p), (made_label, made_p) = answers
     np.testing.assert_array_equal(committed_label, made_label)
-    np.testing.assert_allclose(committed_p, made_p, rtol=1e-5, atol=1e-6)
+    # retrained here: lbfgs's sums in another order under load can move a float32
+    # probability by a few 1e-6 (4.2e-6 seen in CI); another model would differ by far more
+    np.testing.assert_allclose(committed_p, made_p, rtol=1e-5, atol=2e-5)
 
 
 def test_ops_center_names_its_extra_when_it_is_missing(tmp_path: Path) -> None:
