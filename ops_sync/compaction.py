@@ -34,16 +34,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
-from deltalake.fs import DeltaStorageHandler
 from deltalake.transaction import AddAction, RemoveAction
 
+from ops_sync.deltatable import file_list, filesystem
 from ops_sync.logschema import PARTITION_COLUMNS
 
 log = logging.getLogger("ops_sync.compaction")
@@ -72,7 +71,7 @@ def compact(uri: str, options: dict[str, str], target_bytes: int, min_files: int
     merges = plan(handle, target_bytes, min_files)
     if not merges:
         return 0
-    fs = pafs.PyFileSystem(DeltaStorageHandler(uri, options))
+    fs = filesystem(uri, options)
     schema = pa.schema(handle.schema().to_arrow())
     stored = pa.schema([f for f in schema if f.name not in PARTITION_COLUMNS])
     removed = 0
@@ -107,8 +106,7 @@ def compact(uri: str, options: dict[str, str], target_bytes: int, min_files: int
         if handle.transaction_version(COMPACTION_APP) != version:
             return removed
         version += 1
-        paths = pa.table(handle.get_add_actions(flatten=True)).column("path").to_pylist()
-        active = {urllib.parse.unquote(p) for p in paths}
+        active = {urllib.parse.unquote(p) for p in file_list(handle).column("path").to_pylist()}
         merges = [m for m in merges if active.issuperset(m.paths)]
     return removed
 
@@ -148,23 +146,13 @@ def _landed(handle: DeltaTable, version: int) -> bool:
 
 def plan(handle: DeltaTable, target_bytes: int, min_files: int) -> list[Merge]:
     """The merges of one pass (see the module docstring), partition by partition."""
-    actions = pa.table(handle.get_add_actions(flatten=True))
-    if actions.num_rows == 0:
+    files = file_list(handle)
+    small = files.filter(pc.less(files.column("bytes"), target_bytes // 2))
+    if small.num_rows < min_files:
         return []
-    sizes = actions.column("size_bytes").to_numpy()
-    small = np.flatnonzero(sizes < target_bytes // 2)
-    if len(small) < min_files:
-        return []
-    names = [f"partition.{c}" for c in PARTITION_COLUMNS]
-    keys = actions.select(names).take(small).to_pylist()
-    files = actions.select(["path", "size_bytes", "num_records"]).take(small).to_pylist()
-    if "min.time" in actions.column_names:  # uploads go in time order (each merge one span)
-        oldest = actions.column("min.time").cast(pa.int64()).take(small).to_pylist()
-        for file, first in zip(files, oldest, strict=True):
-            file["oldest"] = first or 0
     groups: dict[tuple[str | None, ...], list[dict[str, Any]]] = {}
-    for key, file in zip(keys, files, strict=True):
-        groups.setdefault(tuple(key.values()), []).append(file)
+    for file in small.to_pylist():
+        groups.setdefault(tuple(file[c] for c in PARTITION_COLUMNS), []).append(file)
     merges = []
     for key, members in groups.items():
         if len(members) < min_files:
@@ -176,7 +164,7 @@ def plan(handle: DeltaTable, target_bytes: int, min_files: int) -> list[Merge]:
                     Merge(
                         partition=dict(zip(PARTITION_COLUMNS, key, strict=True)),
                         paths=[urllib.parse.unquote(f["path"]) for f in run],
-                        sizes=[int(f["size_bytes"]) for f in run],
+                        sizes=[int(f["bytes"]) for f in run],
                     )
                 )
     return merges
@@ -189,7 +177,7 @@ def _runs(ordered: list[dict[str, Any]], target_bytes: int) -> list[list[dict[st
     runs: list[list[dict[str, Any]]] = [[]]
     rows = size = 0
     for file in ordered:
-        more, bigger = int(file["num_records"] or 0), int(file["size_bytes"])
+        more, bigger = int(file["rows"] or 0), int(file["bytes"])
         if _compacted(file["path"]) and runs[-1] and more > GROWTH * rows:
             break
         if runs[-1] and size + bigger > target_bytes:
@@ -204,8 +192,8 @@ def _order(file: dict[str, Any]) -> tuple[bool, int, str]:
     """Uploads first (each is merged the first pass it can be), oldest first, then compacted
     files, fewest rows first."""
     if _compacted(file["path"]):
-        return True, int(file["num_records"] or 0), file["path"]
-    return False, int(file.get("oldest", 0)), file["path"]
+        return True, int(file["rows"] or 0), file["path"]
+    return False, int(file["min_time"] or 0), file["path"]
 
 
 def _compacted(path: str) -> bool:

@@ -121,7 +121,7 @@ class TableWriter:
 
     def _files(self) -> pafs.FileSystem:
         if self._fs is None:
-            self._fs = pafs.PyFileSystem(DeltaStorageHandler(self.uri, self.options))
+            self._fs = filesystem(self.uri, self.options)
         return self._fs
 
     def _refresh(self) -> DeltaTable | None:
@@ -249,7 +249,7 @@ class TableReader:
                 raise StoreError(f"log table {self.uri}: {_first_line(exc)}") from None
             version = self._handle.version()
             if self._files is None or self._files[0] != version:
-                self._files = (version, _file_list(self._handle))
+                self._files = (version, file_list(self._handle))
             return self._files[1]
 
     def read(self, files: pa.Table, columns: list[str] | None = None) -> list[pa.Table]:
@@ -315,7 +315,7 @@ class TableReader:
 
     def _filesystem(self) -> pafs.FileSystem:
         if self._fs is None:
-            self._fs = pafs.PyFileSystem(DeltaStorageHandler(self.uri, self.options))
+            self._fs = filesystem(self.uri, self.options)
         return self._fs
 
     def schema(self) -> pa.Schema | None:
@@ -325,7 +325,14 @@ class TableReader:
             return pa.schema(self._handle.schema().to_arrow())
 
 
-def _file_list(handle: DeltaTable) -> pa.Table:
+def filesystem(uri: str, options: dict[str, str]) -> pafs.FileSystem:
+    """The table's store as a pyarrow file system (paths relative to the table's root)."""
+    return pafs.PyFileSystem(DeltaStorageHandler(uri, options))
+
+
+def file_list(handle: DeltaTable) -> pa.Table:
+    """path (as in the Delta log), rows, bytes, min_time, max_time (ms), pipeline, partition
+    and date of every file of the handle's snapshot."""
     actions = pa.table(handle.get_add_actions(flatten=True))
     n = actions.num_rows
 
@@ -341,6 +348,7 @@ def _file_list(handle: DeltaTable) -> pa.Table:
             "bytes": column("size_bytes", pa.int64()),
             "min_time": column("min.time", pa.timestamp("ms", tz="UTC")).cast(pa.int64()),
             "max_time": column("max.time", pa.timestamp("ms", tz="UTC")).cast(pa.int64()),
+            "pipeline": column("partition.pipeline", pa.string()),
             "partition": column("partition.partition", pa.string()),
             "date": column("partition.date", pa.string()),
         }
@@ -372,7 +380,7 @@ def _first_line(exc: BaseException) -> str:
 
 def probe(uri: str, options: dict[str, str]) -> None:
     """List the store's root once (raises if it does not answer)."""
-    fs = pafs.PyFileSystem(DeltaStorageHandler(uri, options))
+    fs = filesystem(uri, options)
     fs.get_file_info(pafs.FileSelector("", allow_not_found=True))
 
 

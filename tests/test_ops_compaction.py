@@ -181,7 +181,7 @@ def test_a_pass_of_several_commits_stores_every_row_once(
 
 def test_a_compacted_file_joins_a_merge_up_to_twice_the_rows_taken() -> None:
     def file(name: str, rows: int) -> dict[str, Any]:
-        return {"path": name, "num_records": rows, "size_bytes": 1_000}
+        return {"path": name, "rows": rows, "bytes": 1_000}
 
     uploads = [file("a.snappy.parquet", 30), file("b.snappy.parquet", 70)]
     at = compaction._runs([*uploads, file("c.zstd.parquet", 200)], 16 << 20)
