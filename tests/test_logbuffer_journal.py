@@ -194,11 +194,47 @@ def test_a_large_table_is_written_once_to_its_own_file_and_referenced(
     with pytest.raises(LogBufferDiskFull):
         journal.append(small_table(1000), lambda: True, sink.append)
     monkeypatch.undo()
-    assert {p.name for p in (tmp_path / "tables").iterdir()} == {written.file}  # none half
+    assert {p.name for p in (tmp_path / "tables").glob("*.table")} == {written.file}  # none half
     assert journal.last_seq == 1002
     (tmp_path / "tables" / written.file).unlink()  # as if a power loss took it
     with pytest.raises(OSError):
         journal.read(live=True)[1].table()
+
+
+def test_large_tables_are_written_over_files_made_ahead_and_cut_to_their_size(
+    tmp_path: Path,
+) -> None:
+    """A large table's file is one made ahead (renamed: the same inode), zero-filled for the
+    size of the table before it; each reads back as logged, at exactly its record's size,
+    whether smaller or larger than those zeros. A crash's leftover spare is deleted at
+    start, and `close` leaves none."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "1234-1.spare").write_bytes(b"\0" * 100)  # left by a killed process
+    journal, sink = opened(tmp_path)
+    assert not list(tables.glob("*.spare"))
+
+    def spares() -> dict[int, int]:  # inode -> bytes of zeros
+        return {p.stat().st_ino: p.stat().st_size for p in tables.glob("*.spare")}
+
+    logged = []
+    for rows in (4000, 1500, 9000, 2000):
+        assert eventually(lambda: len(spares()) == 2) or not logged
+        ready = spares()
+        table = small_table(rows, start=10_000 * len(logged))
+        written = journal.append(table, lambda: True, sink.append)
+        assert written is not None and written.file is not None
+        path = tables / written.file
+        assert path.stat().st_size == written.file_bytes
+        if logged:  # the first table came before any spare
+            assert path.stat().st_ino in ready
+            assert ready[path.stat().st_ino] >= logged[-1][1]  # zeros for the last size
+        logged.append((written.file, written.file_bytes, table))
+    for (name, size, table), record in zip(logged, journal.read(live=True), strict=True):
+        assert record.path == tables / name and record.table().equals(table)
+        assert (tables / name).stat().st_size == size
+    journal.close()
+    assert not list(tables.glob("*.spare"))
 
 
 def test_a_large_arrow_requests_input_is_journaled_from_the_bodys_own_memory(

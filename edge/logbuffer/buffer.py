@@ -12,6 +12,7 @@ Where each part lives (in the data's order):
 
     batcher.py    the request side: one journal record per turn of the event loop
     journal.py    the write-ahead journal; its lock and the sequence numbers
+    spares.py     large tables' files, made ahead of the requests that fill them
     records.py    the journal's record format and the file helpers
     inbox.py      the writer's bounded queue (backpressure)
     writer.py     the writer thread: group commit, fsync order, replay after a crash

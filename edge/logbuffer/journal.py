@@ -17,8 +17,9 @@ Files: `<folder>/<epoch>-<first seq, 16 digits>.journal`, written in sequence or
 starts past `segment_bytes`. A segment is deleted once SQLite durably holds all its rows (the
 current one once it holds an eighth of a segment of them). A large table is written once, to
 `<tables>/<epoch>-<first seq>.table` (the store's folder: the file becomes the store's copy,
-SQLite only names it), and the segment gets a reference record in its place. The journal never
-deletes a table file: the store does, once no row names it (`edge.logbuffer.store`).
+SQLite only names it), and the segment gets a reference record in its place: a file made
+ahead of it, renamed (`edge.logbuffer.spares`). The journal never deletes a table file: the
+store does, once no row names it (`edge.logbuffer.store`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from edge.errors import LogBufferDiskFull, LogBufferError
 from edge.ipc_template import EncodedBatch
 from edge.logbuffer import records
 from edge.logbuffer.records import HEADER, MAGIC, TABLE_SUFFIX, Encoded
+from edge.logbuffer.spares import Spares
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class Journal:
     def __init__(self, folder: Path, tables: Path, segment_bytes: int = 16 << 20) -> None:
         self.folder = folder
         self.tables = tables  # where large tables get their own file (the store's folder)
+        self._spares = Spares(tables)  # those files, made ahead
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()  # guards writing: numbers, files, sizes
         self._sync_lock = threading.Lock()
@@ -144,6 +147,7 @@ class Journal:
         self.tables.mkdir(parents=True, exist_ok=True)
         for path in [*self._segments(), *self.folder.glob(f"*{TABLE_SUFFIX}")]:
             path.unlink()
+        self._spares.clear()
         with self._lock:
             self._epoch = epoch
             self._next_seq = next_seq
@@ -271,6 +275,7 @@ class Journal:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+        self._spares.close()
 
     @property
     def files(self) -> int:
@@ -317,7 +322,7 @@ class Journal:
         # one stream, not `encode` (the small tables' cached schema stays), its large
         # buffers written from the table's own memory
         parts, size = records.record(first_seq, records.stream_parts(table))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = self._spares.claim(path, size)
         try:
             records.write_all(fd, parts, size)
             self._put(
