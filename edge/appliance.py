@@ -67,6 +67,7 @@ from edge.rollout import LastGood, Rollout
 log = logging.getLogger("edge")
 SYNC_ENTRY_POINTS = "edge_appliance.sync"
 VERIFY_KEYS = "PIPELINE_VERIFY_KEYS"  # a bundle's pinned verify keys (PEM text), if any
+LONE_BYTES = 4 << 20  # a lone request up to this size runs on the event loop (`runs_alone`)
 
 
 class LoadState(enum.StrEnum):
@@ -337,6 +338,17 @@ class Appliance:
             return
 
     # ---------------------------------------------------------------- rollout and swap
+
+    def runs_alone(self, pipeline: Pipeline, size: int) -> bool:
+        """Whether a request of `size` bytes may run on the event loop though it is large:
+        it is the only request in flight and no model runs on a worker thread, so nothing
+        waits for the loop meanwhile, and two thread hops (0.3-0.7 ms here) are saved."""
+        return (
+            size <= LONE_BYTES
+            and pipeline.quick
+            and pipeline.alone
+            and self.limiter.borrowed_tokens == 0
+        )
 
     @contextmanager
     def hold(self, name: str | None = None) -> Iterator[Pipeline]:

@@ -122,8 +122,9 @@ class InferenceEndpoint:
         media = _ARROW if want_arrow else _JSON
         buffer = self.appliance.buffer
         if len(body) > INLINE_BYTES or not pipeline.quick:
-            # One thread hop for all of it: decode, run, journal (answered only once the rows
-            # are written: LogBufferFull / LogBufferDiskFull become 503 / 507), encode.
+            # One thread hop for all of it (none for a lone request): decode, run, journal
+            # (answered only once the rows are written: LogBufferFull / LogBufferDiskFull
+            # become 503 / 507), encode.
             def answer() -> tuple[int, Body]:
                 inference = work()
                 result = inference.table
@@ -131,7 +132,11 @@ class InferenceEndpoint:
                     buffer.log_answered(without_nulls(result))
                 return result.num_rows, encode(inference)
 
-            rows, payload = await anyio.to_thread.run_sync(answer, limiter=self.appliance.limiter)
+            if self.appliance.runs_alone(pipeline, len(body)):
+                rows, payload = answer()
+            else:
+                limiter = self.appliance.limiter
+                rows, payload = await anyio.to_thread.run_sync(answer, limiter=limiter)
             self.metrics.count_rows(name, rows)
             return media, payload
         inference = work()

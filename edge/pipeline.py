@@ -148,6 +148,11 @@ class Pipeline:
         if done:
             self.close()
 
+    @property
+    def alone(self) -> bool:
+        """Whether the one request holding it is the caller (no other is in flight)."""
+        return self._users == 1
+
     def retire(self) -> None:
         """Another version serves now: close once no request holds this one."""
         with self._lock:

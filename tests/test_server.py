@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 import pyarrow as pa
@@ -266,25 +267,48 @@ def test_arrow_in_and_out(
 
 
 @pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("company", ["alone", "request", "model"])
 def test_a_large_arrow_request_is_answered_only_once_its_rows_are_logged(
-    make_app: Any, served: Served, full: bool
+    make_app: Any, served: Served, full: bool, company: str
 ) -> None:
-    """A body past 64 KiB runs on a worker thread (decode, run, journal, encode): its rows
-    are in the journal when it is answered, and a full journal is a 503 without an answer."""
+    """A body past 64 KiB runs on a worker thread (decode, run, journal, encode), or on the
+    event loop when no other request is in flight and no model runs on a worker (nothing
+    waits for the loop meanwhile): its rows are in the journal when it is answered, and a
+    full journal is a 503 without an answer."""
     appliance, app = make_app()
     features = np.resize(FEATURES, (6000, FEATURES.shape[1]))
     body = arrow_file(tensor_table(features))
     assert len(body) > 64 << 10
     buffer = appliance.buffer
-    if full:
+    real = buffer.log_answered
+    threads: list[threading.Thread] = []
 
-        def refuse(table: pa.Table) -> Any:
+    def log_answered(table: pa.Table) -> Any:
+        threads.append(threading.current_thread())
+        if full:
             raise LogBufferFull("the writer queue is full")
+        return real(table)
 
-        buffer.log_answered = refuse  # type: ignore[method-assign]
+    buffer.log_answered = log_answered  # type: ignore[method-assign]
     before = buffer._journal.last_seq
     headers = {"content-type": ARROW_FILE, "accept": ARROW_FILE}
-    reply = call(app, "POST", "/pipelines/iris", content=body, headers=headers)
+    pipeline = appliance.pipeline
+
+    async def post() -> httpx.Response:
+        if company == "model":
+            appliance.limiter = anyio.CapacityLimiter(2)
+            appliance.limiter.acquire_on_behalf_of_nowait("a model run on a worker")
+        return await _request(app, "POST", "/pipelines/iris", content=body, headers=headers)
+
+    if company == "request":
+        pipeline.enter()  # another request holds the pipeline meanwhile
+    try:
+        reply = asyncio.run(post())
+    finally:
+        if company == "request":
+            pipeline.leave()
+    assert len(threads) == 1
+    assert (threads[0] is threading.main_thread()) == (company == "alone")
     if full:
         assert_error(reply, 503, "engine", "the writer queue is full")
         assert buffer._journal.last_seq == before

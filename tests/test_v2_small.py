@@ -394,13 +394,16 @@ def test_grpc_results_of_calls_that_keep_coming_share_one_journal_record(
     assert stored.num_rows == 8
 
 
+@pytest.mark.parametrize("alone", [False, True], ids=["thread", "lone"])
 def test_a_large_request_is_journaled_before_its_answer_and_refused_when_the_buffer_is_full(
     pipelines: dict[str, Pipeline],  # noqa: F811
     tmp_path: Path,
+    alone: bool,
 ) -> None:
-    """`V2Service`'s one thread hop for a large request: its rows reach the log buffer
-    before the answer is written and the answer waits for them; a full buffer
-    (`LogBufferFull`, a 503) refuses the request, and no answer is written."""
+    """`V2Service`'s one thread hop for a large request (none for a lone one,
+    `Appliance.runs_alone`): its rows reach the log buffer before the answer is written and
+    the answer waits for them; a full buffer (`LogBufferFull`, a 503) refuses the request,
+    and no answer is written."""
     import contextlib
 
     import anyio
@@ -438,6 +441,7 @@ def test_a_large_request_is_journaled_before_its_answer_and_refused_when_the_buf
             pipeline=pipeline,
             limiter=None,
             hold=lambda: contextlib.nullcontext(pipeline),
+            runs_alone=lambda held, size: alone and held is pipeline and size == len(request),
             metrics=SimpleNamespace(count_rows=lambda name, count: events.append("counted")),
         )
         service = V2Service(cast(Any, appliance))

@@ -199,10 +199,11 @@ class V2Service:
             return request, model.run(request, time.perf_counter_ns() - started)
 
         if not inline:
-            # One thread hop: read, run, and for a large result its journal (answered only
-            # once its rows are written: LogBufferFull / LogBufferDiskFull become 503 / 507)
-            # and its answer; a small one is journaled from the loop below, gathered with
-            # others (`Journal`), and answered there, as an inline request is.
+            # One thread hop (none for a lone request, `runs_alone`): read, run, and for a
+            # large result its journal (answered only once its rows are written:
+            # LogBufferFull / LogBufferDiskFull become 503 / 507) and its answer; a small one
+            # is journaled from the loop below, gathered with others (`Journal`), and
+            # answered there, as an inline request is.
             buffer = self.appliance.buffer
 
             def run() -> tuple[InferRequest, Outcome, tuple[Answer] | None]:
@@ -216,9 +217,11 @@ class V2Service:
                     buffer.log_answered(logged)
                 return request, outcome, (encode(request, outcome),)
 
-            request, outcome, done = await anyio.to_thread.run_sync(
-                run, limiter=self.appliance.limiter
-            )
+            if self.appliance.runs_alone(model.pipeline, size):
+                request, outcome, done = run()
+            else:
+                limiter = self.appliance.limiter
+                request, outcome, done = await anyio.to_thread.run_sync(run, limiter=limiter)
             if done is not None:
                 self.appliance.metrics.count_rows(model.name, outcome.rows)
                 return done[0]
