@@ -31,7 +31,7 @@ _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
 class Spares:
-    """Ready empty files in `folder`, kept by a thread started at the first `claim`."""
+    """Zero-filled files ready in `folder`, kept by a thread started at the first `claim`."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
