@@ -267,18 +267,28 @@ def test_arrow_in_and_out(
 
 
 @pytest.mark.parametrize("full", [False, True])
-@pytest.mark.parametrize("company", ["alone", "request", "model"])
+@pytest.mark.parametrize("company", ["alone", "request", "model", "budget", "fsync"])
 def test_a_large_arrow_request_is_answered_only_once_its_rows_are_logged(
-    make_app: Any, served: Served, full: bool, company: str
+    make_app: Any,
+    served: Served,
+    full: bool,
+    company: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     """A body past 64 KiB runs on a worker thread (decode, run, journal, encode), or on the
-    event loop when no other request is in flight and no model runs on a worker (nothing
-    waits for the loop meanwhile): its rows are in the journal when it is answered, and a
-    full journal is a 503 without an answer."""
+    event loop when nothing else could want the loop or a model run meanwhile (no other
+    request in flight, no model on a worker, a budget of one run, no fsync before each
+    answer): its rows are in the journal when it is answered, and a full journal is a 503
+    without an answer."""
     appliance, app = make_app()
     features = np.resize(FEATURES, (6000, FEATURES.shape[1]))
     body = arrow_file(tensor_table(features))
     assert len(body) > 64 << 10
+    if company == "fsync":  # every answer waits for the journal's fsync
+        appliance.buffer = LogBuffer(tmp_path / "synced.db", fsync_interval=0)
+        appliance.buffer.start()
+        request.addfinalizer(appliance.buffer.close)
     buffer = appliance.buffer
     real = buffer.log_answered
     threads: list[threading.Thread] = []
@@ -295,9 +305,14 @@ def test_a_large_arrow_request_is_answered_only_once_its_rows_are_logged(
     pipeline = appliance.pipeline
 
     async def post() -> httpx.Response:
-        if company == "model":
+        if company == "model":  # the budget's one run is out, and back in 0.2 s
+            limiter = appliance.limiter = anyio.CapacityLimiter(1)
+            limiter.acquire_on_behalf_of_nowait("a model run on a worker")
+            asyncio.get_running_loop().call_later(
+                0.2, limiter.release_on_behalf_of, "a model run on a worker"
+            )
+        elif company == "budget":
             appliance.limiter = anyio.CapacityLimiter(2)
-            appliance.limiter.acquire_on_behalf_of_nowait("a model run on a worker")
         return await _request(app, "POST", "/pipelines/iris", content=body, headers=headers)
 
     if company == "request":

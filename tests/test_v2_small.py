@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -433,6 +434,7 @@ def test_a_large_request_is_journaled_before_its_answer_and_refused_when_the_buf
         def log_answered(table: pa.Table) -> Any:
             events.append("logged")
             logged.append(table)
+            assert (threading.current_thread() is threading.main_thread()) == alone
             return real(table)
 
         buffer.log_answered = log_answered  # type: ignore[method-assign]

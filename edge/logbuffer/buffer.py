@@ -106,6 +106,11 @@ class LogBuffer:
         self._batcher = TurnBatcher(self._log, self._journal.sync if self._sync_each else None)
 
     @property
+    def syncs_each_answer(self) -> bool:
+        """Whether an answer waits for the journal's fsync (`fsync_interval` 0)."""
+        return self._sync_each
+
+    @property
     def epoch(self) -> str:
         return self._store.epoch
 

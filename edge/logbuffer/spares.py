@@ -9,7 +9,8 @@ of CPU per `open(O_CREAT)` on this machine's ext4, against ~4 µs to open an exi
 So once the journal has written a large table, a thread of its own keeps `KEEP` new files
 ready in the tables folder, each holding zeros for as many bytes as the last large table
 took (at most `PREFILL_MAX`). `claim` renames one to the table's name, cut to the
-table's size; with none ready it creates the file as before. A spare's name ends in
+table's size; with none ready (or a rename that fails) it creates the file as before; on a
+nearly full disk spares get no zeros (`ROOM`). A spare's name ends in
 `.spare`: no reader or garbage scan takes it for a table, and `clear` deletes what a crash
 left.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 SUFFIX = ".spare"
 KEEP = 2
 PREFILL_MAX = 8 << 20  # a larger table's file gets zeros for this much, the rest as before
+ROOM = 256 << 20  # free space below which spares get no zeros (`_room`)
+RETRY = 5.0  # seconds after a spare could not be made
 _ZEROS = bytes(64 << 10)  # one block, written as many times as the prefill needs
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
@@ -54,18 +58,17 @@ class Spares:
             spare = self._ready.pop() if self._ready else None
             self._want = min(size, PREFILL_MAX)
         try:
-            if spare is None:
-                return os.open(path, _FLAGS, 0o600)
-            fd, spare_path, zeros = spare
-            try:
-                if zeros > size:  # the pages up to `size` stay, the rest are let go
-                    os.ftruncate(fd, size)
-                os.rename(spare_path, path)
-            except OSError:
-                os.close(fd)
-                spare_path.unlink(missing_ok=True)
-                raise
-            return fd
+            if spare is not None:
+                fd, spare_path, zeros = spare
+                try:
+                    if zeros > size:  # the pages up to `size` stay, the rest are let go
+                        os.ftruncate(fd, size)
+                    os.rename(spare_path, path)
+                    return fd
+                except OSError:  # the spare is not usable: make the file as without one
+                    os.close(fd)
+                    spare_path.unlink(missing_ok=True)
+            return os.open(path, _FLAGS, 0o600)
         finally:
             # only now: making a file holds the folder's lock, which the rename needs too
             self._wake()
@@ -105,17 +108,29 @@ class Spares:
                 self._made += 1
                 path = self.folder / f"{os.getpid()}-{self._made}{SUFFIX}"
             try:
-                spare = _make(path, want)
+                spare = _make(path, want if _room(self.folder, want) else 0)
             except OSError as exc:  # a full disk: claims create their files meanwhile
                 level = logging.DEBUG if failing else logging.WARNING
                 log.log(level, "log buffer: cannot make a spare file in %s: %s", self.folder, exc)
                 failing = True
-                with self._cond:
-                    self._cond.wait(5.0)
+                deadline = time.monotonic() + RETRY
+                with self._cond:  # claims' wakes do not end the wait
+                    while not self._stopping and time.monotonic() < deadline:
+                        self._cond.wait(deadline - time.monotonic())
                 continue
             failing = False
             with self._cond:
                 self._ready.append(spare)
+
+
+def _room(folder: Path, zeros: int) -> bool:
+    """Whether the disk has room for a spare's zeros with plenty to spare: a nearly full disk
+    gets empty spares, so that tables and SQLite, not zeros, take its last blocks."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize > max(ROOM, 8 * zeros)
 
 
 def _make(path: Path, zeros: int) -> tuple[int, Path, int]:
