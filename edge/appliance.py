@@ -45,9 +45,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
+import anyio.to_thread
 
 from edge.config import Settings
 from edge.errors import (
@@ -65,6 +66,7 @@ from edge.registry import Reference
 from edge.rollout import LastGood, Rollout
 
 log = logging.getLogger("edge")
+T = TypeVar("T")
 SYNC_ENTRY_POINTS = "edge_appliance.sync"
 VERIFY_KEYS = "PIPELINE_VERIFY_KEYS"  # a bundle's pinned verify keys (PEM text), if any
 LONE_BYTES = 4 << 20  # a lone request up to this size runs on the event loop (`runs_alone`)
@@ -338,6 +340,13 @@ class Appliance:
             return
 
     # ---------------------------------------------------------------- rollout and swap
+
+    async def run_large(self, pipeline: Pipeline, size: int, work: Callable[[], T]) -> T:
+        """`work` (a large request's decode, run, journal and answer) on a worker thread
+        within the model budget (CONFIG_CPUS), or on the event loop when it runs alone."""
+        if self.runs_alone(pipeline, size):
+            return work()
+        return await anyio.to_thread.run_sync(work, limiter=self.limiter)
 
     def runs_alone(self, pipeline: Pipeline, size: int) -> bool:
         """Whether a request of `size` bytes may run on the event loop though it is large:

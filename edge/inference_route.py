@@ -132,11 +132,7 @@ class InferenceEndpoint:
                     buffer.log_answered(without_nulls(result))
                 return result.num_rows, encode(inference)
 
-            if self.appliance.runs_alone(pipeline, len(body)):
-                rows, payload = answer()
-            else:
-                limiter = self.appliance.limiter
-                rows, payload = await anyio.to_thread.run_sync(answer, limiter=limiter)
+            rows, payload = await self.appliance.run_large(pipeline, len(body), answer)
             self.metrics.count_rows(name, rows)
             return media, payload
         inference = work()

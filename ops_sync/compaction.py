@@ -171,9 +171,9 @@ def plan(handle: DeltaTable, target_bytes: int, min_files: int) -> list[Merge]:
 
 
 def _runs(ordered: list[dict[str, Any]], target_bytes: int) -> list[list[dict[str, Any]]]:
-    """A partition's files (in `_order`) cut into merges: every
-    upload, then each compacted file while it holds at most `GROWTH` times the rows taken
-    (else it and the larger ones stay as they are); bytes past the target start a new merge."""
+    """A partition's files (in `_order`) cut into merges: every upload, then each compacted
+    file while it holds at most `GROWTH` times the rows taken (else it and the larger ones
+    stay as they are); bytes past the target start a new merge."""
     runs: list[list[dict[str, Any]]] = [[]]
     rows = size = 0
     for file in ordered:

@@ -9,6 +9,7 @@ declined and the general path answers it, errors included; pipelines it cannot r
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -20,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from edge.appliance import Appliance
 from edge.errors import EdgeError
 from edge.pipeline import Pipeline
 from edge.result import ResultRows
@@ -446,6 +448,7 @@ def test_a_large_request_is_journaled_before_its_answer_and_refused_when_the_buf
             runs_alone=lambda held, size: alone and held is pipeline and size == len(request),
             metrics=SimpleNamespace(count_rows=lambda name, count: events.append("counted")),
         )
+        appliance.run_large = functools.partial(Appliance.run_large, appliance)
         service = V2Service(cast(Any, appliance))
 
         async def infer() -> Any:

@@ -106,7 +106,7 @@ class Spares:
                     return
                 want = self._want
                 self._made += 1
-                path = self.folder / f"{os.getpid()}-{self._made}{SUFFIX}"
+                path = self.folder / f"{self._made}{SUFFIX}"  # `clear` took older ones
             try:
                 spare = _make(path, want if _room(self.folder, want) else 0)
             except OSError as exc:  # a full disk: claims create their files meanwhile

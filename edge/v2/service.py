@@ -13,8 +13,6 @@ from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeAlias, TypeVar
 
-import anyio
-import anyio.to_thread
 import pyarrow as pa
 
 from edge import result
@@ -217,11 +215,7 @@ class V2Service:
                     buffer.log_answered(logged)
                 return request, outcome, (encode(request, outcome),)
 
-            if self.appliance.runs_alone(model.pipeline, size):
-                request, outcome, done = run()
-            else:
-                limiter = self.appliance.limiter
-                request, outcome, done = await anyio.to_thread.run_sync(run, limiter=limiter)
+            request, outcome, done = await self.appliance.run_large(model.pipeline, size, run)
             if done is not None:
                 self.appliance.metrics.count_rows(model.name, outcome.rows)
                 return done[0]
