@@ -341,29 +341,6 @@ class Appliance:
 
     # ---------------------------------------------------------------- rollout and swap
 
-    async def run_large(self, pipeline: Pipeline, size: int, work: Callable[[], T]) -> T:
-        """`work` (a large request's decode, run, journal and answer) on a worker thread
-        within the model budget (CONFIG_CPUS), or on the event loop when it runs alone."""
-        if self.runs_alone(pipeline, size):
-            return work()
-        return await anyio.to_thread.run_sync(work, limiter=self.limiter)
-
-    def runs_alone(self, pipeline: Pipeline, size: int) -> bool:
-        """Whether a request of `size` bytes may run on the event loop though it is large:
-        it is the only request in flight and no model runs on a worker thread, so nothing
-        waits for the loop meanwhile, and two thread hops (0.3-0.7 ms here) are saved. Not
-        with a budget of several model runs (a burst would run one by one on the loop), nor
-        when an answer waits for an fsync (never on the loop)."""
-        limiter, buffer = self.limiter, self.buffer
-        return (
-            size <= LONE_BYTES
-            and pipeline.quick
-            and pipeline.alone
-            and limiter.total_tokens == 1
-            and limiter.borrowed_tokens == 0
-            and (buffer is None or not buffer.syncs_each_answer)
-        )
-
     @contextmanager
     def hold(self, name: str | None = None) -> Iterator[Pipeline]:
         """The serving pipeline (`serving`), held until the block ends: a swap meanwhile
@@ -463,6 +440,29 @@ class Appliance:
             self.on_fatal(exc)
 
     # ---------------------------------------------------------------- what the routes ask
+
+    async def run_large(self, pipeline: Pipeline, size: int, work: Callable[[], T]) -> T:
+        """`work` (a large request's decode, run, journal and answer) on a worker thread
+        within the model budget (CONFIG_CPUS), or on the event loop when it runs alone."""
+        if self.runs_alone(pipeline, size):
+            return work()
+        return await anyio.to_thread.run_sync(work, limiter=self.limiter)
+
+    def runs_alone(self, pipeline: Pipeline, size: int) -> bool:
+        """Whether a request of `size` bytes may run on the event loop though it is large:
+        it is the only request in flight and no model runs on a worker thread, so nothing
+        waits for the loop meanwhile, and two thread hops (0.3-0.7 ms here) are saved. Not
+        with a budget of several model runs (a burst would run one by one on the loop), nor
+        when an answer waits for an fsync (never on the loop)."""
+        limiter, buffer = self.limiter, self.buffer
+        return (
+            size <= LONE_BYTES
+            and pipeline.quick
+            and pipeline.alone
+            and limiter.total_tokens == 1
+            and limiter.borrowed_tokens == 0
+            and (buffer is None or not buffer.syncs_each_answer)
+        )
 
     def serving(self, name: str | None = None) -> Pipeline:
         """The loaded pipeline (named `name`, when given), else NotReady / NotFound."""
