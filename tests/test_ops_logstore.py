@@ -273,6 +273,25 @@ def test_two_replicas_racing_the_same_batches_store_each_row_once(tmp_path: Path
         assert stored_seqs(first, edge["name"]) == list(range(1, 201))
 
 
+def test_replicas_taking_turns_know_their_own_and_each_others_marks(tmp_path: Path) -> None:
+    """A replica's commit right after its base needs no read of it for its marks; a commit
+    of the other replica's in between is read. Resends of either stay duplicates."""
+    first = Ops(tmp_path / "a")
+    edge = edge_record(first)
+    a = first.center.logs
+    b = LogStore(a.url, first.center.store, commit_interval=0.0)
+    try:
+        assert a.ingest(edge, "ep", 1, 20, batch(1, 20), 0.0).stored == 20
+        assert a.ingest(edge, "ep", 1, 20, batch(1, 20), 0.0).stored == 0  # its own mark
+        assert b.ingest(edge, "ep", 1, 40, batch(1, 40), 0.0).stored == 20  # a's, read
+        assert a.ingest(edge, "ep", 21, 40, batch(21, 40), 0.0).stored == 0  # b's, read
+        assert a.ingest(edge, "ep", 41, 60, batch(41, 60), 0.0).stored == 20
+        assert b.ingest(edge, "ep", 1, 60, batch(1, 60), 0.0).stored == 0
+    finally:
+        b.close()
+    assert stored_seqs(first) == list(range(1, 61))
+
+
 def test_compaction_during_ingest_keeps_every_row_once_and_reads_working(ops: Ops) -> None:
     edges = [edge_record(ops, f"edge-{i}") for i in range(2)]
     logs, stop = ops.center.logs, threading.Event()
