@@ -15,8 +15,8 @@ conditional puts (no lock service).
 
 The marks of a snapshot: `DeltaTable.transaction_version` costs milliseconds per call, so
 `TableWriter` keeps them in a dict that matches its handle's version: looked up once per
-application id, then advanced by reading the `txn` actions of each new commit file (another
-writer's: its own commit's marks it knows, so a commit right after its base costs no read).
+application id, then advanced by reading the `txn` actions of other writers' new commit
+files (a writer knows its own commit's marks, so a commit right after its base costs no read).
 """
 
 from __future__ import annotations
