@@ -43,12 +43,13 @@ INFO = codecs.RecordInfo("p", "m", "v1", [10, 20])
 def varied_table(n: int) -> pa.Table:
     """A result table with every kind of column the writers meet: tensors of 1 to 3
     dimensions in several precisions, text, bools, nulls, ragged lists, shadow outputs,
-    per-request constants."""
+    per-request constants, a column whose first rows look constant."""
     rng = np.random.default_rng(2)
     table = result_table(n)
     extra = {
         "in.name": pa.array([f'row {i} \u00e9"' for i in range(n)]),
         "in.flag": pa.array([i % 3 == 0 for i in range(n)]),
+        "in.late": pa.array([0, 0, *range(1, n - 1)]),  # its first two rows agree
         "in.maybe": pa.array([None if i % 5 == 0 else i * 1.5 for i in range(n)]),
         "in.ragged": pa.array([[1] * (i % 3) for i in range(n)], pa.list_(pa.int64())),
         "in.cube": ndarray_to_column(rng.integers(-9, 9, (n, 2, 3))),

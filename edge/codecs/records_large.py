@@ -83,7 +83,7 @@ def records_large(table: pa.Table, info: RecordInfo | None, separator: str | Non
     _columns(put, table.column_names, values, separator)
     put(b"}")
     pieces.append(b"".join(text))
-    return b"[" + b",".join(_assemble(pieces, rows)) + b"]"
+    return _joined(pieces, rows)
 
 
 def _columns(put: Any, names: list[str], values: dict[str, _Column], separator: str | None) -> None:
@@ -161,6 +161,21 @@ def _assemble(pieces: list[Fragments], rows: int) -> Iterator[bytes]:
         itertools.repeat(p, rows) if isinstance(p, bytes) else p for p in pieces
     ]
     return map(b"".join, zip(*streams, strict=False))
+
+
+def _joined(pieces: list[Fragments], rows: int) -> bytes:
+    """`[record,record,...]` in one join: each record's pieces in order (constants
+    repeated), a comma after each record's last (constant) piece but the last record's."""
+    tail = pieces[-1]
+    assert isinstance(tail, bytes)
+    streams: list[Iterable[bytes]] = [
+        itertools.repeat(p, rows) if isinstance(p, bytes) else p for p in pieces[:-1]
+    ]
+    streams.append(itertools.repeat(tail + b",", rows))
+    flat = [b"["]
+    flat.extend(itertools.chain.from_iterable(zip(*streams, strict=False)))
+    flat[-1] = tail + b"]"
+    return b"".join(flat)
 
 
 def _shared(column: pa.ChunkedArray, rows: int, shared: Shared) -> _Column:
@@ -258,7 +273,9 @@ def _tensor(array: pa.Array) -> np.ndarray | None:
 def _one_value(array: pa.Array) -> bool:
     """Whether every row holds the same value (comparing two slices is one pass in C)."""
     rows = len(array)
-    return rows > 1 and array.slice(1).equals(array.slice(0, rows - 1))
+    if rows < 2 or not array.slice(0, 1).equals(array.slice(1, 1)):
+        return False  # the usual answer, found without comparing the whole column
+    return array.slice(1).equals(array.slice(0, rows - 1))
 
 
 def _cut_1d(tensor: np.ndarray) -> list[bytes]:
