@@ -24,10 +24,13 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import Edge, free_port, publish
+from tests.fuzz_support import EXAMPLES
 from tests.models import iris, onnx_classifier, write_files
 
 MODEL = "breast-cancer"
@@ -241,6 +244,129 @@ def test_grpc_typed_contents_without_raw(served: Served, rows: np.ndarray, expec
         with pytest.raises(grpc.RpcError) as broken:
             stub.ModelInfer(service_pb2.ModelInferRequest(model_name=MODEL), timeout=10)
         assert broken.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+WIDTHS = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2}
+WIDTHS |= {"UINT32": 4, "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}
+TYPED = {  # a typed `contents` field, and a value for it that its datatype holds at its edge
+    "FP32": ("fp32_contents", float("nan")),
+    "FP64": ("fp64_contents", 1e300),
+    "INT32": ("int_contents", -(2**31)),
+    "INT64": ("int64_contents", 2**63 - 1),
+    "UINT32": ("uint_contents", 2**32 - 1),
+    "UINT64": ("uint64_contents", 2**64 - 1),
+    "BOOL": ("bool_contents", True),
+    "BYTES": ("bytes_contents", b"\xff\xfe"),
+}
+
+
+def _set_parameter(parameter: Any, draw: Any) -> None:
+    field, value = draw(
+        st.sampled_from(
+            [
+                ("bool_param", True),
+                ("int64_param", -1),
+                ("int64_param", 2**63 - 1),
+                ("uint64_param", 2**64 - 1),
+                ("string_param", "\x00"),
+                ("double_param", float("nan")),
+            ]
+        )
+    )
+    setattr(parameter, field, value)
+
+
+def _hostile_edit(request: Any, draw: Any) -> None:
+    """One change to a valid one-row request: a field a client may get wrong or forge."""
+    if not request.inputs:
+        request.model_version = draw(st.sampled_from(["", "1", "\x00"]))
+        return
+    tensor = request.inputs[0]
+    edit = draw(st.integers(0, 11))
+    if edit == 0:  # any datatype, with data of that type's size for the shape
+        kind = draw(st.sampled_from([*WIDTHS, "BYTES", "fp32", ""]))
+        tensor.datatype = kind
+        data = draw(st.binary(min_size=0, max_size=8)) * 30
+        request.raw_input_contents[:] = [data[: 30 * WIDTHS.get(kind, 1)]]
+    elif edit == 1:  # typed contents instead of raw, of any type and a near-miss count
+        kind = draw(st.sampled_from(list(TYPED)))
+        field, value = TYPED[kind]
+        tensor.datatype = draw(st.sampled_from([kind, "FP32"]))
+        del request.raw_input_contents[:]
+        getattr(tensor.contents, field).extend([value] * draw(st.sampled_from([29, 30, 31])))
+    elif edit == 2:
+        shapes = [[1, 30, 1], [30], [0, 30], [-1, 30], [1, -30], [2**40, 30], [1, 2**62], [3, 10]]
+        tensor.shape[:] = draw(st.sampled_from(shapes))
+    elif edit == 3:  # raw contents cut short, or one too many
+        if draw(st.booleans()):
+            raw = request.raw_input_contents[0] if request.raw_input_contents else b""
+            request.raw_input_contents[:1] = [raw[: draw(st.integers(0, 119))]]
+        else:
+            request.raw_input_contents.append(b"x" * 120)
+    elif edit == 4:  # a second input: the same name again, or one the model does not take
+        extra = request.inputs.add(name=draw(st.sampled_from(["X", "Y"])), datatype="FP32")
+        extra.shape[:] = [1, 30]
+        request.raw_input_contents.append(b"\0" * 120)
+    elif edit == 5:
+        output = request.outputs.add(name=draw(st.sampled_from(["label", "nope", "X", ""])))
+        _set_parameter(output.parameters[draw(st.sampled_from(["binary_data", "x"]))], draw)
+    elif edit == 6:
+        names = ["binary_data_output", "sequence_id", "priority", ""]
+        _set_parameter(request.parameters[draw(st.sampled_from(names))], draw)
+    elif edit == 7:
+        names = ["binary_data_size", "shared_memory_region"]
+        _set_parameter(tensor.parameters[draw(st.sampled_from(names))], draw)
+    elif edit == 8:
+        tensor.name = draw(st.sampled_from(["", "X\x00", "in.X", "x" * 300]))
+    elif edit == 9:  # BYTES with length prefixes that run past the data, or none at all
+        tensor.datatype = "BYTES"
+        prefixes = [b"\x04\x00\x00\x00abc", b"\xff\xff\xff\xff", b"\x03\x00\x00\x001.5" * 30]
+        request.raw_input_contents[:1] = [draw(st.sampled_from(prefixes))]
+    elif edit == 10:
+        request.id = draw(st.sampled_from(["\x00", "x" * 100_000]))
+    else:
+        del request.inputs[:]
+
+
+@given(st.data())
+@settings(
+    max_examples=8 * EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
+def test_mutated_grpc_requests_get_their_code_never_internal(served: Served, data: Any) -> None:
+    """Hostile `ModelInferRequest`s (each field a client may get wrong, and random bytes):
+    answered, or refused with INVALID_ARGUMENT / NOT_FOUND and a message; never INTERNAL."""
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="X", datatype="FP32", shape=[1, 30])
+    request.raw_input_contents.append(np.arange(30, dtype=np.float32).tobytes())
+    for _ in range(data.draw(st.integers(1, 3))):
+        _hostile_edit(request, data.draw)
+    body = request.SerializeToString()
+    if data.draw(st.integers(0, 4)) == 0:  # and now and then a byte or two of noise
+        noisy = bytearray(body)
+        for at in data.draw(st.lists(st.integers(0, len(body) - 1), min_size=1, max_size=2)):
+            noisy[at] = data.draw(st.integers(0, 255))
+        body = bytes(noisy)
+    with grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        try:
+            call(body, timeout=30)
+        except grpc.RpcError as refused:
+            code = refused.code()
+            assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), (
+                f"{code}: {refused.details()}"
+            )
+            assert refused.details(), code
+
+
+def test_after_the_hostile_requests_grpc_still_answers(served: Served, rows: np.ndarray) -> None:
+    client = served.client("grpc")
+    assert client.is_server_live() and client.is_server_ready()
+    answer = client.infer(MODEL, [_input("grpc", "X", rows[:1], "FP32")])
+    assert answer.as_numpy("label").shape == (1,)
 
 
 def test_every_row_is_logged_with_the_seed_shape(served: Served, rows: np.ndarray) -> None:
