@@ -168,6 +168,8 @@ def _joined(pieces: list[Fragments], rows: int) -> bytes:
     repeated), a comma after each record's last (constant) piece but the last record's."""
     tail = pieces[-1]
     assert isinstance(tail, bytes)
+    if rows == 0:
+        return b"[]"
     streams: list[Iterable[bytes]] = [
         itertools.repeat(p, rows) if isinstance(p, bytes) else p for p in pieces[:-1]
     ]
