@@ -10,6 +10,7 @@
   caller's own 4xx error (bounded depth, sizes and integers; strings free of control
   characters; names matched whole).
 - `header_text`: a safe header value.
+- `requests_in_flight`: how many requests the server holds (told by `edge.wire`'s protocol).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from edge.errors import BadInput, PayloadTooLarge, RequestTimeout
 log = logging.getLogger(__name__)
 
 BODY_TIMEOUT = 30.0  # seconds a client may take to send a body (a dripping client is refused)
+IN_FLIGHT = "edge.in_flight"  # scope extension (`edge.wire`): uvicorn's set of request tasks
 
 
 class ErrorMapping:
@@ -239,3 +241,11 @@ def bounded_int(
 def header_text(text: str) -> str:
     """A header value: latin-1 only, no line breaks (column names may be any Unicode)."""
     return text.encode("ascii", "backslashreplace").decode().replace("\r", " ").replace("\n", " ")
+
+
+def requests_in_flight(scope: Mapping[str, Any]) -> int | None:
+    """How many requests the server holds, this one included: each connection's request
+    whose head has arrived, begun or not (of one connection's pipelined requests, the
+    first). None under a server that does not say (h11, in-process clients)."""
+    tasks = scope.get("extensions", {}).get(IN_FLIGHT)
+    return None if tasks is None else len(tasks)

@@ -21,7 +21,7 @@ import anyio.to_thread
 
 from edge import codecs, fastpath
 from edge.appliance import Appliance
-from edge.httpio import read_asgi_body
+from edge.httpio import read_asgi_body, requests_in_flight
 from edge.metrics import Metrics
 from edge.pipeline import Inference, Pipeline
 from edge.result import without_nulls
@@ -83,15 +83,17 @@ class InferenceEndpoint:
         if pipeline.fast is not None and decode is codecs.decode_records and not want_arrow:
             fast = pipeline.fast.run(body)
             if fast is not None:
-                return _JSON, await self._answer_fast(name, fast, shape)
+                alone = pipeline.alone and requests_in_flight(scope) == 1
+                return _JSON, await self._answer_fast(name, fast, shape, alone)
         return await self._answer(pipeline, name, decode, body, shape, want_arrow)
 
     async def _answer_fast(
-        self, name: str, inference: fastpath.FastInference, shape: codecs.Shape
+        self, name: str, inference: fastpath.FastInference, shape: codecs.Shape, alone: bool
     ) -> bytes:
         buffer = self.appliance.buffer
         rows = inference.rows
-        logged = buffer.submit(rows) if buffer is not None else None  # one table per turn
+        # one record per turn of the loop (at once when no other request is in flight)
+        logged = buffer.submit(rows, alone) if buffer is not None else None
         payload = fastpath.encode(inference, shape)
         if logged is not None:
             await logged

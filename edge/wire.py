@@ -6,6 +6,9 @@ loopback or a LAN, two TCP segments, each waking the client. For a small answer 
 inferences) the second write costs about as much as the first. Here the transport holds a
 write back until the next one (the body, which follows at once) or the end of the loop's
 current step, and sends both as one: the bytes and their order are unchanged.
+
+The protocol also tells a request how many the server holds (`edge.httpio.requests_in_flight`):
+one alone has no one to share a journal record with (`edge.logbuffer.batcher`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from edge.httpio import IN_FLIGHT
 
 JOIN_BYTES = 64 << 10  # a write up to this joins the held one; a larger one goes beside it
 
@@ -62,8 +67,13 @@ class CoalescingTransport:
 
 
 class Protocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol over a `CoalescingTransport`."""
+    """uvicorn's httptools protocol over a `CoalescingTransport`; each request's scope also
+    holds the server's requests in flight (`edge.httpio.requests_in_flight`)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         wrapped: Any = CoalescingTransport(transport, self.loop)
         super().connection_made(wrapped)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        cycle.scope.setdefault("extensions", {})[IN_FLIGHT] = self.tasks
+        super()._start_asgi_task(cycle, app)

@@ -124,6 +124,39 @@ def test_the_submits_of_one_loop_turn_are_journaled_as_one_record(tmp_path: Path
         assert stored_x(reopened) == {1: 0.0, 2: 1.0, 3: 10.0, 4: 11.0, 5: 2.0}
 
 
+def test_a_request_alone_is_journaled_at_once_others_wait_for_the_turn() -> None:
+    log = FakeLog()
+    batcher = TurnBatcher(log, None)
+
+    async def run() -> None:
+        alone = batcher.submit(small_table(1), alone=True)
+        assert alone.done() and log.calls == [(1, 1)]  # written before submit returned
+        assert (alone.result().first, alone.result().last) == (1, 1)
+        first = batcher.submit(small_table(1))
+        late = batcher.submit(small_table(2), alone=True)  # a turn is gathering: it joins
+        assert not late.done() and log.calls == [(1, 1)]
+        await asyncio.gather(first, late)
+        assert log.calls == [(1, 1), (3, 2)]  # one record for the turn's two requests
+        log.error = LogBufferFull("full")
+        refused = batcher.submit(small_table(1), alone=True)
+        assert isinstance(refused.exception(), LogBufferFull)
+
+    asyncio.run(run())
+
+
+def test_a_request_alone_still_waits_for_the_fsync_each_answer_waits_for() -> None:
+    log, synced = FakeLog(), threading.Event()
+    batcher = TurnBatcher(log, synced.set)
+
+    async def run() -> None:
+        logged = batcher.submit(small_table(1), alone=True)
+        assert not synced.is_set()
+        await logged
+        assert synced.is_set() and log.calls == [(1, 1)]
+
+    asyncio.run(run())
+
+
 def test_a_full_queue_fails_every_submit_of_the_turn_and_journals_none(tmp_path: Path) -> None:
     db = tmp_path / "logbuffer.db"
     buffer = LogBuffer(db, max_queue=1)

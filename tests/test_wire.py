@@ -1,11 +1,20 @@
-"""`edge.wire`: a response's head and body go out in one write, bytes and order unchanged."""
+"""`edge.wire`: a response's head and body go out in one write, bytes and order unchanged;
+each request is told how many requests the server holds."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
+import time
 from typing import Any
 
-from edge.wire import CoalescingTransport
+import httpx
+import uvicorn
+
+from edge.httpio import requests_in_flight
+from edge.wire import CoalescingTransport, Protocol
+from tests.conftest import free_port
 
 
 class Recording:
@@ -75,3 +84,44 @@ def test_a_lone_write_goes_out_at_the_end_of_the_loop_step_and_before_a_close() 
     transport.pause_reading()  # the rest is the transport's own
     assert inner.paused
     loop.close()
+
+
+def test_each_request_is_told_how_many_the_server_holds() -> None:
+    """Through a real uvicorn server on the protocol: a request alone is told 1; one that
+    arrives while another is held, 2; under another protocol (h11), nothing."""
+    gate: dict[str, asyncio.Event] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        count = requests_in_flight(scope)
+        if scope["path"] == "/hold":
+            await gate["released"].wait()
+        elif scope["path"] == "/release":
+            gate["released"].set()
+        body = str(count).encode()
+        length = str(len(body)).encode()
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]}
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    for protocol, alone in ((Protocol, "1"), ("h11", "None")):
+        gate["released"] = asyncio.Event()  # each server runs its own loop
+        port = free_port()
+        config = uvicorn.Config(app, port=port, http=protocol, lifespan="off", log_level="warning")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run)
+        thread.start()
+        try:
+            while not server.started:
+                time.sleep(0.01)
+            url = f"http://127.0.0.1:{port}"
+            assert httpx.get(f"{url}/count").text == alone
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                held = pool.submit(httpx.get, f"{url}/hold", timeout=10)
+                time.sleep(0.3)  # its head has arrived: it is in flight
+                assert httpx.get(f"{url}/release").text == ("2" if protocol is Protocol else alone)
+                assert held.result().text == alone  # it was alone when it began
+            assert httpx.get(f"{url}/count").text == alone
+        finally:
+            server.should_exit = True
+            thread.join(10)

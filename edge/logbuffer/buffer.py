@@ -173,10 +173,11 @@ class LogBuffer:
             self._journal.sync()
         return seqs
 
-    def submit(self, result: pa.Table | Rows) -> asyncio.Future[SeqRange]:
+    def submit(self, result: pa.Table | Rows, alone: bool = False) -> asyncio.Future[SeqRange]:
         """`log` for the event loop: the small results of one turn (tables, or the small
-        requests' numpy rows) are journaled as one record (`edge.logbuffer.batcher`)."""
-        return self._batcher.submit(result)
+        requests' numpy rows) are journaled as one record (`edge.logbuffer.batcher`); with
+        `alone` (no other request in flight), at once."""
+        return self._batcher.submit(result, alone)
 
     def flush(self) -> None:
         """Wait until every row logged so far is in SQLite (for readers that read back at
