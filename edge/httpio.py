@@ -30,7 +30,7 @@ from edge.errors import BadInput, PayloadTooLarge, RequestTimeout
 log = logging.getLogger(__name__)
 
 BODY_TIMEOUT = 30.0  # seconds a client may take to send a body (a dripping client is refused)
-IN_FLIGHT = "edge.in_flight"  # scope extension (`edge.wire`): uvicorn's set of request tasks
+IN_FLIGHT = "edge.in_flight"  # a scope key (`edge.wire`): uvicorn's set of request tasks
 
 
 class ErrorMapping:
@@ -247,5 +247,5 @@ def requests_in_flight(scope: Mapping[str, Any]) -> int | None:
     """How many requests the server holds, this one included: each connection's request
     whose head has arrived, begun or not (of one connection's pipelined requests, the
     first). None under a server that does not say (h11, in-process clients)."""
-    tasks = scope.get("extensions", {}).get(IN_FLIGHT)
+    tasks = scope.get(IN_FLIGHT)
     return None if tasks is None else len(tasks)

@@ -75,5 +75,5 @@ class Protocol(HttpToolsProtocol):
         super().connection_made(wrapped)
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        cycle.scope.setdefault("extensions", {})[IN_FLIGHT] = self.tasks
+        cycle.scope[IN_FLIGHT] = self.tasks  # a key, not a dict more per request (the GC)
         super()._start_asgi_task(cycle, app)
