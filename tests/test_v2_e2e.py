@@ -24,13 +24,14 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from edge.v2.tensors import DTYPES
 from tests.conftest import Edge, free_port, publish
-from tests.fuzz_support import EXAMPLES
+from tests.fuzz_support import EXAMPLES, SETTINGS
 from tests.models import iris, onnx_classifier, write_files
 
 MODEL = "breast-cancer"
@@ -246,8 +247,8 @@ def test_grpc_typed_contents_without_raw(served: Served, rows: np.ndarray, expec
         assert broken.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-WIDTHS = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2}
-WIDTHS |= {"UINT32": 4, "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}
+# the bytes an element of each datatype takes (BF16: one the appliance refuses)
+WIDTHS = {name: t.itemsize for name, t in DTYPES.items() if name != "BYTES"} | {"BF16": 2}
 TYPED = {  # a typed `contents` field, and a value for it that its datatype holds at its edge
     "FP32": ("fp32_contents", float("nan")),
     "FP64": ("fp64_contents", 1e300),
@@ -329,13 +330,7 @@ def _hostile_edit(request: Any, draw: Any) -> None:
 
 
 @given(st.data())
-@settings(
-    max_examples=8 * EXAMPLES,
-    derandomize=True,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    database=None,
-)
+@settings(SETTINGS, max_examples=8 * EXAMPLES)
 def test_mutated_grpc_requests_get_their_code_never_internal(served: Served, data: Any) -> None:
     """Hostile `ModelInferRequest`s (each field a client may get wrong, and random bytes):
     answered, or refused with INVALID_ARGUMENT / NOT_FOUND and a message; never INTERNAL."""

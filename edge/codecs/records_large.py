@@ -157,10 +157,7 @@ def _key_value(key: str, value: Any) -> bytes:
 
 def _assemble(pieces: list[Fragments], rows: int) -> Iterator[bytes]:
     """Record per row: the pieces in order, constants repeated."""
-    streams: list[Iterable[bytes]] = [
-        itertools.repeat(p, rows) if isinstance(p, bytes) else p for p in pieces
-    ]
-    return map(b"".join, zip(*streams, strict=False))
+    return map(b"".join, _per_row(pieces, rows))
 
 
 def _joined(pieces: list[Fragments], rows: int) -> bytes:
@@ -170,14 +167,18 @@ def _joined(pieces: list[Fragments], rows: int) -> bytes:
     assert isinstance(tail, bytes)
     if rows == 0:
         return b"[]"
-    streams: list[Iterable[bytes]] = [
-        itertools.repeat(p, rows) if isinstance(p, bytes) else p for p in pieces[:-1]
-    ]
-    streams.append(itertools.repeat(tail + b",", rows))
     flat = [b"["]
-    flat.extend(itertools.chain.from_iterable(zip(*streams, strict=False)))
+    flat.extend(itertools.chain.from_iterable(_per_row([*pieces[:-1], tail + b","], rows)))
     flat[-1] = tail + b"]"
     return b"".join(flat)
+
+
+def _per_row(pieces: list[Fragments], rows: int) -> Iterator[tuple[bytes, ...]]:
+    """Each row's pieces, in order: a constant repeated, a per-row fragment its row's."""
+    streams: list[Iterable[bytes]] = [
+        itertools.repeat(p, rows) if isinstance(p, bytes) else p for p in pieces
+    ]
+    return zip(*streams, strict=False)
 
 
 def _shared(column: pa.ChunkedArray, rows: int, shared: Shared) -> _Column:
