@@ -92,8 +92,10 @@ class InferenceEndpoint:
     ) -> bytes:
         buffer = self.appliance.buffer
         rows = inference.rows
-        # one record per turn of the loop (at once when no other request is in flight)
-        logged = buffer.submit(rows, alone) if buffer is not None else None
+        # one record per turn of the loop, at once when no other request is in flight
+        logged = None
+        if buffer is not None and (not alone or buffer.log_now(rows) is None):
+            logged = buffer.submit(rows)
         payload = fastpath.encode(inference, shape)
         if logged is not None:
             await logged

@@ -309,12 +309,12 @@ class ResultRows:
         the outputs and the step timings, one row per result row."""
         first = group[0]
         if len(group) == 1:  # most turns at low concurrency: nothing to join
-            rows = first.rows
+            rows = first.rows  # (from lists: numpy's full and tile cost more on a few rows)
             return [
-                np.full(rows, first.time_ms, np.int64),
+                np.array([first.time_ms] * rows, np.int64),
                 *first.inputs.values(),
                 *first.outputs.values(),
-                np.tile(np.asarray(first.elapsed, np.int64), (rows, 1)),
+                np.array([first.elapsed] * rows, np.int64),
             ]
         counts = [r.rows for r in group]
         arrays = [np.repeat(np.array([r.time_ms for r in group], np.int64), counts)]

@@ -129,17 +129,19 @@ def test_a_request_alone_is_journaled_at_once_others_wait_for_the_turn() -> None
     batcher = TurnBatcher(log, None)
 
     async def run() -> None:
-        alone = batcher.submit(small_table(1), alone=True)
-        assert alone.done() and log.calls == [(1, 1)]  # written before submit returned
-        assert (alone.result().first, alone.result().last) == (1, 1)
+        alone = batcher.now(small_table(1))
+        assert alone is not None and log.calls == [(1, 1)]  # written before `now` returned
+        assert (alone.first, alone.last) == (1, 1)
         first = batcher.submit(small_table(1))
-        late = batcher.submit(small_table(2), alone=True)  # a turn is gathering: it joins
+        assert batcher.now(small_table(2)) is None  # a turn is gathering: submit joins it
+        late = batcher.submit(small_table(2))
         assert not late.done() and log.calls == [(1, 1)]
         await asyncio.gather(first, late)
         assert log.calls == [(1, 1), (3, 2)]  # one record for the turn's two requests
+        assert batcher.now(FakeRows(INLINE_ROWS + 1)) is None  # large: off the loop
         log.error = LogBufferFull("full")
-        refused = batcher.submit(small_table(1), alone=True)
-        assert isinstance(refused.exception(), LogBufferFull)
+        with pytest.raises(LogBufferFull):
+            batcher.now(small_table(1))
 
     asyncio.run(run())
 
@@ -149,7 +151,8 @@ def test_a_request_alone_still_waits_for_the_fsync_each_answer_waits_for() -> No
     batcher = TurnBatcher(log, synced.set)
 
     async def run() -> None:
-        logged = batcher.submit(small_table(1), alone=True)
+        assert batcher.now(small_table(1)) is None  # the answer must wait: submit
+        logged = batcher.submit(small_table(1))
         assert not synced.is_set()
         await logged
         assert synced.is_set() and log.calls == [(1, 1)]

@@ -3,15 +3,15 @@
 `submit` is `LogBuffer.log` for the event loop. The tables of a few rows submitted during one
 turn of the loop are journaled together, as one record, at the start of the next turn: one
 encode and one write for all the requests the loop is serving (3-5 at concurrency 8), each
-waiting one turn for it. A request alone in flight has no one to share a record with: its
-rows are journaled at once. A result may come as an Arrow table, or as `Rows` (numpy columns of
-the small requests' path): the rows of one turn are then written as one record batch message
-from a template of their layout (`edge.ipc_template`), or else built into one Arrow table,
-once, instead of one table per request. Each caller still gets its own sequence range, and
-each is answered with the error when the record cannot be written. Larger results (tables
-or `Rows`) go to a worker thread (the caller awaits them while its answer is encoded). With
-`fsync_interval` 0 every result also waits for the journal's fsync, one for all the requests
-in flight.
+waiting one turn for it. A request alone in flight has no one to share a record with: `now`
+journals its rows at once, with no future to make or await. A result may come as an Arrow
+table, or as `Rows` (numpy columns of the small requests' path): the rows of one turn are
+then written as one record batch message from a template of their layout
+(`edge.ipc_template`), or else built into one Arrow table, once, instead of one table per
+request. Each caller still gets its own sequence range, and each is answered with the error
+when the record cannot be written. Larger results (tables or `Rows`) go to a worker thread
+(the caller awaits them while its answer is encoded). With `fsync_interval` 0 every result
+also waits for the journal's fsync, one for all the requests in flight.
 """
 
 from __future__ import annotations
@@ -60,15 +60,10 @@ class TurnBatcher:
         self._sync = sync
         self._turn: list[tuple[Item, asyncio.Future[SeqRange]]] = []
 
-    def submit(self, item: Item, alone: bool = False) -> asyncio.Future[SeqRange]:
-        """`alone`: no other request is in flight, so none can share this turn's record: it
-        is journaled now (the future comes back done), not a turn of the loop later."""
+    def submit(self, item: Item) -> asyncio.Future[SeqRange]:
         loop = asyncio.get_running_loop()
         if rows_of(item) > INLINE_ROWS:  # built (`Rows`) and journaled off the loop
             done: asyncio.Future[SeqRange] = loop.run_in_executor(None, self._log_large, item)
-        elif alone and not self._turn and self._sync is None:
-            done = loop.create_future()
-            self._log_one((item, done))
         else:
             done = loop.create_future()
             if not self._turn:
@@ -77,6 +72,15 @@ class TurnBatcher:
         if self._sync is None:
             return done
         return asyncio.ensure_future(self._synced(done))
+
+    def now(self, item: Item) -> SeqRange | None:
+        """Journal a request's rows at once, on the loop, when no other request is in flight
+        (none can share the record): no future, no turn to wait. None when it must be
+        `submit`ted: a turn is gathering (it joins it), it is large, or answers wait for the
+        fsync. Raises what the journal raises."""
+        if self._turn or self._sync is not None or rows_of(item) > INLINE_ROWS:
+            return None
+        return self._log(_join([item]), 1)
 
     def _log_large(self, item: Item) -> SeqRange:
         return self._log(_join([item]), 1)

@@ -173,11 +173,15 @@ class LogBuffer:
             self._journal.sync()
         return seqs
 
-    def submit(self, result: pa.Table | Rows, alone: bool = False) -> asyncio.Future[SeqRange]:
+    def submit(self, result: pa.Table | Rows) -> asyncio.Future[SeqRange]:
         """`log` for the event loop: the small results of one turn (tables, or the small
-        requests' numpy rows) are journaled as one record (`edge.logbuffer.batcher`); with
-        `alone` (no other request in flight), at once."""
-        return self._batcher.submit(result, alone)
+        requests' numpy rows) are journaled as one record (`edge.logbuffer.batcher`)."""
+        return self._batcher.submit(result)
+
+    def log_now(self, result: pa.Table | Rows) -> SeqRange | None:
+        """`log` for a request alone in flight, on the event loop: journaled at once, or
+        None when it must be `submit`ted (`TurnBatcher.now`)."""
+        return self._batcher.now(result)
 
     def flush(self) -> None:
         """Wait until every row logged so far is in SQLite (for readers that read back at
