@@ -222,20 +222,20 @@ class _Template:
         return ("entry", name)
 
     def render(self, rows: result.ResultRows, info: RecordInfo) -> bytes:
+        elapsed = orjson.dumps(rows.elapsed)  # the fast path's record and row share one list
         request = {
-            "elapsed": orjson.dumps(info.elapsed),
+            "elapsed": elapsed if info.elapsed is rows.elapsed else orjson.dumps(info.elapsed),
             result.TIME: orjson.dumps(rows.time_ms),
-            result.ELAPSED: orjson.dumps(rows.elapsed),
+            result.ELAPSED: elapsed,
         }
         per_row: dict[tuple[str, str], list[bytes]] = {}
         for prefix, columns in ((result.IN, rows.inputs), (result.OUT, rows.outputs)):
             for name, array in columns.items():
                 values = array if array.ndim > 1 and array.dtype.kind in "iuf" else array.tolist()
-                per_row["column", prefix + name] = [orjson.dumps(v, option=_NUMPY) for v in values]
+                texts = [orjson.dumps(v, option=_NUMPY) for v in values]
+                per_row["column", prefix + name] = texts
                 if prefix == result.OUT:
-                    per_row["entry", prefix + name] = [
-                        orjson.dumps(_tensor_entry(v), option=_NUMPY) for v in values
-                    ]
+                    per_row["entry", prefix + name] = _entries(array, values, texts)
         per_row["original", ""] = _original_data(rows, per_row)
         records = []
         for row in range(rows.rows):
@@ -249,6 +249,17 @@ class _Template:
                     pieces.append(per_row[part][row])
             records.append(b"".join(pieces))
         return b"[" + b",".join(records) + b"]"
+
+
+def _entries(array: np.ndarray, values: Any, texts: list[bytes]) -> list[bytes]:
+    """Each row's `_tensor_entry` of an output column, written around the text of its value
+    where the entry's data is that value (scalars, and rows of one dimension)."""
+    if array.ndim == 1 and array.dtype.kind in "biufUS":
+        return [b'{"data":[' + text + b'],"dim":[1],"v":1}' for text in texts]
+    if array.ndim == 2 and array.dtype.kind in "iuf":
+        dim = b',"dim":' + orjson.dumps([1, array.shape[1]]) + b',"v":1}'
+        return [b'{"data":' + text + dim for text in texts]
+    return [orjson.dumps(_tensor_entry(v), option=_NUMPY) for v in values]
 
 
 def _original_data(
