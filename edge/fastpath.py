@@ -254,7 +254,7 @@ class _Template:
 def _entries(array: np.ndarray, values: Any, texts: list[bytes]) -> list[bytes]:
     """Each row's `_tensor_entry` of an output column, written around the text of its value
     where the entry's data is that value (scalars, and rows of one dimension)."""
-    if array.ndim == 1 and array.dtype.kind in "biufUS":
+    if array.ndim == 1 and array.dtype.kind in "biufU":
         return [b'{"data":[' + text + b'],"dim":[1],"v":1}' for text in texts]
     if array.ndim == 2 and array.dtype.kind in "iuf":
         dim = b',"dim":' + orjson.dumps([1, array.shape[1]]) + b',"v":1}'

@@ -92,10 +92,11 @@ class InferenceEndpoint:
     ) -> bytes:
         buffer = self.appliance.buffer
         rows = inference.rows
-        # one record per turn of the loop, at once when no other request is in flight
         logged = None
-        if buffer is not None and (not alone or buffer.log_now(rows) is None):
-            logged = buffer.submit(rows)
+        if buffer is not None:
+            seqs = buffer.log_now(rows) if alone else None  # no other request to share with
+            if seqs is None:
+                logged = buffer.submit(rows)  # one record for the loop turn's requests
         payload = fastpath.encode(inference, shape)
         if logged is not None:
             await logged

@@ -63,7 +63,7 @@ class TurnBatcher:
     def submit(self, item: Item) -> asyncio.Future[SeqRange]:
         loop = asyncio.get_running_loop()
         if rows_of(item) > INLINE_ROWS:  # built (`Rows`) and journaled off the loop
-            done: asyncio.Future[SeqRange] = loop.run_in_executor(None, self._log_large, item)
+            done: asyncio.Future[SeqRange] = loop.run_in_executor(None, self._log_single, item)
         else:
             done = loop.create_future()
             if not self._turn:
@@ -80,9 +80,9 @@ class TurnBatcher:
         fsync. Raises what the journal raises."""
         if self._turn or self._sync is not None or rows_of(item) > INLINE_ROWS:
             return None
-        return self._log(_join([item]), 1)
+        return self._log_single(item)
 
-    def _log_large(self, item: Item) -> SeqRange:
+    def _log_single(self, item: Item) -> SeqRange:
         return self._log(_join([item]), 1)
 
     def _log_turn(self) -> None:
