@@ -317,12 +317,15 @@ class ResultRows:
                 np.array([first.elapsed] * rows, np.int64),
             ]
         counts = [r.rows for r in group]
-        arrays = [np.repeat(np.array([r.time_ms for r in group], np.int64), counts)]
+        ones = all(count == 1 for count in counts)  # single-row requests: nothing to repeat
+        times = np.array([r.time_ms for r in group], np.int64)
+        arrays = [times if ones else np.repeat(times, counts)]
         for part in ("inputs", "outputs"):
             for name in getattr(first, part):
                 joined = [getattr(r, part)[name] for r in group]
                 arrays.append(joined[0] if len(joined) == 1 else np.concatenate(joined))
-        arrays.append(np.repeat(np.array([r.elapsed for r in group], np.int64), counts, axis=0))
+        elapsed = np.array([r.elapsed for r in group], np.int64)
+        arrays.append(elapsed if ones else np.repeat(elapsed, counts, axis=0))
         return arrays
 
     def _build(self, arrays: list[np.ndarray]) -> pa.Table:
