@@ -61,6 +61,8 @@ class TurnBatcher:
         self._turn: list[tuple[Item, asyncio.Future[SeqRange]]] = []
 
     def submit(self, item: Item) -> asyncio.Future[SeqRange]:
+        """Journal `item` with the other small results of this turn of the loop (a large one
+        on a worker thread); the future is its sequence range, or the journal's error."""
         loop = asyncio.get_running_loop()
         if rows_of(item) > INLINE_ROWS:  # built (`Rows`) and journaled off the loop
             done: asyncio.Future[SeqRange] = loop.run_in_executor(None, self._log_single, item)
