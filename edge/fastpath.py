@@ -25,7 +25,14 @@ import orjson
 from edge import result
 from edge.artifact import ModelInfo, ModelStep
 from edge.codecs.decode import ORJSON_BODY, numeric_tensor
-from edge.codecs.records import ORIGINAL_DATA_BYTES, RecordInfo, _tensor_entry, record_keys
+from edge.codecs.records import (
+    ENTRY_DATA,
+    ORIGINAL_DATA_BYTES,
+    RecordInfo,
+    _tensor_entry,
+    entry_end,
+    record_keys,
+)
 from edge.codecs.shape import Shape, selected
 from edge.errors import EdgeError
 from edge.runtimes import Runtime
@@ -255,10 +262,11 @@ def _entries(array: np.ndarray, values: Any, texts: list[bytes]) -> list[bytes]:
     """Each row's `_tensor_entry` of an output column, written around the text of its value
     where the entry's data is that value (scalars, and rows of one dimension)."""
     if array.ndim == 1 and array.dtype.kind in "biufU":
-        return [b'{"data":[' + text + b'],"dim":[1],"v":1}' for text in texts]
+        end = entry_end(b"[1]")
+        return [ENTRY_DATA + text + end for text in texts]
     if array.ndim == 2 and array.dtype.kind in "iuf":
-        dim = b',"dim":' + orjson.dumps([1, array.shape[1]]) + b',"v":1}'
-        return [b'{"data":' + text + dim for text in texts]
+        end = entry_end(orjson.dumps([1, array.shape[1]]))
+        return [ENTRY_DATA + text[1:-1] + end for text in texts]  # the row's list, unbracketed
     return [orjson.dumps(_tensor_entry(v), option=_NUMPY) for v in values]
 
 

@@ -308,25 +308,18 @@ class ResultRows:
         """What varies between requests of one key, joined in order: the times, the inputs,
         the outputs and the step timings, one row per result row."""
         first = group[0]
+        # each request's time and step timings once per row, from lists (numpy's full,
+        # tile and repeat cost more than the lists on the few rows of a turn)
+        times = np.array([r.time_ms for r in group for _ in range(r.rows)], np.int64)
+        elapsed = np.array([r.elapsed for r in group for _ in range(r.rows)], np.int64)
         if len(group) == 1:  # most turns at low concurrency: nothing to join
-            rows = first.rows  # (from lists: numpy's full and tile cost more on a few rows)
-            return [
-                np.array([first.time_ms] * rows, np.int64),
-                *first.inputs.values(),
-                *first.outputs.values(),
-                np.array([first.elapsed] * rows, np.int64),
-            ]
-        counts = [r.rows for r in group]
-        ones = all(count == 1 for count in counts)  # single-row requests: nothing to repeat
-        times = np.array([r.time_ms for r in group], np.int64)
-        arrays = [times if ones else np.repeat(times, counts)]
-        for part in ("inputs", "outputs"):
-            for name in getattr(first, part):
-                joined = [getattr(r, part)[name] for r in group]
-                arrays.append(joined[0] if len(joined) == 1 else np.concatenate(joined))
-        elapsed = np.array([r.elapsed for r in group], np.int64)
-        arrays.append(elapsed if ones else np.repeat(elapsed, counts, axis=0))
-        return arrays
+            return [times, *first.inputs.values(), *first.outputs.values(), elapsed]
+        joined = [
+            np.concatenate([getattr(r, part)[name] for r in group])
+            for part in ("inputs", "outputs")
+            for name in getattr(first, part)
+        ]
+        return [times, *joined, elapsed]
 
     def _build(self, arrays: list[np.ndarray]) -> pa.Table:
         """The result table of `_arrays`' arrays (for rows of this one's key)."""

@@ -216,6 +216,14 @@ def _row_values(column: pa.ChunkedArray) -> Any:
     return array.to_pylist()
 
 
+ENTRY_DATA = b'{"data":['  # an `outputs` entry's text up to its data (`_tensor_entry`)
+
+
+def entry_end(dim: bytes) -> bytes:
+    """An `outputs` entry's text after its data, `dim` its JSON (`_tensor_entry`)."""
+    return b'],"dim":' + dim + b',"v":1}'
+
+
 def _tensor_entry(value: Any) -> dict[str, Any]:
     if isinstance(value, np.ndarray):
         return {"data": value.reshape(-1), "dim": [1, *value.shape], "v": 1}

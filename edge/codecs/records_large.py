@@ -21,11 +21,13 @@ import pyarrow as pa
 
 from edge import result
 from edge.codecs.records import (
+    ENTRY_DATA,
     RecordInfo,
     _row_values,
     _shadow_of,
     _tensor_entry,
     _type_name,
+    entry_end,
     record_keys,
 )
 from edge.tensors import numbers, single_array
@@ -111,7 +113,7 @@ def _entries(put: Any, outputs: list[tuple[str, str]], values: dict[str, _Column
             put(column.entries_per_row())
         else:
             data, dim = entry
-            put(b'{"data":[', data, b'],"dim":' + dim + b',"v":1}')
+            put(ENTRY_DATA, data, entry_end(dim))
         put(b"}")
 
 
