@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from edge.codecs.tensor_text import tensor_rows
 from edge.errors import BadInput
 from edge.result import texts
 from edge.tensors import ndarray_to_column
@@ -26,7 +27,12 @@ def decode_records(body: bytes) -> pa.Table:
             "body is not pandas-records JSON: expected a JSON list of row objects, like "
             '[{"tensor": [1.0, 2.0]}]'
         )
-    if len(body) < NO_GC_BODY or not gc.isenabled():
+    if len(body) < NO_GC_BODY:
+        return _parse(body)
+    table = tensor_rows(body)  # one flat numeric tensor per row: no Python object per number
+    if table is not None:
+        return table
+    if not gc.isenabled():
         return _parse(body)
     # A large body makes tens of thousands of lists and dicts (no cycles among them): the
     # collector would walk them, and now and then the whole heap, for nothing.
