@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from edge.codecs import decode
+from edge.codecs import RecordInfo, decode, encode_records, records_large, tensor_text
 from edge.codecs.tensor_text import tensor_rows
 from edge.errors import BadInput
 
@@ -214,3 +214,76 @@ def test_every_short_token_reads_as_the_general_parser_reads_it() -> None:
                 taken += 1
                 same_bits(fast, general(body))  # a BadInput here: taken what JSON refuses
     assert taken > 100  # the floats among them (1.9, -1e9, 9E+1, ...; integers alone are not)
+
+
+def _answer(body: bytes) -> bytes:
+    table = decode.decode_records(body)
+    info = RecordInfo("p", "m", "v", [1, 2], inputs=table)
+    return encode_records(table.rename_columns(["in.tensor"]), info, None)
+
+
+ECHO = {  # rows of numbers as a client wrote them: whether orjson writes each the same
+    "short decimals": (["17.99", "0.07871", "1001.0", "-0.5", "0.0", "-0.0", "0.00001"], True),
+    "fifteen digits": (["123456789012.345", "0.12345678901234", "-99999999999999.9"], True),
+    "a trailing zero": (["1.50", "2.5"], False),
+    "a whole number without a fraction": (["3", "2.5"], False),
+    "an exponent": (["1e-05", "2.5"], False),
+    "a capital exponent": (["1.5E+3", "2.5"], False),
+    "below 1e-5": (["0.000009", "2.5"], False),
+    "sixteen digits": (["0.1234567890123456", "2.5"], False),
+    "full precision": (["0.30000000000000004", "0.1"], False),
+    "more digits than float64 holds": (["1.00000000000000000001", "2.5"], False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ECHO))
+def test_the_answer_echoes_the_bodys_numbers_only_as_orjson_writes_them(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer's `original_data` and `in` take the body's own text for its rows when it is
+    what orjson writes; either way the answer is byte for byte the one orjson's text makes."""
+    numbers, taken = ECHO[case]
+    row = '{"t":[' + ",".join(numbers) + "]}"
+    body = ("[" + ",".join([row] * 4000) + "]").encode()
+    table = decode.decode_records(body)
+    tensor = records_large._tensor(table.column(0).chunk(0))
+    assert (tensor_text.rows_text(tensor) is not None) is taken
+    echoed = _answer(body)
+    monkeypatch.setattr(records_large, "rows_text", lambda tensor: None)
+    assert echoed == _answer(body)
+
+
+def test_a_numbers_own_text_is_taken_only_when_it_is_orjsons() -> None:
+    """Random numbers in the layouts clients write (`%g`, `repr`, fixed decimals, with up to
+    17 digits, down to 1e-7): where the body's text is taken for a row, it is orjson's."""
+    rng = random.Random(11)
+
+    def number() -> str:
+        digits = rng.randint(1, 17)
+        value = rng.uniform(-1, 1) * 10 ** rng.randint(-7, 14)
+        text = rng.choice([f"{value:.{digits}g}", repr(value), f"{value:.{digits % 9}f}"])
+        return "0" if text == "-0" else text  # the integer -0 is the general parser's
+
+    taken = 0
+    for _ in range(3000):
+        body = ('[{"t":[' + ",".join(number() for _ in range(3)) + "]}]").encode()
+        table = tensor_rows(body)
+        if table is None:
+            continue
+        tensor = records_large._tensor(table.column(0).chunk(0))
+        own = tensor_text.rows_text(tensor)
+        if own is not None:
+            taken += 1
+            assert own == records_large._cut_2d(tensor), body
+    assert taken > 100  # ~5 %: three numbers of a row all as orjson writes them
+
+
+def test_a_view_of_the_rows_in_another_layout_is_written_by_orjson() -> None:
+    body = ("[" + ",".join(['{"t":[1.5,2.5]}', '{"t":[3.5,4.5]}'] * 3000) + "]").encode()
+    tensor = records_large._tensor(tensor_rows(body).column(0).chunk(0))
+    assert tensor_text.rows_text(tensor) == [b"1.5,2.5", b"3.5,4.5"] * 3000
+    square = tensor[:2]  # the same memory and a transposed view of it, of one shape
+    assert square.ctypes.data == square.T.ctypes.data and square.shape == square.T.shape
+    assert tensor_text.rows_text(square) is None  # another shape than the body's
+    assert tensor_text.rows_text(square.T) is None
+    assert tensor_text.rows_text(tensor.astype(np.float32).astype(np.float64)) is None

@@ -3,7 +3,9 @@
 
 Each column becomes one JSON fragment per row in one pass: a numeric tensor column is written
 by one `orjson.dumps` of its whole numpy array, then cut at the row boundaries (numbers hold
-no brackets or commas, so the cut is exact); a column holding one value in every row (the
+no brackets or commas, so the cut is exact), or, for the inputs of a body read by
+`tensor_text.tensor_rows`, cut from the body's own text when that is what orjson writes; a
+column holding one value in every row (the
 per-request `metadata.*`) is written once. A record is then constant text and fragments,
 joined. Anything else (text, nulls, ragged lists, tensors of three or more dimensions) is
 written row by row with orjson, as the per-row writer does.
@@ -30,6 +32,7 @@ from edge.codecs.records import (
     entry_end,
     record_keys,
 )
+from edge.codecs.tensor_text import rows_text
 from edge.tensors import numbers, single_array
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -222,7 +225,8 @@ class _Column:
         if tensor is not None and tensor.ndim == 1:
             return [_cut_1d(tensor)]
         if tensor is not None and tensor.ndim == 2:
-            return [b"[", _cut_2d(tensor), b"]"]  # the brackets join the constant text
+            texts = rows_text(tensor) or _cut_2d(tensor)  # the body's own, if it is orjson's
+            return [b"[", texts, b"]"]  # the brackets join the constant text
         values = tensor if tensor is not None else _row_values(array)
         return [[orjson.dumps(v, option=_NUMPY) for v in values]]
 
