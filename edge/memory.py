@@ -51,8 +51,8 @@ _TRIM: Callable[[int], int] | None = None if _LIBC is None else _LIBC.malloc_tri
 
 
 def configure() -> None:
-    """At most `ARENAS` glibc heaps, buffers up to `LARGE_ALLOCATION` in them and their free
-    memory kept up to that much (each unless glibc's MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_ or
+    """At most `ARENAS` glibc heaps, buffers up to `LARGE_ALLOCATION` in them and up to twice
+    that of their free memory kept (each unless glibc's MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_ or
     MALLOC_TRIM_THRESHOLD_ is set), and Arrow's allocations on the C heap (unless
     ARROW_DEFAULT_MEMORY_POOL names a pool), where `release` reaches them. First thing in `edge
     serve`, before numpy's, onnxruntime's and the server's threads start: a thread keeps the

@@ -1,6 +1,7 @@
 """Request bodies to Arrow tables, result tables to response bodies. No HTTP in here.
 
 decode.py         pandas-records JSON / Arrow IPC requests to Arrow tables
+tensor_text.py    ... a large body of flat numeric rows, without a Python object per number
 shape.py          the seed's dataset selection, content negotiation (both servers)
 records.py        result tables to pandas-records JSON (small results, per row)
 records_large.py  ... large results, column by column
