@@ -30,7 +30,7 @@ from typing import Any
 LARGE_BODY = 1 << 20  # bytes; requests from this size are followed by a trim
 RELEASE_DELAY = 0.5  # seconds from a large request to the trim
 ARENAS = 1  # glibc heaps at most (M_ARENA_MAX): measured, 2 keep ~20 MiB more
-LARGE_ALLOCATION = 32 << 20  # bytes: glibc's M_MMAP_THRESHOLD (its largest) and M_TRIM_THRESHOLD
+LARGE_ALLOCATION = 32 << 20  # bytes: glibc's M_MMAP_THRESHOLD (its largest); trim from twice it
 _M_ARENA_MAX, _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD = -8, -3, -1  # mallopt's parameters (malloc.h)
 
 

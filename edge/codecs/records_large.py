@@ -5,10 +5,10 @@ Each column becomes one JSON fragment per row in one pass: a numeric tensor colu
 by one `orjson.dumps` of its whole numpy array, then cut at the row boundaries (numbers hold
 no brackets or commas, so the cut is exact), or, for the inputs of a body read by
 `tensor_text.tensor_rows`, cut from the body's own text when that is what orjson writes; a
-column holding one value in every row (the
-per-request `metadata.*`) is written once. A record is then constant text and fragments,
-joined. Anything else (text, nulls, ragged lists, tensors of three or more dimensions) is
-written row by row with orjson, as the per-row writer does.
+column holding one value in every row (the per-request `metadata.*`) is written once. A
+record is then constant text and fragments, joined. Anything else (text, nulls, ragged lists,
+tensors of three or more dimensions) is written row by row with orjson, as the per-row writer
+does.
 """
 
 from __future__ import annotations

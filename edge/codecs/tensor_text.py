@@ -6,7 +6,7 @@ list of JSON numbers per row. `orjson.loads` makes a float per number and a list
 row, and numpy then walks them (~17-22 ms for 10,000 rows of 30 here). Here the row wrappers are
 cut out of the bytes (one `replace`: a row per line, its numbers comma-separated), the text is
 checked to hold JSON numbers only, and Arrow's CSV reader parses it, one float64 column per
-tensor position, on one thread (~10-12 ms with the checks).
+tensor position, on one thread (~13 ms with the checks, in process).
 
 The answer is the general parser's (`decode._parse`) or nothing: any body that is not exactly
 that shape (whitespace, a second key, nested lists, nulls, rows of other lengths, integers
