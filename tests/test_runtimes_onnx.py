@@ -1,18 +1,22 @@
 """The ONNX runtime's execution provider choice (GPU when asked for and present, else CPU
-with a clear log line) and what it reports for `/models`."""
+with a clear log line), what it reports for `/models`, and its compiled feed (the same
+answers and errors as the general one)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from edge.artifact import ModelInfo
+from edge.errors import EdgeError
 from edge.registry import sha256_file
 from edge.runtimes import RuntimeContext, load_runtime
+from edge.runtimes.base import array_feed
 from edge.runtimes.onnx import choose_providers
 from edge.tensors import ndarray_to_column
 
@@ -46,3 +50,84 @@ def test_gpu_deployment_without_a_gpu_falls_back_and_says_so(
     features = np.load(example / "data/10k-rows.npy")[:3]
     out = runtime.predict(pa.table({"tensor": ndarray_to_column(features)}))
     assert out.num_rows == 3 and out.column_names == ["label", "probabilities"]
+
+
+def _fed(feed: Any) -> dict[str, np.ndarray] | str:
+    try:
+        fed: dict[str, np.ndarray] = feed()
+    except EdgeError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return fed
+
+
+def _answers(runtime: Any, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray] | str:
+    try:
+        return runtime.predict_arrays(columns)
+    except EdgeError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@pytest.mark.parametrize("tensor_fields", [None, ["tensor"]])
+def test_compiled_feed_answers_as_array_feed(
+    example: Path, tmp_path: Path, tensor_fields: list[str] | None
+) -> None:
+    """The model's compiled feed passes a matching column to onnxruntime as it is, and
+    every other column through `array_feed`: the same answers and the same errors."""
+    model = example / "models/breast-cancer.onnx"
+    info = ModelInfo(
+        name="breast-cancer",
+        version="00000000-0000-0000-0000-000000000001",
+        sha256=sha256_file(model),
+        runtime="onnx",
+        filename=model.name,
+        size=model.stat().st_size,
+        tensor_fields=tensor_fields,
+    )
+    runtime = load_runtime(info, model, RuntimeContext(threads=1, gpus=0, work_dir=tmp_path))
+    rows = np.load(example / "data/10k-rows.npy")[:4]  # float32 [4, 30], the model's input
+    wide = np.zeros((4, 60), np.float32)
+    wide[:, ::2] = rows
+    cases = {
+        "fed as it is": {"tensor": rows},
+        "float64, cast": {"tensor": rows.astype(np.float64)},
+        "non-contiguous": {"tensor": wide[:, ::2]},
+        "one row": {"tensor": rows[:1]},
+        "another name": {"x": rows},
+        "wrong width": {"tensor": rows[:, :29]},
+        "int64, cast": {"tensor": rows.astype(np.int64)},
+        "two columns": {"tensor": rows, "other": rows},
+        "rank 3": {"tensor": rows.reshape(4, 30, 1)},
+    }
+    fed = runtime.feed(cases["fed as it is"])
+    assert fed["X"] is rows  # no copy, no cast
+    for name, columns in cases.items():
+        general, compiled = (
+            _fed(lambda c=columns: array_feed(c, runtime.inputs, tensor_fields, info.name)),
+            _fed(lambda c=columns: runtime.feed(c)),
+        )
+        if isinstance(general, str):
+            assert compiled == general, name
+            continue
+        assert isinstance(compiled, dict) and compiled.keys() == general.keys(), name
+        for key in general:
+            assert compiled[key].dtype == general[key].dtype, name
+            np.testing.assert_array_equal(compiled[key], general[key], err_msg=name)
+    # and whole runs, errors included, against the session's own `run` behind array_feed
+    expected = {}
+    for name, columns in cases.items():
+        try:
+            feed = array_feed(columns, runtime.inputs, tensor_fields, info.name)
+        except EdgeError as exc:
+            expected[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        outputs = runtime.session.run(None, feed)
+        expected[name] = dict(zip(["label", "probabilities"], outputs, strict=True))
+    for name, columns in cases.items():
+        got, want = _answers(runtime, columns), expected[name]
+        if isinstance(want, str):
+            assert got == want, name
+        else:
+            assert isinstance(got, dict), (name, got)
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key], err_msg=name)
+    assert isinstance(expected["wrong width"], str) and "30" in expected["wrong width"]

@@ -160,7 +160,8 @@ def array_feed(
     tensor_fields: list[str] | None,
     step: str,
 ) -> dict[str, np.ndarray]:
-    """`tensor_feed` for numeric numpy columns shaped (rows, *dims)."""
+    """`tensor_feed` for numeric numpy columns shaped (rows, *dims). `ArrayFeed` is the same,
+    compiled once per model."""
     names = [name for name, _, _ in inputs]
     mapping = map_inputs(list(columns), names, tensor_fields, step)
     return {
@@ -172,6 +173,44 @@ def array_feed(
         )
         for name, dtype, shape in inputs
     }
+
+
+class ArrayFeed:
+    """`array_feed` of one model, with its usual case settled at load: a model of one input
+    fed by a request's one column (the lone-column rule, or `tensor_fields` naming it) whose
+    array already has the input's dtype and fixed dimensions, C-contiguous, is fed as it is:
+    `array_feed` would give a view of the same array. Any other columns go through
+    `array_feed`, which casts, reshapes or refuses them with its errors."""
+
+    def __init__(
+        self, inputs: Sequence[TensorInput], tensor_fields: list[str] | None, step: str
+    ) -> None:
+        self.inputs = list(inputs)
+        self.tensor_fields = tensor_fields
+        self.step = step
+        self._lone: tuple[str, np.dtype, tuple[int, ...] | None] | None = None
+        if len(self.inputs) == 1 and (not tensor_fields or len(tensor_fields) == 1):
+            name, dtype, shape = self.inputs[0]
+            dims = None if shape is None else tuple(shape[1:])
+            fixed = dims is None or all(type(d) is int and d > 0 for d in dims)
+            if fixed:
+                self._lone = (name, dtype, dims)  # type: ignore[assignment]
+
+    def __call__(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        lone = self._lone
+        if lone is not None and len(columns) == 1:
+            ((column, array),) = columns.items()
+            name, dtype, dims = lone
+            if (
+                (not self.tensor_fields or self.tensor_fields[0] == column)
+                and type(array) is np.ndarray
+                and array.dtype == dtype
+                and array.ndim >= 1
+                and (dims is None or array.shape[1:] == dims)
+                and array.flags.c_contiguous
+            ):
+                return {name: array}
+        return array_feed(columns, self.inputs, self.tensor_fields, self.step)
 
 
 def check_outputs(outputs: dict[str, Any], rows: int, step: str) -> dict[str, np.ndarray]:
