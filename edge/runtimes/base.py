@@ -191,10 +191,11 @@ class ArrayFeed:
         self._lone: tuple[str, np.dtype, tuple[int, ...] | None] | None = None
         if len(self.inputs) == 1 and (not tensor_fields or len(tensor_fields) == 1):
             name, dtype, shape = self.inputs[0]
-            dims = None if shape is None else tuple(shape[1:])
-            fixed = dims is None or all(type(d) is int and d > 0 for d in dims)
-            if fixed:
-                self._lone = (name, dtype, dims)  # type: ignore[assignment]
+            dims = (
+                None if shape is None else tuple(d for d in shape[1:] if type(d) is int and d > 0)
+            )
+            if dims is None or shape is not None and len(dims) == len(shape) - 1:  # all fixed
+                self._lone = (name, dtype, dims)
 
     def __call__(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         lone = self._lone
